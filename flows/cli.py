@@ -1,0 +1,129 @@
+"""The `ieiw` command line."""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import os
+import subprocess
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from storage import manifest
+from storage.gallery import write_gallery
+from storage.shards import expand_shard_urls, iter_metas, iter_samples
+
+app = typer.Typer(help="Build instruction-editing datasets (IEIW recipe) and train on them.",
+                  no_args_is_help=True, pretty_exceptions_show_locals=False)
+console = Console()
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEMO_CONFIG = REPO_ROOT / "configs" / "demo.yaml"
+
+
+@app.command()
+def server(host: str = "127.0.0.1", port: int = 4200) -> None:
+    """Start a local Prefect server (SQLite) in the foreground; the UI is at http://HOST:PORT."""
+    from flows.server import prefect_executable
+
+    raise typer.Exit(subprocess.call([prefect_executable(), "server", "start", "--host", host, "--port", str(port)]))
+
+
+def _run_build(config_path: Path, stages: list[str] | None) -> dict:
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flows.build import ieiw_build
+    from flows.config import load_config
+    from flows.server import ensure_server, ui_url
+
+    config = load_config(config_path)
+    api_url = ensure_server()
+    console.print(f"Prefect UI: [bold]{ui_url(api_url)}[/bold]")
+    with temporary_settings(updates={PREFECT_API_URL: api_url}):
+        return ieiw_build(config, stages)
+
+
+@app.command()
+def build(config: Path = typer.Argument(..., exists=True, dir_okay=False, help="build config YAML"),
+          stage: list[str] = typer.Option(None, "--stage", help="run only these stages (repeatable)")) -> None:
+    """Run a build from its YAML config against the configured (or a local) Prefect server."""
+    result = _run_build(config, stage or None)
+    for name, summary in result["stages"].items():
+        console.print(f"[bold]{name}[/bold]: kept {summary['kept']}, dropped {summary['dropped']}")
+    console.print(f"Gallery: [bold]{result['gallery']}[/bold]")
+
+
+@app.command()
+def demo() -> None:
+    """Run the removal build on the bundled photographs (OpenCV backend) and write the gallery."""
+    from flows.config import load_config
+    from pipelines.sources.demo import materialize_demo_images
+
+    config = load_config(DEMO_CONFIG)
+    assert config.removal is not None
+    materialize_demo_images(config.removal.source.images)
+    result = _run_build(DEMO_CONFIG, None)
+    summary = result["stages"]["removal"]
+    console.print(f"Demo: kept {summary['kept']} pairs, dropped {summary['dropped']}")
+    console.print(f"Shards: {os.path.join(config.output, 'removal', 'shards')}")
+    console.print(f"Open the gallery in a browser: [bold]file://{result['gallery']}[/bold]")
+
+
+@app.command()
+def inspect(shards: list[str] = typer.Argument(..., help="shard files or folders (or a stage output folder)"),
+            n: int = typer.Option(5, help="how many samples to list")) -> None:
+    """Counts by task and instruction source, drops by reason, and a few samples."""
+    urls = expand_shard_urls(_shard_inputs(shards))
+    tasks: collections.Counter = collections.Counter()
+    sources: collections.Counter = collections.Counter()
+    table = Table("key", "task", "instruction", "dataset", "image")
+    for index, meta in enumerate(iter_metas(urls)):
+        tasks[str(meta.task)] += 1
+        sources[meta.instruction_source.split("#")[0]] += 1
+        if index < n:
+            table.add_row(meta.key, str(meta.task), meta.instruction, meta.provenance.dataset,
+                          meta.provenance.image_id)
+    console.print(f"{len(urls)} shards, {sum(tasks.values())} samples")
+    console.print("by task: " + ", ".join(f"{k}={v}" for k, v in sorted(tasks.items())))
+    console.print("by instruction source: " + ", ".join(f"{k}={v}" for k, v in sorted(sources.items())))
+    for folder in shards:
+        frame = manifest.read_manifest(folder)
+        if len(frame):
+            dropped = frame[~frame["kept"]]["drop_reason"].value_counts().to_dict()
+            console.print(f"manifest {folder}: {len(frame)} rows, dropped by reason: {dropped}")
+    console.print(table)
+
+
+def _shard_inputs(paths: list[str]) -> list[str]:
+    """A stage output folder (with ``shards/``) stands for its shards."""
+    out = []
+    for path in paths:
+        nested = os.path.join(path, manifest.SHARD_DIR)
+        out.append(nested if "://" not in path and os.path.isdir(nested) else path)
+    return out
+
+
+@app.command()
+def gallery(shards: list[str] = typer.Argument(..., help="shard files or folders"),
+            output: str = typer.Option(..., "-o", "--output", help="HTML file to write"),
+            limit: int = typer.Option(100, help="at most this many samples"),
+            skip: int = typer.Option(0, help="skip this many samples first")) -> None:
+    """Write an HTML page of pairs (source | target | instruction) to open in a browser."""
+    samples = itertools.islice(iter_samples(expand_shard_urls(_shard_inputs(shards))), skip, None)
+    write_gallery(samples, output, limit=limit)
+    console.print(f"wrote {output}")
+
+
+def _register_area_commands() -> None:
+    from flows.commands import AREAS
+
+    for register in AREAS:
+        register(app)
+
+
+_register_area_commands()
+
+if __name__ == "__main__":
+    app()

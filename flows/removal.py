@@ -1,0 +1,68 @@
+"""The `removal` flow: PhraseCut regions inpainted away, plus the reversed add pairs."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+
+import ijson
+from prefect import flow
+
+from flows.config import RemovalConfig, RunnerConfig
+from flows.models import cached_model
+from flows.stage_runner import publish_sample_table, run_stage
+from pipelines.inpaint import build_inpainter
+from pipelines.removal import removal_stage
+from pipelines.sources.phrasecut import PhraseCutRecord, iter_records
+from storage import fs
+from storage.schema import Drop, Result
+from storage.shards import ShardSpec
+
+STAGE = "removal"
+
+
+def removal_batch(records: list[PhraseCutRecord], config: RemovalConfig) -> list[Result]:
+    """One batch through the removal stage, with the inpainter loaded once per process."""
+    inpainter = cached_model(f"inpainter:{config.inpaint.model_dump_json()}",
+                             lambda: build_inpainter(config.inpaint))
+    return removal_stage(records, inpainter, config.settings())
+
+
+def removal_items(config: RemovalConfig) -> Iterator[PhraseCutRecord | Drop]:
+    items = itertools.chain.from_iterable(iter_records(a, config.source.images) for a in config.source.annotations)
+    return itertools.islice(items, config.limit) if config.limit is not None else items
+
+
+def count_tasks(config: RemovalConfig) -> int | None:
+    """How many tasks the annotation files hold (a cheap streaming pass), for progress; None if unreadable."""
+    total = 0
+    for path in config.source.annotations:
+        try:
+            with open(path, "rb") as handle:
+                total += sum(1 for _ in ijson.items(handle, "item.task_id"))
+        except (OSError, ijson.JSONError):
+            return None
+    return min(total, config.limit) if config.limit is not None else total
+
+
+@flow(name="removal", log_prints=True)
+def removal(config: RemovalConfig, output: str, shards: ShardSpec | None = None,
+            runner: RunnerConfig | None = None) -> dict:
+    """Write removal and add pairs as shards under ``<output>/removal``; resumes a killed run."""
+    runner = runner or RunnerConfig()
+    stage_url = fs.join(output, STAGE)
+    summary = run_stage(
+        STAGE,
+        removal_items(config),
+        removal_batch,
+        config,
+        stage_url,
+        shards or ShardSpec(),
+        batch_size=config.batch_size,
+        max_in_flight=runner.max_in_flight,
+        total=count_tasks(config),
+        retries=runner.retries,
+        retry_delay_seconds=runner.retry_delay_seconds,
+    )
+    publish_sample_table(STAGE, stage_url)
+    return summary

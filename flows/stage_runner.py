@@ -1,0 +1,155 @@
+"""Map a stage over batches of records as Prefect tasks, commit each batch, resume where it stopped.
+
+Every generator flow is this runner plus its reader and its batch function: the batch function is
+a module-level callable ``fn(records, settings) -> list[Sample | Drop]`` that takes its models from
+:func:`flows.models.cached_model`, so they load once per worker process.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+from prefect import get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_progress_artifact, create_table_artifact
+from prefect.artifacts import update_progress_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.futures import PrefectFuture
+from tqdm.auto import tqdm
+
+from storage import fs, manifest
+from storage.commit import BatchReport, batch_name, commit_batch, merge_reports
+from storage.schema import Drop, Result
+from storage.shards import ShardSpec
+
+BatchFn = Callable[[list[Any], Any], list[Result]]
+
+
+@task(name="process-batch", cache_policy=NO_CACHE, persist_result=False, retries=2, retry_delay_seconds=[2, 10])
+def process_batch(batch_fn: BatchFn, settings: Any, items: list[Any], stage_url: str, batch: str,
+                  shard_spec: ShardSpec) -> BatchReport:
+    """Run the stage on one batch and commit its shards and manifest part."""
+    started = time.perf_counter()
+    drops = [item for item in items if isinstance(item, Drop)]
+    records = [item for item in items if not isinstance(item, Drop)]
+    results = batch_fn(records, settings) if records else []
+    return commit_batch([*drops, *results], stage_url, batch, shard_spec,
+                        seconds=time.perf_counter() - started)
+
+
+def artifact_key(stage: str) -> str:
+    """Prefect artifact keys allow lowercase letters, digits and dashes only."""
+    return "".join(c if c.isalnum() else "-" for c in stage.lower())
+
+
+def _record_id(item: Any) -> str:
+    return item.record_id
+
+
+def pending_batches(items: Iterable[Any], done: set[str], batch_size: int,
+                    duplicates: list[str]) -> Iterator[list[Any]]:
+    """Batches of the items not finished before; a repeated record id is skipped and noted."""
+    seen: set[str] = set()
+
+    def fresh() -> Iterator[Any]:
+        for item in items:
+            rid = _record_id(item)
+            if rid in done:
+                continue
+            if rid in seen:
+                duplicates.append(rid)
+                continue
+            seen.add(rid)
+            yield item
+
+    stream = fresh()
+    while chunk := list(itertools.islice(stream, batch_size)):
+        yield chunk
+
+
+def run_stage(
+    stage: str,
+    items: Iterable[Any],
+    batch_fn: BatchFn,
+    settings: Any,
+    stage_url: str,
+    shard_spec: ShardSpec,
+    batch_size: int,
+    max_in_flight: int = 8,
+    total: int | None = None,
+    retries: int = 2,
+    retry_delay_seconds: float = 2.0,
+) -> dict:
+    """Process every pending record of ``items`` in batches; returns the merged summary."""
+    logger = get_run_logger()
+    fs.makedirs(stage_url)
+    for folder in (manifest.SHARD_DIR, manifest.MANIFEST_DIR):
+        stale = fs.remove_stale_temporaries(fs.join(stage_url, folder))
+        if stale:
+            logger.warning("%s: removed %d temporary files left by an interrupted run", stage, stale)
+    done = manifest.completed_record_ids(stage_url)
+    if done:
+        logger.info("%s: resuming, %d records already committed", stage, len(done))
+    progress_id = create_progress_artifact(0.0, key=f"{artifact_key(stage)}-progress",
+                                           description=f"{stage}: share of records processed")
+    worker = process_batch.with_options(retries=retries, retry_delay_seconds=retry_delay_seconds)
+    duplicates: list[str] = []
+    reports: list[BatchReport] = []
+    in_flight: deque[tuple[PrefectFuture, int]] = deque()
+    pending_total = None if total is None else max(total - len(done), 0)
+    bar = tqdm(total=pending_total, desc=stage, unit="rec")
+    processed = 0
+
+    def collect(future: PrefectFuture, size: int) -> None:
+        nonlocal processed
+        reports.append(future.result())
+        processed += size
+        bar.update(size)
+        if pending_total:
+            update_progress_artifact(progress_id, min(100.0, 100.0 * processed / pending_total))
+
+    for chunk in pending_batches(items, done, batch_size, duplicates):
+        name = batch_name(stage, [_record_id(i) for i in chunk])
+        in_flight.append((worker.submit(batch_fn, settings, chunk, stage_url, name, shard_spec), len(chunk)))
+        while len(in_flight) >= max_in_flight:
+            collect(*in_flight.popleft())
+    while in_flight:
+        collect(*in_flight.popleft())
+    bar.close()
+    update_progress_artifact(progress_id, 100.0)
+
+    summary = merge_reports(reports)
+    summary.update(stage=stage, resumed_records=len(done), duplicate_records=len(duplicates),
+                   manifest=manifest.consolidate(stage_url))
+    publish_summary(stage, summary)
+    logger.info("%s: kept %d, dropped %s", stage, summary["kept"], summary["dropped"])
+    return summary
+
+
+def publish_summary(stage: str, summary: dict) -> None:
+    """Counts as table artifacts and a Markdown summary, visible on the flow run in the UI."""
+    rows = [{"outcome": "kept", "reason": "", "count": summary["kept"]}]
+    rows += [{"outcome": "dropped", "reason": r, "count": n} for r, n in summary["dropped"].items()]
+    create_table_artifact(rows, key=f"{artifact_key(stage)}-counts", description=f"{stage}: kept and dropped by reason")
+    lines = [f"# {stage}", "", "| | |", "|---|---|"]
+    for name in ("kept", "batches", "batches_skipped", "shards", "resumed_records", "duplicate_records",
+                 "seconds"):
+        lines.append(f"| {name} | {summary.get(name)} |")
+    for task_name, count in summary["by_task"].items():
+        lines.append(f"| samples `{task_name}` | {count} |")
+    for reason, count in summary["dropped"].items():
+        lines.append(f"| dropped `{reason}` | {count} |")
+    lines.append(f"\nManifest: `{summary['manifest']}`")
+    create_markdown_artifact("\n".join(lines), key=f"{artifact_key(stage)}-summary", description=f"{stage} summary")
+
+
+def publish_sample_table(stage: str, stage_url: str, limit: int = 10) -> None:
+    """A table of a few kept samples (key, task, instruction, shard)."""
+    frame = manifest.read_manifest(stage_url)
+    kept = frame[frame["kept"]].head(limit)
+    rows = kept[["key", "task", "instruction", "instruction_source", "image_id", "shard"]].to_dict("records")
+    if rows:
+        create_table_artifact(rows, key=f"{artifact_key(stage)}-samples", description=f"{stage}: a few samples")

@@ -1,0 +1,1 @@
+"""Generators: source readers, the stages that turn records into samples, model adapters."""

@@ -1,0 +1,125 @@
+"""LaMa through the big-lama TorchScript checkpoint that lama-cleaner distributes (``big-lama.pt``).
+
+The model is called as ``model(image, mask)`` with ``image`` a float RGB batch in [0, 1]
+(N x 3 x H x W) and ``mask`` a binary float batch (N x 1 x H x W), both padded to a multiple of 8
+with symmetric padding; it returns the inpainted RGB batch in [0, 1]. We reproduce that processing
+rather than depend on lama-cleaner, whose pins conflict with this stack.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import urllib.parse
+from collections import defaultdict
+from typing import Any
+
+import numpy as np
+import requests
+import torch
+
+from pipelines.inpaint.base import InpaintError, composite
+
+BIG_LAMA_URL = "https://github.com/Sanster/models/releases/download/add_big_lama/big-lama.pt"
+BIG_LAMA_MD5 = "e3aa4aaa15225a33ec84f9f4bc47e500"
+MAX_CHECKPOINT_BYTES = 1 << 30
+
+
+def default_cache_dir() -> str:
+    return os.environ.get("IEIW_MODEL_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "ieiw", "models"))
+
+
+def resolve_checkpoint(model: str, cache_dir: str | None = None, md5: str | None = None,
+                       timeout: float = 60.0) -> str:
+    """A local path for ``model``: the path itself, or a URL downloaded once into the cache."""
+    if not model.startswith(("http://", "https://")):
+        if not os.path.isfile(model):
+            raise FileNotFoundError(f"LaMa checkpoint not found: {model}")
+        return model
+    cache_dir = cache_dir or default_cache_dir()
+    name = os.path.basename(urllib.parse.urlparse(model).path) or "big-lama.pt"
+    target = os.path.join(cache_dir, name)
+    if os.path.isfile(target):
+        return target
+    os.makedirs(cache_dir, exist_ok=True)
+    partial = f"{target}.part-{os.getpid()}"
+    digest = hashlib.md5(usedforsecurity=False)
+    received = 0
+    with requests.get(model, stream=True, timeout=(10, timeout)) as response:
+        response.raise_for_status()
+        with open(partial, "wb") as handle:
+            for chunk in response.iter_content(1 << 20):
+                received += len(chunk)
+                if received > MAX_CHECKPOINT_BYTES:
+                    handle.close()
+                    os.remove(partial)
+                    raise InpaintError(f"{model}: larger than {MAX_CHECKPOINT_BYTES} bytes, refused")
+                digest.update(chunk)
+                handle.write(chunk)
+    if md5 and digest.hexdigest() != md5:
+        os.remove(partial)
+        raise InpaintError(f"{model}: md5 {digest.hexdigest()} does not match {md5}")
+    os.replace(partial, target)
+    return target
+
+
+def load_lama(path: str, device: str | torch.device = "cpu") -> torch.jit.ScriptModule:
+    """Load the TorchScript checkpoint (TorchScript archives hold no pickled Python objects)."""
+    module = torch.jit.load(path, map_location="cpu")
+    return module.to(device).eval()
+
+
+def pad_to_modulo(array: np.ndarray, modulo: int) -> np.ndarray:
+    """Pad the first two axes up to a multiple of ``modulo`` with symmetric padding (as lama-cleaner)."""
+    height, width = array.shape[:2]
+    pad_h = (-height) % modulo
+    pad_w = (-width) % modulo
+    if not pad_h and not pad_w:
+        return array
+    pads = [(0, pad_h), (0, pad_w)] + [(0, 0)] * (array.ndim - 2)
+    return np.pad(array, pads, mode="symmetric")
+
+
+class LamaInpainter:
+    """Batched LaMa: images of the same padded size run through the network together."""
+
+    backend = "lama"
+
+    def __init__(self, checkpoint: str, model_id: str | None = None, device: str | None = None,
+                 batch_size: int = 4, pad_modulo: int = 8) -> None:
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.module = load_lama(checkpoint, self.device)
+        self.model = model_id or os.path.basename(checkpoint)
+        self.batch_size = batch_size
+        self.pad_modulo = pad_modulo
+
+    def settings(self) -> dict[str, Any]:
+        return {"pad_modulo": self.pad_modulo}
+
+    def inpaint(self, images: list[np.ndarray], masks: list[np.ndarray]) -> list[np.ndarray]:
+        padded = [(pad_to_modulo(i, self.pad_modulo), pad_to_modulo(m, self.pad_modulo))
+                  for i, m in zip(images, masks, strict=True)]
+        groups: dict[tuple[int, int], list[int]] = defaultdict(list)
+        for index, (image, _) in enumerate(padded):
+            groups[image.shape[:2]].append(index)
+        outputs: list[np.ndarray | None] = [None] * len(images)
+        for indices in groups.values():
+            for start in range(0, len(indices), self.batch_size):
+                chunk = indices[start:start + self.batch_size]
+                filled = self._run([padded[i][0] for i in chunk], [padded[i][1] for i in chunk])
+                for i, result in zip(chunk, filled, strict=True):
+                    height, width = images[i].shape[:2]
+                    outputs[i] = composite(images[i], result[:height, :width], masks[i])
+        assert all(o is not None for o in outputs)
+        return outputs  # type: ignore[return-value]
+
+    @torch.inference_mode()
+    def _run(self, images: list[np.ndarray], masks: list[np.ndarray]) -> np.ndarray:
+        image = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float().div(255.0)
+        mask = torch.from_numpy((np.stack(masks) > 127).astype(np.float32))[:, None]
+        try:
+            result = self.module(image.to(self.device), mask.to(self.device))
+        except RuntimeError as error:
+            raise InpaintError(f"LaMa failed on a batch of {len(images)}: {error}") from error
+        result = result.float().clamp(0, 1).mul(255).round().byte().permute(0, 2, 3, 1)
+        return result.cpu().numpy()

@@ -1,0 +1,1 @@
+"""Instruction writing: hand-written templates now; LLM rewriting plugs in beside them."""

@@ -1,0 +1,1 @@
+"""Readers of source datasets in their real on-disk formats."""

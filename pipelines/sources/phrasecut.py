@@ -1,0 +1,172 @@
+"""VGPhraseCut reader: referring phrases with instance polygons over Visual Genome images.
+
+The annotation files (``refer_train.json`` and friends) are one JSON list of tasks::
+
+    {"task_id": "1__3", "image_id": 1, "phrase": "white cup",
+     "Polygons": [[[[x, y], ...], ...], ...],   # per instance, a list of polygons of [x, y] points
+     "instance_boxes": [[x, y, w, h], ...], "phrase_structure": {...}}
+
+Images live as ``<image_dir>/<image_id>.jpg``. The file can run to hundreds of megabytes, so it
+is parsed as a stream (ijson) and never held in memory whole.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import cv2
+import ijson
+import numpy as np
+from PIL import Image, ImageDraw, UnidentifiedImageError
+
+from storage.schema import Drop, Provenance, stable_key
+
+DATASET = "phrasecut"
+LICENSE = "CC BY 4.0 (Visual Genome images and PhraseCut annotations)"
+
+
+@dataclass
+class PhraseCutRecord:
+    """One referring phrase and the polygons of the instances it refers to."""
+
+    record_id: str
+    task_id: str
+    image_id: str
+    phrase: str
+    polygons: list[list[list[list[float]]]]
+    boxes: list[list[float]]
+    image_path: str
+    structure: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def provenance(self) -> Provenance:
+        return Provenance(
+            dataset=DATASET,
+            image_id=self.image_id,
+            region_id=self.task_id,
+            license=LICENSE,
+            url=f"https://cs.stanford.edu/people/rak248/VG_100K/{self.image_id}.jpg",
+        )
+
+
+@dataclass
+class RegionSettings:
+    """How a phrase's polygons become an inpainting mask, and which regions are usable."""
+
+    dilation: int = 15
+    min_area_fraction: float = 0.005
+    max_area_fraction: float = 0.5
+
+
+@dataclass
+class LoadedRegion:
+    record: PhraseCutRecord
+    image: np.ndarray  # HxWx3 uint8
+    mask: np.ndarray  # HxW uint8, 0 or 255, already dilated
+    area_fraction: float
+
+
+def _drop(record_id: str, reason: str, detail: str, prov: Provenance | None = None) -> Drop:
+    return Drop(key=stable_key(DATASET, record_id, reason), reason=reason, detail=detail,
+                record_id=record_id, provenance=prov)
+
+
+def iter_records(annotation_path: str, image_dir: str) -> Iterator[PhraseCutRecord | Drop]:
+    """Stream the tasks of one ``refer_*.json`` file.
+
+    A task missing required fields becomes a ``bad_annotation`` drop; a file that ends early or
+    is not valid JSON yields an ``annotation_file_truncated`` drop after the tasks read so far.
+    """
+    name = os.path.basename(annotation_path)
+    count = 0
+    with open(annotation_path, "rb") as handle:
+        items = ijson.items(handle, "item", use_float=True)
+        while True:
+            try:
+                task = next(items)
+            except StopIteration:
+                return
+            except ijson.JSONError as error:
+                yield _drop(f"{DATASET}:{name}:@{count}", "annotation_file_truncated",
+                            f"{annotation_path}: malformed or truncated JSON after {count} tasks: {error}")
+                return
+            count += 1
+            yield _parse_task(task, image_dir, name, count)
+
+
+def _parse_task(task: Any, image_dir: str, name: str, index: int) -> PhraseCutRecord | Drop:
+    if not isinstance(task, dict):
+        return _drop(f"{DATASET}:{name}:#{index}", "bad_annotation", f"task {index} is not an object")
+    missing = [k for k in ("task_id", "image_id", "phrase", "Polygons") if k not in task]
+    task_id = str(task.get("task_id", f"#{index}"))
+    record_id = f"{DATASET}:{task_id}"
+    if missing:
+        return _drop(record_id, "bad_annotation", f"task {task_id} lacks {', '.join(missing)}")
+    image_id = str(task["image_id"])
+    return PhraseCutRecord(
+        record_id=record_id,
+        task_id=task_id,
+        image_id=image_id,
+        phrase=" ".join(str(task["phrase"]).split()),
+        polygons=task["Polygons"],
+        boxes=task.get("instance_boxes") or [],
+        image_path=os.path.join(image_dir, f"{image_id}.jpg"),
+        structure=task.get("phrase_structure") or {},
+    )
+
+
+def rasterize(polygons: list, width: int, height: int) -> np.ndarray:
+    """Fill every polygon of every instance into one HxW ``uint8`` mask (0/255)."""
+    canvas = Image.new("L", (width, height), 0)
+    draw = ImageDraw.Draw(canvas)
+    for instance in polygons:
+        for polygon in instance:
+            points = [(float(p[0]), float(p[1])) for p in polygon if len(p) >= 2]
+            if len(points) >= 3:
+                draw.polygon(points, fill=255, outline=255)
+    return np.asarray(canvas)
+
+
+def dilate(mask: np.ndarray, pixels: int) -> np.ndarray:
+    if pixels <= 0:
+        return mask
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * pixels + 1, 2 * pixels + 1))
+    return cv2.dilate(mask, kernel)
+
+
+def load_image(path: str) -> np.ndarray:
+    """Read an RGB image fully (so a truncated file fails here, not later)."""
+    with Image.open(path) as image:
+        image.load()
+        return np.asarray(image.convert("RGB"))
+
+
+def load_region(record: PhraseCutRecord, settings: RegionSettings) -> LoadedRegion | Drop:
+    """Read the image and build the dilated mask, or say why this record is unusable."""
+    prov = record.provenance
+    if not record.phrase:
+        return _drop(record.record_id, "empty_phrase", f"task {record.task_id} has no phrase", prov)
+    if not os.path.exists(record.image_path):
+        return _drop(record.record_id, "missing_image", record.image_path, prov)
+    try:
+        image = load_image(record.image_path)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+        return _drop(record.record_id, "corrupt_image", f"{record.image_path}: {error}", prov)
+    height, width = image.shape[:2]
+    try:
+        raw = rasterize(record.polygons, width, height)
+    except (TypeError, ValueError, IndexError) as error:
+        return _drop(record.record_id, "bad_polygon", f"task {record.task_id}: {error}", prov)
+    raw_fraction = float(np.count_nonzero(raw)) / raw.size
+    if raw_fraction == 0.0:
+        return _drop(record.record_id, "empty_mask", f"task {record.task_id}: polygons cover no pixel", prov)
+    if raw_fraction < settings.min_area_fraction:
+        return _drop(record.record_id, "region_too_small",
+                     f"task {record.task_id}: {raw_fraction:.4f} < {settings.min_area_fraction}", prov)
+    if raw_fraction > settings.max_area_fraction:
+        return _drop(record.record_id, "region_too_large",
+                     f"task {record.task_id}: {raw_fraction:.3f} > {settings.max_area_fraction}", prov)
+    return LoadedRegion(record, image, dilate(raw, settings.dilation), raw_fraction)

@@ -1,0 +1,282 @@
+"""CLIP image and text embeddings through open_clip, and an on-disk cache keyed by sample key.
+
+The embedder is loaded once by its caller (a per-process cache in ``flows/``, or a loader the
+caller holds) and reused for every batch::
+
+    embedder = ClipEmbedder.from_config(EmbedderConfig(model="ViT-L-14", pretrained="openai"))
+    image_vectors = embedder.embed_images([array_hwc_uint8, ...])   # (N, D) float32, unit rows
+    text_vectors = embedder.embed_texts(["remove the dog"])          # (N, D) float32, unit rows
+
+``pretrained`` is an open_clip tag (``openai``, ``laion2b_s32b_b82k``) or a local checkpoint file
+(``.safetensors`` or a state dict loaded with ``torch.load(weights_only=True)``). A model that is
+not in open_clip's registry is described by a JSON model config (``model_config_file``), which is
+registered with open_clip before the model is built.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import posixpath
+import uuid
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from PIL import Image
+from pydantic import BaseModel, ConfigDict
+
+from storage import fs
+from storage.schema import stable_key
+
+
+class EmbedderConfig(BaseModel):
+    """Which CLIP model embeds images and texts, and how."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = "ViT-L-14"
+    pretrained: str | None = "openai"
+    model_config_file: str | None = None
+    device: str = "auto"
+    precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
+    batch_size: int = 64
+
+    def identity(self) -> str:
+        """A short name for caches: embeddings of different models never mix."""
+        return f"{self.model}-{stable_key(self.model, self.pretrained)[:10]}"
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def _autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
+    """fp16/bf16 autocast on GPU; full precision on CPU (where half precision is slow)."""
+    if device.type != "cuda" or precision == "fp32":
+        return None
+    if precision == "bf16" or (precision == "auto" and torch.cuda.is_bf16_supported()):
+        return torch.bfloat16
+    return torch.float16
+
+
+class ClipEmbedder:
+    """An open_clip model with its preprocessing and tokenizer; returns L2-normalised float32 rows."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        preprocess: Callable[[Image.Image], torch.Tensor],
+        tokenizer: Callable[[list[str]], torch.Tensor],
+        device: torch.device,
+        batch_size: int = 64,
+        autocast_dtype: torch.dtype | None = None,
+        name: str = "clip",
+    ) -> None:
+        self.model = model.eval().to(device)
+        self.preprocess = preprocess
+        self.tokenizer = tokenizer
+        self.device = device
+        self.batch_size = batch_size
+        self.autocast_dtype = autocast_dtype
+        self.name = name
+        self._dim: int | None = None
+
+    @classmethod
+    def from_config(cls, config: EmbedderConfig) -> ClipEmbedder:
+        """Build the model through ``open_clip.create_model_and_transforms`` and load its weights."""
+        import open_clip
+
+        if config.model_config_file:
+            register_model_config(config.model_config_file)
+        pretrained = config.pretrained
+        if pretrained and _looks_like_path(pretrained) and not Path(pretrained).is_file():
+            raise FileNotFoundError(f"CLIP checkpoint {pretrained} does not exist")
+        device = resolve_device(config.device)
+        model, _, preprocess = open_clip.create_model_and_transforms(
+            config.model, pretrained=pretrained, device=device, weights_only=True
+        )
+        tokenizer = open_clip.get_tokenizer(config.model)
+        return cls(
+            model,
+            preprocess,
+            tokenizer,
+            device,
+            batch_size=config.batch_size,
+            autocast_dtype=_autocast_dtype(device, config.precision),
+            name=config.identity(),
+        )
+
+    @property
+    def dim(self) -> int:
+        if self._dim is None:
+            projection = getattr(self.model, "text_projection", None)
+            if isinstance(projection, torch.Tensor):
+                self._dim = int(projection.shape[-1])
+            else:
+                self._dim = int(self.embed_texts(["a photo"]).shape[1])
+        return self._dim
+
+    def embed_images(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        """Embed HxWx3 ``uint8`` RGB arrays; returns ``(N, D)`` float32 with unit-length rows."""
+        out = []
+        for start in range(0, len(images), self.batch_size):
+            chunk = images[start : start + self.batch_size]
+            pixels = torch.stack([self.preprocess(Image.fromarray(_rgb(a))) for a in chunk])
+            out.append(self._encode(self.model.encode_image, pixels))
+        return np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)
+
+    def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
+        """Embed texts; returns ``(N, D)`` float32 with unit-length rows."""
+        out = []
+        for start in range(0, len(texts), self.batch_size):
+            tokens = self.tokenizer(list(texts[start : start + self.batch_size]))
+            out.append(self._encode(self.model.encode_text, tokens))
+        return np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)
+
+    @torch.inference_mode()
+    def _encode(self, encode: Callable[[torch.Tensor], torch.Tensor], inputs: torch.Tensor) -> np.ndarray:
+        inputs = inputs.to(self.device, non_blocking=True)
+        if self.autocast_dtype is not None:
+            with torch.autocast(self.device.type, dtype=self.autocast_dtype):
+                features = encode(inputs)
+        else:
+            features = encode(inputs)
+        features = torch.nn.functional.normalize(features.float(), dim=-1)
+        return features.cpu().numpy().astype(np.float32, copy=False)
+
+
+def register_model_config(path: str) -> None:
+    """Register a JSON model config (its file name, without ``.json``, is the model name)."""
+    import open_clip
+
+    config_path = Path(path)
+    if not config_path.is_file():
+        raise FileNotFoundError(f"open_clip model config {path} does not exist")
+    json.loads(config_path.read_text())  # a clear error for a malformed file
+    if config_path.stem not in open_clip.list_models():
+        open_clip.add_model_config(config_path)
+
+
+def _looks_like_path(value: str) -> bool:
+    return "/" in value or value.endswith((".pt", ".pth", ".bin", ".safetensors", ".ckpt"))
+
+
+def _rgb(array: np.ndarray) -> np.ndarray:
+    if array.dtype != np.uint8:
+        raise ValueError(f"images are uint8 arrays, got {array.dtype}")
+    if array.ndim == 2:
+        return np.stack([array] * 3, axis=-1)
+    if array.ndim != 3 or array.shape[2] not in (3, 4):
+        raise ValueError(f"images are HxWx3 arrays, got shape {array.shape}")
+    return array[..., :3]
+
+
+class EmbeddingCache:
+    """Embeddings by key on any fsspec URL, so nothing is embedded twice across stages and reruns.
+
+    Layout under ``<url>/<namespace>/``: parts ``<part>.npy`` (``(N, D)`` float32) and
+    ``<part>.keys.parquet`` (the N keys in row order). The keys file is written after its vectors
+    and marks the part complete; a killed writer leaves at most an unreferenced ``.npy``. Only the
+    keys are held in memory; vectors are read per part (memory-mapped for local files).
+    """
+
+    def __init__(self, url: str, namespace: str) -> None:
+        self.url = fs.join(url, namespace)
+        self._where: dict[str, tuple[str, int]] = {}
+        self._loaded = False
+
+    def _load_index(self) -> None:
+        if self._loaded:
+            return
+        for keys_url in fs.list_files(self.url, ".keys.parquet"):
+            if posixpath.basename(keys_url).startswith("."):
+                continue
+            filesystem, path = fs.get_fs(keys_url)
+            with filesystem.open(path, "rb") as handle:
+                keys = pq.read_table(handle).column("key").to_pylist()
+            part = keys_url[: -len(".keys.parquet")]
+            for row, key in enumerate(keys):
+                self._where[key] = (part, row)
+        self._loaded = True
+
+    def __len__(self) -> int:
+        self._load_index()
+        return len(self._where)
+
+    def __contains__(self, key: str) -> bool:
+        self._load_index()
+        return key in self._where
+
+    def missing(self, keys: Sequence[str]) -> list[str]:
+        self._load_index()
+        return [k for k in keys if k not in self._where]
+
+    def get(self, keys: Sequence[str]) -> dict[str, np.ndarray]:
+        """The cached vectors of ``keys`` that are present (absent keys are left out)."""
+        self._load_index()
+        by_part: dict[str, list[tuple[str, int]]] = {}
+        for key in keys:
+            if key in self._where:
+                part, row = self._where[key]
+                by_part.setdefault(part, []).append((key, row))
+        found: dict[str, np.ndarray] = {}
+        for part, wanted in by_part.items():
+            vectors = _open_npy(part + ".npy")
+            for key, row in wanted:
+                found[key] = np.array(vectors[row], dtype=np.float32)
+        return found
+
+    def put(self, keys: Sequence[str], vectors: np.ndarray) -> None:
+        """Store new vectors as one part; keys already cached are skipped."""
+        self._load_index()
+        if len(keys) != len(vectors):
+            raise ValueError(f"{len(keys)} keys for {len(vectors)} vectors")
+        fresh = [i for i, k in enumerate(keys) if k not in self._where]
+        fresh = list({keys[i]: i for i in fresh}.values())
+        if not fresh:
+            return
+        part = fs.join(self.url, f"part-{uuid.uuid4().hex[:16]}")
+        buffer = io.BytesIO()
+        np.save(buffer, np.ascontiguousarray(vectors[fresh], dtype=np.float32))
+        fs.write_bytes_atomic(part + ".npy", buffer.getvalue())
+        table = pa.table({"key": pa.array([keys[i] for i in fresh], pa.string())})
+        buffer = io.BytesIO()
+        pq.write_table(table, buffer)
+        fs.write_bytes_atomic(part + ".keys.parquet", buffer.getvalue())
+        for row, i in enumerate(fresh):
+            self._where[keys[i]] = (part, row)
+
+
+def _open_npy(url: str) -> np.ndarray:
+    filesystem, path = fs.get_fs(url)
+    if "://" not in url or url.startswith("file://"):
+        return np.load(path, mmap_mode="r", allow_pickle=False)
+    with filesystem.open(path, "rb") as handle:
+        return np.load(io.BytesIO(handle.read()), allow_pickle=False)
+
+
+def embed_images_cached(
+    embedder: ClipEmbedder,
+    cache: EmbeddingCache | None,
+    keys: Sequence[str],
+    load_images: Callable[[list[str]], list[np.ndarray]],
+) -> np.ndarray:
+    """Embeddings of ``keys``, computing (and caching) only those the cache lacks.
+
+    ``load_images`` decodes the images of the keys it is given, so cached images are never decoded
+    for the embedder.
+    """
+    if cache is None:
+        return embedder.embed_images(load_images(list(keys)))
+    todo = cache.missing(keys)
+    if todo:
+        cache.put(todo, embedder.embed_images(load_images(todo)))
+    found = cache.get(keys)
+    return np.stack([found[k] for k in keys]) if keys else np.zeros((0, embedder.dim), np.float32)

@@ -1,0 +1,74 @@
+"""A self-contained HTML page of samples (source | target | instruction) to open in a browser."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import itertools
+from collections.abc import Iterable
+
+import numpy as np
+from PIL import Image
+
+from storage import fs
+from storage.schema import Sample
+
+_STYLE = """
+body{font-family:system-ui,sans-serif;margin:24px;background:#fafafa;color:#222}
+h1{font-size:20px} .meta{color:#666;font-size:12px}
+.pair{display:flex;gap:12px;align-items:flex-start;background:#fff;border:1px solid #ddd;
+ border-radius:6px;padding:10px;margin:10px 0}
+.pair figure{margin:0} .pair img{display:block;max-width:256px;height:auto;border-radius:4px}
+figcaption{font-size:11px;color:#666;text-align:center}
+.text{max-width:380px} .instruction{font-size:16px;font-weight:600;margin-bottom:6px}
+.scores{font-family:monospace;font-size:12px;white-space:pre}
+"""
+
+
+def thumbnail_data_uri(image: np.ndarray, size: int = 256, quality: int = 85) -> str:
+    picture = Image.fromarray(image)
+    picture.thumbnail((size, size))
+    buffer = io.BytesIO()
+    picture.convert("RGB").save(buffer, format="JPEG", quality=quality)
+    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def sample_html(sample: Sample, size: int = 256) -> str:
+    meta = sample.meta
+    scores = "\n".join(f"{k}: {v:.3f}" for k, v in sorted(meta.scores.items()))
+    figures = [("source", sample.source), ("target", sample.target)]
+    if sample.mask is not None:
+        figures.append(("mask", sample.mask))
+    cells = "".join(
+        f'<figure><img alt="{name}" src="{thumbnail_data_uri(img, size)}"><figcaption>{name}</figcaption></figure>'
+        for name, img in figures
+    )
+    prov = meta.provenance
+    return (
+        f'<div class="pair" data-key="{meta.key}">{cells}<div class="text">'
+        f'<div class="instruction">{html.escape(meta.instruction)}</div>'
+        f'<div class="meta">task {html.escape(str(meta.task))} · {html.escape(meta.instruction_source)}<br>'
+        f"{html.escape(prov.dataset)} image {html.escape(prov.image_id)}"
+        f"{' region ' + html.escape(prov.region_id) if prov.region_id else ''}<br>"
+        f"{html.escape(meta.generator.name)} / {html.escape(meta.generator.backend)}"
+        f"{' / ' + html.escape(meta.generator.model) if meta.generator.model else ''}<br>key {meta.key}</div>"
+        f'<div class="scores">{html.escape(scores)}</div></div></div>'
+    )
+
+
+def render_gallery(samples: Iterable[Sample], title: str = "IEIW pairs", limit: int = 100,
+                   size: int = 256, intro: str = "") -> str:
+    body = [sample_html(s, size) for s in itertools.islice(samples, limit)]
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        f"<style>{_STYLE}</style></head><body><h1>{html.escape(title)}</h1>"
+        f"<p class='meta'>{html.escape(intro)} {len(body)} samples shown.</p>{''.join(body)}</body></html>"
+    )
+
+
+def write_gallery(samples: Iterable[Sample], out_url: str, title: str = "IEIW pairs", limit: int = 100,
+                  size: int = 256, intro: str = "") -> str:
+    """Write the gallery page to ``out_url`` (any fsspec URL); returns the URL."""
+    fs.write_bytes_atomic(out_url, render_gallery(samples, title, limit, size, intro).encode("utf-8"))
+    return out_url

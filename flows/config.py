@@ -47,7 +47,7 @@ class RemovalConfig(BaseModel):
     max_area_fraction: float = 0.5
     make_add_pairs: bool = True
     min_change: float = 1.0
-    batch_size: int = 16
+    batch_size: int = 64  # records per task and per commit; larger batches amortise orchestration
     limit: int | None = None
 
     def settings(self) -> RemovalSettings:

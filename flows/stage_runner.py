@@ -21,7 +21,7 @@ from prefect.futures import PrefectFuture
 from tqdm.auto import tqdm
 
 from storage import fs, manifest
-from storage.commit import BatchReport, batch_name, commit_batch, merge_reports
+from storage.commit import BatchReport, batch_name, commit_batch, merge_reports, prune_orphan_shards
 from storage.schema import Drop, Result
 from storage.shards import ShardSpec
 
@@ -121,6 +121,9 @@ def run_stage(
     bar.close()
     update_progress_artifact(progress_id, 100.0)
 
+    orphans = prune_orphan_shards(stage_url)
+    if orphans:
+        logger.warning("%s: removed %d shards of batches that never committed", stage, len(orphans))
     summary = merge_reports(reports)
     summary.update(stage=stage, resumed_records=len(done), duplicate_records=len(duplicates),
                    manifest=manifest.consolidate(stage_url))

@@ -96,3 +96,18 @@ def merge_reports(reports: Iterable[BatchReport]) -> dict:
         "shards": shards,
         "seconds": round(seconds, 3),
     }
+
+
+def prune_orphan_shards(stage_url: str) -> list[str]:
+    """Delete shards that no manifest part lists: leftovers of a batch killed before its commit.
+
+    A rerun rewrites such a batch under the same name, so orphans only remain when batch sizes
+    changed between runs; removing them keeps every sample exactly once in the shard folder.
+    """
+    shard_dir = fs.join(stage_url, manifest.SHARD_DIR)
+    listed = set(manifest.read_table(stage_url, columns=["shard"]).column("shard").to_pylist())
+    orphans = [u for u in fs.list_files(shard_dir, ".tar") if posixpath.basename(u) not in listed]
+    for url in orphans:
+        filesystem, path = fs.get_fs(url)
+        filesystem.rm(path)
+    return orphans

@@ -7,6 +7,7 @@ reader opens them; :func:`iter_samples` reads them back here, also from fsspec U
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import tarfile
@@ -145,6 +146,9 @@ class ShardWriter:
         self._tar = self._context = self._handle = self._current = None
 
     def _abort(self, exc_type, exc, tb) -> None:
+        if self._tar is not None:
+            with contextlib.suppress(OSError, ValueError):
+                self._tar.close()  # flush into the temporary file, which the context then deletes
         if self._context is not None:
             self._context.__exit__(exc_type, exc, tb)
         self._tar = self._context = self._handle = self._current = None

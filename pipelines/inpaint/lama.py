@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import urllib.parse
+import warnings
 from collections import defaultdict
 from typing import Any
 
@@ -65,7 +66,9 @@ def resolve_checkpoint(model: str, cache_dir: str | None = None, md5: str | None
 
 def load_lama(path: str, device: str | torch.device = "cpu") -> torch.jit.ScriptModule:
     """Load the TorchScript checkpoint (TorchScript archives hold no pickled Python objects)."""
-    module = torch.jit.load(path, map_location="cpu")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # big-lama ships only as TorchScript
+        module = torch.jit.load(path, map_location="cpu")
     return module.to(device).eval()
 
 
@@ -119,7 +122,7 @@ class LamaInpainter:
         mask = torch.from_numpy((np.stack(masks) > 127).astype(np.float32))[:, None]
         try:
             result = self.module(image.to(self.device), mask.to(self.device))
-        except RuntimeError as error:
+        except (RuntimeError, torch.jit.Error) as error:
             raise InpaintError(f"LaMa failed on a batch of {len(images)}: {error}") from error
         result = result.float().clamp(0, 1).mul(255).round().byte().permute(0, 2, 3, 1)
         return result.cpu().numpy()

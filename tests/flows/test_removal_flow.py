@@ -1,0 +1,73 @@
+"""The removal flow end to end against a real (temporary) Prefect server."""
+
+import glob
+
+import webdataset as wds
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+from flows import models
+from flows.build import ieiw_build
+from flows.config import BuildConfig
+from storage import manifest
+
+
+def _config(annotations, images, output, **removal):
+    return BuildConfig.model_validate({
+        "name": "test", "output": str(output), "shards": {"max_samples": 5},
+        "removal": {"source": {"annotations": [annotations], "images": images}, "batch_size": 3, **removal},
+    })
+
+
+def test_build_writes_shards_manifest_gallery_and_artifacts(prefect_api, phrasecut, tmp_path):
+    annotations, images = phrasecut
+    models.clear_models()
+    result = ieiw_build(_config(annotations, images, tmp_path / "out"))
+    summary = result["stages"]["removal"]
+    assert summary["kept"] == 16 and summary["by_task"] == {"add": 8, "remove": 8}
+    assert sum(models.LOADS.values()) == 1  # the inpainter loaded once for all batches
+
+    shards = sorted(glob.glob(str(tmp_path / "out/removal/shards/*.tar")))
+    rows = list(wds.WebDataset(shards, shardshuffle=False).decode("rgb8"))
+    assert len(rows) == 16 and {r["json"]["task"] for r in rows} == {"remove", "add"}
+    assert all(r["src.png"].shape == r["tgt.png"].shape for r in rows)
+    frame = manifest.read_manifest(str(tmp_path / "out/removal"))
+    assert sorted(frame["key"]) == sorted(r["__key__"] for r in rows)
+
+    page = open(result["gallery"]).read()
+    assert page.count('class="pair"') == 16 and "data:image/jpeg;base64" in page
+
+    with get_client(sync_client=True) as client:
+        keys = ["removal-counts", "removal-summary", "removal-progress", "removal-samples", "build-summary"]
+        found = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=keys)))
+    assert {a.key for a in found} == set(keys)
+    counts = next(a for a in found if a.key == "removal-counts")
+    assert "kept" in str(counts.data) and "16" in str(counts.data)
+
+
+def test_rerun_resumes_and_adds_nothing(prefect_api, phrasecut, tmp_path):
+    annotations, images = phrasecut
+    config = _config(annotations, images, tmp_path / "out")
+    first = ieiw_build(config)["stages"]["removal"]
+    second = ieiw_build(config)["stages"]["removal"]
+    assert first["kept"] == 16 and second["kept"] == 0 and second["resumed_records"] == 8
+    frame = manifest.read_manifest(str(tmp_path / "out/removal"))
+    assert len(frame) == 16 and frame["key"].is_unique
+
+
+def test_bad_inputs_are_counted_not_fatal(prefect_api, phrasecut, tmp_path):
+    import json
+
+    annotations, images = phrasecut
+    tasks = json.load(open(annotations))
+    tasks.append({"task_id": "99__0", "image_id": 99, "phrase": "ghost", "Polygons": [[[[1, 1], [40, 1], [40, 40]]]]})
+    open(f"{images}/2.jpg", "r+b").truncate(200)  # a corrupt JPEG
+    text = json.dumps(tasks)
+    broken = tmp_path / "refer_broken.json"
+    broken.write_text(text[:-40])  # and the file ends early
+    result = ieiw_build(_config(str(broken), images, tmp_path / "out"))
+    dropped = result["stages"]["removal"]["dropped"]
+    assert dropped["corrupt_image"] == 2 and dropped["annotation_file_truncated"] == 1
+    assert result["stages"]["removal"]["kept"] == 12
+    frame = manifest.read_manifest(str(tmp_path / "out/removal"))
+    assert frame.loc[~frame["kept"], "drop_detail"].str.len().min() > 0

@@ -38,13 +38,23 @@ def make_dataset(root: str, count: int, size: int = 256, seed: int = 0) -> tuple
         photo = photos[image_id % len(photos)]
         y = rng.integers(0, photo.shape[0] - size)
         x = rng.integers(0, photo.shape[1] - size)
-        Image.fromarray(photo[y:y + size, x:x + size]).save(os.path.join(image_dir, f"{image_id}.jpg"), quality=92)
+        Image.fromarray(photo[y : y + size, x : x + size]).save(
+            os.path.join(image_dir, f"{image_id}.jpg"), quality=92
+        )
         cx, cy, r = rng.uniform(80, 176), rng.uniform(80, 176), rng.uniform(20, 45)
         angles = np.sort(rng.uniform(0, 2 * np.pi, 12))
         radii = r * rng.uniform(0.6, 1.0, 12)
         polygon = [[float(cx + a * np.cos(t)), float(cy + a * np.sin(t))] for t, a in zip(angles, radii)]
-        tasks.append({"task_id": f"{image_id}__0", "image_id": image_id, "phrase": "object",
-                      "Polygons": [[polygon]], "instance_boxes": [], "phrase_structure": {}})
+        tasks.append(
+            {
+                "task_id": f"{image_id}__0",
+                "image_id": image_id,
+                "phrase": "object",
+                "Polygons": [[polygon]],
+                "instance_boxes": [],
+                "phrase_structure": {},
+            }
+        )
     path = os.path.join(root, "refer_bench.json")
     with open(path, "w") as handle:
         json.dump(tasks, handle)
@@ -92,8 +102,13 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as root, prefect_test_harness(server_startup_timeout=120):
         annotations, images = make_dataset(root, args.images)
-        config = RemovalConfig.model_validate({"source": {"annotations": [annotations], "images": images},
-                                               "batch_size": args.batch_size, "dilation": 9})
+        config = RemovalConfig.model_validate(
+            {
+                "source": {"annotations": [annotations], "images": images},
+                "batch_size": args.batch_size,
+                "dilation": 9,
+            }
+        )
         through_flow(config, os.path.join(root, "warmup"))  # first flow run pays server warm-up
         direct_times, flow_times = [], []
         for round_index in range(args.rounds):

@@ -28,15 +28,23 @@ def ieiw_build(config: BuildConfig, stages: list[str] | None = None) -> dict:
     shard_dirs: list[str] = []
     if config.removal and "removal" in wanted:
         summaries["removal"] = removal.with_options(task_runner=runner)(
-            config.removal, config.output, config.shards, config.runner)
+            config.removal, config.output, config.shards, config.runner
+        )
         shard_dirs.append(fs.join(config.output, "removal", "shards"))
     gallery = fs.join(config.output, "gallery.html")
-    write_gallery(iter_samples(shard_dirs), gallery, title=f"{config.name}: pairs",
-                  limit=config.gallery.limit, size=config.gallery.thumbnail)
+    write_gallery(
+        iter_samples(shard_dirs),
+        gallery,
+        title=f"{config.name}: pairs",
+        limit=config.gallery.limit,
+        size=config.gallery.thumbnail,
+    )
     logger.info("gallery: %s", gallery)
     lines = [f"# Build `{config.name}`", "", f"Output: `{config.output}`", f"Gallery: `{gallery}`", ""]
     for stage, summary in summaries.items():
-        lines.append(f"- **{stage}**: kept {summary['kept']}, dropped {sum(summary['dropped'].values())} "
-                     f"({', '.join(f'{k}: {v}' for k, v in summary['dropped'].items()) or 'none'})")
+        lines.append(
+            f"- **{stage}**: kept {summary['kept']}, dropped {sum(summary['dropped'].values())} "
+            f"({', '.join(f'{k}: {v}' for k, v in summary['dropped'].items()) or 'none'})"
+        )
     create_markdown_artifact("\n".join(lines), key="build-summary", description="what this build made")
     return {"stages": summaries, "gallery": gallery}

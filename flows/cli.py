@@ -16,8 +16,11 @@ from storage import manifest
 from storage.gallery import write_gallery
 from storage.shards import expand_shard_urls, iter_metas, iter_samples
 
-app = typer.Typer(help="Build instruction-editing datasets (IEIW recipe) and train on them.",
-                  no_args_is_help=True, pretty_exceptions_show_locals=False)
+app = typer.Typer(
+    help="Build instruction-editing datasets (IEIW recipe) and train on them.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+)
 console = Console()
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEMO_CONFIG = REPO_ROOT / "configs" / "demo.yaml"
@@ -28,7 +31,9 @@ def server(host: str = "127.0.0.1", port: int = 4200) -> None:
     """Start a local Prefect server (SQLite) in the foreground; the UI is at http://HOST:PORT."""
     from flows.server import prefect_executable
 
-    raise typer.Exit(subprocess.call([prefect_executable(), "server", "start", "--host", host, "--port", str(port)]))
+    raise typer.Exit(
+        subprocess.call([prefect_executable(), "server", "start", "--host", host, "--port", str(port)])
+    )
 
 
 def _run_build(config_path: Path, stages: list[str] | None) -> dict:
@@ -46,8 +51,10 @@ def _run_build(config_path: Path, stages: list[str] | None) -> dict:
 
 
 @app.command()
-def build(config: Path = typer.Argument(..., exists=True, dir_okay=False, help="build config YAML"),
-          stage: list[str] = typer.Option(None, "--stage", help="run only these stages (repeatable)")) -> None:
+def build(
+    config: Path = typer.Argument(..., exists=True, dir_okay=False, help="build config YAML"),
+    stage: list[str] = typer.Option(None, "--stage", help="run only these stages (repeatable)"),
+) -> None:
     """Run a build from its YAML config against the configured (or a local) Prefect server."""
     result = _run_build(config, stage or None)
     for name, summary in result["stages"].items():
@@ -72,8 +79,10 @@ def demo() -> None:
 
 
 @app.command()
-def inspect(shards: list[str] = typer.Argument(..., help="shard files or folders (or a stage output folder)"),
-            n: int = typer.Option(5, help="how many samples to list")) -> None:
+def inspect(
+    shards: list[str] = typer.Argument(..., help="shard files or folders (or a stage output folder)"),
+    n: int = typer.Option(5, help="how many samples to list"),
+) -> None:
     """Counts by task and instruction source, drops by reason, and a few samples."""
     urls = expand_shard_urls(_shard_inputs(shards))
     tasks: collections.Counter = collections.Counter()
@@ -83,8 +92,9 @@ def inspect(shards: list[str] = typer.Argument(..., help="shard files or folders
         tasks[str(meta.task)] += 1
         sources[meta.instruction_source.split("#")[0]] += 1
         if index < n:
-            table.add_row(meta.key, str(meta.task), meta.instruction, meta.provenance.dataset,
-                          meta.provenance.image_id)
+            table.add_row(
+                meta.key, str(meta.task), meta.instruction, meta.provenance.dataset, meta.provenance.image_id
+            )
     console.print(f"{len(urls)} shards, {sum(tasks.values())} samples")
     console.print("by task: " + ", ".join(f"{k}={v}" for k, v in sorted(tasks.items())))
     console.print("by instruction source: " + ", ".join(f"{k}={v}" for k, v in sorted(sources.items())))
@@ -106,10 +116,12 @@ def _shard_inputs(paths: list[str]) -> list[str]:
 
 
 @app.command()
-def gallery(shards: list[str] = typer.Argument(..., help="shard files or folders"),
-            output: str = typer.Option(..., "-o", "--output", help="HTML file to write"),
-            limit: int = typer.Option(100, help="at most this many samples"),
-            skip: int = typer.Option(0, help="skip this many samples first")) -> None:
+def gallery(
+    shards: list[str] = typer.Argument(..., help="shard files or folders"),
+    output: str = typer.Option(..., "-o", "--output", help="HTML file to write"),
+    limit: int = typer.Option(100, help="at most this many samples"),
+    skip: int = typer.Option(0, help="skip this many samples first"),
+) -> None:
     """Write an HTML page of pairs (source | target | instruction) to open in a browser."""
     samples = itertools.islice(iter_samples(expand_shard_urls(_shard_inputs(shards))), skip, None)
     write_gallery(samples, output, limit=limit)

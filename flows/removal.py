@@ -23,13 +23,16 @@ STAGE = "removal"
 
 def removal_batch(records: list[PhraseCutRecord], config: RemovalConfig) -> list[Result]:
     """One batch through the removal stage, with the inpainter loaded once per process."""
-    inpainter = cached_model(f"inpainter:{config.inpaint.model_dump_json()}",
-                             lambda: build_inpainter(config.inpaint))
+    inpainter = cached_model(
+        f"inpainter:{config.inpaint.model_dump_json()}", lambda: build_inpainter(config.inpaint)
+    )
     return removal_stage(records, inpainter, config.settings())
 
 
 def removal_items(config: RemovalConfig) -> Iterator[PhraseCutRecord | Drop]:
-    items = itertools.chain.from_iterable(iter_records(a, config.source.images) for a in config.source.annotations)
+    items = itertools.chain.from_iterable(
+        iter_records(a, config.source.images) for a in config.source.annotations
+    )
     return itertools.islice(items, config.limit) if config.limit is not None else items
 
 
@@ -46,8 +49,9 @@ def count_tasks(config: RemovalConfig) -> int | None:
 
 
 @flow(name="removal", log_prints=True)
-def removal(config: RemovalConfig, output: str, shards: ShardSpec | None = None,
-            runner: RunnerConfig | None = None) -> dict:
+def removal(
+    config: RemovalConfig, output: str, shards: ShardSpec | None = None, runner: RunnerConfig | None = None
+) -> dict:
     """Write removal and add pairs as shards under ``<output>/removal``; resumes a killed run."""
     runner = runner or RunnerConfig()
     stage_url = fs.join(output, STAGE)

@@ -15,5 +15,11 @@ def make_task_runner(config: RunnerConfig):
 
     if config.dask_address:
         return DaskTaskRunner(address=config.dask_address)
-    return DaskTaskRunner(cluster_kwargs={"n_workers": config.max_workers, "threads_per_worker": 1,
-                                         "processes": True, "dashboard_address": None})
+    return DaskTaskRunner(
+        cluster_kwargs={
+            "n_workers": config.max_workers,
+            "threads_per_worker": 1,
+            "processes": True,
+            "dashboard_address": None,
+        }
+    )

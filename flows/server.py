@@ -34,8 +34,9 @@ def prefect_executable() -> str:
     return str(beside) if beside.exists() else (shutil.which("prefect") or "prefect")
 
 
-def start_local_server(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, log_dir: str = ".ieiw",
-                       wait_seconds: float = 120.0) -> str:
+def start_local_server(
+    host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, log_dir: str = ".ieiw", wait_seconds: float = 120.0
+) -> str:
     """Start ``prefect server start`` detached (it outlives this command) and wait until it answers."""
     api_url = f"http://{host}:{port}/api"
     if healthy(api_url):
@@ -43,15 +44,21 @@ def start_local_server(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, log_d
     os.makedirs(log_dir, exist_ok=True)
     log_path = os.path.join(log_dir, "prefect-server.log")
     with open(log_path, "ab") as log:
-        subprocess.Popen([prefect_executable(), "server", "start", "--host", host, "--port", str(port)],
-                         stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                         start_new_session=True)
+        subprocess.Popen(
+            [prefect_executable(), "server", "start", "--host", host, "--port", str(port)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
     deadline = time.monotonic() + wait_seconds
     while time.monotonic() < deadline:
         if healthy(api_url):
             return api_url
         time.sleep(1.0)
-    raise RuntimeError(f"the Prefect server did not answer at {api_url} within {wait_seconds:.0f}s; see {log_path}")
+    raise RuntimeError(
+        f"the Prefect server did not answer at {api_url} within {wait_seconds:.0f}s; see {log_path}"
+    )
 
 
 def ensure_server(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT) -> str:

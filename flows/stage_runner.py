@@ -14,8 +14,12 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from prefect import get_run_logger, task
-from prefect.artifacts import create_markdown_artifact, create_progress_artifact, create_table_artifact
-from prefect.artifacts import update_progress_artifact
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
 from prefect.cache_policies import NO_CACHE
 from prefect.futures import PrefectFuture
 from tqdm.auto import tqdm
@@ -28,16 +32,20 @@ from storage.shards import ShardSpec
 BatchFn = Callable[[list[Any], Any], list[Result]]
 
 
-@task(name="process-batch", cache_policy=NO_CACHE, persist_result=False, retries=2, retry_delay_seconds=[2, 10])
-def process_batch(batch_fn: BatchFn, settings: Any, items: list[Any], stage_url: str, batch: str,
-                  shard_spec: ShardSpec) -> BatchReport:
+@task(
+    name="process-batch", cache_policy=NO_CACHE, persist_result=False, retries=2, retry_delay_seconds=[2, 10]
+)
+def process_batch(
+    batch_fn: BatchFn, settings: Any, items: list[Any], stage_url: str, batch: str, shard_spec: ShardSpec
+) -> BatchReport:
     """Run the stage on one batch and commit its shards and manifest part."""
     started = time.perf_counter()
     drops = [item for item in items if isinstance(item, Drop)]
     records = [item for item in items if not isinstance(item, Drop)]
     results = batch_fn(records, settings) if records else []
-    return commit_batch([*drops, *results], stage_url, batch, shard_spec,
-                        seconds=time.perf_counter() - started)
+    return commit_batch(
+        [*drops, *results], stage_url, batch, shard_spec, seconds=time.perf_counter() - started
+    )
 
 
 def artifact_key(stage: str) -> str:
@@ -49,8 +57,9 @@ def _record_id(item: Any) -> str:
     return item.record_id
 
 
-def pending_batches(items: Iterable[Any], done: set[str], batch_size: int,
-                    duplicates: list[str]) -> Iterator[list[Any]]:
+def pending_batches(
+    items: Iterable[Any], done: set[str], batch_size: int, duplicates: list[str]
+) -> Iterator[list[Any]]:
     """Batches of the items not finished before; a repeated record id is skipped and noted."""
     seen: set[str] = set()
 
@@ -93,8 +102,9 @@ def run_stage(
     done = manifest.completed_record_ids(stage_url)
     if done:
         logger.info("%s: resuming, %d records already committed", stage, len(done))
-    progress_id = create_progress_artifact(0.0, key=f"{artifact_key(stage)}-progress",
-                                           description=f"{stage}: share of records processed")
+    progress_id = create_progress_artifact(
+        0.0, key=f"{artifact_key(stage)}-progress", description=f"{stage}: share of records processed"
+    )
     worker = process_batch.with_options(retries=retries, retry_delay_seconds=retry_delay_seconds)
     duplicates: list[str] = []
     reports: list[BatchReport] = []
@@ -125,8 +135,12 @@ def run_stage(
     if orphans:
         logger.warning("%s: removed %d shards of batches that never committed", stage, len(orphans))
     summary = merge_reports(reports)
-    summary.update(stage=stage, resumed_records=len(done), duplicate_records=len(duplicates),
-                   manifest=manifest.consolidate(stage_url))
+    summary.update(
+        stage=stage,
+        resumed_records=len(done),
+        duplicate_records=len(duplicates),
+        manifest=manifest.consolidate(stage_url),
+    )
     publish_summary(stage, summary)
     logger.info("%s: kept %d, dropped %s", stage, summary["kept"], summary["dropped"])
     return summary
@@ -136,17 +150,28 @@ def publish_summary(stage: str, summary: dict) -> None:
     """Counts as table artifacts and a Markdown summary, visible on the flow run in the UI."""
     rows = [{"outcome": "kept", "reason": "", "count": summary["kept"]}]
     rows += [{"outcome": "dropped", "reason": r, "count": n} for r, n in summary["dropped"].items()]
-    create_table_artifact(rows, key=f"{artifact_key(stage)}-counts", description=f"{stage}: kept and dropped by reason")
+    create_table_artifact(
+        rows, key=f"{artifact_key(stage)}-counts", description=f"{stage}: kept and dropped by reason"
+    )
     lines = [f"# {stage}", "", "| | |", "|---|---|"]
-    for name in ("kept", "batches", "batches_skipped", "shards", "resumed_records", "duplicate_records",
-                 "seconds"):
+    for name in (
+        "kept",
+        "batches",
+        "batches_skipped",
+        "shards",
+        "resumed_records",
+        "duplicate_records",
+        "seconds",
+    ):
         lines.append(f"| {name} | {summary.get(name)} |")
     for task_name, count in summary["by_task"].items():
         lines.append(f"| samples `{task_name}` | {count} |")
     for reason, count in summary["dropped"].items():
         lines.append(f"| dropped `{reason}` | {count} |")
     lines.append(f"\nManifest: `{summary['manifest']}`")
-    create_markdown_artifact("\n".join(lines), key=f"{artifact_key(stage)}-summary", description=f"{stage} summary")
+    create_markdown_artifact(
+        "\n".join(lines), key=f"{artifact_key(stage)}-summary", description=f"{stage} summary"
+    )
 
 
 def publish_sample_table(stage: str, stage_url: str, limit: int = 10) -> None:
@@ -155,4 +180,6 @@ def publish_sample_table(stage: str, stage_url: str, limit: int = 10) -> None:
     kept = frame[frame["kept"]].head(limit)
     rows = kept[["key", "task", "instruction", "instruction_source", "image_id", "shard"]].to_dict("records")
     if rows:
-        create_table_artifact(rows, key=f"{artifact_key(stage)}-samples", description=f"{stage}: a few samples")
+        create_table_artifact(
+            rows, key=f"{artifact_key(stage)}-samples", description=f"{stage}: a few samples"
+        )

@@ -34,8 +34,9 @@ def generator_info(inpainter: Inpainter, settings: RemovalSettings) -> Generator
     )
 
 
-def removal_stage(records: list[PhraseCutRecord], inpainter: Inpainter,
-                  settings: RemovalSettings) -> list[Result]:
+def removal_stage(
+    records: list[PhraseCutRecord], inpainter: Inpainter, settings: RemovalSettings
+) -> list[Result]:
     """Turn a batch of PhraseCut records into remove (and add) samples, or drops with reasons."""
     results: list[Result] = []
     regions: list[LoadedRegion] = []
@@ -64,38 +65,75 @@ def _inpaint_all(inpainter: Inpainter, regions: list[LoadedRegion]) -> list[np.n
         try:
             out.append(inpainter.inpaint([region.image], [region.mask])[0])
         except InpaintError as error:
-            out.append(Drop(key=stable_key(region.record.record_id, "inpaint_failed"), reason="inpaint_failed",
-                            detail=str(error), record_id=region.record.record_id,
-                            provenance=region.record.provenance))
+            out.append(
+                Drop(
+                    key=stable_key(region.record.record_id, "inpaint_failed"),
+                    reason="inpaint_failed",
+                    detail=str(error),
+                    record_id=region.record.record_id,
+                    provenance=region.record.provenance,
+                )
+            )
     return out
 
 
-def _pairs(region: LoadedRegion, target: np.ndarray, generator: GeneratorInfo,
-           settings: RemovalSettings) -> list[Result]:
+def _pairs(
+    region: LoadedRegion, target: np.ndarray, generator: GeneratorInfo, settings: RemovalSettings
+) -> list[Result]:
     record = region.record
     provenance = record.provenance
     remove_key = sample_key(Task.REMOVE, provenance, generator)
     inside = region.mask > 127
     change = float(np.abs(target[inside].astype(np.int16) - region.image[inside].astype(np.int16)).mean())
     if change < settings.min_change:
-        return [Drop(key=remove_key, reason="inpaint_no_change", detail=f"mean change {change:.3f} in mask",
-                     record_id=record.record_id, task=str(Task.REMOVE), provenance=provenance)]
-    extra = {"phrase": record.phrase, "area_fraction": round(region.area_fraction, 5),
-             "mask_change": round(change, 3)}
+        return [
+            Drop(
+                key=remove_key,
+                reason="inpaint_no_change",
+                detail=f"mean change {change:.3f} in mask",
+                record_id=record.record_id,
+                task=str(Task.REMOVE),
+                provenance=provenance,
+            )
+        ]
+    extra = {
+        "phrase": record.phrase,
+        "area_fraction": round(region.area_fraction, 5),
+        "mask_change": round(change, 3),
+    }
     instruction, source = render("remove", remove_key, phrase=record.phrase)
     remove = Sample(
-        meta=SampleMeta(key=remove_key, task=Task.REMOVE, instruction=instruction, instruction_source=source,
-                        provenance=provenance, generator=generator, record_id=record.record_id, extra=extra),
-        source=region.image, target=target, mask=region.mask,
+        meta=SampleMeta(
+            key=remove_key,
+            task=Task.REMOVE,
+            instruction=instruction,
+            instruction_source=source,
+            provenance=provenance,
+            generator=generator,
+            record_id=record.record_id,
+            extra=extra,
+        ),
+        source=region.image,
+        target=target,
+        mask=region.mask,
     )
     if not settings.make_add_pairs:
         return [remove]
     add_key = sample_key(Task.ADD, provenance, generator)
     instruction, source = render("add", add_key, phrase=record.phrase)
     add = Sample(
-        meta=SampleMeta(key=add_key, task=Task.ADD, instruction=instruction, instruction_source=source,
-                        provenance=provenance, generator=generator, record_id=record.record_id,
-                        extra={**extra, "reverse_of": remove_key}),
-        source=target, target=region.image, mask=region.mask,
+        meta=SampleMeta(
+            key=add_key,
+            task=Task.ADD,
+            instruction=instruction,
+            instruction_source=source,
+            provenance=provenance,
+            generator=generator,
+            record_id=record.record_id,
+            extra={**extra, "reverse_of": remove_key},
+        ),
+        source=target,
+        target=region.image,
+        mask=region.mask,
     )
     return [remove, add]

@@ -41,7 +41,8 @@ def sample_html(sample: Sample, size: int = 256) -> str:
     if sample.mask is not None:
         figures.append(("mask", sample.mask))
     cells = "".join(
-        f'<figure><img alt="{name}" src="{thumbnail_data_uri(img, size)}"><figcaption>{name}</figcaption></figure>'
+        f'<figure><img alt="{name}" src="{thumbnail_data_uri(img, size)}">'
+        f"<figcaption>{name}</figcaption></figure>"
         for name, img in figures
     )
     prov = meta.provenance
@@ -57,8 +58,9 @@ def sample_html(sample: Sample, size: int = 256) -> str:
     )
 
 
-def render_gallery(samples: Iterable[Sample], title: str = "IEIW pairs", limit: int = 100,
-                   size: int = 256, intro: str = "") -> str:
+def render_gallery(
+    samples: Iterable[Sample], title: str = "IEIW pairs", limit: int = 100, size: int = 256, intro: str = ""
+) -> str:
     body = [sample_html(s, size) for s in itertools.islice(samples, limit)]
     return (
         f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
@@ -67,8 +69,14 @@ def render_gallery(samples: Iterable[Sample], title: str = "IEIW pairs", limit: 
     )
 
 
-def write_gallery(samples: Iterable[Sample], out_url: str, title: str = "IEIW pairs", limit: int = 100,
-                  size: int = 256, intro: str = "") -> str:
+def write_gallery(
+    samples: Iterable[Sample],
+    out_url: str,
+    title: str = "IEIW pairs",
+    limit: int = 100,
+    size: int = 256,
+    intro: str = "",
+) -> str:
     """Write the gallery page to ``out_url`` (any fsspec URL); returns the URL."""
     fs.write_bytes_atomic(out_url, render_gallery(samples, title, limit, size, intro).encode("utf-8"))
     return out_url

@@ -144,7 +144,9 @@ def read_table(stage_url: str, columns: list[str] | None = None) -> pa.Table:
         with filesystem.open(path, "rb") as handle:
             tables.append(pq.read_table(handle, columns=columns))
     if not tables:
-        schema = MANIFEST_SCHEMA if columns is None else pa.schema([MANIFEST_SCHEMA.field(c) for c in columns])
+        schema = (
+            MANIFEST_SCHEMA if columns is None else pa.schema([MANIFEST_SCHEMA.field(c) for c in columns])
+        )
         return schema.empty_table()
     return pa.concat_tables(tables)
 

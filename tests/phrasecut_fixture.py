@@ -9,8 +9,12 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 SHAPES = ("red square", "blue disc", "green triangle", "yellow bar")
-COLOURS = {"red square": (220, 30, 30), "blue disc": (30, 60, 220), "green triangle": (30, 180, 60),
-           "yellow bar": (230, 210, 40)}
+COLOURS = {
+    "red square": (220, 30, 30),
+    "blue disc": (30, 60, 220),
+    "green triangle": (30, 180, 60),
+    "yellow bar": (230, 210, 40),
+}
 
 
 def shape_polygon(kind: str, cx: float, cy: float, r: float) -> list[list[float]]:
@@ -24,8 +28,9 @@ def shape_polygon(kind: str, cx: float, cy: float, r: float) -> list[list[float]
     return [[float(cx + r * np.cos(a)), float(cy + r * np.sin(a))] for a in angles]
 
 
-def write_phrasecut(root: str, n_images: int = 4, size: int = 128, seed: int = 0,
-                    tasks_per_image: int = 2) -> tuple[str, str]:
+def write_phrasecut(
+    root: str, n_images: int = 4, size: int = 128, seed: int = 0, tasks_per_image: int = 2
+) -> tuple[str, str]:
     """Write ``root/images/<id>.jpg`` and ``root/refer_test.json``; returns (annotation path, image dir)."""
     rng = np.random.default_rng(seed)
     image_dir = os.path.join(root, "images")
@@ -44,13 +49,22 @@ def write_phrasecut(root: str, n_images: int = 4, size: int = 128, seed: int = 0
             polygon = shape_polygon(kind, cx, cy, r)
             draw.polygon([tuple(p) for p in polygon], fill=COLOURS[kind])
             xs, ys = [p[0] for p in polygon], [p[1] for p in polygon]
-            tasks.append({
-                "task_id": f"{image_id}__{n}", "image_id": image_id, "phrase": kind,
-                "Polygons": [[polygon]],
-                "instance_boxes": [[min(xs), min(ys), max(xs) - min(xs), max(ys) - min(ys)]],
-                "phrase_structure": {"name": kind.split()[1], "attributes": [kind.split()[0]],
-                                     "relation_ids": [], "relations": [], "type": "name"},
-            })
+            tasks.append(
+                {
+                    "task_id": f"{image_id}__{n}",
+                    "image_id": image_id,
+                    "phrase": kind,
+                    "Polygons": [[polygon]],
+                    "instance_boxes": [[min(xs), min(ys), max(xs) - min(xs), max(ys) - min(ys)]],
+                    "phrase_structure": {
+                        "name": kind.split()[1],
+                        "attributes": [kind.split()[0]],
+                        "relation_ids": [],
+                        "relations": [],
+                        "type": "name",
+                    },
+                }
+            )
         picture.save(os.path.join(image_dir, f"{image_id}.jpg"), quality=95)
     path = os.path.join(root, "refer_test.json")
     with open(path, "w") as handle:

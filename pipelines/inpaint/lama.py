@@ -27,11 +27,14 @@ MAX_CHECKPOINT_BYTES = 1 << 30
 
 
 def default_cache_dir() -> str:
-    return os.environ.get("IEIW_MODEL_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "ieiw", "models"))
+    return os.environ.get(
+        "IEIW_MODEL_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "ieiw", "models")
+    )
 
 
-def resolve_checkpoint(model: str, cache_dir: str | None = None, md5: str | None = None,
-                       timeout: float = 60.0) -> str:
+def resolve_checkpoint(
+    model: str, cache_dir: str | None = None, md5: str | None = None, timeout: float = 60.0
+) -> str:
     """A local path for ``model``: the path itself, or a URL downloaded once into the cache."""
     if not model.startswith(("http://", "https://")):
         if not os.path.isfile(model):
@@ -88,8 +91,14 @@ class LamaInpainter:
 
     backend = "lama"
 
-    def __init__(self, checkpoint: str, model_id: str | None = None, device: str | None = None,
-                 batch_size: int = 4, pad_modulo: int = 8) -> None:
+    def __init__(
+        self,
+        checkpoint: str,
+        model_id: str | None = None,
+        device: str | None = None,
+        batch_size: int = 4,
+        pad_modulo: int = 8,
+    ) -> None:
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.module = load_lama(checkpoint, self.device)
         self.model = model_id or os.path.basename(checkpoint)
@@ -100,15 +109,17 @@ class LamaInpainter:
         return {"pad_modulo": self.pad_modulo}
 
     def inpaint(self, images: list[np.ndarray], masks: list[np.ndarray]) -> list[np.ndarray]:
-        padded = [(pad_to_modulo(i, self.pad_modulo), pad_to_modulo(m, self.pad_modulo))
-                  for i, m in zip(images, masks, strict=True)]
+        padded = [
+            (pad_to_modulo(i, self.pad_modulo), pad_to_modulo(m, self.pad_modulo))
+            for i, m in zip(images, masks, strict=True)
+        ]
         groups: dict[tuple[int, int], list[int]] = defaultdict(list)
         for index, (image, _) in enumerate(padded):
             groups[image.shape[:2]].append(index)
         outputs: list[np.ndarray | None] = [None] * len(images)
         for indices in groups.values():
             for start in range(0, len(indices), self.batch_size):
-                chunk = indices[start:start + self.batch_size]
+                chunk = indices[start : start + self.batch_size]
                 filled = self._run([padded[i][0] for i in chunk], [padded[i][1] for i in chunk])
                 for i, result in zip(chunk, filled, strict=True):
                     height, width = images[i].shape[:2]

@@ -47,7 +47,7 @@ def _strip_article(phrase: str) -> str:
     lowered = phrase.lower()
     for article in ("a ", "an ", "the "):
         if lowered.startswith(article):
-            return phrase[len(article):]
+            return phrase[len(article) :]
     return phrase
 
 

@@ -70,8 +70,13 @@ class LoadedRegion:
 
 
 def _drop(record_id: str, reason: str, detail: str, prov: Provenance | None = None) -> Drop:
-    return Drop(key=stable_key(DATASET, record_id, reason), reason=reason, detail=detail,
-                record_id=record_id, provenance=prov)
+    return Drop(
+        key=stable_key(DATASET, record_id, reason),
+        reason=reason,
+        detail=detail,
+        record_id=record_id,
+        provenance=prov,
+    )
 
 
 def iter_records(annotation_path: str, image_dir: str) -> Iterator[PhraseCutRecord | Drop]:
@@ -90,8 +95,11 @@ def iter_records(annotation_path: str, image_dir: str) -> Iterator[PhraseCutReco
             except StopIteration:
                 return
             except ijson.JSONError as error:
-                yield _drop(f"{DATASET}:{name}:@{count}", "annotation_file_truncated",
-                            f"{annotation_path}: malformed or truncated JSON after {count} tasks: {error}")
+                yield _drop(
+                    f"{DATASET}:{name}:@{count}",
+                    "annotation_file_truncated",
+                    f"{annotation_path}: malformed or truncated JSON after {count} tasks: {error}",
+                )
                 return
             count += 1
             yield _parse_task(task, image_dir, name, count)
@@ -164,9 +172,17 @@ def load_region(record: PhraseCutRecord, settings: RegionSettings) -> LoadedRegi
     if raw_fraction == 0.0:
         return _drop(record.record_id, "empty_mask", f"task {record.task_id}: polygons cover no pixel", prov)
     if raw_fraction < settings.min_area_fraction:
-        return _drop(record.record_id, "region_too_small",
-                     f"task {record.task_id}: {raw_fraction:.4f} < {settings.min_area_fraction}", prov)
+        return _drop(
+            record.record_id,
+            "region_too_small",
+            f"task {record.task_id}: {raw_fraction:.4f} < {settings.min_area_fraction}",
+            prov,
+        )
     if raw_fraction > settings.max_area_fraction:
-        return _drop(record.record_id, "region_too_large",
-                     f"task {record.task_id}: {raw_fraction:.3f} > {settings.max_area_fraction}", prov)
+        return _drop(
+            record.record_id,
+            "region_too_large",
+            f"task {record.task_id}: {raw_fraction:.3f} > {settings.max_area_fraction}",
+            prov,
+        )
     return LoadedRegion(record, image, dilate(raw, settings.dilation), raw_fraction)

@@ -13,8 +13,9 @@ runner = CliRunner()
 
 def _stage(phrasecut, tmp_path):
     annotations, images = phrasecut
-    results = removal_stage(list(iter_records(annotations, images)), build_inpainter(InpaintConfig()),
-                            RemovalSettings())
+    results = removal_stage(
+        list(iter_records(annotations, images)), build_inpainter(InpaintConfig()), RemovalSettings()
+    )
     url = str(tmp_path / "stage")
     commit_batch(results, url, "removal-test")
     return url

@@ -13,10 +13,18 @@ from storage import manifest
 
 
 def _config(annotations, images, output, **removal):
-    return BuildConfig.model_validate({
-        "name": "test", "output": str(output), "shards": {"max_samples": 5},
-        "removal": {"source": {"annotations": [annotations], "images": images}, "batch_size": 3, **removal},
-    })
+    return BuildConfig.model_validate(
+        {
+            "name": "test",
+            "output": str(output),
+            "shards": {"max_samples": 5},
+            "removal": {
+                "source": {"annotations": [annotations], "images": images},
+                "batch_size": 3,
+                **removal,
+            },
+        }
+    )
 
 
 def test_build_writes_shards_manifest_gallery_and_artifacts(prefect_api, phrasecut, tmp_path):
@@ -60,7 +68,9 @@ def test_bad_inputs_are_counted_not_fatal(prefect_api, phrasecut, tmp_path):
 
     annotations, images = phrasecut
     tasks = json.load(open(annotations))
-    tasks.append({"task_id": "99__0", "image_id": 99, "phrase": "ghost", "Polygons": [[[[1, 1], [40, 1], [40, 40]]]]})
+    tasks.append(
+        {"task_id": "99__0", "image_id": 99, "phrase": "ghost", "Polygons": [[[[1, 1], [40, 1], [40, 40]]]]}
+    )
     open(f"{images}/2.jpg", "r+b").truncate(200)  # a corrupt JPEG
     text = json.dumps(tasks)
     broken = tmp_path / "refer_broken.json"

@@ -10,18 +10,19 @@ from pathlib import Path
 import webdataset as wds
 import yaml
 
+from flows.config import RemovalConfig
 from pipelines.inpaint import InpaintConfig, build_inpainter
 from pipelines.removal import removal_stage
 from pipelines.sources.phrasecut import iter_records
 from storage import manifest
 from storage.shards import iter_samples
 
-from flows.config import RemovalConfig
-
 
 def _write_config(tmp_path: Path, annotations: str, images: str) -> Path:
     config = {
-        "name": "killed", "output": str(tmp_path / "out"), "shards": {"max_samples": 3},
+        "name": "killed",
+        "output": str(tmp_path / "out"),
+        "shards": {"max_samples": 3},
         "runner": {"task_runner": "threads", "max_workers": 2, "max_in_flight": 2},
         "removal": {"source": {"annotations": [annotations], "images": images}, "batch_size": 2},
     }
@@ -32,8 +33,13 @@ def _write_config(tmp_path: Path, annotations: str, images: str) -> Path:
 
 def _build(config: Path, api: str) -> subprocess.Popen:
     env = {**os.environ, "PREFECT_API_URL": api, "TQDM_DISABLE": "1"}
-    return subprocess.Popen([sys.executable, "-m", "flows.cli", "build", str(config)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=str(config.parent))
+    return subprocess.Popen(
+        [sys.executable, "-m", "flows.cli", "build", str(config)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        cwd=str(config.parent),
+    )
 
 
 def test_sigkill_then_rerun_loses_nothing_and_duplicates_nothing(prefect_api, tmp_path):
@@ -50,7 +56,9 @@ def test_sigkill_then_rerun_loses_nothing_and_duplicates_nothing(prefect_api, tm
         if parts.exists() and len([p for p in parts.iterdir() if p.suffix == ".parquet"]) >= 3:
             break
         time.sleep(0.02)
-    assert process.poll() is None, "the build finished before it could be killed: " + process.stdout.read().decode()
+    assert process.poll() is None, (
+        "the build finished before it could be killed: " + process.stdout.read().decode()
+    )
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
     committed = manifest.completed_record_ids(str(stage))
@@ -61,9 +69,11 @@ def test_sigkill_then_rerun_loses_nothing_and_duplicates_nothing(prefect_api, tm
     assert rerun.returncode == 0, output
 
     records = [r for r in iter_records(annotations, images)]
-    expected = removal_stage(records, build_inpainter(InpaintConfig()),
-                             RemovalConfig.model_validate({"source": {"annotations": [annotations],
-                                                                      "images": images}}).settings())
+    expected = removal_stage(
+        records,
+        build_inpainter(InpaintConfig()),
+        RemovalConfig.model_validate({"source": {"annotations": [annotations], "images": images}}).settings(),
+    )
     frame = manifest.read_manifest(str(stage))
     assert frame["key"].is_unique
     assert sorted(frame["key"]) == sorted(r.key for r in expected)

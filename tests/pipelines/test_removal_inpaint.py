@@ -4,10 +4,10 @@ import threading
 
 import numpy as np
 import pytest
+from tiny_lama import save_tiny_lama
 
 from pipelines.inpaint import InpaintConfig, InpaintError, build_inpainter
 from pipelines.inpaint.lama import LamaInpainter, pad_to_modulo, resolve_checkpoint
-from tiny_lama import save_tiny_lama
 
 
 def _image_and_mask(height=61, width=83, seed=0):

@@ -46,8 +46,15 @@ def test_tasks_without_required_fields_are_counted_drops(tmp_path):
 
 
 def _record(tmp_path, polygons, image_id="1", phrase="thing"):
-    return PhraseCutRecord(record_id=f"phrasecut:{image_id}__0", task_id=f"{image_id}__0", image_id=image_id,
-                           phrase=phrase, polygons=polygons, boxes=[], image_path=str(tmp_path / f"{image_id}.jpg"))
+    return PhraseCutRecord(
+        record_id=f"phrasecut:{image_id}__0",
+        task_id=f"{image_id}__0",
+        image_id=image_id,
+        phrase=phrase,
+        polygons=polygons,
+        boxes=[],
+        image_path=str(tmp_path / f"{image_id}.jpg"),
+    )
 
 
 def test_bad_regions_and_images_are_dropped_with_reasons(phrasecut, tmp_path):

@@ -1,4 +1,5 @@
 import numpy as np
+from tiny_lama import save_tiny_lama
 
 from pipelines.inpaint import InpaintConfig, build_inpainter
 from pipelines.inpaint.lama import LamaInpainter
@@ -6,7 +7,6 @@ from pipelines.instructions.templates import TEMPLATES, a_phrase, render, the_ph
 from pipelines.removal import RemovalSettings, removal_stage
 from pipelines.sources.phrasecut import RegionSettings, iter_records
 from storage.schema import Drop, Sample, Task
-from tiny_lama import save_tiny_lama
 
 
 def test_every_record_becomes_a_remove_and_a_reversed_add_pair(phrasecut):
@@ -36,8 +36,9 @@ def test_reruns_make_the_same_keys_and_instructions(phrasecut):
     first = removal_stage(records, build_inpainter(InpaintConfig()), RemovalSettings())
     second = removal_stage(records, build_inpainter(InpaintConfig()), RemovalSettings())
     assert [(r.key, r.meta.instruction) for r in first] == [(r.key, r.meta.instruction) for r in second]
-    other = removal_stage(records, build_inpainter(InpaintConfig()),
-                          RemovalSettings(region=RegionSettings(dilation=3)))
+    other = removal_stage(
+        records, build_inpainter(InpaintConfig()), RemovalSettings(region=RegionSettings(dilation=3))
+    )
     assert {r.key for r in first}.isdisjoint({r.key for r in other})
 
 
@@ -64,7 +65,11 @@ def test_an_inpainter_that_changes_nothing_is_caught(phrasecut):
 def test_templates_are_plentiful_and_grammatical():
     assert len(TEMPLATES["remove"]) >= 10 and len(TEMPLATES["add"]) >= 10
     assert the_phrase("white cup") == "the white cup" and the_phrase("the cup") == "the cup"
-    assert a_phrase("apple") == "an apple" and a_phrase("the cup") == "a cup" and a_phrase("two dogs") == "two dogs"
+    assert (
+        a_phrase("apple") == "an apple"
+        and a_phrase("the cup") == "a cup"
+        and a_phrase("two dogs") == "two dogs"
+    )
     assert a_phrase("trees") == "trees"
     texts = {render("remove", str(i), phrase="red car")[0] for i in range(200)}
     assert len(texts) >= 8 and all("the red car" in t for t in texts)

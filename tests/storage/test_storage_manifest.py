@@ -1,18 +1,25 @@
 import pandas as pd
 import pytest
+from test_storage_shards import make_sample
 
 from storage import manifest
 from storage.commit import batch_name, commit_batch
 from storage.schema import Drop, Provenance
 from storage.shards import ShardSpec, iter_samples
-from test_storage_shards import make_sample
 
 
 def test_commit_writes_shards_then_a_manifest_part_with_kept_and_dropped(tmp_path):
     url = str(tmp_path / "stage")
     results = [make_sample(i) for i in range(3)]
-    results.append(Drop(key="d1", reason="missing_image", detail="/x.jpg", record_id="r9",
-                        provenance=Provenance(dataset="test", image_id="9")))
+    results.append(
+        Drop(
+            key="d1",
+            reason="missing_image",
+            detail="/x.jpg",
+            record_id="r9",
+            provenance=Provenance(dataset="test", image_id="9"),
+        )
+    )
     report = commit_batch(results, url, batch_name("t", ["r0", "r1", "r2", "r9"]), ShardSpec(max_samples=2))
     assert report.kept == 3 and report.dropped == {"missing_image": 1} and len(report.shards) == 2
     frame = manifest.read_manifest(url)

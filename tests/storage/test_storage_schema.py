@@ -8,11 +8,15 @@ def _gen(**settings):
 def test_keys_are_stable_and_depend_on_provenance_task_and_settings():
     prov = Provenance(dataset="phrasecut", image_id="1", region_id="1__0")
     key = sample_key(Task.REMOVE, prov, _gen())
-    assert key == sample_key("remove", Provenance(dataset="phrasecut", image_id="1", region_id="1__0"), _gen())
+    assert key == sample_key(
+        "remove", Provenance(dataset="phrasecut", image_id="1", region_id="1__0"), _gen()
+    )
     assert len(key) == 24 and "." not in key  # WebDataset splits keys at the first dot
     assert key != sample_key(Task.ADD, prov, _gen())
     assert key != sample_key(Task.REMOVE, prov, _gen(dilation=9))
-    assert key != sample_key(Task.REMOVE, Provenance(dataset="phrasecut", image_id="2", region_id="1__0"), _gen())
+    assert key != sample_key(
+        Task.REMOVE, Provenance(dataset="phrasecut", image_id="2", region_id="1__0"), _gen()
+    )
 
 
 def test_key_ignores_url_and_license_so_metadata_fixes_do_not_duplicate_samples():
@@ -22,7 +26,14 @@ def test_key_ignores_url_and_license_so_metadata_fixes_do_not_duplicate_samples(
 
 
 def test_meta_round_trips_through_json():
-    meta = SampleMeta(key="k", task=Task.ADD, instruction="add a cup", instruction_source="template:add#0",
-                      provenance=Provenance(dataset="d", image_id="1"), generator=_gen(), scores={"a": 1.5})
+    meta = SampleMeta(
+        key="k",
+        task=Task.ADD,
+        instruction="add a cup",
+        instruction_source="template:add#0",
+        provenance=Provenance(dataset="d", image_id="1"),
+        generator=_gen(),
+        scores={"a": 1.5},
+    )
     again = SampleMeta.model_validate_json(meta.model_dump_json())
     assert again == meta and again.task is Task.ADD

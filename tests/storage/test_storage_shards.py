@@ -15,8 +15,14 @@ def make_sample(i: int, size: int = 32) -> Sample:
     rng = np.random.default_rng(i)
     prov = Provenance(dataset="test", image_id=str(i))
     gen = GeneratorInfo(name="g", backend="b")
-    meta = SampleMeta(key=sample_key("remove", prov, gen), task="remove", instruction=f"remove thing {i}",
-                      provenance=prov, generator=gen, record_id=f"r{i}")
+    meta = SampleMeta(
+        key=sample_key("remove", prov, gen),
+        task="remove",
+        instruction=f"remove thing {i}",
+        provenance=prov,
+        generator=gen,
+        record_id=f"r{i}",
+    )
     src = rng.integers(0, 255, (size, size + 8, 3), dtype=np.uint8)
     mask = np.zeros((size, size + 8), np.uint8)
     mask[4:10, 4:12] = 255

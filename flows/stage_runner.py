@@ -43,9 +43,21 @@ def process_batch(
     drops = [item for item in items if isinstance(item, Drop)]
     records = [item for item in items if not isinstance(item, Drop)]
     results = batch_fn(records, settings) if records else []
-    return commit_batch(
-        [*drops, *results], stage_url, batch, shard_spec, seconds=time.perf_counter() - started
-    )
+    try:
+        return commit_batch(
+            [*drops, *results], stage_url, batch, shard_spec, seconds=time.perf_counter() - started
+        )
+    except (ValueError, TypeError):
+        raise  # a stage's own mistake (a key twice, a wrong result type) keeps its message
+    except Exception as error:
+        raise StorageWriteError(
+            f"batch {batch}: writing shards or manifest under {stage_url} failed "
+            f"({type(error).__name__}: {error}); finished batches are kept, rerun to resume"
+        ) from error
+
+
+class StorageWriteError(RuntimeError):
+    """The output store refused a write (unreachable, full, no permission)."""
 
 
 def artifact_key(stage: str) -> str:

@@ -37,6 +37,7 @@ def makedirs(url: str) -> None:
 def list_files(url: str, suffix: str) -> list[str]:
     """Sorted URLs of the files directly under ``url`` whose names end with ``suffix``."""
     fs, path = get_fs(url)
+    fs.invalidate_cache(path)  # object-store listings are cached; a resumed stage needs the truth
     if not fs.exists(path):
         return []
     names = [p for p in fs.ls(path, detail=False) if p.endswith(suffix)]

@@ -30,7 +30,7 @@ def make_dataset(root: str, count: int, size: int = 256, seed: int = 0) -> tuple
     from pipelines.sources.demo import DEMO_IMAGES, demo_photo
 
     rng = np.random.default_rng(seed)
-    photos = [demo_photo(name) for name in DEMO_IMAGES.values()]
+    photos = [_at_least(demo_photo(name), size + 1) for name in DEMO_IMAGES.values()]
     image_dir = os.path.join(root, "images")
     os.makedirs(image_dir, exist_ok=True)
     tasks = []
@@ -41,7 +41,8 @@ def make_dataset(root: str, count: int, size: int = 256, seed: int = 0) -> tuple
         Image.fromarray(photo[y : y + size, x : x + size]).save(
             os.path.join(image_dir, f"{image_id}.jpg"), quality=92
         )
-        cx, cy, r = rng.uniform(80, 176), rng.uniform(80, 176), rng.uniform(20, 45)
+        cx, cy = rng.uniform(0.3 * size, 0.7 * size), rng.uniform(0.3 * size, 0.7 * size)
+        r = rng.uniform(0.08 * size, 0.18 * size)
         angles = np.sort(rng.uniform(0, 2 * np.pi, 12))
         radii = r * rng.uniform(0.6, 1.0, 12)
         polygon = [[float(cx + a * np.cos(t)), float(cy + a * np.sin(t))] for t, a in zip(angles, radii)]
@@ -59,6 +60,15 @@ def make_dataset(root: str, count: int, size: int = 256, seed: int = 0) -> tuple
     with open(path, "w") as handle:
         json.dump(tasks, handle)
     return path, image_dir
+
+
+def _at_least(photo: np.ndarray, side: int) -> np.ndarray:
+    """Upscale ``photo`` so both sides are at least ``side`` pixels."""
+    scale = max(1.0, side / min(photo.shape[:2]))
+    if scale == 1.0:
+        return photo
+    height, width = (int(round(d * scale)) for d in photo.shape[:2])
+    return np.asarray(Image.fromarray(photo).resize((width, height), Image.BICUBIC))
 
 
 def direct(config, output: str) -> float:

@@ -1,50 +1,153 @@
-"""`ieiw_build`: the whole build from one YAML config, each configured generator as a subflow."""
+"""`ieiw_build`: the whole build from one YAML config.
+
+Each configured generator runs as a subflow, then (with a `quality:` section) scoring and
+filtering of each generator's candidates into `<output>/final/<generator>`, then the gallery and
+the data card. Any stage can run alone (`stages=[...]`); finished shards are never redone.
+"""
 
 from __future__ import annotations
 
+import itertools
+import time
+
+import yaml
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
-from flows.config import BuildConfig
+from flows.config import BuildConfig, load_config
+from flows.filter import filter_flow
+from flows.multitask import multitask
 from flows.removal import removal
+from flows.replacement import replacement
 from flows.runners import make_task_runner
-from storage import fs
+from flows.score import score_flow
+from flows.storage_errors import store_errors
+from flows.web_edits import web_edits
+from pipelines.sources.demo import materialize_demo_images
+from quality.data_card import render_data_card, write_data_card
+from storage import fs, manifest
 from storage.gallery import write_gallery
 from storage.shards import iter_samples
 
-STAGES = ("removal",)
+# Generators in the order they run; each is a flow taking (section, output, shards, runner).
+GENERATORS = {"removal": removal, "replacement": replacement, "web_edits": web_edits, "multitask": multitask}
+QUALITY_STAGES = ("score", "filter")
+STAGES = (*GENERATORS, *QUALITY_STAGES)
+
+
+def _device() -> str:
+    import torch
+
+    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
 
 
 @flow(name="ieiw_build", log_prints=True)
-def ieiw_build(config: BuildConfig, stages: list[str] | None = None) -> dict:
-    """Run the configured generators (or only ``stages``), then write the gallery of the pairs."""
+def ieiw_build(config: BuildConfig | str, stages: list[str] | None = None) -> dict:
+    """Run the configured stages (or only ``stages``), then write the gallery and the data card.
+
+    ``config`` is a build config or the path of its YAML file (as deployments pass it).
+    """
     logger = get_run_logger()
+    if isinstance(config, str):
+        config = load_config(config)
     wanted = set(stages or STAGES)
     unknown = wanted - set(STAGES)
     if unknown:
         raise ValueError(f"unknown stages {sorted(unknown)}; known: {list(STAGES)}")
+    if config.removal and config.removal.source.materialize_demo_images:
+        materialize_demo_images(config.removal.source.images)
     runner = make_task_runner(config.runner)
     summaries: dict[str, dict] = {}
-    shard_dirs: list[str] = []
-    if config.removal and "removal" in wanted:
-        summaries["removal"] = removal.with_options(task_runner=runner)(
-            config.removal, config.output, config.shards, config.runner
+    for name, generator in GENERATORS.items():
+        section = getattr(config, name)
+        if section is None or name not in wanted:
+            continue
+        started = time.perf_counter()
+        summary = generator.with_options(task_runner=runner)(
+            section, config.output, config.shards, config.runner
         )
-        shard_dirs.append(fs.join(config.output, "removal", "shards"))
+        summaries[name] = {**summary, "wall_seconds": time.perf_counter() - started, "device": _device()}
+
+    finals, histograms = {}, {}
+    if config.quality is not None and wanted & set(QUALITY_STAGES):
+        quality = config.quality.model_dump(mode="json")
+        for name in configured_generators(config):
+            candidates = fs.join(config.output, name)
+            final = fs.join(config.output, "final", name)
+            if "score" in wanted:
+                started = time.perf_counter()
+                scored = score_flow(candidates_url=candidates, config=quality)
+                summaries[f"score {name}"] = {
+                    **scored,
+                    "wall_seconds": time.perf_counter() - started,
+                    "device": _device(),
+                }
+            if "filter" in wanted:
+                started = time.perf_counter()
+                report_url = fs.join(config.output, "reports", name)
+                filtered = filter_flow(
+                    candidates_url=candidates, out_url=final, config=quality, report_url=report_url
+                )
+                summaries[f"filter {name}"] = {**filtered, "wall_seconds": time.perf_counter() - started}
+                finals[name] = final
+                histograms[name] = fs.list_files(report_url, ".png")
+
+    with store_errors("gallery and data card", config.output):
+        gallery = write_build_gallery(config)
+        card = write_data_card(
+            fs.join(config.output, "DATA_CARD.md"),
+            render_data_card(
+                config.name,
+                yaml.safe_dump(config.model_dump(mode="json", exclude_none=True), sort_keys=False),
+                {name: fs.join(config.output, name) for name in configured_generators(config)},
+                summaries,
+                finals,
+                histograms,
+            ),
+        )
+    logger.info("gallery: %s; data card: %s", gallery, card)
+    create_markdown_artifact(
+        fs.read_bytes(card).decode("utf-8"), key="data-card", description="the data card"
+    )
+    create_markdown_artifact(
+        _summary_markdown(config, summaries, gallery, card),
+        key="build-summary",
+        description="what this build made",
+    )
+    return {"stages": summaries, "gallery": gallery, "data_card": card}
+
+
+def configured_generators(config: BuildConfig) -> list[str]:
+    return [name for name in GENERATORS if getattr(config, name) is not None]
+
+
+def _summary_markdown(config: BuildConfig, summaries: dict, gallery: str, card: str) -> str:
+    lines = [
+        f"# Build `{config.name}`",
+        "",
+        f"Output: `{config.output}`",
+        f"Gallery: `{gallery}`",
+        f"Data card: `{card}`",
+        "",
+    ]
+    for stage, summary in summaries.items():
+        dropped = summary.get("dropped", {})
+        drops = ", ".join(f"{k}: {v}" for k, v in dropped.items()) or "none"
+        lines.append(f"- **{stage}**: kept {summary.get('kept')}, dropped {sum(dropped.values())} ({drops})")
+    return "\n".join(lines)
+
+
+def write_build_gallery(config: BuildConfig) -> str:
+    """One page with an equal share of samples from every generator that has shards."""
+    folders = [fs.join(config.output, name, manifest.SHARD_DIR) for name in configured_generators(config)]
+    share = max(1, config.gallery.limit // max(1, len(folders)))
+    samples = itertools.chain.from_iterable(itertools.islice(iter_samples(f), share) for f in folders)
     gallery = fs.join(config.output, "gallery.html")
     write_gallery(
-        iter_samples(shard_dirs),
+        samples,
         gallery,
         title=f"{config.name}: pairs",
         limit=config.gallery.limit,
         size=config.gallery.thumbnail,
     )
-    logger.info("gallery: %s", gallery)
-    lines = [f"# Build `{config.name}`", "", f"Output: `{config.output}`", f"Gallery: `{gallery}`", ""]
-    for stage, summary in summaries.items():
-        lines.append(
-            f"- **{stage}**: kept {summary['kept']}, dropped {sum(summary['dropped'].values())} "
-            f"({', '.join(f'{k}: {v}' for k, v in summary['dropped'].items()) or 'none'})"
-        )
-    create_markdown_artifact("\n".join(lines), key="build-summary", description="what this build made")
-    return {"stages": summaries, "gallery": gallery}
+    return gallery

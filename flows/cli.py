@@ -64,17 +64,14 @@ def build(
 
 @app.command()
 def demo() -> None:
-    """Run the removal build on the bundled photographs (OpenCV backend) and write the gallery."""
+    """Build the demo dataset from the bundled photographs (configs/demo.yaml) and write the gallery."""
     from flows.config import load_config
-    from pipelines.sources.demo import materialize_demo_images
 
     config = load_config(DEMO_CONFIG)
-    assert config.removal is not None
-    materialize_demo_images(config.removal.source.images)
     result = _run_build(DEMO_CONFIG, None)
-    summary = result["stages"]["removal"]
-    console.print(f"Demo: kept {summary['kept']} pairs, dropped {summary['dropped']}")
-    console.print(f"Shards: {os.path.join(config.output, 'removal', 'shards')}")
+    for name, summary in result["stages"].items():
+        console.print(f"{name}: kept {summary['kept']} samples, dropped {summary['dropped'] or 'none'}")
+        console.print(f"  shards: {os.path.join(config.output, name, 'shards')}")
     console.print(f"Open the gallery in a browser: [bold]file://{result['gallery']}[/bold]")
 
 

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 from pipelines.inpaint.factory import InpaintConfig
+from pipelines.multitask.config import MultitaskConfig
 from pipelines.removal import RemovalSettings
+from pipelines.replacement.config import ReplacementConfig
 from pipelines.sources.phrasecut import RegionSettings
+from pipelines.web.config import WebEditsConfig
+from quality.config import QualityConfig
 from storage.shards import ShardSpec
 
 
@@ -33,6 +37,10 @@ class PhraseCutSource(BaseModel):
 
     annotations: list[str]  # refer_*.json files
     images: str  # folder of Visual Genome <image_id>.jpg
+    materialize_demo_images: bool = False  # write scikit-image's photos into `images` first (the demo)
+    dataset: str = "phrasecut"  # provenance of every sample: dataset name, license, image URL pattern
+    license: str | None = "CC BY 4.0 (Visual Genome images and PhraseCut annotations)"
+    url_template: str | None = "https://cs.stanford.edu/people/rak248/VG_100K/{image_id}.jpg"
 
 
 class RemovalConfig(BaseModel):
@@ -76,6 +84,33 @@ class BuildConfig(BaseModel):
     runner: RunnerConfig = Field(default_factory=RunnerConfig)
     gallery: GalleryConfig = Field(default_factory=GalleryConfig)
     removal: RemovalConfig | None = None
+    replacement: ReplacementConfig | None = None
+    web_edits: WebEditsConfig | None = None
+    multitask: MultitaskConfig | None = None
+    quality: QualityConfig | None = None  # scoring and the filter policy; None keeps every candidate
+
+
+# Keys whose string values (or lists of strings) are file or folder paths, anywhere in the config.
+PATH_KEYS = {
+    "output",
+    "annotations",
+    "images",
+    "root",
+    "labels",
+    "refs",
+    "instances",
+    "captions",
+    "cache_dir",
+    "state_path",
+    "index_dir",
+    "submissions",
+    "comments",
+    "database",
+    "checkpoint",
+    "index_path",
+}
+# Keys that hold a model: a local path when it exists next to the config, else a hub id or a URL.
+MODEL_KEYS = {"model", "pretrained", "sam_checkpoint", "model_path"}
 
 
 def _resolve(value: str, base: Path) -> str:
@@ -86,22 +121,40 @@ def _resolve(value: str, base: Path) -> str:
     return str((base / value).resolve())
 
 
+def _resolve_model(value: str, base: Path) -> str:
+    value = os.path.expanduser(os.path.expandvars(value))
+    if "://" in value or os.path.isabs(value):
+        return value
+    local = base / value
+    return str(local.resolve()) if local.exists() else value
+
+
+def resolve_tree(node: Any, base: Path) -> Any:
+    """Resolve every path-like value of a raw (YAML) config tree against ``base``."""
+    if isinstance(node, dict):
+        out = {}
+        for key, value in node.items():
+            if key in PATH_KEYS and isinstance(value, str):
+                out[key] = _resolve(value, base)
+            elif key in PATH_KEYS and isinstance(value, list) and all(isinstance(v, str) for v in value):
+                out[key] = [_resolve(v, base) for v in value]
+            elif key in MODEL_KEYS and isinstance(value, str):
+                out[key] = _resolve_model(value, base)
+            else:
+                out[key] = resolve_tree(value, base)
+        return out
+    if isinstance(node, list):
+        return [resolve_tree(item, base) for item in node]
+    return node
+
+
 def load_config(path: str | os.PathLike) -> BuildConfig:
     """Read a build config; relative paths in it are relative to the file's folder."""
     path = Path(path)
     with open(path, encoding="utf-8") as handle:
         raw = yaml.safe_load(handle) or {}
-    config = BuildConfig.model_validate(raw)
-    return resolve_paths(config, path.resolve().parent)
-
-
-def resolve_paths(config: BuildConfig, base: Path) -> BuildConfig:
-    config.output = _resolve(config.output, base)
-    if config.removal:
-        source = config.removal.source
-        source.annotations = [_resolve(a, base) for a in source.annotations]
-        source.images = _resolve(source.images, base)
-        model = config.removal.inpaint.model
-        if model and not model.startswith(("http://", "https://")):
-            config.removal.inpaint.model = _resolve(model, base)
+    base = path.resolve().parent
+    config = BuildConfig.model_validate(resolve_tree(raw, base))
+    if config.replacement is not None:  # its model fields may be hub ids, its database a folder it writes
+        config.replacement.resolve_paths(lambda v: _resolve_model(v, base), lambda v: _resolve(v, base))
     return config

@@ -25,10 +25,18 @@ from storage import fs, manifest
 @task(name="filter-shard", cache_policy=NONE)
 def filter_shard_task(shard_url: str, scores_url: str, out_url: str, config_json: str) -> dict:
     config = QualityConfig.model_validate_json(config_json)
-    report = run_filter_shard(shard_url, scores_url, out_url, config.policy, read_flags(out_url), config.shard)
-    return {"batch": report.batch, "kept": report.kept, "dropped": dict(report.dropped),
-            "by_task": dict(report.by_task), "shards": report.shards, "skipped": report.skipped,
-            "seconds": report.seconds}
+    report = run_filter_shard(
+        shard_url, scores_url, out_url, config.policy, read_flags(out_url), config.shard
+    )
+    return {
+        "batch": report.batch,
+        "kept": report.kept,
+        "dropped": dict(report.dropped),
+        "by_task": dict(report.by_task),
+        "shards": report.shards,
+        "skipped": report.skipped,
+        "seconds": report.seconds,
+    }
 
 
 @flow(name="filter")
@@ -45,12 +53,12 @@ def filter_flow(
     quality = QualityConfig.model_validate(config or {})
     scores_url = scores_url or default_scores_url(candidates_url)
     report_url = report_url or fs.join(out_url, "report")
-    needs_embeddings = quality.policy.duplicates.clip_min_cosine is not None or (
-        quality.eval_set and quality.policy.duplicates.eval_clip_min_cosine is not None
-    )
-    embedder = scoring_models(quality).embedder if needs_embeddings else None
+    duplicates = quality.policy.duplicates
+    embed_eval = bool(quality.eval_set) and duplicates.eval_clip_min_cosine is not None
+    embedder = scoring_models(quality).embedder if embed_eval else None
     eval_set = eval_set_from_urls(quality.eval_set, embedder) if quality.eval_set else None
-    cache = shared_cache(quality, scores_url) if needs_embeddings else None
+    uses_embeddings = embed_eval or duplicates.clip_min_cosine is not None
+    cache = shared_cache(quality, scores_url) if uses_embeddings else None
     flags = prepare_flags(scores_url, out_url, quality.policy, cache, eval_set)
     logger.info("%d samples flagged (duplicates, eval leaks, missing embeddings)", len(flags))
     shards = candidate_shards(candidates_url)
@@ -61,14 +69,22 @@ def filter_flow(
         futures = filter_shard_task.map(wave, scores_url=scores_url, out_url=out_url, config_json=config_json)
         results += [f.result() for f in futures]
     manifest.consolidate(out_url)
-    report = write_report(candidates_url, read_scores(scores_url), out_url, report_url, quality.policy,
-                          gallery_limit=quality.report_images)
+    report = write_report(
+        candidates_url,
+        read_scores(scores_url),
+        out_url,
+        report_url,
+        quality.policy,
+        gallery_limit=quality.report_images,
+    )
     publish_filter_artifacts(report)
     final = manifest.read_manifest(out_url)
     totals = {
         "candidates": int(len(final)),
         "kept": int(final["kept"].sum()) if len(final) else 0,
-        "dropped": {str(k): int(v) for k, v in final.loc[~final["kept"], "drop_reason"].value_counts().items()},
+        "dropped": {
+            str(k): int(v) for k, v in final.loc[~final["kept"], "drop_reason"].value_counts().items()
+        },
         "batches": len(results),
         "batches_skipped": sum(1 for r in results if r["skipped"]),
     }
@@ -77,13 +93,20 @@ def filter_flow(
 
 
 def publish_filter_artifacts(report: dict) -> None:
-    create_table_artifact(report["counts"] or [{"outcome": "none"}], key="quality-filter-outcomes",
-                          description="every candidate's outcome (kept or drop reason) by task")
+    create_table_artifact(
+        report["counts"] or [{"outcome": "none"}],
+        key="quality-filter-outcomes",
+        description="every candidate's outcome (kept or drop reason) by task",
+    )
     if report["histograms"]:
-        create_markdown_artifact(markdown_images(report["histograms"]), key="quality-filter-histograms",
-                                 description="score histograms per task, before (grey) and after (blue)")
+        create_markdown_artifact(
+            markdown_images(report["histograms"]),
+            key="quality-filter-histograms",
+            description="score histograms per task, before (grey) and after (blue)",
+        )
     for name in ("index_html", "dropped_html", "gallery_html"):
         url = report["files"][name]
         link = url if "://" in url else Path(url).resolve().as_uri()
-        create_link_artifact(link, link_text=name.replace("_html", ""), key=f"quality-{name.replace('_', '-')}")
-
+        create_link_artifact(
+            link, link_text=name.replace("_html", ""), key=f"quality-{name.replace('_', '-')}"
+        )

@@ -30,3 +30,18 @@ def cached_model(key: str, factory: Callable[[], T]) -> T:
 def clear_models() -> None:
     _MODELS.clear()
     LOADS.clear()
+
+
+GPU_TAG = "gpu"
+
+
+def gpu_tags(uses_model: bool, device: str | None) -> list[str]:
+    """The ``gpu`` tag for batches whose model runs on a GPU (explicitly, or by default when one exists)."""
+    if not uses_model or (device is not None and not device.startswith("cuda")):
+        return []
+    if device is None:
+        import torch
+
+        if not torch.cuda.is_available():
+            return []
+    return [GPU_TAG]

@@ -9,10 +9,11 @@ import ijson
 from prefect import flow
 
 from flows.config import RemovalConfig, RunnerConfig
-from flows.models import cached_model
+from flows.models import cached_model, gpu_tags
 from flows.stage_runner import publish_sample_table, run_stage
 from pipelines.inpaint import build_inpainter
 from pipelines.removal import removal_stage
+from pipelines.sources.demo import materialize_demo_images
 from pipelines.sources.phrasecut import PhraseCutRecord, iter_records
 from storage import fs
 from storage.schema import Drop, Result
@@ -30,8 +31,10 @@ def removal_batch(records: list[PhraseCutRecord], config: RemovalConfig) -> list
 
 
 def removal_items(config: RemovalConfig) -> Iterator[PhraseCutRecord | Drop]:
+    source = config.source
     items = itertools.chain.from_iterable(
-        iter_records(a, config.source.images) for a in config.source.annotations
+        iter_records(a, source.images, source.dataset, source.license, source.url_template)
+        for a in source.annotations
     )
     return itertools.islice(items, config.limit) if config.limit is not None else items
 
@@ -54,6 +57,8 @@ def removal(
 ) -> dict:
     """Write removal and add pairs as shards under ``<output>/removal``; resumes a killed run."""
     runner = runner or RunnerConfig()
+    if config.source.materialize_demo_images:
+        materialize_demo_images(config.source.images)
     stage_url = fs.join(output, STAGE)
     summary = run_stage(
         STAGE,
@@ -67,6 +72,7 @@ def removal(
         total=count_tasks(config),
         retries=runner.retries,
         retry_delay_seconds=runner.retry_delay_seconds,
+        tags=gpu_tags(config.inpaint.backend == "lama", config.inpaint.device),
     )
     publish_sample_table(STAGE, stage_url)
     return summary

@@ -45,8 +45,9 @@ def shared_cache(config: QualityConfig, scores_url: str) -> EmbeddingCache:
 def score_shard_task(shard_url: str, scores_url: str, config_json: str) -> dict:
     config = QualityConfig.model_validate_json(config_json)
     models = scoring_models(config)
-    return run_score_shard(shard_url, scores_url, models, shared_cache(config, scores_url),
-                           config.scoring.batch_size)
+    return run_score_shard(
+        shard_url, scores_url, models, shared_cache(config, scores_url), config.scoring.batch_size
+    )
 
 
 def candidate_shards(candidates_url: str) -> list[str]:
@@ -81,12 +82,18 @@ def score_flow(
 
 def publish_score_artifacts(totals: dict, scores) -> None:
     rows = [{"task": task_name, **means} for task_name, means in totals["mean_by_task"].items()]
-    create_table_artifact(rows or [{"task": "none"}], key="quality-score-means",
-                          description=f"{totals['samples']} scored samples, errors {totals['errors']}")
+    create_table_artifact(
+        rows or [{"task": "none"}],
+        key="quality-score-means",
+        description=f"{totals['samples']} scored samples, errors {totals['errors']}",
+    )
     histograms = score_histograms(scores[scores["error"].isna()], scores.iloc[0:0])
     if histograms:
-        create_markdown_artifact(markdown_images(histograms), key="quality-score-histograms",
-                                 description="score histograms per task (before filtering)")
+        create_markdown_artifact(
+            markdown_images(histograms),
+            key="quality-score-histograms",
+            description="score histograms per task (before filtering)",
+        )
 
 
 def markdown_images(pngs: dict[str, bytes]) -> str:

@@ -22,8 +22,10 @@ from prefect.artifacts import (
 )
 from prefect.cache_policies import NO_CACHE
 from prefect.futures import PrefectFuture
+from prefect.tasks import exponential_backoff
 from tqdm.auto import tqdm
 
+from flows.storage_errors import store_errors
 from storage import fs, manifest
 from storage.commit import BatchReport, batch_name, commit_batch, merge_reports, prune_orphan_shards
 from storage.schema import Drop, Result
@@ -43,21 +45,10 @@ def process_batch(
     drops = [item for item in items if isinstance(item, Drop)]
     records = [item for item in items if not isinstance(item, Drop)]
     results = batch_fn(records, settings) if records else []
-    try:
+    with store_errors(f"batch {batch}", stage_url):
         return commit_batch(
             [*drops, *results], stage_url, batch, shard_spec, seconds=time.perf_counter() - started
         )
-    except (ValueError, TypeError):
-        raise  # a stage's own mistake (a key twice, a wrong result type) keeps its message
-    except Exception as error:
-        raise StorageWriteError(
-            f"batch {batch}: writing shards or manifest under {stage_url} failed "
-            f"({type(error).__name__}: {error}); finished batches are kept, rerun to resume"
-        ) from error
-
-
-class StorageWriteError(RuntimeError):
-    """The output store refused a write (unreachable, full, no permission)."""
 
 
 def artifact_key(stage: str) -> str:
@@ -103,21 +94,34 @@ def run_stage(
     total: int | None = None,
     retries: int = 2,
     retry_delay_seconds: float = 2.0,
+    tags: list[str] | None = None,
 ) -> dict:
-    """Process every pending record of ``items`` in batches; returns the merged summary."""
+    """Process every pending record of ``items`` in batches; returns the merged summary.
+
+    Batches run as ``process-batch`` tasks on the flow's task runner, at most ``max_in_flight`` at
+    once; failed batches are retried with exponential backoff; ``tags`` go on every batch task.
+    """
     logger = get_run_logger()
-    fs.makedirs(stage_url)
-    for folder in (manifest.SHARD_DIR, manifest.MANIFEST_DIR):
-        stale = fs.remove_stale_temporaries(fs.join(stage_url, folder))
-        if stale:
-            logger.warning("%s: removed %d temporary files left by an interrupted run", stage, stale)
-    done = manifest.completed_record_ids(stage_url)
+    with store_errors(f"stage {stage}", stage_url):
+        fs.makedirs(stage_url)
+        for folder in (manifest.SHARD_DIR, manifest.MANIFEST_DIR):
+            stale = fs.remove_stale_temporaries(fs.join(stage_url, folder))
+            if stale:
+                logger.warning("%s: removed %d temporary files left by an interrupted run", stage, stale)
+        done = manifest.completed_record_ids(stage_url)
     if done:
         logger.info("%s: resuming, %d records already committed", stage, len(done))
     progress_id = create_progress_artifact(
         0.0, key=f"{artifact_key(stage)}-progress", description=f"{stage}: share of records processed"
     )
-    worker = process_batch.with_options(retries=retries, retry_delay_seconds=retry_delay_seconds)
+    worker = process_batch.with_options(
+        retries=retries,
+        retry_delay_seconds=exponential_backoff(backoff_factor=retry_delay_seconds)(retries)
+        if retries
+        else 0,
+        retry_jitter_factor=0.2,
+        tags=set(tags or ()),  # e.g. "gpu": a tag concurrency limit keeps GPU batches from oversubscribing
+    )
     duplicates: list[str] = []
     reports: list[BatchReport] = []
     in_flight: deque[tuple[PrefectFuture, int]] = deque()
@@ -143,15 +147,14 @@ def run_stage(
     bar.close()
     update_progress_artifact(progress_id, 100.0)
 
-    orphans = prune_orphan_shards(stage_url)
-    if orphans:
-        logger.warning("%s: removed %d shards of batches that never committed", stage, len(orphans))
+    with store_errors(f"stage {stage}", stage_url):
+        orphans = prune_orphan_shards(stage_url)
+        if orphans:
+            logger.warning("%s: removed %d shards of batches that never committed", stage, len(orphans))
+        consolidated = manifest.consolidate(stage_url)
     summary = merge_reports(reports)
     summary.update(
-        stage=stage,
-        resumed_records=len(done),
-        duplicate_records=len(duplicates),
-        manifest=manifest.consolidate(stage_url),
+        stage=stage, resumed_records=len(done), duplicate_records=len(duplicates), manifest=consolidated
     )
     publish_summary(stage, summary)
     logger.info("%s: kept %d, dropped %s", stage, summary["kept"], summary["dropped"])

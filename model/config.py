@@ -1,18 +1,20 @@
 """The training config: one YAML file says what to train from, on which shards, and how.
 
 The data section is a list of shard sets, each with a sampling weight and the metadata field its
-text comes from (``instruction`` or ``pretrain_caption``), so the curriculum's stages (caption
-pre-training, the weighted task mix, instruction tuning) are each one config of this shape.
+text comes from (``instruction`` or ``pretrain_caption``). A config may instead list ``stages``
+(the paper's curriculum: caption pre-training, the weighted task mix, instruction tuning), each
+with its own shard sets and a few overrides; :mod:`model.curriculum` turns every stage into a
+plain single-stage config of this same shape. A config without ``stages`` is one stage.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 TextField = Literal["instruction", "pretrain_caption"]
 
@@ -24,8 +26,14 @@ class ShardSet(BaseModel):
 
     urls: list[str]
     weight: float = Field(default=1.0, gt=0)
-    text_field: TextField = "instruction"
-    name: str = ""
+    text_field: TextField | None = None  # None: the stage's text_field, else ``instruction``
+    name: str = ""  # names the set in the logged mix; ``set<i>`` when empty
+
+
+def _unique_names(sets: list[ShardSet]) -> None:
+    names = [s.name for s in sets if s.name]
+    if len(names) != len(set(names)):
+        raise ValueError(f"shard set names must be unique, got {names}")
 
 
 class DataConfig(BaseModel):
@@ -33,13 +41,18 @@ class DataConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    sets: list[ShardSet] = Field(min_length=1)
+    sets: list[ShardSet] = Field(default_factory=list)  # empty only when the stages list theirs
     resolution: int = 256
     random_flip: bool = True
     shuffle_buffer: int = 1000
     shards_per_block: int = 4  # shards read interleaved per block; a resume replays at most one block
     num_workers: int = 2
     latent_cache: str | None = None  # a folder; when set, a first pass caches VAE latents here
+
+    @model_validator(mode="after")
+    def _names(self) -> DataConfig:
+        _unique_names(self.sets)
+        return self
 
 
 class CFGDropout(BaseModel):
@@ -71,19 +84,56 @@ class OptimConfig(BaseModel):
     lr_warmup_steps: int = 0
 
 
+StageName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=64)]
+
+
+class StageConfig(BaseModel):
+    """One curriculum stage: its data mix and what it changes of the run's settings.
+
+    Unset fields take the run's (top-level) value. ``text_field`` applies to the stage's shard
+    sets that do not name their own. ``image_conditioning: false`` trains text-to-image on the
+    target: the source-image latent is zeros, as when classifier-free training drops it.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: StageName
+    data: list[ShardSet] = Field(min_length=1)
+    text_field: TextField | None = None
+    image_conditioning: bool = True
+    max_steps: int | None = Field(default=None, gt=0)
+    epochs: float | None = Field(default=None, gt=0)
+    learning_rate: float | None = Field(default=None, gt=0)
+    lr_warmup_steps: int | None = Field(default=None, ge=0)
+    train_batch_size: int | None = Field(default=None, gt=0)
+    cfg_dropout: CFGDropout | None = None
+    checkpoint_every: int | None = Field(default=None, gt=0)
+
+    @model_validator(mode="after")
+    def _check(self) -> StageConfig:
+        if self.max_steps is not None and self.epochs is not None:
+            raise ValueError(f"stage {self.name!r}: give max_steps or epochs, not both")
+        _unique_names(self.data)
+        return self
+
+
 class TrainConfig(BaseModel):
-    """A whole training run."""
+    """A whole training run: one stage, or the ``stages`` of a curriculum in order."""
 
     model_config = ConfigDict(extra="forbid")
 
     base_model: str  # a hub id or a local folder in diffusers layout (Stable Diffusion 1.5 in the paper)
-    output_dir: str
-    data: DataConfig
+    output_dir: str  # one stage: the model is saved here; stages: each in <output_dir>/<stage name>/
+    data: DataConfig = Field(default_factory=DataConfig)
+    stages: list[StageConfig] | None = None
     cfg_dropout: CFGDropout = Field(default_factory=CFGDropout)
     optim: OptimConfig = Field(default_factory=OptimConfig)
     train_batch_size: int = 4  # per device
     gradient_accumulation_steps: int = 1
-    max_steps: int = 1000  # optimizer steps
+    max_steps: int = Field(default=1000, gt=0)  # optimizer steps
+    epochs: float | None = Field(default=None, gt=0)  # instead of max_steps: passes over the data
+    image_conditioning: bool = True  # false: text-to-image (the source latent is zeros)
+    latent_cache_model: str | None = None  # keys the latent cache; default base_model (stages share it)
     mixed_precision: Literal["no", "fp16", "bf16"] = "bf16"
     use_ema: bool = True
     ema_decay: float = 0.9999
@@ -94,6 +144,27 @@ class TrainConfig(BaseModel):
     resume: Literal["latest", "none"] | str = "latest"  # or the path of one checkpoint folder
     log_every: int = 10
     seed: int = 0
+
+    @model_validator(mode="after")
+    def _stages_or_data(self) -> TrainConfig:
+        if {"max_steps", "epochs"} <= self.model_fields_set and self.epochs is not None:
+            raise ValueError("give max_steps or epochs, not both")
+        if self.stages is None:
+            if not self.data.sets:
+                raise ValueError("data.sets needs at least one shard set (or list `stages`)")
+            return self
+        if not self.stages:
+            raise ValueError("stages is empty")
+        if self.data.sets:
+            raise ValueError("with stages, each stage lists its own data; top-level data holds only the "
+                             "shared settings (resolution, workers, latent cache)")
+        names = [s.name for s in self.stages]
+        if len(names) != len(set(names)):
+            raise ValueError(f"stage names must be unique, got {names}")
+        if self.resume not in ("latest", "none"):
+            raise ValueError("with stages, resume must be `latest` or `none` (each stage resumes from its "
+                             "own folder)")
+        return self
 
 
 def load_train_config(path: str | os.PathLike) -> TrainConfig:
@@ -108,7 +179,7 @@ def load_train_config(path: str | os.PathLike) -> TrainConfig:
         config.base_model = _resolve(config.base_model, base)
     if config.data.latent_cache:
         config.data.latent_cache = _resolve(config.data.latent_cache, base)
-    for shard_set in config.data.sets:
+    for shard_set in config.data.sets + [s for stage in config.stages or [] for s in stage.data]:
         shard_set.urls = [_resolve(u, base) for u in shard_set.urls]
     return config
 

@@ -60,7 +60,7 @@ class AestheticPredictor(nn.Module):
 
 
 def load_state_dict_safely(path: str | Path) -> dict[str, torch.Tensor]:
-    """A tensor state dict from ``.safetensors`` or from ``torch.load(weights_only=True)``; never unpickles."""
+    """A tensor state dict from ``.safetensors`` or ``torch.load(weights_only=True)``; never unpickles."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")

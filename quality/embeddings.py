@@ -18,6 +18,7 @@ from __future__ import annotations
 import io
 import json
 import posixpath
+import threading
 import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -191,10 +192,14 @@ class EmbeddingCache:
         self.url = fs.join(url, namespace)
         self._where: dict[str, tuple[str, int]] = {}
         self._loaded = False
+        self._lock = threading.RLock()  # one cache per process, shared by a flow's task threads
 
     def _load_index(self) -> None:
-        if self._loaded:
-            return
+        with self._lock:
+            if not self._loaded:
+                self._read_index()
+
+    def _read_index(self) -> None:
         for keys_url in fs.list_files(self.url, ".keys.parquet"):
             if posixpath.basename(keys_url).startswith("."):
                 continue
@@ -235,6 +240,10 @@ class EmbeddingCache:
 
     def put(self, keys: Sequence[str], vectors: np.ndarray) -> None:
         """Store new vectors as one part; keys already cached are skipped."""
+        with self._lock:
+            self._put(keys, vectors)
+
+    def _put(self, keys: Sequence[str], vectors: np.ndarray) -> None:
         self._load_index()
         if len(keys) != len(vectors):
             raise ValueError(f"{len(keys)} keys for {len(vectors)} vectors")

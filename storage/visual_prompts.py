@@ -32,7 +32,7 @@ COLOR_TOLERANCE = 80.0
 # A pixel "was edited" when some channel moved by more than this from the source.
 CHANGE_THRESHOLD = 24
 # The renderer prefers colours at least this far (RGB distance) from the joint's surroundings.
-MIN_CONTRAST = 120.0
+MIN_CONTRAST = 150.0
 
 # Segmentation: the colour laid over the mask with this opacity (semi-transparent, as the paper preferred).
 DEFAULT_MASK_ALPHA = 0.5

@@ -4,4 +4,14 @@ from collections.abc import Callable
 
 import typer
 
-AREAS: list[Callable[[typer.Typer], None]] = []
+from flows.commands import model, multitask, ops, quality, replacement, review, web
+
+AREAS: list[Callable[[typer.Typer], None]] = [
+    ops.register,
+    replacement.register,
+    web.register,
+    multitask.register,
+    review.register,
+    quality.register,
+    model.register,
+]

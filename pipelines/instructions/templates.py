@@ -37,6 +37,20 @@ TEMPLATES: dict[str, tuple[str, ...]] = {
         "paint {a_phrase} into the photo",
         "show {a_phrase} in the image",
     ),
+    "replace": (
+        "replace {the_source} with {a_target}",
+        "turn {the_source} into {a_target}",
+        "change {the_source} to {a_target}",
+        "swap {the_source} for {a_target}",
+        "put {a_target} where {the_source} is",
+        "substitute {a_target} for {the_source}",
+        "transform {the_source} into {a_target}",
+        "exchange {the_source} for {a_target}",
+        "show {a_target} in place of {the_source}",
+        "make {the_source} {a_target} instead",
+        "let {a_target} take the place of {the_source}",
+        "have {a_target} instead of {the_source}",
+    ),
 }
 
 _ARTICLES = ("a ", "an ", "the ", "some ", "this ", "that ", "these ", "those ", "his ", "her ", "their ")
@@ -87,3 +101,10 @@ def render(task: str, seed_text: str, **fields: str) -> tuple[str, str]:
         values.setdefault("the_phrase", the_phrase(fields["phrase"]))
         values.setdefault("a_phrase", a_phrase(fields["phrase"]))
     return template.format(**values), f"template:{task}#{index}"
+
+
+def render_replace(seed_text: str, source_object: str, target_object: str) -> tuple[str, str]:
+    """``("replace the cat with a dog", "template:replace#0")``, chosen stably from ``seed_text``."""
+    return render(
+        "replace", seed_text, the_source=the_phrase(source_object), a_target=a_phrase(target_object)
+    )

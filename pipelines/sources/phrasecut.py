@@ -26,6 +26,7 @@ from storage.schema import Drop, Provenance, stable_key
 
 DATASET = "phrasecut"
 LICENSE = "CC BY 4.0 (Visual Genome images and PhraseCut annotations)"
+VG_URL = "https://cs.stanford.edu/people/rak248/VG_100K/{image_id}.jpg"
 
 
 @dataclass
@@ -40,15 +41,18 @@ class PhraseCutRecord:
     boxes: list[list[float]]
     image_path: str
     structure: dict[str, Any] = field(default_factory=dict)
+    dataset: str = DATASET
+    license: str | None = LICENSE
+    url_template: str | None = VG_URL
 
     @property
     def provenance(self) -> Provenance:
         return Provenance(
-            dataset=DATASET,
+            dataset=self.dataset,
             image_id=self.image_id,
             region_id=self.task_id,
-            license=LICENSE,
-            url=f"https://cs.stanford.edu/people/rak248/VG_100K/{self.image_id}.jpg",
+            license=self.license,
+            url=self.url_template.format(image_id=self.image_id) if self.url_template else None,
         )
 
 
@@ -79,8 +83,17 @@ def _drop(record_id: str, reason: str, detail: str, prov: Provenance | None = No
     )
 
 
-def iter_records(annotation_path: str, image_dir: str) -> Iterator[PhraseCutRecord | Drop]:
+def iter_records(
+    annotation_path: str,
+    image_dir: str,
+    dataset: str = DATASET,
+    license: str | None = LICENSE,
+    url_template: str | None = VG_URL,
+) -> Iterator[PhraseCutRecord | Drop]:
     """Stream the tasks of one ``refer_*.json`` file.
+
+    ``dataset``, ``license`` and ``url_template`` (with ``{image_id}``) go into each sample's
+    provenance: the defaults describe VGPhraseCut on Visual Genome.
 
     A task missing required fields becomes a ``bad_annotation`` drop; a file that ends early or
     is not valid JSON yields an ``annotation_file_truncated`` drop after the tasks read so far.
@@ -102,7 +115,10 @@ def iter_records(annotation_path: str, image_dir: str) -> Iterator[PhraseCutReco
                 )
                 return
             count += 1
-            yield _parse_task(task, image_dir, name, count)
+            record = _parse_task(task, image_dir, name, count)
+            if isinstance(record, PhraseCutRecord):
+                record.dataset, record.license, record.url_template = dataset, license, url_template
+            yield record
 
 
 def _parse_task(task: Any, image_dir: str, name: str, index: int) -> PhraseCutRecord | Drop:

@@ -42,11 +42,24 @@ def test_build_writes_shards_manifest_gallery_and_artifacts(prefect_api, phrasec
     frame = manifest.read_manifest(str(tmp_path / "out/removal"))
     assert sorted(frame["key"]) == sorted(r["__key__"] for r in rows)
 
+    card = open(result["data_card"]).read()
+    assert (
+        "| removal | remove | 8 | not filtered |" in card and "| removal | add | 8 | not filtered |" in card
+    )
+    assert "| phrasecut | CC BY 4.0" in card and "| removal | opencv | - | 16 |" in card and "```yaml" in card
+
     page = open(result["gallery"]).read()
     assert page.count('class="pair"') == 16 and "data:image/jpeg;base64" in page
 
     with get_client(sync_client=True) as client:
-        keys = ["removal-counts", "removal-summary", "removal-progress", "removal-samples", "build-summary"]
+        keys = [
+            "removal-counts",
+            "removal-summary",
+            "removal-progress",
+            "removal-samples",
+            "build-summary",
+            "data-card",
+        ]
         found = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=keys)))
     assert {a.key for a in found} == set(keys)
     counts = next(a for a in found if a.key == "removal-counts")

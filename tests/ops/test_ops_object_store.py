@@ -5,10 +5,12 @@ from __future__ import annotations
 import os
 import threading
 import time
+import traceback
 
 import boto3
 import pytest
 from moto.server import ThreadedMotoServer
+from tcp_proxy import TcpProxy
 
 from flows.build import ieiw_build
 from flows.config import BuildConfig
@@ -18,11 +20,15 @@ from storage.shards import iter_samples
 
 @pytest.fixture
 def object_store(monkeypatch):
-    """A real S3 API on 127.0.0.1 (moto's server); yields (endpoint, restart)."""
+    """A real S3 API on 127.0.0.1 (moto's server) behind a proxy that can cut it off.
+
+    Yields (endpoint, stop, start): ``stop`` makes the store unreachable mid-write, ``start``
+    brings it back with its data.
+    """
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
+    proxy = TcpProxy(server.get_host_and_port()[1]).start()
+    endpoint = f"http://127.0.0.1:{proxy.port}"
     for name, value in {
         "AWS_ACCESS_KEY_ID": "test",
         "AWS_SECRET_ACCESS_KEY": "test",
@@ -31,17 +37,9 @@ def object_store(monkeypatch):
     }.items():
         monkeypatch.setenv(name, value)
     boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="ieiw")
-    state = {"server": server}
-
-    def stop():
-        state["server"].stop()
-
-    def start():
-        state["server"] = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-        state["server"].start()
-
-    yield endpoint, stop, start
-    state["server"].stop()
+    yield endpoint, proxy.stop, proxy.start
+    proxy.stop()
+    server.stop()
 
 
 def _objects(endpoint: str, prefix: str) -> list[str]:
@@ -102,7 +100,10 @@ def test_store_stopped_mid_write_fails_clearly_and_rerun_completes(prefect_api, 
     stop()
     thread.join(timeout=180)
     assert "error" in outcome, "the build should fail while the store is down"
-    assert "rerun to resume" in str(outcome["error"]) or "s3://ieiw/builds/two" in str(outcome["error"])
+    message = "".join(traceback.format_exception(outcome["error"]))
+    assert "rerun to resume" in str(outcome["error"]) and "s3://ieiw/builds/two" in str(outcome["error"]), (
+        message
+    )
 
     start()
     done_before = manifest.completed_record_ids("s3://ieiw/builds/two/removal")

@@ -1,0 +1,192 @@
+"""`ieiw train | edit | evaluate | export-hf | edit-ui`: train the editing model and use it.
+
+``ieiw train CONFIG`` runs every stage of a curriculum config in order (skipping complete ones and
+resuming the interrupted one); ``--stage NAME`` runs one.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+console = Console()
+
+
+def _settings(steps: int, text_guidance: float, image_guidance: float, seed: int, resolution: int):
+    from model.inference import EditSettings
+
+    return EditSettings(
+        steps=steps,
+        text_guidance=text_guidance,
+        image_guidance=image_guidance,
+        seed=seed,
+        resolution=resolution,
+    )
+
+
+def _train_directly(config: Path, stage: str | None, num_processes: int) -> list[dict]:
+    """The stages in this process, or each through `accelerate launch` (the flow's task, unwrapped)."""
+    from flows.train import train_stage
+    from model.config import load_train_config
+    from model.curriculum import plan_stages, select
+
+    names = [s.name for s in select(plan_stages(load_train_config(config)), stage)]
+    return [train_stage.fn(str(config), name, num_processes) for name in names]
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def train(
+        config: Path = typer.Argument(..., exists=True, dir_okay=False, help="training config YAML"),
+        stage: str = typer.Option(
+            None, help="run only this stage (from the previous stage's saved model); default: all"
+        ),
+        num_processes: int = typer.Option(1, help="processes (GPUs); more than 1 runs `accelerate launch`"),
+        prefect: bool = typer.Option(
+            True, help="run as the `ieiw_train` Prefect flow (--no-prefect: directly)"
+        ),
+        retries: int = typer.Option(
+            0, help="Prefect task retries; each retry resumes from the last checkpoint"
+        ),
+    ) -> None:
+        """Train (or resume) the editing model: every stage of the config in order, or one --stage."""
+        from model.curriculum import StageNotReady, mix_table
+
+        try:
+            if prefect:
+                from prefect.settings import PREFECT_API_URL, temporary_settings
+
+                from flows.server import ensure_server, ui_url
+                from flows.train import train as train_flow
+
+                api_url = ensure_server()
+                console.print(f"Prefect UI: [bold]{ui_url(api_url)}[/bold]")
+                with temporary_settings(updates={PREFECT_API_URL: api_url}):
+                    summaries = train_flow(str(config), num_processes, retries, stage)["stages"]
+            else:
+                summaries = _train_directly(config, stage, num_processes)
+        except (StageNotReady, ValueError) as error:
+            console.print(f"[red]{error}[/red]")
+            raise typer.Exit(1) from error
+        for summary in summaries:
+            done = "already complete, skipped" if summary.get("skipped") else f"{summary['steps']} steps"
+            console.print(
+                f"Stage [bold]{summary['stage']}[/bold] ({done}): model {summary['output_dir']}, "
+                f"last loss {summary['last_loss']}; loss curve {summary['loss_curve']}"
+            )
+            console.print(mix_table(summary["mix"]))
+
+    @app.command()
+    def edit(
+        model: str = typer.Option(..., help="trained model folder (diffusers layout) or hub id"),
+        output: Path = typer.Option(..., "-o", "--output", help="output PNG, or a folder in batch mode"),
+        image: Path = typer.Option(None, exists=True, dir_okay=False, help="one image to edit"),
+        folder: Path = typer.Option(None, exists=True, file_okay=False, help="batch: every image here"),
+        shards: list[str] = typer.Option(
+            None, help="batch: samples of these shards (their own instructions)"
+        ),
+        instruction: str = typer.Option(None, help="the edit (required with --image and --folder)"),
+        steps: int = 20,
+        text_guidance: float = 7.5,
+        image_guidance: float = 1.5,
+        seed: int = 0,
+        resolution: int = typer.Option(512, help="long side of the working resolution"),
+        limit: int = typer.Option(None, help="at most this many shard samples"),
+        device: str = "auto",
+    ) -> None:
+        """Edit an image (or a folder, or shards) with a trained model."""
+        from PIL import Image
+
+        from model.inference import edit_folder, edit_image, edit_shards, load_edit_pipeline
+
+        if sum(x is not None and x != [] for x in (image, folder, shards)) != 1:
+            raise typer.BadParameter("give exactly one of --image, --folder, --shards")
+        if (image or folder) and not instruction:
+            raise typer.BadParameter("--instruction is required with --image and --folder")
+        settings = _settings(steps, text_guidance, image_guidance, seed, resolution)
+        pipe = load_edit_pipeline(model, device)
+        if image is not None:
+            with Image.open(image) as opened:
+                source = opened.convert("RGB")
+            output.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(edit_image(pipe, source, instruction, settings)).save(output)
+            console.print(f"wrote {output}")
+            return
+        if folder is not None:
+            report = edit_folder(pipe, str(folder), instruction, str(output), settings)
+        else:
+            report = edit_shards(pipe, shards, str(output), settings, limit)
+        skipped = f", skipped {dict(report.skipped)}" if report.skipped else ""
+        console.print(f"wrote {len(report.written)} images to {output}{skipped}")
+
+    @app.command()
+    def evaluate(
+        model: str = typer.Option(..., help="trained model folder (diffusers layout) or hub id"),
+        shards: list[str] = typer.Option(..., help="held-out shards (files or folders)"),
+        output: Path = typer.Option(..., "-o", "--output", help="folder for metrics.csv, summary, grid.png"),
+        clip_model: str = typer.Option("ViT-L-14", help="open_clip model name"),
+        clip_pretrained: str = typer.Option("openai", help="open_clip tag or a local checkpoint file"),
+        clip_config_file: str = typer.Option(None, help="JSON model config for a model open_clip lacks"),
+        limit: int = typer.Option(None, help="at most this many samples"),
+        steps: int = 20,
+        text_guidance: float = 7.5,
+        image_guidance: float = 1.5,
+        seed: int = 0,
+        resolution: int = 256,
+        device: str = "auto",
+    ) -> None:
+        """CLIP directional, image and text similarity of the model's edits on held-out shards."""
+        from model.evaluate import evaluate as run_evaluation
+        from model.inference import load_edit_pipeline
+        from quality.embeddings import ClipEmbedder, EmbedderConfig
+
+        embedder = ClipEmbedder.from_config(
+            EmbedderConfig(
+                model=clip_model,
+                pretrained=clip_pretrained,
+                model_config_file=clip_config_file,
+                device=device,
+            )
+        )
+        pipe = load_edit_pipeline(model, device)
+        settings = _settings(steps, text_guidance, image_guidance, seed, resolution)
+        run_evaluation(pipe, embedder, shards, str(output), settings, limit=limit)
+        console.print((output / "summary.md").read_text())
+        console.print(f"table {output / 'metrics.csv'}, grid {output / 'grid.png'}")
+
+    @app.command("export-hf")
+    def export_hf(
+        shards: list[str] = typer.Argument(..., help="shards (files or folders) to export"),
+        output: Path = typer.Option(..., "-o", "--output", help="dataset folder"),
+        rows_per_file: int = 5000,
+        text_field: str = typer.Option("instruction", help="instruction or pretrain_caption"),
+    ) -> None:
+        """Export shards as a Hugging Face dataset (original_image, edit_prompt, edited_image)."""
+        from model.export_hf import export_to_hf
+
+        result = export_to_hf(shards, str(output), rows_per_file=rows_per_file, text_field=text_field)
+        console.print(json.dumps({"rows": result["rows"], "files": len(result["files"])}))
+        console.print(
+            f"load with datasets.load_dataset({str(output)!r}) or train with diffusers' "
+            f"train_instruct_pix2pix.py --dataset_name {output}"
+        )
+
+    @app.command("edit-ui")
+    def edit_ui(
+        model: str = typer.Option(..., help="trained model folder (diffusers layout) or hub id"),
+        host: str = "127.0.0.1",
+        port: int = 7860,
+        device: str = "auto",
+    ) -> None:
+        """Serve a web page to upload an image, type an instruction and see the edit."""
+        import uvicorn
+
+        from model.inference import load_edit_pipeline
+        from model.webapp import create_app
+
+        app_ = create_app(load_edit_pipeline(model, device))
+        console.print(f"open http://{host}:{port}/")
+        uvicorn.run(app_, host=host, port=port)

@@ -1,0 +1,100 @@
+"""`ieiw evaluate-task` (score edited images on the original vision task) and `ieiw multitask-demo`."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+console = Console()
+TASK_CHOICES = ("keypoints", "segmentation", "enhancement")
+
+
+def _shard_urls(paths: list[str]) -> list[str]:
+    """Shard files or folders; a stage output folder (with ``shards/``) stands for its shards."""
+    from storage import manifest
+    from storage.shards import expand_shard_urls
+
+    inputs = []
+    for path in paths:
+        nested = os.path.join(path, manifest.SHARD_DIR)
+        inputs.append(nested if "://" not in path and os.path.isdir(nested) else path)
+    return expand_shard_urls(inputs)
+
+
+def _format(value) -> str:
+    if isinstance(value, float):
+        return "nan" if value != value else f"{value:.4f}"
+    return str(value)
+
+
+def evaluate_task(
+    task: str = typer.Option(..., "--task", help="keypoints | segmentation | enhancement"),
+    shards: list[str] = typer.Option(..., "--shards", help="held-out shard files or folders (repeatable)"),
+    outputs: str = typer.Option(..., "--outputs", help="folder of edited images named <key>.png"),
+    out: str = typer.Option(
+        "task_eval", "--out", help="folder for metrics.json, the per-sample CSV and the grid"
+    ),
+    limit: int | None = typer.Option(None, help="at most this many samples of the task"),
+    examples: int = typer.Option(12, help="rows in the grid of examples"),
+) -> None:
+    """Decode the answers out of edited images and score them: keypoint AP, mIoU/cIoU, PSNR/SSIM."""
+    import itertools
+
+    from quality.task_metrics import TASKS, OutputFolder, evaluate_task_outputs
+    from storage.shards import iter_samples
+
+    if task not in TASKS:
+        raise typer.BadParameter(f"--task must be one of {', '.join(TASK_CHOICES)}", param_hint="--task")
+    urls = _shard_urls(shards)
+    if not urls:
+        raise typer.BadParameter(f"no shards found in {shards}", param_hint="--shards")
+    samples = (s for s in iter_samples(urls) if s.meta.task == TASKS[task])
+    if limit is not None:
+        samples = itertools.islice(samples, limit)
+    metrics, rows, grid = evaluate_task_outputs(
+        task, samples, OutputFolder(outputs), out, grid_examples=examples
+    )
+    metrics_path = os.path.join(out, f"{TASKS[task]}_metrics.json")
+    with open(metrics_path, "w", encoding="utf-8") as handle:
+        json.dump({k: None if v != v else v for k, v in metrics.items()}, handle, indent=2, default=float)
+    table = Table("metric", "value", title=f"{task} on {metrics['samples']} samples")
+    for row in rows:
+        table.add_row(row["metric"], _format(row["value"]))
+    console.print(table)
+    if metrics["samples"] == 0:
+        console.print(f"[yellow]no {task} samples in {shards}[/yellow]")
+        raise typer.Exit(1)
+    console.print(f"metrics: {metrics_path}")
+    if grid:
+        console.print(f"grid of examples: {grid}")
+
+
+def multitask_demo(
+    output: str = typer.Option(".ieiw/demo/multitask", "-o", "--output", help="build output folder"),
+    images: str = typer.Option(".ieiw/demo/images", help="where the demo photos are written"),
+) -> None:
+    """Render a few keypoint, segmentation and enhancement samples on the bundled photos."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flows.multitask import multitask
+    from flows.server import ensure_server
+    from pipelines.multitask.demo import demo_multitask_config
+    from pipelines.sources.demo import materialize_demo_images
+
+    materialize_demo_images(images)
+    config = demo_multitask_config(os.path.abspath(images))
+    with temporary_settings(updates={PREFECT_API_URL: ensure_server()}):
+        summary = multitask(config, os.path.abspath(output))
+    console.print(
+        f"multitask demo: kept {summary['kept']} by task {summary['by_task']}, dropped {summary['dropped']}"
+    )
+    console.print(f"shards: {os.path.join(output, 'multitask', 'shards')}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("evaluate-task")(evaluate_task)
+    app.command("multitask-demo")(multitask_demo)

@@ -1,0 +1,212 @@
+"""`ieiw candidates | review | review-token | review-status | export-picks`: the human-aligned set.
+
+1. ``ieiw candidates --model CKPT --shards SRC --out CANDS``: N edits per source sample.
+2. ``ieiw review-token NAME``: one token per reviewer (printed once; stored hashed).
+3. ``ieiw review --candidates CANDS``: import, assign and serve the review app (one command).
+4. ``ieiw export-picks --candidates CANDS --out ALIGNED``: the picks as ``aligned`` shards.
+
+The database is ``--db`` or ``$IEIW_REVIEW_DB`` (a SQLAlchemy URL: a SQLite file by default, or
+``postgresql+psycopg2://user:password@host/db``); the password never appears in the output.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+console = Console()
+DB_OPTION = typer.Option(
+    "sqlite:///ieiw-review.sqlite",
+    "--db",
+    envvar="IEIW_REVIEW_DB",
+    help="review database URL (SQLAlchemy), or $IEIW_REVIEW_DB",
+)
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        values = [float(part) for part in text.split(",") if part.strip()]
+    except ValueError as bad:
+        raise typer.BadParameter(f"expected comma-separated numbers, got {text!r}") from bad
+    if not values:
+        raise typer.BadParameter("give at least one value")
+    return values
+
+
+def _progress_table(store) -> Table:
+    table = Table("reviewer", "assigned", "done", "skipped", "remaining", "picks")
+    for row in store.progress():
+        table.add_row(
+            row.reviewer,
+            str(row.assigned),
+            str(row.done),
+            str(row.skipped),
+            str(row.remaining),
+            str(row.picks),
+        )
+    return table
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def candidates(
+        model: str = typer.Option(..., help="checkpoint folder (diffusers layout) or hub id"),
+        shards: list[str] = typer.Option(..., "--shards", help="source shards or folders (repeatable)"),
+        out: str = typer.Option(..., "-o", "--out", help="folder for the candidate shards"),
+        n: int = typer.Option(20, "-n", help="candidates per sample"),
+        limit: int = typer.Option(1000, help="at most this many source samples"),
+        steps: int = typer.Option(20, help="denoising steps"),
+        resolution: int = typer.Option(256, help="long side of the working resolution"),
+        seed: int = typer.Option(0, help="base seed; each candidate's seed derives from it and the sample"),
+        text_guidance: str = typer.Option("5,7.5,10,12.5", help="text guidance scales to cycle"),
+        image_guidance: str = typer.Option("1,1.25,1.5,1.75,2", help="image guidance scales to cycle"),
+        batch_size: int = typer.Option(8, help="samples per pipeline call"),
+        per_shard: int = typer.Option(50, help="samples per candidate shard"),
+        device: str = typer.Option("auto", help="auto, cuda or cpu"),
+    ) -> None:
+        """Generate N candidate edits per source sample (varied seeds and guidance) as candidate shards."""
+        from tqdm.auto import tqdm
+
+        from model.candidates import CandidateShardWriter, generate_candidates
+        from model.inference import load_edit_pipeline
+        from storage.shards import expand_shard_urls, iter_samples
+
+        pipe = load_edit_pipeline(model, device=device)
+        samples = itertools.islice(iter_samples(expand_shard_urls(shards)), limit)
+        with (
+            tqdm(total=limit, desc="candidates", unit="sample") as bar,
+            CandidateShardWriter(out, max_sets=per_shard) as writer,
+        ):
+            for candidate_set in generate_candidates(
+                pipe,
+                samples,
+                n=n,
+                checkpoint=model,
+                steps=steps,
+                resolution=resolution,
+                base_seed=seed,
+                text_guidance=_floats(text_guidance),
+                image_guidance=_floats(image_guidance),
+                batch_size=batch_size,
+                progress=bar.update,
+            ):
+                writer.write(candidate_set)
+        console.print(f"wrote {len(writer.written)} candidate shards to [bold]{out}[/bold]")
+
+    @app.command("review-token")
+    def review_token(
+        name: str = typer.Argument(..., help="reviewer name"),
+        db: str = DB_OPTION,
+    ) -> None:
+        """Create a reviewer (or replace their token) and print the token; it is shown only this once."""
+        from model.review.store import ReviewStore
+
+        store = ReviewStore(db)
+        try:
+            token = store.add_reviewer(name)
+        finally:
+            store.close()
+        console.print(f"reviewer [bold]{name}[/bold], database {store.display_url}")
+        print(token)
+
+    @app.command()
+    def review(
+        candidates: str = typer.Option(..., help="candidate shards folder"),
+        db: str = DB_OPTION,
+        per_sample: int = typer.Option(1, help="reviewers per sample (2 or more gives agreement figures)"),
+        host: str = typer.Option("127.0.0.1", help="address to listen on"),
+        port: int = typer.Option(8765),
+        prefect: bool = typer.Option(False, help="run as the `ieiw_review` flow, with progress artifacts"),
+        poll_seconds: float = typer.Option(30.0, help="with --prefect: how often to update the artifacts"),
+        stop_when_done: bool = typer.Option(True, help="with --prefect: end the flow once all is reviewed"),
+    ) -> None:
+        """Import candidates, assign samples to the reviewers and serve the review app."""
+        if prefect:
+            from prefect.settings import PREFECT_API_URL, temporary_settings
+
+            from flows.review import review as review_flow
+            from flows.server import ensure_server, ui_url
+
+            api_url = ensure_server()
+            console.print(f"Prefect UI: [bold]{ui_url(api_url)}[/bold]; review app: http://{host}:{port}")
+            with temporary_settings(updates={PREFECT_API_URL: api_url}):
+                summary = review_flow(
+                    candidates,
+                    db,
+                    per_sample=per_sample,
+                    host=host,
+                    port=port,
+                    poll_seconds=poll_seconds,
+                    stop_when_done=stop_when_done,
+                )
+            console.print(json.dumps(summary["agreement"], indent=1))
+            return
+
+        from model.candidates import CandidateIndex
+        from model.review.app import create_app
+        from model.review.serve import serve
+        from model.review.store import ReviewStore
+
+        store = ReviewStore(db)
+        index = CandidateIndex.build(candidates)
+        prepared = store.prepare(index.headers.values(), per_sample)
+        if not prepared["reviewers"]:
+            console.print("[yellow]no reviewers yet: add them (`ieiw review-token NAME`), restart[/yellow]")
+        elif len(prepared["reviewers"]) < per_sample:
+            console.print(
+                f"[yellow]{len(prepared['reviewers'])} reviewers for --per-sample {per_sample}: "
+                "nothing assigned[/yellow]"
+            )
+        console.print(
+            f"{len(index)} samples ({prepared['imported']} new), {prepared['assigned']} new "
+            f"assignments, database {store.display_url}"
+        )
+        console.print(_progress_table(store))
+        console.print(f"Review app: [bold]http://{host}:{port}[/bold] (Ctrl-C to stop)")
+        try:
+            serve(create_app(store, index), host=host, port=port)
+        finally:
+            store.close()
+
+    @app.command("review-status")
+    def review_status(db: str = DB_OPTION) -> None:
+        """Reviewed and remaining per reviewer, and the agreement between reviewers."""
+        from model.review.store import ReviewStore
+
+        store = ReviewStore(db, create=False)
+        try:
+            console.print(_progress_table(store))
+            console.print(json.dumps(store.agreement().as_dict(), indent=1))
+        finally:
+            store.close()
+
+    @app.command("export-picks")
+    def export_picks(
+        candidates: str = typer.Option(..., help="candidate shards folder"),
+        out: str = typer.Option(..., "-o", "--out", help="output stage folder (shards/ and manifest/)"),
+        db: str = DB_OPTION,
+        min_votes: int = typer.Option(1, help="keep candidates picked by at least this many reviewers"),
+        overwrite: bool = typer.Option(False, help="replace a previous export in --out"),
+    ) -> None:
+        """Write the picks as instruction-tuning shards (task `aligned`) with their provenance."""
+        from model.candidates import CandidateIndex
+        from model.review.export import export_picks as run_export
+        from model.review.store import ReviewStore
+
+        store = ReviewStore(db, create=False)
+        try:
+            report = run_export(
+                store, CandidateIndex.build(candidates), out, min_votes=min_votes, overwrite=overwrite
+            )
+        except FileExistsError as exists:
+            raise typer.BadParameter(str(exists), param_hint="--out") from exists
+        finally:
+            store.close()
+        console.print(
+            f"exported {report.kept} picked edits to [bold]{out}[/bold] "
+            f"({len(report.shards)} shards); dropped {dict(report.dropped) or 'none'}"
+        )

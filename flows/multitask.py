@@ -1,0 +1,55 @@
+"""The `multitask` flow: keypoint, segmentation and enhancement samples rendered as edits."""
+
+from __future__ import annotations
+
+import json
+
+from prefect import flow
+
+from flows.config import RunnerConfig
+from flows.models import cached_model
+from flows.stage_runner import publish_sample_table, run_stage
+from pipelines.multitask.captions import load_captions
+from pipelines.multitask.config import MultitaskConfig
+from pipelines.multitask.records import MultitaskRecord
+from pipelines.multitask.stage import iter_multitask_records, multitask_stage
+from storage import fs
+from storage.schema import Result
+from storage.shards import ShardSpec
+
+STAGE = "multitask"
+
+
+def multitask_batch(records: list[MultitaskRecord], config: MultitaskConfig) -> list[Result]:
+    """One batch through the renderers, with the captions files parsed once per process."""
+    captions = (
+        cached_model(
+            f"captions:{json.dumps(sorted(config.captions))}", lambda: load_captions(config.captions)
+        )
+        if config.captions
+        else {}
+    )
+    return multitask_stage(records, config, captions)
+
+
+@flow(name="multitask", log_prints=True)
+def multitask(
+    config: MultitaskConfig, output: str, shards: ShardSpec | None = None, runner: RunnerConfig | None = None
+) -> dict:
+    """Write multi-task samples as shards under ``<output>/multitask``; resumes a killed run."""
+    runner = runner or RunnerConfig()
+    stage_url = fs.join(output, STAGE)
+    summary = run_stage(
+        STAGE,
+        iter_multitask_records(config),
+        multitask_batch,
+        config,
+        stage_url,
+        shards or ShardSpec(),
+        batch_size=config.batch_size,
+        max_in_flight=runner.max_in_flight,
+        retries=runner.retries,
+        retry_delay_seconds=runner.retry_delay_seconds,
+    )
+    publish_sample_table(STAGE, stage_url)
+    return summary

@@ -1,0 +1,381 @@
+"""Training batches streamed from WebDataset shards, in an order a resumed run can replay.
+
+Each data-loader worker reads an endless stream of *blocks*. Block ``i`` of logical worker ``w``
+draws ``shards_per_block`` shards (a shard set, then a shard of that set, with replacement), reads
+them interleaved with WebDataset's tar reader, and shuffles them through a
+buffer, all seeded by ``(seed, rank, w, i)``. A sample's crop and flip are seeded by its place in
+the stream. So a position ``(block, offset)`` fixes everything that follows: every batch carries
+the position after it, the trainer keeps the last one per worker in its checkpoints, and a resumed
+run skips at most one block's raw (undecoded) samples to continue exactly where it stopped.
+
+The mix is per *sample*: a set is drawn with probability proportional to its weight divided by its
+mean samples per shard (measured on a few of its shards), so sets whose shards hold more or fewer
+samples still make up their weight's share of what the trainer sees. Every sample carries its set's
+name and :class:`StreamState` counts them, so the trainer logs the shares actually seen.
+
+Two sample layouts are read: images (``src.*``, ``tgt.*``) and cached latents
+(``lat.safetensors``, written by :mod:`model.latent_cache`).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import random
+import tarfile
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from safetensors.torch import load as load_safetensors
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from webdataset.filters import _shuffle
+from webdataset.tariterators import group_by_keys, tar_file_expander
+
+from storage import fs
+from storage.images import decode_image
+from storage.schema import SampleMeta
+from storage.shards import expand_shard_urls
+
+log = logging.getLogger(__name__)
+
+LATENT_MEMBER = "lat.safetensors"
+MAX_EMPTY_BLOCKS = 50
+SHARDS_MEASURED = 16  # shards per set whose samples are counted to weigh the set's shard draws
+
+
+@dataclass
+class SourceSet:
+    """One shard set, expanded: its shard URLs, sampling weight, text field and name.
+
+    ``samples_per_shard`` (measured by :func:`measure_samples_per_shard` when left unset) turns the
+    per-sample weight into the weight of drawing one of the set's shards.
+    """
+
+    urls: list[str]
+    weight: float = 1.0
+    text_field: str = "instruction"
+    name: str = ""
+    samples_per_shard: float | None = None
+
+
+@dataclass
+class StreamSettings:
+    resolution: int = 256
+    random_flip: bool = True
+    shuffle_buffer: int = 1000
+    shards_per_block: int = 4
+    batch_size: int = 4
+    seed: int = 0
+    rank: int = 0
+
+
+@dataclass
+class StreamState:
+    """Where every logical worker's stream stands, how many batches were consumed in all, and how many
+    samples of each set (by name) this process has seen."""
+
+    num_workers: int
+    positions: list[tuple[int, int]] = field(default_factory=list)  # (block, offset) per worker
+    batches: int = 0
+    seen: Counter = field(default_factory=Counter)
+
+    def __post_init__(self) -> None:
+        if not self.positions:
+            self.positions = [(0, 0)] * max(1, self.num_workers)
+
+    def advance(self, batch: dict) -> None:
+        worker, block, offset = batch["position"]
+        self.positions[worker] = (block, offset)
+        self.batches += 1
+        self.seen.update(batch.get("source", ()))
+
+    def to_json(self) -> dict:
+        return {"num_workers": self.num_workers, "positions": self.positions, "batches": self.batches,
+                "seen": dict(self.seen)}
+
+    @classmethod
+    def from_json(cls, data: dict) -> StreamState:
+        return cls(data["num_workers"], [tuple(p) for p in data["positions"]], data["batches"],
+                   Counter(data.get("seen", {})))
+
+
+class ShardStream(IterableDataset):
+    """An endless, seeded, resumable stream of training batches (dicts of stacked tensors)."""
+
+    def __init__(self, sets: list[SourceSet], settings: StreamSettings, state: StreamState) -> None:
+        super().__init__()
+        self.sets = [s for s in sets if s.urls]
+        if not self.sets:
+            raise ValueError("no shards found in any data set")
+        for i, s in enumerate(self.sets):
+            s.name = s.name or f"set{i}"
+            if s.samples_per_shard is None:
+                s.samples_per_shard = measure_samples_per_shard(s.urls)
+        self.shard_weights = shard_draw_weights(self.sets)
+        self.settings = settings
+        self.state = state
+
+    def __iter__(self) -> Iterator[dict]:
+        info = get_worker_info()
+        loader_workers = info.num_workers if info is not None else 1
+        if loader_workers != len(self.state.positions):
+            raise ValueError(f"stream state has {len(self.state.positions)} workers, loader {loader_workers}")
+        worker_id = info.id if info is not None else 0
+        # batches arrive round-robin by loader worker; after n batches, loader worker 0 serves the
+        # logical worker whose turn is next, so the resumed sequence equals the uninterrupted one
+        logical = (worker_id + self.state.batches) % loader_workers
+        yield from self._batches(logical)
+
+    def _batches(self, worker: int) -> Iterator[dict]:
+        size = self.settings.batch_size
+        drops: Counter = Counter()
+        pending: list[dict] = []
+        for block, offset, item in self._samples(worker, drops):
+            pending.append(item)
+            if len(pending) == size:
+                yield collate(pending, (worker, block, offset + 1), drops)
+                pending = []
+
+    def _samples(self, worker: int, drops: Counter) -> Iterator[tuple[int, int, dict]]:
+        block, skip = self.state.positions[worker]
+        empty = 0
+        while True:
+            seen = 0
+            for offset, raw in enumerate(self._block(worker, block, drops)):
+                seen += 1
+                if offset < skip:
+                    continue
+                item = decode_item(raw, self._sample_rng(worker, block, offset), self.settings, drops)
+                if item is not None:
+                    yield block, offset, item
+            empty = empty + 1 if seen == 0 else 0
+            if empty >= MAX_EMPTY_BLOCKS:
+                raise RuntimeError(f"{MAX_EMPTY_BLOCKS} blocks in a row held no samples: "
+                                   "are the shards empty?")
+            block, skip = block + 1, 0
+
+    def _block(self, worker: int, block: int, drops: Counter) -> Iterator[dict]:
+        s = self.settings
+        rng = random.Random(f"block-{s.seed}-{s.rank}-{worker}-{block}")
+        chosen = []
+        for _ in range(s.shards_per_block):
+            shard_set = rng.choices(self.sets, weights=self.shard_weights)[0]
+            chosen.append((rng.choice(shard_set.urls), shard_set))
+        streams = [read_shard(url, x.text_field, drops, x.name) for url, x in chosen]
+        return _shuffle(interleave(streams), bufsize=s.shuffle_buffer, initial=s.shuffle_buffer, rng=rng)
+
+    def _sample_rng(self, worker: int, block: int, offset: int) -> random.Random:
+        s = self.settings
+        return random.Random(f"sample-{s.seed}-{s.rank}-{worker}-{block}-{offset}")
+
+
+def read_shard(url: str, text_field: str, drops: Counter, source: str = "") -> Iterator[dict]:
+    """The raw samples (``{"__key__", extension: bytes}``) of one shard, read with WebDataset."""
+
+    def count_and_continue(exn: Exception) -> bool:
+        drops["unreadable-shard"] += 1
+        log.warning("skipping unreadable data in %s: %s", url, exn)
+        return True
+
+    filesystem, path = fs.get_fs(url)
+    with filesystem.open(path, "rb") as stream:
+        files = tar_file_expander([{"url": url, "stream": stream}], handler=count_and_continue)
+        for sample in group_by_keys(files, handler=count_and_continue):
+            sample["__text_field__"] = text_field
+            sample["__source__"] = source
+            yield sample
+
+
+def count_shard_samples(url: str) -> int:
+    """The samples of one shard, from its tar headers only (member data is skipped, not read)."""
+    filesystem, path = fs.get_fs(url)
+    keys, last = 0, None
+    with filesystem.open(path, "rb") as stream, tarfile.open(fileobj=stream, mode="r:") as tar:
+        for info in tar:
+            base = info.name.rsplit("/", 1)[-1]
+            if not info.isfile() or "." not in base:
+                continue
+            key = info.name[: len(info.name) - len(base)] + base.split(".", 1)[0]
+            if key != last:
+                keys, last = keys + 1, key
+    return keys
+
+
+def measure_samples_per_shard(urls: list[str], most: int = SHARDS_MEASURED) -> float:
+    """The mean samples per shard of a set, counted on at most ``most`` evenly spaced shards."""
+    if not urls:
+        return 0.0
+    n = min(most, len(urls))
+    picked = sorted({round(i * (len(urls) - 1) / max(1, n - 1)) for i in range(n)})
+    counts = []
+    for i in picked:
+        try:
+            counts.append(count_shard_samples(urls[i]))
+        except (OSError, tarfile.TarError) as exc:
+            log.warning("cannot count the samples of %s: %s", urls[i], exc)
+    return sum(counts) / len(counts) if counts else 0.0
+
+
+def shard_draw_weights(sets: list[SourceSet]) -> list[float]:
+    """Weights of drawing a shard of each set so each set's share of *samples* is its weight's share."""
+    return [s.weight / (s.samples_per_shard or 1.0) if s.samples_per_shard else s.weight for s in sets]
+
+
+def estimated_samples(sets: list[SourceSet]) -> int:
+    """About how many samples the sets hold (mean samples per shard times shards)."""
+    total = 0.0
+    for s in sets:
+        per_shard = s.samples_per_shard
+        if per_shard is None:
+            per_shard = measure_samples_per_shard(s.urls)
+        total += per_shard * len(s.urls)
+    return math.ceil(total)
+
+
+def interleave(streams: list[Iterator[dict]]) -> Iterator[dict]:
+    """Round-robin over ``streams`` until all are exhausted."""
+    active = list(streams)
+    while active:
+        for stream in list(active):
+            try:
+                yield next(stream)
+            except StopIteration:
+                active.remove(stream)
+
+
+def decode_item(raw: dict, rng: random.Random, s: StreamSettings, drops: Counter) -> dict | None:
+    """Decode one raw sample and apply the same random crop and flip to source and target."""
+    try:
+        meta = SampleMeta.model_validate_json(raw["json"])
+        text = getattr(meta, raw["__text_field__"])
+        if not text:
+            drops["missing-text"] += 1
+            return None
+        if LATENT_MEMBER in raw:
+            src, tgt = crop_latents(load_safetensors(raw[LATENT_MEMBER]), s, rng)
+            return {"src_lat": src, "tgt_lat": tgt, "text": text, "key": meta.key,
+                    "source": raw.get("__source__", "")}
+        src_img = decode_image(find_member(raw, "src"))
+        tgt_img = decode_image(find_member(raw, "tgt"))
+    except KeyError as exc:
+        drops["missing-member"] += 1
+        log.warning("sample %s lacks a member: %s", raw.get("__key__"), exc)
+        return None
+    except (ValueError, OSError, UnidentifiedImageError) as exc:
+        drops["undecodable"] += 1
+        log.warning("sample %s cannot be decoded: %s", raw.get("__key__"), exc)
+        return None
+    src, tgt = crop_and_flip(src_img, tgt_img, s.resolution, s.random_flip, rng)
+    return {"src": to_tensor(src), "tgt": to_tensor(tgt), "text": text, "key": meta.key,
+            "source": raw.get("__source__", "")}
+
+
+def find_member(raw: dict, stem: str) -> bytes:
+    for name, value in raw.items():
+        if name.split(".", 1)[0] == stem and isinstance(value, bytes):
+            return value
+    raise KeyError(f"{stem}.*")
+
+
+def resize_short_side(image: np.ndarray, size: int, like: tuple[int, int] | None = None) -> np.ndarray:
+    """Resize so the short side is ``size`` (or to ``like`` = (width, height) when given)."""
+    h, w = image.shape[:2]
+    if like is None:
+        scale = size / min(h, w)
+        like = (max(size, round(w * scale)), max(size, round(h * scale)))
+    if (w, h) == like:
+        return image
+    return np.asarray(Image.fromarray(image).resize(like, Image.Resampling.BICUBIC))
+
+
+def crop_and_flip(
+    src: np.ndarray, tgt: np.ndarray, resolution: int, flip: bool, rng: random.Random
+) -> tuple[np.ndarray, np.ndarray]:
+    """Resize both to the source's short side ``resolution``, then one random crop and flip for both."""
+    src = resize_short_side(src, resolution)
+    tgt = resize_short_side(tgt, resolution, like=(src.shape[1], src.shape[0]))
+    h, w = src.shape[:2]
+    top, left = rng.randint(0, h - resolution), rng.randint(0, w - resolution)
+    src = src[top : top + resolution, left : left + resolution]
+    tgt = tgt[top : top + resolution, left : left + resolution]
+    if flip and rng.random() < 0.5:
+        src, tgt = src[:, ::-1], tgt[:, ::-1]
+    return src, tgt
+
+
+def crop_latents(tensors: dict[str, torch.Tensor], s: StreamSettings, rng: random.Random):
+    """The cached-latent counterpart of :func:`crop_and_flip` (flips use the cached flipped latents)."""
+    flipped = s.random_flip and rng.random() < 0.5
+    src = tensors["src_flip" if flipped else "src"].float()
+    tgt = tensors["tgt_flip" if flipped else "tgt"].float()
+    size = s.resolution // int(tensors["factor"].item())
+    h, w = src.shape[-2:]
+    if h < size or w < size:
+        raise ValueError(f"cached latents {h}x{w} are smaller than the crop {size}")
+    top, left = rng.randint(0, h - size), rng.randint(0, w - size)
+    return src[:, top : top + size, left : left + size], tgt[:, top : top + size, left : left + size]
+
+
+def to_tensor(image: np.ndarray) -> torch.Tensor:
+    """HxWx3 ``uint8`` to a 3xHxW float tensor in [-1, 1], as the VAE expects."""
+    return torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1).float().div(127.5).sub(1.0)
+
+
+def collate(items: list[dict], position: tuple[int, int, int], drops: Counter) -> dict:
+    batch: dict = {"text": [i["text"] for i in items], "key": [i["key"] for i in items],
+                   "source": [i["source"] for i in items]}
+    for name in ("src", "tgt", "src_lat", "tgt_lat"):
+        if name in items[0]:
+            batch[name] = torch.stack([i[name] for i in items])
+    batch["position"] = position
+    batch["drops"] = dict(drops)
+    return batch
+
+
+def make_loader(sets: list[SourceSet], settings: StreamSettings, state: StreamState) -> DataLoader:
+    """A data loader over :class:`ShardStream`; ``state.num_workers`` worker processes (0: in process)."""
+    stream = ShardStream(sets, settings, state)
+    workers = state.num_workers
+    return DataLoader(stream, batch_size=None, num_workers=workers, persistent_workers=False,
+                      prefetch_factor=2 if workers else None)
+
+
+def expand_sets(sets) -> list[SourceSet]:
+    """Config shard sets (``model.config.ShardSet``) to :class:`SourceSet` with their shard URLs.
+
+    A set that names no existing shard is an error, not a silently smaller mix.
+    """
+    out = []
+    for i, s in enumerate(sets):
+        name = s.name or f"set{i}"
+        urls = expand_shard_urls(s.urls)
+        if not urls:
+            raise ValueError(f"shard set {name!r} has no shards at {s.urls}")
+        out.append(SourceSet(urls, s.weight, s.text_field or "instruction", name))
+    return out
+
+
+def mix_report(names: list[str], weights: list[float], counts: list[int]) -> dict:
+    """Samples seen per set against the configured weights: ``share`` should be near ``weight_share``."""
+    total, weight_total = sum(counts), sum(weights)
+    rows = [{"name": n, "weight": w, "weight_share": w / weight_total, "samples": c,
+             "share": c / total if total else 0.0} for n, w, c in zip(names, weights, counts, strict=True)]
+    return {"samples": total, "sets": rows}
+
+
+def write_mix_report(folder: str | Path, report: dict) -> None:
+    """``mix.json`` and ``mix.csv`` (one row per set) in ``folder``."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "mix.json").write_text(json.dumps(report, indent=1), encoding="utf-8")
+    with open(folder / "mix.csv", "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["name", "weight", "weight_share", "samples", "share"])
+        writer.writeheader()
+        writer.writerows(report["sets"])

@@ -1,0 +1,221 @@
+"""Instructions from an LLM through any OpenAI-compatible endpoint (OpenAI, vLLM, Ollama).
+
+Two calls, both validated, retried with a bound, and cached by prompt::
+
+    writer = InstructionWriter(LLMConfig(base_url="http://localhost:8000/v1", model="Qwen2.5-7B-Instruct"))
+    writer.write("a cat on a sofa", "a dog on a sofa", "cat", "dog")   # -> "replace the cat with a dog"
+    writer.paraphrase("remove the red car", n=5, must_mention=["car"])  # -> five rewordings
+
+The key comes from the environment variable named by ``api_key_env``, never from a file or a log.
+Transient failures (timeouts, connection errors, 429 and 5xx answers) and invalid answers are
+retried up to ``max_attempts``; anything else, or running out of attempts, raises :class:`LLMError`
+so the caller falls back to a template and records why.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ConfigDict
+
+from pipelines.instructions.cache import PromptCache, prompt_key
+
+T = TypeVar("T")
+
+WRITE_SYSTEM = (
+    "You write image-editing instructions. Given captions of an image before and after an edit and the "
+    "objects involved, answer with ONE short imperative sentence that tells an editor what to change. "
+    "Answer with the instruction only: no quotes, no preamble, no explanation."
+)
+PARAPHRASE_SYSTEM = (
+    "You rewrite image-editing instructions. Give {n} different rewordings of the instruction, each an "
+    "imperative sentence with the same meaning, one per line, without numbering, quotes or preamble."
+)
+PREAMBLE = re.compile(
+    r"^(sure|here|certainly|okay|ok|of course|instruction|answer|as an ai|i )\b", re.IGNORECASE
+)
+QUOTES = set('"“”«»`')
+BULLET = re.compile(r"^\s*(?:[-*•]|\d+[.)])\s*")
+
+
+class LLMConfig(BaseModel):
+    """An OpenAI-compatible endpoint; ``base_url`` None means api.openai.com."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = "gpt-4o-mini"
+    base_url: str | None = None  # vLLM: http://host:8000/v1, Ollama: http://host:11434/v1
+    api_key_env: str = "OPENAI_API_KEY"
+    temperature: float = 0.7
+    max_tokens: int = 96
+    timeout: float = 30.0
+    max_attempts: int = 4
+    backoff_seconds: float = 1.0
+    max_backoff_seconds: float = 30.0
+    max_words: int = 25
+    cache_dir: str | None = None  # None: no cache
+
+
+class LLMError(RuntimeError):
+    """The LLM gave no usable answer within the attempts allowed (or refused the request)."""
+
+
+class InvalidAnswer(ValueError):
+    """An answer that fails validation; ``reason`` is a short slug."""
+
+    def __init__(self, reason: str, answer: str) -> None:
+        super().__init__(f"{reason}: {answer[:200]!r}")
+        self.reason = reason
+
+
+def _words(text: str) -> set[str]:
+    out = set()
+    for word in re.findall(r"[a-z0-9]+", text.lower()):
+        out.add(word)
+        out.add(word[:-1] if word.endswith("s") and len(word) > 3 else word)
+    return out
+
+
+def validate_instruction(answer: str, must_mention: Sequence[str] = (), max_words: int = 25) -> str:
+    """The cleaned instruction, or :class:`InvalidAnswer`: one sentence, naming the change, bare."""
+    text = " ".join(answer.strip().split())
+    if not text:
+        raise InvalidAnswer("empty", answer)
+    if "\n" in answer.strip():
+        raise InvalidAnswer("several_lines", answer)
+    if any(c in QUOTES for c in text) or (text[0] == "'" and text[-1] == "'"):
+        raise InvalidAnswer("quoted", answer)
+    if PREAMBLE.match(text) or ":" in text:
+        raise InvalidAnswer("preamble", answer)
+    body = text.rstrip(".!")
+    if re.search(r"[.!?;]\s+\S", body) or "?" in text:
+        raise InvalidAnswer("not_one_sentence", answer)
+    if len(body.split()) > max_words:
+        raise InvalidAnswer("too_long", answer)
+    wanted = [w for w in must_mention if w]
+    if wanted and not any(_words(w) & _words(body) for w in wanted):
+        raise InvalidAnswer("misses_the_change", answer)
+    return body[0].lower() + body[1:] if body[:2] != body[:2].upper() else body
+
+
+def _client(config: LLMConfig):
+    from openai import OpenAI
+
+    return OpenAI(
+        base_url=config.base_url,
+        api_key=os.environ.get(config.api_key_env) or "not-needed",
+        timeout=config.timeout,
+        max_retries=0,
+    )
+
+
+class InstructionWriter:
+    """Writes and paraphrases instructions; one per process, shared by every batch."""
+
+    def __init__(
+        self, config: LLMConfig, client: Any | None = None, sleep: Callable[[float], None] = time.sleep
+    ) -> None:
+        self.config = config
+        self.client = client or _client(config)
+        self.cache = PromptCache(config.cache_dir) if config.cache_dir else None
+        self.sleep = sleep
+        self.calls = 0  # requests sent (cache hits send none)
+
+    @property
+    def source(self) -> str:
+        return f"llm:{self.config.model}"
+
+    def write(self, source_caption: str, target_caption: str, source_object: str, target_object: str) -> str:
+        """One imperative instruction that turns the source into the target."""
+        user = (
+            f"Before: {source_caption}\nAfter: {target_caption}\n"
+            f"Object before: {source_object}\nObject after: {target_object}\nInstruction:"
+        )
+        messages = [{"role": "system", "content": WRITE_SYSTEM}, {"role": "user", "content": user}]
+        return self.ask(messages, lambda a: validate_instruction(a, [target_object], self.config.max_words))
+
+    def paraphrase(self, instruction: str, n: int = 5, must_mention: Sequence[str] = ()) -> list[str]:
+        """Up to ``n`` valid rewordings of ``instruction`` (at least one, or :class:`LLMError`)."""
+        messages = [
+            {"role": "system", "content": PARAPHRASE_SYSTEM.format(n=n)},
+            {"role": "user", "content": instruction},
+        ]
+
+        def parse(answer: str) -> list[str]:
+            found: list[str] = []
+            for line in answer.splitlines():
+                line = BULLET.sub("", line).strip()
+                if not line:
+                    continue
+                try:
+                    text = validate_instruction(line, must_mention, self.config.max_words)
+                except InvalidAnswer:
+                    continue  # one bad line costs that line; none valid fails the answer below
+                if text.lower() != instruction.lower() and text not in found:
+                    found.append(text)
+            if not found:
+                raise InvalidAnswer("no_valid_paraphrase", answer)
+            return found[:n]
+
+        return self.ask(messages, parse)
+
+    def ask(self, messages: list[dict[str, str]], parse: Callable[[str], T]) -> T:
+        """Send ``messages`` (or answer from the cache), parse the reply, retry within the bound."""
+        import openai
+
+        params = {"temperature": self.config.temperature, "max_tokens": self.config.max_tokens}
+        key = prompt_key(self.config.model, messages, params)
+        if self.cache is not None:
+            cached = self.cache.get(key)
+            if cached is not None:
+                return cached
+        problems: list[str] = []
+        for attempt in range(self.config.max_attempts):
+            if attempt:
+                self.sleep(self._delay(attempt, problems))
+            try:
+                self.calls += 1
+                response = self.client.chat.completions.create(
+                    model=self.config.model, messages=messages, **params
+                )
+                answer = (response.choices[0].message.content or "") if response.choices else ""
+                parsed = parse(answer)
+            except InvalidAnswer as error:
+                problems.append(f"invalid:{error.reason}")
+                continue
+            except openai.RateLimitError as error:
+                problems.append(f"rate_limited:{_retry_after(error)}")
+                continue
+            except (openai.APITimeoutError, openai.APIConnectionError, openai.InternalServerError) as error:
+                problems.append(type(error).__name__)
+                continue
+            except openai.APIStatusError as error:
+                raise LLMError(f"{self.config.model}: HTTP {error.status_code}, not retried") from error
+            if self.cache is not None:
+                self.cache.put(key, parsed)
+            return parsed
+        raise LLMError(
+            f"{self.config.model}: no valid answer in {self.config.max_attempts} attempts "
+            f"({', '.join(problems)})"
+        )
+
+    def _delay(self, attempt: int, problems: list[str]) -> float:
+        delay = self.config.backoff_seconds * 2 ** (attempt - 1)
+        last = problems[-1] if problems else ""
+        if last.startswith("rate_limited:") and last.split(":", 1)[1] not in ("", "None"):
+            delay = max(delay, float(last.split(":", 1)[1]))
+        return min(delay, self.config.max_backoff_seconds)
+
+
+def _retry_after(error: Any) -> float | None:
+    """The server's ``Retry-After`` seconds of a 429, when it sent one."""
+    response = getattr(error, "response", None)
+    value = response.headers.get("retry-after") if response is not None else None
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None

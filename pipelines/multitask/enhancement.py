@@ -1,0 +1,139 @@
+"""Enhancement as an edit: the degraded image is the source, the clean one the target.
+
+Pairs come from GoPro, REDS, SIDD or CLWD, or from clean photos degraded synthetically; every
+synthetic sample says so (``extra.synthetic`` and the generator backend).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from pipelines.multitask.captions import base_caption, enhancement_caption
+from pipelines.multitask.config import EnhancementConfig
+from pipelines.multitask.degradations import TASK_OF, degrade
+from pipelines.multitask.records import CleanImageRecord, PairRecord, drop
+from pipelines.multitask.render import ImageLoadError, SquareWindow, load_rgb, seeded_rng, window_around_mask
+from pipelines.multitask.templates import render
+from storage.schema import Drop, GeneratorInfo, Sample, SampleMeta, Task, sample_key
+
+GENERATOR = "multitask"
+
+
+def enhancement_generator(
+    config: EnhancementConfig, resolution: int, backend: str, **settings: Any
+) -> GeneratorInfo:
+    return GeneratorInfo(
+        name=GENERATOR,
+        backend=backend,
+        settings={"task": "enhancement", "resolution": resolution, "patch": config.patch, **settings},
+    )
+
+
+def patch_window(
+    height: int, width: int, resolution: int, patch: str, rng: np.random.Generator
+) -> SquareWindow:
+    """A native-resolution ``resolution`` square at a random place, or the centred largest square resized."""
+    if patch == "crop" and min(height, width) >= resolution:
+        x0 = int(rng.integers(0, width - resolution + 1))
+        y0 = int(rng.integers(0, height - resolution + 1))
+        return SquareWindow(x0, y0, resolution, resolution)
+    return window_around_mask(np.zeros((height, width), np.uint8), resolution)
+
+
+def _sample(
+    key: str,
+    record_id: str,
+    prov,
+    generator: GeneratorInfo,
+    source: np.ndarray,
+    target: np.ndarray,
+    kind: str,
+    image_id: str,
+    captions: dict[str, str],
+    extra: dict[str, Any],
+) -> Sample:
+    instruction, instruction_source = render(kind, key)
+    caption = enhancement_caption(base_caption(captions, image_id, "a photo"), kind)
+    meta = SampleMeta(
+        key=key,
+        task=Task.ENHANCEMENT,
+        instruction=instruction,
+        instruction_source=instruction_source,
+        provenance=prov,
+        generator=generator,
+        record_id=record_id,
+        pretrain_caption=caption,
+        extra={"kind": kind, **extra},
+    )
+    return Sample(meta=meta, source=source, target=target, mask=None)
+
+
+def render_pair_sample(
+    record: PairRecord, config: EnhancementConfig, resolution: int, captions: dict[str, str]
+) -> Sample | Drop:
+    """A dataset pair, cropped (or resized) the same way on both sides."""
+    generator = enhancement_generator(config, resolution, "dataset", kind=record.kind)
+    prov = record.provenance
+    key = sample_key(Task.ENHANCEMENT, prov, generator)
+    task = str(Task.ENHANCEMENT)
+    try:
+        degraded = load_rgb(record.degraded_path)
+        clean = load_rgb(record.clean_path)
+    except ImageLoadError as error:
+        return drop(record.dataset, record.record_id, error.reason, str(error), prov, task)
+    if degraded.shape != clean.shape:
+        return drop(
+            record.dataset,
+            record.record_id,
+            "size_mismatch",
+            f"{record.degraded_path} is {degraded.shape[1]}x{degraded.shape[0]}, "
+            f"{record.clean_path} is {clean.shape[1]}x{clean.shape[0]}",
+            prov,
+            task,
+        )
+    window = patch_window(*clean.shape[:2], resolution, config.patch, seeded_rng(key))
+    return _sample(
+        key,
+        record.record_id,
+        prov,
+        generator,
+        window.apply(degraded),
+        window.apply(clean),
+        record.kind,
+        record.image_id,
+        captions,
+        {"synthetic": False, "window": window.as_list()},
+    )
+
+
+def render_synthetic_sample(
+    record: CleanImageRecord, config: EnhancementConfig, resolution: int, captions: dict[str, str]
+) -> Sample | Drop:
+    """A clean photo, squared and resized, against its synthetically degraded copy."""
+    generator = enhancement_generator(config, resolution, "synthetic", degradation=record.degradation)
+    prov = record.provenance
+    key = sample_key(Task.ENHANCEMENT, prov, generator)
+    task = str(Task.ENHANCEMENT)
+    if record.degradation not in TASK_OF:
+        return drop(record.dataset, record.record_id, "unknown_degradation", record.degradation, prov, task)
+    try:
+        image = load_rgb(record.image_path)
+    except ImageLoadError as error:
+        return drop(record.dataset, record.record_id, error.reason, str(error), prov, task)
+    window = window_around_mask(np.zeros(image.shape[:2], np.uint8), resolution)
+    clean = window.apply(image)
+    degraded, params = degrade(clean, record.degradation, seeded_rng(key))
+    return _sample(
+        key,
+        record.record_id,
+        prov,
+        generator,
+        degraded,
+        clean,
+        TASK_OF[record.degradation],
+        record.image_id,
+        captions,
+        {"synthetic": True, "degradation": record.degradation, "params": params, "window": window.as_list()},
+    )

@@ -1,0 +1,142 @@
+"""Keypoint detection as an edit: crop around one person, circle 1 to 5 of their joints in named colours."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pipelines.multitask.captions import base_caption, keypoint_caption
+from pipelines.multitask.config import KeypointConfig
+from pipelines.multitask.keypoint_sources import BOX_AREA_SHARE, canonical_joint, joint_phrase
+from pipelines.multitask.records import KeypointRecord, drop
+from pipelines.multitask.render import (
+    ImageLoadError,
+    contrasting_colors,
+    draw_circles,
+    load_rgb,
+    neighbourhood_color,
+    seeded_rng,
+    spread_points,
+    window_around_box,
+)
+from pipelines.multitask.templates import keypoint_instruction
+from storage.schema import Drop, GeneratorInfo, Sample, SampleMeta, Task, sample_key
+from storage.visual_prompts import keypoint_radius
+
+GENERATOR = "multitask"
+
+
+def keypoint_generator(config: KeypointConfig, resolution: int) -> GeneratorInfo:
+    return GeneratorInfo(
+        name=GENERATOR,
+        backend="render",
+        settings={
+            "task": "keypoint",
+            "resolution": resolution,
+            "radius": keypoint_radius(resolution),
+            "crop_margin": config.crop_margin,
+            "min_joints": config.min_joints,
+            "max_joints": config.max_joints,
+            "include_occluded": config.include_occluded,
+        },
+    )
+
+
+def render_keypoint_sample(
+    record: KeypointRecord, config: KeypointConfig, resolution: int, captions: dict[str, str]
+) -> Sample | Drop:
+    """One person's crop with circles on a few of their joints, or a drop saying why not."""
+    generator = keypoint_generator(config, resolution)
+    prov = record.provenance
+    key = sample_key(Task.KEYPOINT, prov, generator)
+    task = str(Task.KEYPOINT)
+    try:
+        image = load_rgb(record.image_path)
+    except ImageLoadError as error:
+        return drop(record.dataset, record.record_id, error.reason, str(error), prov, task)
+    height, width = image.shape[:2]
+    outside = [
+        record.joint_names[i]
+        for i, (x, y, v) in enumerate(record.joints)
+        if v > 0 and not (0 <= x < width and 0 <= y < height)
+    ]
+    if outside:
+        return drop(
+            record.dataset,
+            record.record_id,
+            "keypoint_outside_image",
+            f"{', '.join(outside)} outside the {width}x{height} image",
+            prov,
+            task,
+        )
+    window = window_around_box(record.box, config.crop_margin, resolution)
+    radius = keypoint_radius(resolution)
+    wanted = 1 if config.include_occluded else 2
+    positions = {i: window.point(x, y) for i, (x, y, v) in enumerate(record.joints) if v >= wanted}
+    edge = radius + 1.0
+    inside = [
+        i
+        for i, (u, v) in positions.items()
+        if edge <= u <= resolution - 1 - edge and edge <= v <= resolution - 1 - edge
+    ]
+    if len(inside) < config.min_joints:
+        return drop(
+            record.dataset,
+            record.record_id,
+            "too_few_joints",
+            f"{len(inside)} visible joints fit the crop, {config.min_joints} needed",
+            prov,
+            task,
+        )
+    rng = seeded_rng(key)
+    count = int(rng.integers(config.min_joints, config.max_joints + 1))
+    order = [inside[i] for i in rng.permutation(len(inside))]
+    picked = spread_points(order, positions, count, 2.0 * radius + 2.0)
+    if len(picked) < config.min_joints:
+        return drop(
+            record.dataset, record.record_id, "too_few_joints", "joints too close together", prov, task
+        )
+    source = window.apply(image)
+    points = [positions[i] for i in picked]
+    colors = contrasting_colors([neighbourhood_color(source, x, y, radius) for x, y in points], rng)
+    target = draw_circles(source, points, colors, radius)
+    phrases = [joint_phrase(record.joint_names[i]) for i in picked]
+    instruction, instruction_source = keypoint_instruction(key, list(zip(phrases, colors, strict=True)))
+    base = base_caption(captions, record.image_id, "a photo of a person")
+    area = (record.area if record.area else BOX_AREA_SHARE * record.box[2] * record.box[3]) * window.scale**2
+    joints: list[dict[str, Any]] = [
+        {
+            "name": canonical_joint(record.joint_names[i]),
+            "label": record.joint_names[i],
+            "phrase": phrase,
+            "x": round(x, 3),
+            "y": round(y, 3),
+            "color": color,
+        }
+        for i, phrase, (x, y), color in zip(picked, phrases, points, colors, strict=True)
+    ]
+    bx, by = window.point(record.box[0], record.box[1])
+    extra = {
+        "joints": joints,
+        "radius": radius,
+        "area": round(float(area), 2),
+        "box": [
+            round(bx, 2),
+            round(by, 2),
+            round(record.box[2] * window.scale, 2),
+            round(record.box[3] * window.scale, 2),
+        ],
+        "window": window.as_list(),
+        "joint_names": list(record.joint_names),
+    }
+    meta = SampleMeta(
+        key=key,
+        task=Task.KEYPOINT,
+        instruction=instruction,
+        instruction_source=instruction_source,
+        provenance=prov,
+        generator=generator,
+        record_id=record.record_id,
+        pretrain_caption=keypoint_caption(base, colors),
+        extra=extra,
+    )
+    return Sample(meta=meta, source=source, target=target, mask=None)

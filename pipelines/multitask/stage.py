@@ -1,0 +1,136 @@
+"""The multi-task stage: mixed records -> keypoint, segmentation and enhancement samples, or drops."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from collections.abc import Iterable, Iterator
+
+from pipelines.multitask.config import (
+    CocoKeypointSource,
+    CocoStuffSource,
+    GRefCocoSource,
+    MpiiSource,
+    MultitaskConfig,
+    PairSource,
+    PhraseCutSegmentationSource,
+    RefCocoSource,
+    SyntheticSource,
+)
+from pipelines.multitask.enhancement import render_pair_sample, render_synthetic_sample
+from pipelines.multitask.enhancement_sources import iter_clean_images, iter_pairs
+from pipelines.multitask.keypoint_sources import iter_coco_keypoints, iter_mpii
+from pipelines.multitask.keypoints import render_keypoint_sample
+from pipelines.multitask.records import (
+    CleanImageRecord,
+    KeypointRecord,
+    MultitaskRecord,
+    PairRecord,
+    ReferringRecord,
+    SemanticRecord,
+)
+from pipelines.multitask.segmentation import render_referring_sample, render_semantic_sample
+from pipelines.multitask.segmentation_sources import (
+    iter_coco_stuff,
+    iter_grefcoco,
+    iter_phrasecut_referring,
+    iter_refcoco,
+)
+from storage.schema import Drop, Result
+
+
+def multitask_stage(
+    records: Iterable[MultitaskRecord], config: MultitaskConfig, captions: dict[str, str] | None = None
+) -> list[Result]:
+    """Render every record of the batch as a sample of its task, or a drop with its reason."""
+    captions = captions or {}
+    resolution = config.resolution
+    results: list[Result] = []
+    for record in records:
+        if isinstance(record, KeypointRecord):
+            results.append(
+                render_keypoint_sample(record, _need(config.keypoints, "keypoints"), resolution, captions)
+            )
+        elif isinstance(record, SemanticRecord):
+            results.append(
+                render_semantic_sample(
+                    record, _need(config.segmentation, "segmentation"), resolution, captions
+                )
+            )
+        elif isinstance(record, ReferringRecord):
+            results.append(
+                render_referring_sample(
+                    record, _need(config.segmentation, "segmentation"), resolution, captions
+                )
+            )
+        elif isinstance(record, PairRecord):
+            results.append(
+                render_pair_sample(record, _need(config.enhancement, "enhancement"), resolution, captions)
+            )
+        elif isinstance(record, CleanImageRecord):
+            results.append(
+                render_synthetic_sample(
+                    record, _need(config.enhancement, "enhancement"), resolution, captions
+                )
+            )
+        else:
+            raise TypeError(f"not a multi-task record: {type(record).__name__}")
+    return results
+
+
+def _need(section, name: str):
+    if section is None:
+        raise ValueError(f"a {name} record arrived but the config has no multitask.{name} section")
+    return section
+
+
+def _limited(items: Iterator, limit: int | None) -> Iterator:
+    return itertools.islice(items, limit) if limit is not None else items
+
+
+def _views(items: Iterator[KeypointRecord | Drop], per_person: int) -> Iterator[KeypointRecord | Drop]:
+    """Each person ``per_person`` times, as records ``<id>#<n>`` (the first keeps its id)."""
+    for item in items:
+        yield item
+        if isinstance(item, KeypointRecord):
+            for view in range(1, per_person):
+                yield dataclasses.replace(item, record_id=f"{item.record_id}#{view}", view=view)
+
+
+def iter_multitask_records(config: MultitaskConfig) -> Iterator[MultitaskRecord | Drop]:
+    """Every configured source's records (and reader drops), task by task, each source up to its limit."""
+    if config.keypoints:
+        for source in config.keypoints.sources:
+            if isinstance(source, CocoKeypointSource):
+                items = iter_coco_keypoints(
+                    source.annotations, source.images, source.dataset, config.keypoints.include_occluded
+                )
+            elif isinstance(source, MpiiSource):
+                items = iter_mpii(source.annotations, source.images, source.dataset)
+            yield from _views(_limited(items, config.keypoints.limit), config.keypoints.per_person)
+    if config.segmentation:
+        for source in config.segmentation.sources:
+            if isinstance(source, CocoStuffSource):
+                items = iter_coco_stuff(
+                    source.root, source.split, source.labels, source.dataset, source.label_offset
+                )
+            elif isinstance(source, RefCocoSource):
+                items = iter_refcoco(
+                    source.refs, source.instances, source.images, source.dataset, source.split
+                )
+            elif isinstance(source, GRefCocoSource):
+                items = iter_grefcoco(
+                    source.refs, source.instances, source.images, source.dataset, source.split
+                )
+            elif isinstance(source, PhraseCutSegmentationSource):
+                items = iter_phrasecut_referring(source.annotations, source.images, source.dataset)
+            yield from _limited(items, config.segmentation.limit)
+    if config.enhancement:
+        for source in config.enhancement.sources:
+            if isinstance(source, PairSource):
+                items = iter_pairs(source.kind, source.root, source.split, source.dataset)
+            elif isinstance(source, SyntheticSource):
+                items = iter_clean_images(
+                    source.images, list(source.degradations), source.per_image, source.dataset
+                )
+            yield from _limited(items, config.enhancement.limit)

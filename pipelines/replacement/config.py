@@ -1,0 +1,138 @@
+"""Settings of the replacement generator: the ``replacement:`` section of a build config."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from pipelines.instructions.llm import LLMConfig
+from pipelines.replacement.captions import CaptionConfig
+from pipelines.replacement.crops import CropConfig
+from pipelines.replacement.index import IndexConfig
+from pipelines.replacement.labels import LabelConfig
+from pipelines.replacement.painting import PaintConfig
+from pipelines.replacement.retrieval import RetrievalConfig
+from pipelines.replacement.sam import SamConfig
+from pipelines.replacement.selection import SelectionConfig
+from quality.embeddings import EmbedderConfig
+
+
+class SA1BSource(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["sa1b"] = "sa1b"
+    folders: list[str]  # folders of sa_<id>.json (+ sa_<id>.jpg unless ``images``)
+    images: str | None = None
+
+
+class OpenImagesSource(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["openimages"] = "openimages"
+    segmentation_csv: str  # e.g. train-annotations-object-segmentation.csv
+    masks: str  # folder of the mask PNGs named in MaskPath
+    images: str  # folder of <ImageID>.jpg
+    class_descriptions: str | None = None  # oidv7-class-descriptions.csv
+
+
+class ImageFolderSource(BaseModel):
+    """Images without masks: regions come from the proposer."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["images"] = "images"
+    images: str
+    dataset: str = "images"
+    license: str | None = None
+
+
+Source = Annotated[SA1BSource | OpenImagesSource | ImageFolderSource, Field(discriminator="kind")]
+
+
+class ProposerConfig(BaseModel):
+    """Regions for images without masks: SAM (weights) or Felzenszwalb segmentation (classical)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    backend: Literal["sam", "felzenszwalb"] = "sam"
+    sam: SamConfig = Field(default_factory=SamConfig)
+    felzenszwalb_scale: float = 400.0
+    felzenszwalb_sigma: float = 0.8
+    felzenszwalb_min_size: int = 200
+    max_regions: int = 64
+
+
+class DatabaseConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    url: str | None = None  # a local folder; None: <output>/replacement/objects
+    objects_per_image: int = 8  # best kept regions of each image stored
+    batch_size: int = 16
+    build_if_missing: bool = True  # the replacement flow builds the database first when absent
+    index: IndexConfig = Field(default_factory=IndexConfig)
+
+
+class InstructionConfig(BaseModel):
+    """``template`` needs nothing; ``llm`` asks ``llm``; ``paraphrase`` rewrites templates with ``llm``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    backend: Literal["template", "llm"] = "template"
+    llm: LLMConfig | None = None
+    paraphrase: bool = False
+    paraphrases: int = 5
+
+
+class ReplacementConfig(BaseModel):
+    """The object-replacement generator (regions -> database -> retrieval -> paint -> captions -> text)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    sources: list[Source]
+    proposer: ProposerConfig = Field(default_factory=ProposerConfig)
+    selection: SelectionConfig = Field(default_factory=SelectionConfig)
+    crop: CropConfig = Field(default_factory=CropConfig)
+    embedder: EmbedderConfig = Field(default_factory=EmbedderConfig)
+    labels: LabelConfig = Field(default_factory=LabelConfig)
+    database: DatabaseConfig = Field(default_factory=DatabaseConfig)
+    retrieval: RetrievalConfig = Field(default_factory=RetrievalConfig)
+    paint: PaintConfig = Field(default_factory=PaintConfig)
+    caption: CaptionConfig = Field(default_factory=CaptionConfig)
+    instructions: InstructionConfig = Field(default_factory=InstructionConfig)
+    regions_per_image: int = 1  # replacement pairs made per image
+    min_change: float = 1.0  # mean absolute change inside the mask below this: the paint did nothing
+    batch_size: int = 8
+    limit: int | None = None
+
+    def needs_proposer(self) -> bool:
+        return any(isinstance(s, ImageFolderSource) for s in self.sources)
+
+    def resolve_paths(self, resolve: Callable[[str], str], resolve_output: Callable[[str], str]) -> None:
+        """Rewrite every file path with ``resolve`` (inputs that may be hub ids or tags) or
+        ``resolve_output`` (folders this run writes), e.g. to make them relative to a config file."""
+        for source in self.sources:
+            for name in ("folders", "images", "segmentation_csv", "masks", "class_descriptions"):
+                value = getattr(source, name, None)
+                if isinstance(value, list):
+                    setattr(source, name, [resolve(v) for v in value])
+                elif isinstance(value, str):
+                    setattr(source, name, resolve(value))
+        inputs = [
+            (self.proposer.sam, "checkpoint"),
+            (self.embedder, "pretrained"),
+            (self.embedder, "model_config_file"),
+            (self.labels, "class_descriptions"),
+            (self.paint, "model"),
+            (self.caption, "model"),
+        ]
+        for section, name in inputs:
+            value = getattr(section, name)
+            if value:
+                setattr(section, name, resolve(value))
+        if self.database.url:
+            self.database.url = resolve_output(self.database.url)
+        llm = self.instructions.llm
+        if llm is not None and llm.cache_dir:
+            llm.cache_dir = resolve_output(llm.cache_dir)

@@ -1,0 +1,171 @@
+"""Paint-by-Example through diffusers' ``PaintByExamplePipeline`` (pinned: diffusers 0.42.1).
+
+In diffusers 0.42.1 the pipeline lives under ``diffusers.pipelines.deprecated.paint_by_example``
+and ``PaintByExamplePipeline.from_pretrained(folder)`` fails to resolve its image encoder, so each
+component is loaded with its own ``from_pretrained(model, subfolder=...)`` and the pipeline is
+built from them. ``model`` is a hub id (``Fantasy-Studio/Paint-by-Example``) or a local folder in
+the same layout (what ``save_pretrained`` writes).
+
+Each region is painted in a square window around it at ``resolution``; the painted window is pasted
+back inside the mask only, so the rest of the image keeps its pixels and resolution.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from pipelines.replacement.painting import PaintConfig, Painted, PaintError, PaintJob, dilate
+
+
+def _model_index(model: str) -> dict:
+    if os.path.isdir(model):
+        path = os.path.join(model, "model_index.json")
+    else:
+        from huggingface_hub import hf_hub_download
+
+        path = hf_hub_download(model, "model_index.json")
+    with open(path, encoding="utf-8") as handle:
+        return json.load(handle)
+
+
+def resolve_dtype(device: torch.device, precision: str) -> torch.dtype:
+    """fp16/bf16 on GPU (``auto``: bf16 where supported), fp32 on CPU."""
+    if device.type != "cuda" or precision == "fp32":
+        return torch.float32
+    if precision == "bf16" or (precision == "auto" and torch.cuda.is_bf16_supported()):
+        return torch.bfloat16
+    return torch.float16
+
+
+def load_paint_by_example(model: str, device: torch.device, dtype: torch.dtype):
+    """Load every component with its own loader and build the pipeline from them."""
+    import diffusers
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from diffusers.pipelines.deprecated.paint_by_example import (
+        PaintByExampleImageEncoder,
+        PaintByExamplePipeline,
+    )
+    from transformers import CLIPImageProcessor
+
+    index = _model_index(model)
+    scheduler_name = index.get("scheduler", [None, "PNDMScheduler"])[1]
+    scheduler_class = getattr(diffusers, scheduler_name, None)
+    if scheduler_class is None:
+        raise ValueError(f"{model}: unknown scheduler class {scheduler_name}")
+    pipe = PaintByExamplePipeline(
+        vae=AutoencoderKL.from_pretrained(model, subfolder="vae", torch_dtype=dtype),
+        image_encoder=PaintByExampleImageEncoder.from_pretrained(
+            model, subfolder="image_encoder", torch_dtype=dtype
+        ),
+        unet=UNet2DConditionModel.from_pretrained(model, subfolder="unet", torch_dtype=dtype),
+        scheduler=scheduler_class.from_pretrained(model, subfolder="scheduler"),
+        safety_checker=None,
+        feature_extractor=CLIPImageProcessor.from_pretrained(model, subfolder="feature_extractor"),
+        requires_safety_checker=False,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device)
+
+
+def paint_window(
+    bbox: tuple[int, int, int, int], height: int, width: int, scale: float
+) -> tuple[int, int, int, int]:
+    """A square ``(x0, y0, x1, y1)`` around the box, ``scale`` times its larger side, inside the image."""
+    x, y, w, h = bbox
+    side = int(min(max(max(w, h) * scale, 64), height, width))
+    cx, cy = x + w / 2, y + h / 2
+    x0 = int(np.clip(round(cx - side / 2), 0, width - side))
+    y0 = int(np.clip(round(cy - side / 2), 0, height - side))
+    return x0, y0, x0 + side, y0 + side
+
+
+class PaintByExamplePainter:
+    backend = "paint_by_example"
+
+    def __init__(self, config: PaintConfig) -> None:
+        self.config = config
+        self.model = config.model
+        device = config.device
+        self.device = torch.device(
+            "cuda"
+            if device == "auto" and torch.cuda.is_available()
+            else ("cpu" if device == "auto" else device)
+        )
+        self.dtype = resolve_dtype(self.device, config.precision)
+        self.pipe = load_paint_by_example(config.model or "", self.device, self.dtype)
+        self._lock = threading.Lock()  # the scheduler keeps state per call: batches in threads take turns
+
+    def settings(self) -> dict[str, Any]:
+        c = self.config
+        return {
+            "resolution": c.resolution,
+            "steps": c.steps,
+            "guidance_scale": c.guidance_scale,
+            "mask_mode": c.mask_mode,
+            "window_scale": c.window_scale,
+            "dilation": c.dilation,
+            "precision": str(self.dtype).removeprefix("torch."),
+        }
+
+    def paint(self, jobs: list[PaintJob]) -> list[Painted]:
+        out: list[Painted] = []
+        for start in range(0, len(jobs), self.config.batch_size):
+            out.extend(self._paint_batch(jobs[start : start + self.config.batch_size]))
+        return out
+
+    def _edit_mask(self, job: PaintJob) -> np.ndarray:
+        if self.config.mask_mode == "box":
+            x, y, w, h = job.bbox
+            box = np.zeros_like(job.mask, dtype=bool)
+            box[y : y + h, x : x + w] = True
+            return dilate(box, self.config.dilation)
+        return dilate(job.mask, self.config.dilation)
+
+    @torch.inference_mode()
+    def _paint_batch(self, jobs: list[PaintJob]) -> list[Painted]:
+        size = self.config.resolution
+        windows, images, masks, examples, edits = [], [], [], [], []
+        for job in jobs:
+            height, width = job.image.shape[:2]
+            edit = self._edit_mask(job)
+            x0, y0, x1, y1 = paint_window(job.bbox, height, width, self.config.window_scale)
+            inside_window = np.zeros_like(edit)
+            inside_window[y0:y1, x0:x1] = True
+            edit &= inside_window
+            windows.append((x0, y0, x1, y1))
+            edits.append(edit)
+            images.append(Image.fromarray(job.image[y0:y1, x0:x1]).resize((size, size), Image.BICUBIC))
+            masks.append(Image.fromarray(edit[y0:y1, x0:x1].astype(np.uint8) * 255).resize((size, size)))
+            examples.append(Image.fromarray(job.reference))
+        generators = [torch.Generator(device="cpu").manual_seed(job.seed) for job in jobs]
+        try:
+            with self._lock:
+                result = self.pipe(
+                    example_image=examples,
+                    image=images,
+                    mask_image=masks,
+                    height=size,
+                    width=size,
+                    num_inference_steps=self.config.steps,
+                    guidance_scale=self.config.guidance_scale,
+                    generator=generators,
+                    output_type="np",
+                )
+        except (RuntimeError, ValueError) as error:
+            raise PaintError(f"Paint-by-Example failed on a batch of {len(jobs)}: {error}") from error
+        out = []
+        for job, (x0, y0, x1, y1), edit, painted in zip(jobs, windows, edits, result.images, strict=True):
+            pixels = np.clip(np.asarray(painted) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+            pixels = np.asarray(Image.fromarray(pixels).resize((x1 - x0, y1 - y0), Image.BICUBIC))
+            target = job.image.copy()
+            inside = edit[y0:y1, x0:x1]
+            target[y0:y1, x0:x1][inside] = pixels[inside]
+            out.append(Painted(target=target, mask=edit.astype(np.uint8) * 255))
+        return out

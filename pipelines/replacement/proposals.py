@@ -1,0 +1,46 @@
+"""Region proposers for images that come without masks: SAM (see :mod:`.sam`) or a classical one."""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import numpy as np
+
+from pipelines.replacement.records import Region
+
+
+class Proposer(Protocol):
+    """Proposes candidate regions for one image; ``name`` and ``settings()`` go into each sample."""
+
+    name: str
+
+    def settings(self) -> dict[str, Any]: ...
+
+    def propose(self, image: np.ndarray) -> list[Region]: ...
+
+
+class FelzenszwalbProposer:
+    """Graph-based segmentation (scikit-image): the classical proposer for runs without SAM weights."""
+
+    name = "felzenszwalb"
+
+    def __init__(
+        self, scale: float = 400.0, sigma: float = 0.8, min_size: int = 200, max_regions: int = 64
+    ) -> None:
+        self.scale, self.sigma, self.min_size, self.max_regions = scale, sigma, min_size, max_regions
+
+    def settings(self) -> dict[str, Any]:
+        return {
+            "scale": self.scale,
+            "sigma": self.sigma,
+            "min_size": self.min_size,
+            "max_regions": self.max_regions,
+        }
+
+    def propose(self, image: np.ndarray) -> list[Region]:
+        from skimage.segmentation import felzenszwalb
+
+        segments = felzenszwalb(image, scale=self.scale, sigma=self.sigma, min_size=self.min_size)
+        ids, counts = np.unique(segments, return_counts=True)
+        largest = ids[np.argsort(-counts, kind="stable")][: self.max_regions]
+        return [Region(region_id=f"fz{int(i)}", mask_array=segments == i) for i in largest]

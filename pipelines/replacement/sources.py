@@ -1,0 +1,82 @@
+"""Records of every configured source, streamed in order, and how regions are obtained for them."""
+
+from __future__ import annotations
+
+import itertools
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from pipelines.replacement import folder, openimages, sa1b
+from pipelines.replacement.config import (
+    ImageFolderSource,
+    OpenImagesSource,
+    ProposerConfig,
+    ReplacementConfig,
+    SA1BSource,
+    Source,
+)
+from pipelines.replacement.proposals import FelzenszwalbProposer, Proposer
+from pipelines.replacement.records import ImageRecord, read_image, record_drop
+from pipelines.replacement.selection import SelectedRegion, SelectionConfig, select_regions
+from storage.schema import Drop
+
+
+def iter_source(source: Source) -> Iterator[ImageRecord | Drop]:
+    if isinstance(source, SA1BSource):
+        return sa1b.iter_records(source.folders, source.images)
+    if isinstance(source, OpenImagesSource):
+        names = openimages.read_class_names(source.class_descriptions) if source.class_descriptions else {}
+        return openimages.iter_records(source.segmentation_csv, source.masks, source.images, names)
+    if isinstance(source, ImageFolderSource):
+        return folder.iter_records(source.images, source.dataset, source.license)
+    raise TypeError(f"unknown source {type(source).__name__}")
+
+
+def iter_records(config: ReplacementConfig) -> Iterator[ImageRecord | Drop]:
+    items = itertools.chain.from_iterable(iter_source(s) for s in config.sources)
+    return itertools.islice(items, config.limit) if config.limit is not None else items
+
+
+def build_proposer(config: ProposerConfig) -> Proposer:
+    if config.backend == "felzenszwalb":
+        return FelzenszwalbProposer(
+            config.felzenszwalb_scale,
+            config.felzenszwalb_sigma,
+            config.felzenszwalb_min_size,
+            config.max_regions,
+        )
+    from pipelines.replacement.sam import SamProposer
+
+    return SamProposer(config.sam)
+
+
+@dataclass
+class LoadedImage:
+    record: ImageRecord
+    image: np.ndarray
+    regions: list[SelectedRegion]  # kept, best first
+    dropped: Counter  # rejected regions by reason
+
+
+def load_image_regions(
+    record: ImageRecord, proposer: Proposer | None, selection: SelectionConfig
+) -> LoadedImage | Drop:
+    """Read the image, get its regions (annotations or proposals) and keep the semantic ones."""
+    image = read_image(record)
+    if isinstance(image, Drop):
+        return image
+    regions = record.regions
+    if regions is None:
+        if proposer is None:
+            return record_drop(
+                record.record_id,
+                "no_proposer",
+                f"{record.image_path} has no masks and no proposer is configured",
+                record.provenance(),
+            )
+        regions = proposer.propose(image)
+    kept, dropped = select_regions(regions, image.shape[0], image.shape[1], selection)
+    return LoadedImage(record, image, kept, dropped)

@@ -1,0 +1,314 @@
+"""The replacement stage: a batch of image records to replace samples (or drops with reasons).
+
+regions -> crop + CLIP embedding -> FAISS reference -> paint -> captions -> instruction -> sample.
+Models come loaded in :class:`ReplacementModels` (once per worker process, by the caller).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import numpy as np
+from PIL import UnidentifiedImageError
+
+from pipelines.instructions.llm import InstructionWriter
+from pipelines.replacement.captions import BlipCaptioner, class_name_caption
+from pipelines.replacement.config import ReplacementConfig
+from pipelines.replacement.crops import CropConfig, masked_crop
+from pipelines.replacement.database import ObjectDatabase, image_key, object_id
+from pipelines.replacement.index import ObjectIndex
+from pipelines.replacement.labels import ZeroShotLabeler
+from pipelines.replacement.objects import embed_regions, name_regions
+from pipelines.replacement.painting import Painted, Painter, PaintError, PaintJob
+from pipelines.replacement.proposals import Proposer
+from pipelines.replacement.records import RegionDecodeError, decode_rle, load_rgb, record_drop
+from pipelines.replacement.retrieval import Match, retrieve
+from pipelines.replacement.selection import SelectedRegion
+from pipelines.replacement.sources import LoadedImage, load_image_regions
+from pipelines.replacement.wording import write_instruction
+from storage.schema import (
+    Drop,
+    GeneratorInfo,
+    Provenance,
+    Result,
+    Sample,
+    SampleMeta,
+    Task,
+    sample_key,
+    stable_key,
+)
+
+GENERATOR = "replacement"
+
+
+@dataclass
+class ReplacementModels:
+    """Everything the stage runs, loaded once; ``timings`` adds up the seconds of each step."""
+
+    embedder: object
+    index: ObjectIndex
+    database: ObjectDatabase
+    painter: Painter
+    proposer: Proposer | None = None
+    labeler: ZeroShotLabeler | None = None
+    captioner: BlipCaptioner | None = None
+    writer: InstructionWriter | None = None
+    timings: Counter = field(default_factory=Counter)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @contextmanager
+    def timed(self, step: str):
+        started = time.perf_counter()
+        yield
+        with self._lock:
+            self.timings[step] += time.perf_counter() - started
+
+
+@dataclass
+class Candidate:
+    loaded: LoadedImage
+    region: SelectedRegion
+    label: str | None = None
+    label_source: str | None = None
+    vector: np.ndarray | None = None
+
+    @property
+    def record_id(self) -> str:
+        return self.loaded.record.record_id
+
+    def drop(self, reason: str, detail: str) -> Drop:
+        region_id = self.region.region.region_id
+        return Drop(
+            key=stable_key(GENERATOR, self.record_id, region_id, reason),
+            reason=reason,
+            detail=detail,
+            record_id=self.record_id,
+            task=str(Task.REPLACE),
+            provenance=self.loaded.record.provenance(region_id),
+        )
+
+
+@dataclass
+class Reference:
+    row: dict
+    match: Match
+    image: np.ndarray
+    mask: np.ndarray
+
+
+def replacement_stage(records: list, models: ReplacementModels, config: ReplacementConfig) -> list[Result]:
+    """Turn a batch of image records into replace samples, or drops with their reasons."""
+    results: list[Result] = []
+    with models.timed("regions"):
+        candidates = _candidates(records, models, config, results)
+    if not candidates:
+        return results
+    with models.timed("embed"):
+        images = {id(c.loaded): c.loaded for c in candidates}
+        for loaded in images.values():
+            mine = [c for c in candidates if c.loaded is loaded]
+            vectors = embed_regions(models.embedder, loaded.image, [c.region for c in mine], config.crop)
+            for candidate, vector, (label, source) in zip(
+                mine, vectors, name_regions([c.region for c in mine], vectors, models.labeler)
+            ):
+                candidate.vector, candidate.label, candidate.label_source = vector, label, source
+    with models.timed("retrieve"):
+        queries = np.stack([c.vector for c in candidates])
+        keys = [image_key(c.loaded.record.dataset, c.loaded.record.image_id) for c in candidates]
+        matches = retrieve(models.index, queries, keys, [c.label for c in candidates], config.retrieval)
+        paired: list[tuple[Candidate, Reference]] = []
+        for candidate, match in zip(candidates, matches, strict=True):
+            if not isinstance(match, Match):
+                results.append(candidate.drop("no_reference", match.detail))
+                continue
+            reference = _load_reference(models.database, match, config.crop)
+            if isinstance(reference, str):
+                results.append(candidate.drop("reference_unreadable", reference))
+                continue
+            paired.append((candidate, reference))
+    seeds = [_seed(c, config) for c, _ in paired]
+    with models.timed("paint"):
+        painted = _paint_all(models.painter, [_job(c, r, s) for (c, r), s in zip(paired, seeds)])
+    done: list[tuple[Candidate, Reference, Painted, int]] = []
+    for (candidate, reference), result, seed in zip(paired, painted, seeds, strict=True):
+        if isinstance(result, str):
+            results.append(candidate.drop("paint_failed", result))
+            continue
+        change = _change(candidate.loaded.image, result)
+        if change < config.min_change:
+            results.append(candidate.drop("paint_no_change", f"mean change {change:.3f} in the mask"))
+            continue
+        done.append((candidate, reference, result, seed))
+    with models.timed("caption"):
+        captions = _captions(done, models.captioner)
+    with models.timed("instruction"):
+        for (candidate, reference, result, seed), (before, after) in zip(done, captions, strict=True):
+            results.append(_sample(candidate, reference, result, seed, before, after, models, config))
+    return results
+
+
+def _candidates(
+    records: list, models: ReplacementModels, config: ReplacementConfig, results: list[Result]
+) -> list[Candidate]:
+    candidates: list[Candidate] = []
+    for record in records:
+        loaded = load_image_regions(record, models.proposer, config.selection)
+        if isinstance(loaded, Drop):
+            results.append(loaded)
+            continue
+        if not loaded.regions:
+            detail = ", ".join(f"{k}: {v}" for k, v in sorted(loaded.dropped.items())) or "no regions"
+            results.append(record_drop(record.record_id, "no_semantic_region", detail, record.provenance()))
+            continue
+        candidates.extend(Candidate(loaded, region) for region in loaded.regions[: config.regions_per_image])
+    return candidates
+
+
+def _load_reference(database: ObjectDatabase, match: Match, crop: CropConfig) -> Reference | str:
+    row = database.row(match.row)
+    try:
+        image = load_rgb(row["image_path"])
+        mask = decode_rle({"size": [row["height"], row["width"]], "counts": row["rle_counts"]}).astype(bool)
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError, RegionDecodeError) as error:
+        return f"{row['image_path']}: {error}"
+    if mask.shape != image.shape[:2]:
+        return f"{row['image_path']}: mask {mask.shape} does not fit image {image.shape[:2]}"
+    crop_image = masked_crop(
+        image, mask, tuple(row["bbox"]), crop.model_copy(update={"background_fade": 0.0})
+    )
+    return Reference(row, match, crop_image.image, crop_image.mask)
+
+
+def _seed(candidate: Candidate, config: ReplacementConfig) -> int:
+    key = stable_key(candidate.record_id, candidate.region.region.region_id, config.paint.seed)
+    return int(key[:8], 16)
+
+
+def _job(candidate: Candidate, reference: Reference, seed: int) -> PaintJob:
+    return PaintJob(
+        image=candidate.loaded.image,
+        mask=candidate.region.mask,
+        bbox=candidate.region.bbox,
+        reference=reference.image,
+        reference_mask=reference.mask,
+        seed=seed,
+    )
+
+
+def _paint_all(painter: Painter, jobs: list[PaintJob]) -> list[Painted | str]:
+    """Paint the batch at once; if it fails, paint one by one so one bad job costs one drop."""
+    if not jobs:
+        return []
+    try:
+        return list(painter.paint(jobs))
+    except PaintError:
+        pass  # retried job by job below, each failure recorded as that job's drop reason
+    out: list[Painted | str] = []
+    for job in jobs:
+        try:
+            out.append(painter.paint([job])[0])
+        except PaintError as error:
+            out.append(str(error))
+    return out
+
+
+def _change(source: np.ndarray, painted: Painted) -> float:
+    inside = painted.mask > 127
+    if not inside.any():
+        return 0.0
+    return float(np.abs(painted.target[inside].astype(np.int16) - source[inside].astype(np.int16)).mean())
+
+
+def _captions(done: list, captioner: BlipCaptioner | None) -> list[tuple[str, str]]:
+    if captioner is None:
+        return [(class_name_caption(c.label), class_name_caption(r.row["label"])) for c, r, _, _ in done]
+    texts = captioner.caption([c.loaded.image for c, _, _, _ in done] + [p.target for _, _, p, _ in done])
+    return list(zip(texts[: len(done)], texts[len(done) :], strict=True))
+
+
+def _generator(
+    candidate: Candidate, models: ReplacementModels, config: ReplacementConfig, seed: int
+) -> GeneratorInfo:
+    regions = "annotations" if candidate.loaded.record.regions is not None else models.proposer.name
+    return GeneratorInfo(
+        name=GENERATOR,
+        backend=models.painter.backend,
+        model=models.painter.model,
+        seed=seed,
+        settings={
+            "paint": models.painter.settings(),
+            "regions": regions,
+            "embedder": getattr(models.embedder, "name", ""),
+            "selection": config.selection.model_dump(),
+            "retrieval": config.retrieval.model_dump(),
+            "caption": models.captioner.model_name if models.captioner else "class_names",
+            "instructions": config.instructions.backend,
+            "paraphrase": config.instructions.paraphrase,
+        },
+    )
+
+
+def _sample(
+    candidate: Candidate,
+    reference: Reference,
+    painted: Painted,
+    seed: int,
+    before: str,
+    after: str,
+    models: ReplacementModels,
+    config: ReplacementConfig,
+) -> Sample:
+    record, region, row = candidate.loaded.record, candidate.region, reference.row
+    provenance = record.provenance(region.region.region_id)
+    provenance = Provenance(
+        **{
+            **provenance.model_dump(),
+            "extra": {
+                "reference": {
+                    "dataset": row["dataset"],
+                    "image_id": row["image_id"],
+                    "region_id": row["region_id"],
+                    "object_id": row["object_id"],
+                    "license": row["license"],
+                }
+            },
+        }
+    )
+    generator = _generator(candidate, models, config, seed)
+    key = sample_key(Task.REPLACE, provenance, generator)
+    source_object, target_object = candidate.label or "object", row["label"] or "object"
+    if target_object == source_object:
+        target_object = f"different {target_object}"  # "replace the cat with a different cat"
+    instruction = write_instruction(
+        key, before, after, source_object, target_object, models.writer, config.instructions
+    )
+    extra = {
+        "source_object": source_object,
+        "target_object": target_object,
+        "source_label_source": candidate.label_source,
+        "target_label_source": row["label_source"],
+        "source_caption": before,
+        "target_caption": after,
+        "similarity": round(reference.match.similarity, 5),
+        "area_fraction": round(region.area_fraction, 5),
+        "bbox": list(region.bbox),
+        "object_id": object_id(record.dataset, record.image_id, region.region.region_id),
+        "regions_dropped": dict(candidate.loaded.dropped),
+        **instruction.notes,
+    }
+    meta = SampleMeta(
+        key=key,
+        task=Task.REPLACE,
+        instruction=instruction.text,
+        instruction_source=instruction.source,
+        provenance=provenance,
+        generator=generator,
+        record_id=record.record_id,
+        pretrain_caption=after,
+        extra=extra,
+    )
+    return Sample(meta=meta, source=candidate.loaded.image, target=painted.target, mask=painted.mask)

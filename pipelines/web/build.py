@@ -1,0 +1,67 @@
+"""Assemble the crawl from a config: fetcher, state file, cache, source adapter, downloader, crawler."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from pipelines.web.config import DumpSourceConfig, RedditSourceConfig, WebEditsConfig
+from pipelines.web.crawl import Crawler
+from pipelines.web.downloader import ImageDownloader
+from pipelines.web.fetcher import SafeFetcher
+from pipelines.web.images import ImageCache
+from pipelines.web.posts import PostSource
+from pipelines.web.reddit_dump import RedditDumpSource
+from pipelines.web.reddit_json import RedditSource
+from pipelines.web.state import CrawlState
+
+STATE_FILE = "crawl_state.sqlite"
+
+
+def build_source(config: WebEditsConfig, fetcher: SafeFetcher) -> PostSource:
+    if isinstance(config.source, RedditSourceConfig):
+        return RedditSource(config.source, fetcher, config.skip_authors)
+    if isinstance(config.source, DumpSourceConfig):
+        return RedditDumpSource(config.source, config.skip_authors)
+    raise TypeError(f"unknown source {type(config.source).__name__}")
+
+
+def state_path(config: WebEditsConfig, stage_dir: str) -> str:
+    """The state file: configured, or next to the manifest (the stage folder must then be local)."""
+    if config.state_path:
+        return config.state_path
+    if "://" in stage_dir and not stage_dir.startswith("file://"):
+        raise ValueError(
+            f"the stage output {stage_dir} is not local: set web_edits.state_path to a local file"
+        )
+    return os.path.join(stage_dir.removeprefix("file://"), STATE_FILE)
+
+
+@dataclass
+class CrawlSetup:
+    fetcher: SafeFetcher
+    state: CrawlState
+    downloader: ImageDownloader
+    crawler: Crawler
+
+    def close(self) -> None:
+        self.state.close()
+        self.fetcher.session.close()
+
+    def stats(self) -> dict:
+        return {
+            **dict(self.crawler.counts),
+            "downloads_fetched": self.downloader.fetched,
+            "downloads_reused": self.downloader.reused,
+            "requests_by_host": dict(self.fetcher.requests_made),
+            "downloads_by_outcome": self.state.download_counts(),
+            "posts_by_status": self.state.post_counts(),
+        }
+
+
+def build_crawl(config: WebEditsConfig, stage_dir: str) -> CrawlSetup:
+    fetcher = SafeFetcher(config.download)
+    state = CrawlState(state_path(config, stage_dir))
+    downloader = ImageDownloader(fetcher, state, ImageCache(config.download.cache_dir), config.download)
+    crawler = Crawler(build_source(config, fetcher), downloader, state, config)
+    return CrawlSetup(fetcher, state, downloader, crawler)

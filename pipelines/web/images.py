@@ -1,0 +1,98 @@
+"""Checking downloaded bytes: they must decode as an image of sane size, whatever the headers said."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import tempfile
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from pipelines.web.fetcher import FetchError
+
+EXTENSIONS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif", "BMP": "bmp", "TIFF": "tif"}
+
+
+@dataclass
+class CheckedImage:
+    format: str
+    width: int
+    height: int
+
+
+def check_image(data: bytes, max_pixels: int, min_side: int = 1) -> CheckedImage:
+    """Decode ``data`` fully; raise FetchError (not_an_image, decompression_bomb, truncated_image, ...)."""
+    # Pillow's own guard warns above MAX_IMAGE_PIXELS; the header check below makes that limit (or a
+    # lower one) an error before any pixel is decoded, without touching the process-wide warning filters.
+    limit = min(max_pixels, Image.MAX_IMAGE_PIXELS or max_pixels)
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            width, height = image.size
+            if width * height > limit:
+                raise FetchError("decompression_bomb", f"{width}x{height} exceeds {limit} pixels")
+            if image.format not in EXTENSIONS:
+                raise FetchError("unsupported_image_format", str(image.format))
+            image.load()
+            fmt = image.format
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        raise FetchError("decompression_bomb", str(error)) from error
+    except UnidentifiedImageError as error:
+        raise FetchError("not_an_image", _sniff(data)) from error
+    except (OSError, SyntaxError, ValueError, EOFError) as error:
+        reason = "truncated_image" if "truncat" in str(error).lower() else "corrupt_image"
+        raise FetchError(reason, str(error)) from error
+    if min(width, height) < min_side:
+        raise FetchError("image_too_small", f"{width}x{height} < {min_side} px")
+    return CheckedImage(fmt, width, height)
+
+
+def load_rgb(path: str, max_side: int | None = None) -> np.ndarray:
+    """A cached image as an HxWx3 uint8 RGB array, downscaled to ``max_side`` if given."""
+    with Image.open(path) as image:
+        image.seek(0)
+        rgb = image.convert("RGB")
+    if max_side and max(rgb.size) > max_side:
+        rgb.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+    return np.asarray(rgb)
+
+
+def _sniff(data: bytes) -> str:
+    head = data[:64].lstrip().lower()
+    if head.startswith((b"<!doctype html", b"<html")):
+        return "HTML page"
+    if head.startswith((b"{", b"[")):
+        return "JSON"
+    return f"{len(data)} bytes starting {data[:8]!r}"
+
+
+class ImageCache:
+    """Content-addressed files ``<root>/<aa>/<sha256>.<ext>``, written atomically."""
+
+    def __init__(self, root: str) -> None:
+        self.root = root
+        os.makedirs(root, exist_ok=True)
+
+    def path_for(self, sha256: str, ext: str) -> str:
+        return os.path.join(self.root, sha256[:2], f"{sha256}.{ext}")
+
+    def put(self, data: bytes, fmt: str) -> tuple[str, str]:
+        """Store ``data``; returns (sha256, path). Existing content is not rewritten."""
+        sha256 = hashlib.sha256(data).hexdigest()
+        path = self.path_for(sha256, EXTENSIONS.get(fmt, "img"))
+        if os.path.exists(path):
+            return sha256, path
+        folder = os.path.dirname(path)
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)  # rename after a complete write: a killed process leaves no partial file
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+            raise
+        return sha256, path

@@ -1,0 +1,116 @@
+"""Reddit's JSON "things" (t3 submissions, t1 comments) turned into posts and edit candidates.
+
+The live API and the offline dumps carry the same fields, so both adapters share these parsers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from pipelines.web.hosts import clean_url, is_probable_image, reddit_media_url, urls_in_text
+from pipelines.web.posts import EditCandidate, WebPost
+
+REMOVED_TEXTS = ("[removed]", "[deleted]")
+
+
+def dataset_name(subreddit: str) -> str:
+    return f"reddit:r/{subreddit}"
+
+
+def post_from_submission(data: dict[str, Any]) -> WebPost:
+    """A WebPost (without candidates) from a t3 ``data`` object."""
+    images = submission_images(data)
+    permalink = str(data.get("permalink") or f"/comments/{data.get('id')}/")
+    if permalink.startswith("/"):
+        permalink = "https://www.reddit.com" + permalink
+    removed = bool(data.get("removed_by_category")) or (data.get("selftext") in REMOVED_TEXTS and not images)
+    return WebPost(
+        post_id=str(data["id"]),
+        dataset=dataset_name(str(data.get("subreddit") or "unknown")),
+        title=str(data.get("title") or ""),
+        body="" if data.get("selftext") in REMOVED_TEXTS else str(data.get("selftext") or ""),
+        original_url=images[0] if images else None,
+        extra_original_urls=images[1:],
+        permalink=permalink,
+        author=str(data.get("author") or ""),
+        score=int(data.get("score") or 0),
+        created_utc=float(data.get("created_utc") or 0.0),
+        flair=data.get("link_flair_text"),
+        over_18=bool(data.get("over_18")),
+        removed=removed,
+    )
+
+
+def submission_images(data: dict[str, Any]) -> list[str]:
+    """The post's images: gallery items in order, else the linked image, else the preview's source."""
+    metadata = data.get("media_metadata") or {}
+    if data.get("is_gallery") and metadata:
+        items = (data.get("gallery_data") or {}).get("items") or [{"media_id": k} for k in metadata]
+        urls = [
+            reddit_media_url({"id": i.get("media_id"), **metadata.get(i.get("media_id"), {})}) for i in items
+        ]
+        found = [u for u in urls if u]
+        if found:
+            return found
+    for field in ("url_overridden_by_dest", "url"):
+        url = data.get(field)
+        if url and is_probable_image(clean_url(str(url))):
+            return [clean_url(str(url))]
+    for image in (data.get("preview") or {}).get("images") or []:
+        source = (image or {}).get("source") or {}
+        if source.get("url"):
+            return [clean_url(str(source["url"]))]
+    return []
+
+
+def comment_images(data: dict[str, Any]) -> list[str]:
+    """Images of a t1 comment: uploaded images (``media_metadata``) and image links in its body."""
+    urls: list[str] = []
+    for media_id, meta in (data.get("media_metadata") or {}).items():
+        url = reddit_media_url({"id": media_id, **(meta or {})})
+        if url:
+            urls.append(url)
+    urls += [u for u in urls_in_text(str(data.get("body") or "")) if is_probable_image(u)]
+    return list(dict.fromkeys(urls))
+
+
+def candidates_from_comments(
+    comments: Iterable[dict[str, Any]],
+    op: str,
+    skip_authors: Iterable[str],
+    op_replied_to: set[str] | None = None,
+) -> list[EditCandidate]:
+    """Edit candidates from top-level comment ``data`` objects, excluding the requester and bots."""
+    skip = set(skip_authors) | {op}
+    candidates: list[EditCandidate] = []
+    for data in comments:
+        author = str(data.get("author") or "")
+        if author in skip or data.get("body") in REMOVED_TEXTS:
+            continue
+        images = comment_images(data)
+        comment_id = str(data["id"])
+        replied = comment_id in (op_replied_to or set()) or _op_replied(data, op)
+        for index, url in enumerate(images):
+            candidates.append(
+                EditCandidate(
+                    candidate_id=comment_id if len(images) == 1 else f"{comment_id}-{index}",
+                    url=url,
+                    author=author,
+                    score=int(data.get("score") or 0),
+                    created_utc=float(data.get("created_utc") or 0.0),
+                    body=str(data.get("body") or "")[:2000],
+                    op_replied=replied,
+                )
+            )
+    return candidates
+
+
+def _op_replied(data: dict[str, Any], op: str) -> bool:
+    replies = data.get("replies")
+    if not isinstance(replies, dict):
+        return False
+    for child in (replies.get("data") or {}).get("children") or []:
+        if child.get("kind") == "t1" and (child.get("data") or {}).get("author") == op:
+            return True
+    return False

@@ -1,0 +1,135 @@
+"""The crawl state: posts seen and every download's outcome, in a small SQLite file (WAL mode).
+
+Each outcome is committed as soon as it is known, so a killed crawl loses nothing it finished, and
+a rerun reads a finished download from the cache instead of fetching it again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+import time
+from dataclasses import asdict, dataclass
+
+from pipelines.web.posts import WebPost
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS posts (
+    record_id TEXT PRIMARY KEY,
+    post_json TEXT NOT NULL,
+    status TEXT NOT NULL,            -- listed | crawled | dropped
+    reason TEXT,
+    updated_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS downloads (
+    url TEXT PRIMARY KEY,
+    ok INTEGER NOT NULL,
+    reason TEXT,
+    detail TEXT,
+    final_url TEXT,
+    sha256 TEXT,
+    path TEXT,
+    width INTEGER,
+    height INTEGER,
+    nbytes INTEGER,
+    content_type TEXT,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    transient INTEGER NOT NULL DEFAULT 0,
+    updated_at REAL NOT NULL
+);
+"""
+
+
+@dataclass
+class DownloadRecord:
+    """The outcome of downloading one URL: a cached, decodable image, or a failure with its reason."""
+
+    url: str
+    ok: bool
+    reason: str | None = None
+    detail: str = ""
+    final_url: str | None = None
+    sha256: str | None = None
+    path: str | None = None
+    width: int | None = None
+    height: int | None = None
+    nbytes: int | None = None
+    content_type: str | None = None
+    attempts: int = 0
+    transient: bool = False
+
+
+class CrawlState:
+    """Thread-safe access to the state file; every write is its own committed transaction."""
+
+    def __init__(self, path: str) -> None:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        self.path = path
+        self._conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30.0)
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute("PRAGMA synchronous=NORMAL")  # durable across a killed process
+        self._conn.executescript(SCHEMA)
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    # -- downloads ----------------------------------------------------------------------------------
+
+    def download(self, url: str) -> DownloadRecord | None:
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT url, ok, reason, detail, final_url, sha256, path, width, height, nbytes,"
+                " content_type, attempts, transient FROM downloads WHERE url = ?",
+                (url,),
+            ).fetchone()
+        if row is None:
+            return None
+        return DownloadRecord(row[0], bool(row[1]), row[2], row[3] or "", *row[4:12], bool(row[12]))
+
+    def record_download(self, record: DownloadRecord) -> None:
+        values = asdict(record)
+        values["ok"] = int(record.ok)
+        values["transient"] = int(record.transient)
+        values["updated_at"] = time.time()
+        columns = ", ".join(values)
+        marks = ", ".join("?" for _ in values)
+        with self._lock:
+            self._conn.execute(
+                f"INSERT OR REPLACE INTO downloads ({columns}) VALUES ({marks})", tuple(values.values())
+            )
+
+    def download_counts(self) -> dict[str, int]:
+        """Downloads by outcome: ``ok`` and each failure reason."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT CASE WHEN ok THEN 'ok' ELSE reason END, COUNT(*) FROM downloads GROUP BY 1"
+            ).fetchall()
+        return {str(reason): int(count) for reason, count in rows}
+
+    # -- posts --------------------------------------------------------------------------------------
+
+    def post(self, record_id: str) -> tuple[WebPost, str, str | None] | None:
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT post_json, status, reason FROM posts WHERE record_id = ?", (record_id,)
+            ).fetchone()
+        if row is None:
+            return None
+        return WebPost.from_json(json.loads(row[0])), row[1], row[2]
+
+    def record_post(self, post: WebPost, status: str, reason: str | None = None) -> None:
+        with self._lock:
+            self._conn.execute(
+                "INSERT OR REPLACE INTO posts (record_id, post_json, status, reason, updated_at)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (post.record_id, json.dumps(post.to_json()), status, reason, time.time()),
+            )
+
+    def post_counts(self) -> dict[str, int]:
+        with self._lock:
+            rows = self._conn.execute("SELECT status, COUNT(*) FROM posts GROUP BY status").fetchall()
+        return {str(status): int(count) for status, count in rows}

@@ -1,0 +1,58 @@
+"""The quality section of a build config: scoring models, the filter policy, the eval set, outputs.
+
+A YAML build config embeds it under ``quality:`` (see :mod:`quality.policy` for the policy part)::
+
+    quality:
+      scoring:
+        embedder: {model: ViT-L-14, pretrained: /models/clip-vit-l-14.safetensors}
+        aesthetic_checkpoint: /models/sac+logos+ava1-l14-linearMSE.pth
+        giqa: {index_dir: /indexes/laion-ivfpq, k: 1, nprobe: 32}
+      policy:
+        default: {aesthetic_src_min: 4.5, aesthetic_tgt_min: 4.5, aesthetic_max_diff: 1.0}
+      eval_set: [/data/eval/shards]
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+from quality.embeddings import EmbeddingCache
+from quality.policy import FilterPolicy
+from quality.scoring import ScoringConfig
+from storage import fs
+from storage.shards import ShardSpec
+
+SCORES_DIR = "quality/scores"
+
+
+class QualityConfig(BaseModel):
+    """Everything the ``score`` and ``filter`` flows need besides their input and output URLs."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    scoring: ScoringConfig = Field(default_factory=ScoringConfig)
+    policy: FilterPolicy = Field(default_factory=FilterPolicy)
+    eval_set: list[str] = Field(default_factory=list)  # image or shard directories held out for evaluation
+    shard: ShardSpec = Field(default_factory=ShardSpec)
+    report_images: int = 60
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, section: str = "quality") -> QualityConfig:
+        """Read the ``quality`` section of a build config (or a file that is only that section)."""
+        data = yaml.safe_load(Path(path).read_text()) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"{path} is not a YAML mapping")
+        return cls.model_validate(data.get(section, data))
+
+
+def default_scores_url(candidates_url: str) -> str:
+    return fs.join(candidates_url, SCORES_DIR)
+
+
+def embedding_cache(config: QualityConfig, scores_url: str) -> EmbeddingCache:
+    """The embedding cache of the configured embedder (``scoring.cache_url`` or beside the scores)."""
+    root = config.scoring.cache_url or fs.join(scores_url, "embeddings")
+    return EmbeddingCache(root, config.scoring.embedder.identity())

@@ -1,0 +1,348 @@
+"""The score stage: embed and score the samples of candidate shards into a Parquet scores table.
+
+One scores part per candidate shard, ``<scores_url>/parts/<shard name>.parquet``, written when the
+shard is done: a rerun skips shards that have a part (resumable per shard). Within a shard,
+samples are decoded and scored ``batch_size`` at a time, so memory does not grow with shard size.
+CLIP image embeddings go through an :class:`~quality.embeddings.EmbeddingCache` keyed by the
+digest of the encoded image, so an image shared by many pairs (one photo, many removed objects)
+or seen by an earlier stage or run is embedded once.
+
+Scores per sample (NaN when the model for it is not configured):
+
+``aesthetic_src``, ``aesthetic_tgt``, ``aesthetic_diff`` (absolute difference), ``giqa_src``,
+``giqa_tgt``, ``giqa_diff``, ``clip_direction`` (captions' direction if the sample's ``extra`` has
+``source_caption``/``target_caption``, else the instruction's), ``clip_img_sim``, plus the perceptual
+hashes ``phash_src``/``phash_tgt`` and the image digests used as cache keys.
+
+A sample whose json or image cannot be decoded gets a row with ``error`` set
+(``corrupt_json``, ``corrupt_image``, ``missing_image``); the filter turns it into a counted drop.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import posixpath
+import tarfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from PIL import UnidentifiedImageError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from quality import similarity
+from quality.aesthetic import AestheticPredictor, load_aesthetic_predictor
+from quality.duplicates import phash
+from quality.embeddings import ClipEmbedder, EmbedderConfig, EmbeddingCache, embed_images_cached
+from quality.giqa import GiqaConfig, KnnGiqa
+from storage import fs
+from storage.images import decode_image
+from storage.schema import SampleMeta
+from storage.shards import iter_tar_groups
+
+log = logging.getLogger(__name__)
+
+PARTS_DIR = "parts"
+FLOAT_SCORES = (
+    "aesthetic_src",
+    "aesthetic_tgt",
+    "aesthetic_diff",
+    "giqa_src",
+    "giqa_tgt",
+    "giqa_diff",
+    "clip_direction",
+    "clip_img_sim",
+)
+SCORES_SCHEMA = pa.schema(
+    [
+        ("key", pa.string()),
+        ("record_id", pa.string()),
+        ("task", pa.string()),
+        ("shard", pa.string()),
+        ("error", pa.string()),
+        ("error_detail", pa.string()),
+        *[(name, pa.float32()) for name in FLOAT_SCORES],
+        ("phash_src", pa.uint64()),
+        ("phash_tgt", pa.uint64()),
+        ("digest_src", pa.string()),
+        ("digest_tgt", pa.string()),
+    ]
+)
+
+
+class ScoringConfig(BaseModel):
+    """Which models score, where embeddings are cached, and how many samples are decoded at once."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    embedder: EmbedderConfig = Field(default_factory=EmbedderConfig)
+    aesthetic_checkpoint: str | None = None
+    giqa: GiqaConfig | None = None
+    cache_url: str | None = None  # default: <scores_url>/embeddings
+    batch_size: int = 64
+
+
+@dataclass
+class ScoringModels:
+    """The models of the score stage, loaded once per worker process."""
+
+    embedder: ClipEmbedder
+    aesthetic: AestheticPredictor | None = None
+    giqa: KnnGiqa | None = None
+    giqa_features: object | None = None  # InceptionFeatures when the index holds inception features
+
+    @classmethod
+    def load(cls, config: ScoringConfig) -> ScoringModels:
+        embedder = ClipEmbedder.from_config(config.embedder)
+        aesthetic = None
+        if config.aesthetic_checkpoint:
+            aesthetic = load_aesthetic_predictor(config.aesthetic_checkpoint, embedder.device)
+            if aesthetic.input_dim != embedder.dim:
+                raise ValueError(
+                    f"the aesthetic head takes {aesthetic.input_dim}-d embeddings but "
+                    f"{config.embedder.model} gives {embedder.dim}-d; "
+                    "use the CLIP model it was trained on (ViT-L/14)"
+                )
+        giqa = features = None
+        if config.giqa is not None:
+            giqa = KnnGiqa.from_config(config.giqa)
+            if giqa.features == "inception":
+                from quality.inception import InceptionFeatures
+
+                if not config.giqa.inception_checkpoint:
+                    raise ValueError("the GIQA index holds inception features: set giqa.inception_checkpoint")
+                features = InceptionFeatures.from_checkpoint(config.giqa.inception_checkpoint)
+            elif giqa.reference.meta.dim != embedder.dim:
+                raise ValueError(
+                    f"the GIQA index holds {giqa.reference.meta.dim}-d features, "
+                    f"the embedder gives {embedder.dim}-d"
+                )
+        return cls(embedder, aesthetic, giqa, features)
+
+
+def digest(data: bytes) -> str:
+    """Content key of an encoded image: the embedding cache key."""
+    return hashlib.sha256(data).hexdigest()[:24]
+
+
+def shard_name(shard_url: str) -> str:
+    return posixpath.basename(str(shard_url))[: -len(".tar")]
+
+
+def part_url(scores_url: str, shard_url: str) -> str:
+    return fs.join(scores_url, PARTS_DIR, f"{shard_name(shard_url)}.parquet")
+
+
+def is_scored(scores_url: str, shard_url: str) -> bool:
+    return fs.exists(part_url(scores_url, shard_url))
+
+
+@dataclass
+class _Decoded:
+    key: str
+    meta: SampleMeta
+    source: np.ndarray
+    target: np.ndarray
+    digest_src: str
+    digest_tgt: str
+
+
+def _member(members: dict[str, bytes], stem: str) -> bytes | None:
+    for name, data in members.items():
+        if name.split(".", 1)[0] == stem:
+            return data
+    return None
+
+
+def _decode(key: str, members: dict[str, bytes], shard: str) -> _Decoded | dict:
+    """The decoded sample, or an error row."""
+    row = {"key": key, "shard": shard}
+    try:
+        meta = SampleMeta.model_validate_json(members["json"])
+    except (KeyError, ValidationError, ValueError) as error:
+        return {**row, "error": "corrupt_json", "error_detail": str(error)[:300]}
+    row.update(record_id=meta.record_id, task=str(meta.task))
+    src, tgt = _member(members, "src"), _member(members, "tgt")
+    if src is None or tgt is None:
+        return {**row, "error": "missing_image", "error_detail": f"members: {sorted(members)}"}
+    try:
+        source, target = decode_image(src), decode_image(tgt)
+    except (UnidentifiedImageError, OSError, ValueError) as error:
+        return {**row, "error": "corrupt_image", "error_detail": str(error)[:300]}
+    return _Decoded(key, meta, source, target, digest(src), digest(tgt))
+
+
+def _captions(meta: SampleMeta) -> tuple[str, str] | None:
+    extra = meta.extra
+    src, tgt = extra.get("source_caption"), extra.get("target_caption")
+    captions = extra.get("captions")
+    if isinstance(captions, dict):
+        src, tgt = src or captions.get("source"), tgt or captions.get("target")
+    return (src, tgt) if isinstance(src, str) and isinstance(tgt, str) and src and tgt else None
+
+
+def score_batch(
+    decoded: list[_Decoded], models: ScoringModels, cache: EmbeddingCache | None, shard: str
+) -> list[dict]:
+    """Score rows of decoded samples (one embedding call for all their images)."""
+    if not decoded:
+        return []
+    images = {d.digest_src: d.source for d in decoded} | {d.digest_tgt: d.target for d in decoded}
+    keys = list(images)
+    vectors = embed_images_cached(models.embedder, cache, keys, lambda ks: [images[k] for k in ks])
+    by_digest = dict(zip(keys, vectors, strict=True))
+    src = np.stack([by_digest[d.digest_src] for d in decoded])
+    tgt = np.stack([by_digest[d.digest_tgt] for d in decoded])
+    n = len(decoded)
+    scores: dict[str, np.ndarray] = {name: np.full(n, np.nan, np.float32) for name in FLOAT_SCORES}
+    scores["clip_img_sim"] = similarity.image_similarity(src, tgt)
+    scores["clip_direction"] = _directions(decoded, src, tgt, models.embedder)
+    if models.aesthetic is not None:
+        scores["aesthetic_src"] = models.aesthetic.score(src)
+        scores["aesthetic_tgt"] = models.aesthetic.score(tgt)
+        scores["aesthetic_diff"] = np.abs(scores["aesthetic_src"] - scores["aesthetic_tgt"])
+    if models.giqa is not None:
+        if models.giqa_features is not None:
+            feats = models.giqa_features.embed_images(
+                [d.source for d in decoded] + [d.target for d in decoded]
+            )
+            g_src, g_tgt = feats[:n], feats[n:]
+        else:
+            g_src, g_tgt = src, tgt
+        scores["giqa_src"] = models.giqa.score(g_src)
+        scores["giqa_tgt"] = models.giqa.score(g_tgt)
+        scores["giqa_diff"] = np.abs(scores["giqa_src"] - scores["giqa_tgt"])
+    rows = []
+    for i, d in enumerate(decoded):
+        row = {
+            "key": d.key,
+            "record_id": d.meta.record_id,
+            "task": str(d.meta.task),
+            "shard": shard,
+            "error": None,
+            "error_detail": None,
+            "phash_src": phash(d.source),
+            "phash_tgt": phash(d.target),
+            "digest_src": d.digest_src,
+            "digest_tgt": d.digest_tgt,
+        }
+        row.update({name: float(scores[name][i]) for name in FLOAT_SCORES})
+        rows.append(row)
+    return rows
+
+
+def _directions(
+    decoded: list[_Decoded], src: np.ndarray, tgt: np.ndarray, embedder: ClipEmbedder
+) -> np.ndarray:
+    captions = [_captions(d.meta) for d in decoded]
+    out = np.empty(len(decoded), np.float32)
+    with_captions = [i for i, c in enumerate(captions) if c is not None]
+    without = [i for i, c in enumerate(captions) if c is None]
+    if with_captions:
+        texts = embedder.embed_texts(
+            [captions[i][0] for i in with_captions] + [captions[i][1] for i in with_captions]
+        )
+        m = len(with_captions)
+        out[with_captions] = similarity.directional_similarity(
+            src[with_captions], tgt[with_captions], texts[:m], texts[m:]
+        )
+    if without:
+        texts = embedder.embed_texts([decoded[i].meta.instruction for i in without])
+        out[without] = similarity.instruction_alignment(src[without], tgt[without], texts)
+    return out
+
+
+def iter_groups_safely(shard_url: str) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """The shard's tar groups; a truncated or corrupt tar ends the shard with a logged error."""
+    try:
+        yield from iter_tar_groups(shard_url)
+    except (tarfile.TarError, EOFError, OSError) as error:
+        log.error("shard %s is unreadable after the samples read so far: %s", shard_url, error)
+
+
+def score_shard(
+    shard_url: str, models: ScoringModels, cache: EmbeddingCache | None, batch_size: int = 64
+) -> list[dict]:
+    """Score rows of every sample in one candidate shard, streaming ``batch_size`` samples at a time."""
+    shard = posixpath.basename(str(shard_url))
+    rows: list[dict] = []
+    pending: list[_Decoded] = []
+    for key, members in iter_groups_safely(shard_url):
+        decoded = _decode(key, members, shard)
+        if isinstance(decoded, dict):
+            log.warning("sample %s in %s: %s", key, shard, decoded["error"])
+            rows.append(decoded)
+            continue
+        pending.append(decoded)
+        if len(pending) >= batch_size:
+            rows.extend(score_batch(pending, models, cache, shard))
+            pending = []
+    rows.extend(score_batch(pending, models, cache, shard))
+    return rows
+
+
+def write_scores(scores_url: str, shard_url: str, rows: list[dict]) -> str:
+    """Write one shard's scores part atomically (the shard's completion marker)."""
+    buffer = io.BytesIO()
+    pq.write_table(pa.Table.from_pylist(rows, schema=SCORES_SCHEMA), buffer)
+    url = part_url(scores_url, shard_url)
+    fs.write_bytes_atomic(url, buffer.getvalue())
+    return url
+
+
+def run_score_shard(
+    shard_url: str,
+    scores_url: str,
+    models: ScoringModels,
+    cache: EmbeddingCache | None,
+    batch_size: int = 64,
+) -> dict:
+    """Score one shard unless its part exists; returns a small summary for logs and artifacts."""
+    if is_scored(scores_url, shard_url):
+        return {"shard": shard_name(shard_url), "skipped": True, "samples": 0, "errors": 0}
+    rows = score_shard(shard_url, models, cache, batch_size)
+    write_scores(scores_url, shard_url, rows)
+    return {
+        "shard": shard_name(shard_url),
+        "skipped": False,
+        "samples": len(rows),
+        "errors": sum(1 for r in rows if r.get("error")),
+    }
+
+
+def read_scores(
+    scores_url: str, shard_url: str | None = None, columns: list[str] | None = None
+) -> pd.DataFrame:
+    """The scores table (all parts, or one shard's part) as a DataFrame."""
+    if shard_url is not None:
+        urls = [part_url(scores_url, shard_url)] if is_scored(scores_url, shard_url) else []
+    else:
+        urls = [
+            u
+            for u in fs.list_files(fs.join(scores_url, PARTS_DIR), ".parquet")
+            if not posixpath.basename(u).startswith(".")
+        ]
+    tables = []
+    for url in urls:
+        filesystem, path = fs.get_fs(url)
+        with filesystem.open(path, "rb") as handle:
+            tables.append(pq.read_table(handle, columns=columns))
+    if not tables:
+        schema = SCORES_SCHEMA if columns is None else pa.schema([SCORES_SCHEMA.field(c) for c in columns])
+        return schema.empty_table().to_pandas()
+    return pa.concat_tables(tables).to_pandas()
+
+
+def summary(scores: pd.DataFrame) -> dict:
+    """Counts and score means per task, for artifacts."""
+    out = {"samples": int(len(scores)), "errors": json.loads(scores["error"].value_counts().to_json())}
+    ok = scores[scores["error"].isna()]
+    present = [c for c in FLOAT_SCORES if ok[c].notna().any()]
+    out["mean_by_task"] = json.loads(ok.groupby("task")[present].mean().round(4).to_json(orient="index"))
+    return out

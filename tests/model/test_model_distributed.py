@@ -1,0 +1,53 @@
+"""Two training processes (DDP over gloo on the CPU, as `accelerate` runs many GPUs): per-rank data
+positions in the checkpoints, and a resume that continues exactly."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+import yaml
+from safetensors.torch import load_file
+from small_training import small_config
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _launch(config_file: Path) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true", "PYTHONPATH": str(REPO)}
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+               "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), "-m", "model.trainer",
+               str(config_file)]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=400)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+def test_two_processes_checkpoint_and_resume(tiny_base, edit_shards, tmp_path):
+    out = tmp_path / "run"
+    config = small_config(tiny_base, edit_shards, out, max_steps=6, checkpoint_every=3,
+                          data={"num_workers": 1})
+    config_file = tmp_path / "train.yaml"
+    config_file.write_text(yaml.safe_dump(config.model_dump(mode="json")))
+    _launch(config_file)
+    checkpoint = out / "checkpoints" / "checkpoint-0000003"
+    ranks = sorted(p.name for p in checkpoint.glob("data-rank*.json"))
+    assert ranks == ["data-rank0.json", "data-rank1.json"]
+    straight = load_file(out / "unet" / "diffusion_pytorch_model.safetensors")
+
+    shutil.rmtree(out / "checkpoints" / "checkpoint-0000006")  # as if killed after step 3's checkpoint
+    shutil.rmtree(out / "unet")
+    _launch(config_file)
+    resumed = load_file(out / "unet" / "diffusion_pytorch_model.safetensors")
+    for key in straight:
+        torch.testing.assert_close(resumed[key], straight[key], msg=key)

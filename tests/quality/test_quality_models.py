@@ -1,0 +1,146 @@
+"""The CLIP embedder, its cache, the aesthetic head and InceptionV3 features, loaded through the
+production loaders from checkpoints saved the way real ones are."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from conftest import TINY_CLIP, picture
+
+from quality.aesthetic import AestheticPredictor, load_aesthetic_predictor, load_state_dict_safely
+from quality.embeddings import ClipEmbedder, EmbedderConfig, EmbeddingCache, embed_images_cached
+
+# The published sac+logos+ava1-l14-linearMSE.pth: every key and shape of its state dict.
+PUBLISHED_AESTHETIC_SHAPES = {
+    "layers.0.weight": (1024, 768),
+    "layers.0.bias": (1024,),
+    "layers.2.weight": (128, 1024),
+    "layers.2.bias": (128,),
+    "layers.4.weight": (64, 128),
+    "layers.4.bias": (64,),
+    "layers.6.weight": (16, 64),
+    "layers.6.bias": (16,),
+    "layers.7.weight": (1, 16),
+    "layers.7.bias": (1,),
+}
+
+
+def test_embedder_loads_state_dict_and_returns_unit_rows(embedder):
+    images = [picture(i) for i in range(5)] + [np.zeros((20, 30, 3), np.uint8)]
+    vectors = embedder.embed_images(images)
+    assert vectors.shape == (6, 768) and vectors.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(embedder.embed_images(images[:2]), vectors[:2], atol=1e-5)
+    texts = embedder.embed_texts(["remove the dog", "add a hat", "remove the dog"])
+    assert texts.shape == (3, 768)
+    np.testing.assert_allclose(texts[0], texts[2], atol=1e-6)
+    assert not np.allclose(texts[0], texts[1])
+
+
+def test_embedder_weights_come_from_the_checkpoint(clip_files, embedder):
+    """Safetensors and .pt give the same model; a different state dict gives different vectors."""
+    from_safetensors = ClipEmbedder.from_config(
+        EmbedderConfig(
+            model=TINY_CLIP, pretrained=clip_files["safetensors"], model_config_file=clip_files["config"]
+        )
+    )
+    images = [picture(7)]
+    np.testing.assert_allclose(
+        from_safetensors.embed_images(images), embedder.embed_images(images), atol=1e-5
+    )
+    random_init = ClipEmbedder.from_config(
+        EmbedderConfig(model=TINY_CLIP, pretrained=None, model_config_file=clip_files["config"])
+    )
+    assert not np.allclose(random_init.embed_images(images), embedder.embed_images(images), atol=1e-3)
+
+
+def test_embedder_rejects_missing_checkpoint_and_bad_images(clip_files, embedder):
+    with pytest.raises(FileNotFoundError):
+        ClipEmbedder.from_config(
+            EmbedderConfig(
+                model=TINY_CLIP, pretrained="/nonexistent/clip.pt", model_config_file=clip_files["config"]
+            )
+        )
+    with pytest.raises(ValueError, match="uint8"):
+        embedder.embed_images([np.zeros((8, 8, 3), np.float32)])
+
+
+def test_cache_embeds_nothing_twice_and_persists(tmp_path, embedder):
+    images = {f"img{i}": picture(i) for i in range(4)}
+    decoded: list[str] = []
+
+    def load(keys):
+        decoded.extend(keys)
+        return [images[k] for k in keys]
+
+    cache = EmbeddingCache(str(tmp_path / "cache"), embedder.name)
+    first = embed_images_cached(embedder, cache, ["img0", "img1", "img2"], load)
+    assert decoded == ["img0", "img1", "img2"]
+    again = embed_images_cached(
+        embedder, EmbeddingCache(str(tmp_path / "cache"), embedder.name), ["img2", "img1", "img3"], load
+    )
+    assert decoded == ["img0", "img1", "img2", "img3"]  # only img3 was new
+    np.testing.assert_allclose(again[0], first[2], atol=1e-6)
+    assert len(EmbeddingCache(str(tmp_path / "cache"), embedder.name)) == 4
+
+
+def test_cache_on_fsspec_memory_filesystem(embedder):
+    cache = EmbeddingCache("memory://quality-test-cache", "clip")
+    vectors = np.eye(3, 768, dtype=np.float32)
+    cache.put(["a", "b", "c"], vectors)
+    found = EmbeddingCache("memory://quality-test-cache", "clip").get(["c", "a", "zz"])
+    assert set(found) == {"a", "c"}
+    np.testing.assert_array_equal(found["c"], vectors[2])
+
+
+def test_aesthetic_layers_match_the_published_state_dict():
+    """Golden: keys and shapes equal those of sac+logos+ava1-l14-linearMSE.pth, so it loads strictly."""
+    model = AestheticPredictor()
+    assert {k: tuple(v.shape) for k, v in model.state_dict().items()} == PUBLISHED_AESTHETIC_SHAPES
+    published = {k: torch.empty(shape) for k, shape in PUBLISHED_AESTHETIC_SHAPES.items()}
+    model.load_state_dict(published, strict=True)
+
+
+def test_aesthetic_head_loads_through_the_production_loader(aesthetic_checkpoint):
+    model = load_aesthetic_predictor(aesthetic_checkpoint)
+    reference = AestheticPredictor()
+    reference.load_state_dict(torch.load(aesthetic_checkpoint, weights_only=True))
+    embeddings = np.random.default_rng(0).standard_normal((5, 768)).astype(np.float32)
+    embeddings /= np.linalg.norm(embeddings, axis=1, keepdims=True)
+    scores = model.score(embeddings)
+    assert scores.shape == (5,) and np.isfinite(scores).all()
+    np.testing.assert_allclose(
+        scores, reference.eval()(torch.from_numpy(embeddings)).detach().numpy(), rtol=1e-5
+    )
+    with pytest.raises(ValueError, match="768"):
+        model.score(embeddings[:, :32])
+
+
+class Payload:
+    """An arbitrary object: loading a checkpoint that holds one must fail, not construct it."""
+
+
+def test_checkpoints_are_never_unpickled(tmp_path):
+    path = tmp_path / "evil.pth"
+    torch.save({"layers.0.weight": Payload()}, path)
+    with pytest.raises(pickle.UnpicklingError):
+        load_state_dict_safely(path)
+    torch.save({"something.else": torch.zeros(2)}, tmp_path / "other.pth")
+    with pytest.raises(ValueError, match="layers.0.weight"):
+        load_aesthetic_predictor(tmp_path / "other.pth")
+
+
+def test_inception_features_from_a_torchvision_state_dict(tmp_path):
+    from torchvision.models import inception_v3
+
+    from quality.inception import InceptionFeatures
+
+    torch.manual_seed(0)
+    path = tmp_path / "inception_v3_google.pth"
+    torch.save(inception_v3(weights=None, aux_logits=True, init_weights=False).state_dict(), path)
+    features = InceptionFeatures.from_checkpoint(path, device="cpu")
+    out = features.embed_images([picture(1, 80), picture(2, 64)])
+    assert out.shape == (2, 2048) and np.isfinite(out).all()

@@ -1,0 +1,185 @@
+"""The replacement flows end to end: fixtures with tiny models, and the demo photos with the
+classical backends through the `ieiw replacement` command."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+import typer
+import yaml
+from replacement_fixtures import write_openimages, write_sa1b
+from replacement_llm_server import ChatServer
+from typer.testing import CliRunner
+
+from flows.commands.replacement import register
+from flows.config import RunnerConfig
+from flows.models import LOADS, clear_models
+from flows.replacement import replacement
+from pipelines.replacement.config import ReplacementConfig
+from pipelines.sources.demo import DEMO_IMAGES, materialize_demo_images
+from storage import manifest
+from storage.shards import ShardSpec, iter_samples
+
+pytestmark = pytest.mark.usefixtures("prefect_server")
+
+
+def _llm_answer(body: dict) -> str:
+    user = body["messages"][-1]["content"]
+    before = re.search(r"Object before: (.*)", user).group(1)
+    after = re.search(r"Object after: (.*)", user).group(1)
+    return f"Replace the {before} with a {after}."
+
+
+def test_replacement_flow_with_tiny_models(tmp_path, clip_config, sam_config, paint_by_example_dir, blip_dir):
+    clear_models()
+    sa1b_dir = write_sa1b(str(tmp_path / "sa1b"), n_images=4, size=128)
+    oi = write_openimages(str(tmp_path / "oi"), n_images=3, size=128)
+    (tmp_path / "photos").mkdir()
+    write_sa1b(str(tmp_path / "photos"), n_images=1, size=128, broken=False)
+    for path in (tmp_path / "photos").glob("*.json"):
+        path.unlink()  # a folder of images without masks: SAM proposes
+    with ChatServer(default=_llm_answer) as server:
+        config = ReplacementConfig.model_validate(
+            {
+                "sources": [
+                    {"kind": "sa1b", "folders": [sa1b_dir]},
+                    {"kind": "openimages", **oi},
+                    {"kind": "images", "images": str(tmp_path / "photos"), "dataset": "photos"},
+                ],
+                "proposer": {"backend": "sam", "sam": sam_config.model_dump()},
+                "embedder": clip_config.model_dump(),
+                "database": {"objects_per_image": 4, "batch_size": 3, "index": {"kind": "flat"}},
+                "retrieval": {"similarity_ceiling": 0.99999},
+                "paint": {
+                    "backend": "paint_by_example",
+                    "model": str(paint_by_example_dir),
+                    "device": "cpu",
+                    "resolution": 32,
+                    "steps": 2,
+                    "batch_size": 4,
+                },
+                "caption": {
+                    "backend": "blip",
+                    "model": str(blip_dir),
+                    "device": "cpu",
+                    "max_new_tokens": 5,
+                    "num_beams": 1,
+                },
+                "instructions": {
+                    "backend": "llm",
+                    "llm": {
+                        "model": "tiny-llm",
+                        "base_url": server.base_url,
+                        "cache_dir": str(tmp_path / "llm-cache"),
+                        "timeout": 5,
+                    },
+                },
+                "regions_per_image": 2,
+                "batch_size": 4,
+            }
+        )
+        output = str(tmp_path / "build")
+        runner = RunnerConfig(max_workers=2, retries=0)
+        summary = replacement(config, output, ShardSpec(max_samples=50), runner)
+
+        database = summary["database"]
+        assert database["objects"] == 4 * 2 + 3 * 2 and database["index"] == "flat"
+        assert database["dropped"]["bad_annotation"] == 1
+        assert database["dropped"]["touches_border"] == 4 and database["dropped"]["fragmented"] == 4
+        assert json.loads((tmp_path / "build/replacement/objects/summary.json").read_text())["objects"] == 14
+        assert summary["kept"] == 4 * 2 + 3 * 2
+        assert summary["dropped"] == {"bad_annotation": 1, "no_semantic_region": 1}  # SAM's random regions
+
+        samples = list(iter_samples([f"{output}/replacement/shards"]))
+        assert len(samples) == 14
+        for sample in samples:
+            meta = sample.meta
+            assert meta.task == "replace" and meta.instruction_source == "llm:tiny-llm"
+            assert meta.generator.backend == "paint_by_example" and meta.generator.model == str(
+                paint_by_example_dir
+            )
+            assert meta.generator.settings["caption"] == str(blip_dir)
+            reference = meta.provenance.extra["reference"]
+            assert reference["image_id"] != meta.provenance.image_id
+            assert meta.extra["similarity"] < 0.99999
+            assert (
+                meta.instruction
+                == f"replace the {meta.extra['source_object']} with a {meta.extra['target_object']}"
+            )
+            assert meta.extra["source_caption"] and meta.pretrain_caption == meta.extra["target_caption"]
+            assert sample.mask is not None and sample.source.shape == sample.target.shape
+        openimages_samples = [s for s in samples if s.meta.provenance.dataset == "openimages"]
+        assert {s.meta.extra["source_label_source"] for s in openimages_samples} == {"annotation"}
+        assert {s.meta.extra["source_object"] for s in openimages_samples} <= {
+            "cat",
+            "dog",
+            "car",
+            "coffee cup",
+        }
+        frame = manifest.read_manifest(f"{output}/replacement")
+        assert len(frame) == 16 and frame["kept"].sum() == 14
+        assert all(count == 1 for count in LOADS.values()) and len(LOADS) >= 7  # every model loaded once
+        requests = len(server.requests)
+
+        again = replacement(config, output, ShardSpec(max_samples=50), runner)
+        assert again["kept"] == 0 and again["resumed_records"] == 9 and again["database"]["reused"]
+        assert len(server.requests) == requests
+
+
+def test_replacement_demo_photos_with_classical_backends_through_the_cli(tmp_path, clip_config):
+    clear_models()
+    images = tmp_path / "demo-images"
+    materialize_demo_images(str(images))
+    config_path = tmp_path / "replacement.yaml"
+    config_path.write_text(
+        yaml.safe_dump(
+            {
+                "name": "demo",
+                "output": "out",
+                "shards": {"max_samples": 100},
+                "runner": {"task_runner": "threads", "max_workers": 2, "retries": 0},
+                "replacement": {
+                    "sources": [{"kind": "images", "images": "demo-images", "dataset": "demo"}],
+                    "proposer": {"backend": "felzenszwalb"},
+                    "selection": {"min_predicted_iou": 0.0, "min_stability": 0.0},
+                    "embedder": clip_config.model_dump(),
+                    "labels": {
+                        "vocabulary": ["person", "cup", "cat", "rocket", "motorcycle", "helmet", "plate"]
+                    },
+                    "retrieval": {"similarity_ceiling": 0.99999},
+                    "paint": {"backend": "seamless_clone"},
+                    "regions_per_image": 2,
+                    "batch_size": 2,
+                },
+            }
+        )
+    )
+    app = typer.Typer()
+    app.callback()(lambda: None)  # a group, as in `ieiw`, so the command is named on the line
+    register(app)
+    cli = CliRunner()
+    database = cli.invoke(app, ["replacement", str(config_path), "--database-only"])
+    assert database.exit_code == 0, database.output
+    assert "object database:" in database.output
+    result = cli.invoke(app, ["replacement", str(config_path)])
+    assert result.exit_code == 0, result.output
+    assert "replacement: kept" in result.output
+
+    frame = manifest.read_manifest(str(tmp_path / "out/replacement"))
+    samples = list(iter_samples([str(tmp_path / "out/replacement/shards")]))
+    assert len(samples) == frame["kept"].sum() >= len(DEMO_IMAGES)
+    for sample in samples:
+        meta = sample.meta
+        assert (
+            meta.generator.backend == "seamless_clone"
+            and meta.generator.settings["regions"] == "felzenszwalb"
+        )
+        assert meta.generator.settings["caption"] == "class_names"
+        assert meta.instruction_source.startswith("template:replace#")
+        assert meta.extra["source_caption"].startswith("a photo with ")
+        assert meta.extra["target_object"] in meta.instruction
+        assert meta.provenance.extra["reference"]["image_id"] != meta.provenance.image_id
+        changed = (sample.source != sample.target).any(axis=2)
+        assert changed.any() and not changed[sample.mask == 0].any()

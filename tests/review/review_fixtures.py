@@ -1,0 +1,52 @@
+"""Candidate shards in the real on-disk format, with synthetic images a person can tell apart."""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from model.candidates import CandidateHeader, CandidateSet, CandidateSetting, write_candidate_sets
+from storage.schema import GeneratorInfo, Provenance, SampleMeta, Task, sample_key
+
+COLOURS = [(220, 38, 38), (234, 88, 12), (202, 138, 4), (22, 163, 74), (8, 145, 178), (37, 99, 235),
+           (124, 58, 237), (219, 39, 119), (87, 83, 78), (15, 118, 110)]
+
+
+def labelled_image(colour: tuple[int, int, int], label: str, size: int) -> np.ndarray:
+    image = Image.new("RGB", (size, size), colour)
+    draw = ImageDraw.Draw(image)
+    draw.ellipse((size // 4, size // 4, 3 * size // 4, 3 * size // 4), fill=(250, 250, 250))
+    draw.text((size // 2 - 6, size // 2 - 6), label, fill=(0, 0, 0))
+    return np.asarray(image)
+
+
+def source_meta(index: int, dataset: str = "fixture") -> SampleMeta:
+    provenance = Provenance(dataset=dataset, image_id=f"img{index:03d}", license="CC-BY-4.0")
+    generator = GeneratorInfo(name="fixture", backend="synthetic")
+    return SampleMeta(key=sample_key(Task.REMOVE, provenance, generator), task=Task.REMOVE,
+                      instruction=f"remove the circle {index}", instruction_source="template#0",
+                      provenance=provenance, generator=generator, record_id=f"rec{index}")
+
+
+def candidate_sets(n_samples: int, n_candidates: int, size: int = 48, dataset: str = "fixture"
+                   ) -> list[CandidateSet]:
+    sets = []
+    for i in range(n_samples):
+        meta = source_meta(i, dataset)
+        settings = [CandidateSetting(seed=1000 * i + k, text_guidance=5.0 + k % 4 * 2.5,
+                                     image_guidance=1.0 + k % 5 * 0.25, steps=10, checkpoint="ckpt/step-100")
+                    for k in range(n_candidates)]
+        header = CandidateHeader(key=meta.key, instruction=meta.instruction, source_meta=meta,
+                                 settings=settings)
+        sets.append(CandidateSet(
+            header=header, source=labelled_image((120, 120, 120), "S", size),
+            candidates=[labelled_image(COLOURS[k % len(COLOURS)], str(k + 1), size)
+                        for k in range(n_candidates)],
+        ))
+    return sets
+
+
+def write_candidate_shards(directory: str, n_samples: int = 6, n_candidates: int = 8, per_shard: int = 4,
+                           size: int = 48, dataset: str = "fixture") -> list[str]:
+    sets = candidate_sets(n_samples, n_candidates, size, dataset)
+    return write_candidate_sets(sets, directory, max_sets=per_shard)

@@ -1,0 +1,85 @@
+"""The review commands: tokens, `ieiw review` as one command serving the app, status, export-picks."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from flows.commands.review import register
+from model.review.serve import free_port
+from model.review.store import ReviewStore
+from storage.shards import iter_samples
+
+LAUNCH = "import typer; from flows.commands.review import register; app = typer.Typer(); register(app); app()"
+
+
+@pytest.fixture
+def cli():
+    app = typer.Typer()
+    register(app)
+    runner = CliRunner()
+    return lambda *args: runner.invoke(app, [str(a) for a in args])
+
+
+def wait_for(url: str, process: subprocess.Popen, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"`ieiw review` exited: {process.communicate()}")
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            time.sleep(0.2)
+    raise AssertionError("`ieiw review` did not start")
+
+
+def test_tokens_review_status_and_export(cli, candidate_dir, tmp_path):
+    db = f"sqlite:///{tmp_path / 'review.sqlite'}"
+    made = cli("review-token", "alice", "--db", db)
+    assert made.exit_code == 0, made.output
+    token = made.output.strip().splitlines()[-1]
+    assert ReviewStore(db).reviewer_by_token(token).name == "alice"
+    port = free_port()
+    env = {**os.environ, "IEIW_REVIEW_DB": db}  # the database from the environment, as a team would set it
+    process = subprocess.Popen(
+        [sys.executable, "-c", LAUNCH, "review", "--candidates", candidate_dir, "--port", str(port)],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_for(url, process)
+        with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}) as client:
+            me = client.get("/api/me").json()
+            assert me["progress"]["assigned"] == 6
+            view = client.get(f"/api/samples/{me['next']}").json()
+            assert client.post(f"/api/samples/{me['next']}/picks",
+                               json={"candidate_id": view["candidates"][6]["id"]}).status_code == 201
+            assert client.post(f"/api/samples/{me['next']}/done").status_code == 200
+            assert client.get("/api/me", headers={"Authorization": "Bearer wrong"}).status_code == 401
+    finally:
+        process.terminate()
+        output, errors = process.communicate(timeout=30)
+    assert "6 samples (6 new), 6 new assignments" in output, output + errors
+
+    status = cli("review-status", "--db", db)
+    assert status.exit_code == 0 and "alice" in status.output and '"samples": 0' in status.output
+    out = tmp_path / "aligned"
+    exported = cli("export-picks", "--candidates", candidate_dir, "--out", out, "--db", db)
+    assert exported.exit_code == 0, exported.output
+    assert "exported 1 picked edits" in exported.output
+    (sample,) = list(iter_samples([str(out / "shards")]))
+    settings = sample.meta.generator.settings
+    assert settings["candidate"] == 6 and settings["reviewers"] == ["alice"]
+    again = cli("export-picks", "--candidates", candidate_dir, "--out", out, "--db", db)
+    assert again.exit_code != 0 and "already holds an export" in again.output
+    rotated = cli("review-token", "alice", "--db", db)
+    new_token = rotated.output.strip().splitlines()[-1]
+    assert ReviewStore(db).reviewer_by_token(token) is None and new_token != token

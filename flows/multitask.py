@@ -8,7 +8,7 @@ from prefect import flow
 
 from flows.config import RunnerConfig
 from flows.models import cached_model
-from flows.stage_runner import publish_sample_table, run_stage
+from flows.stage_runner import run_stage
 from pipelines.multitask.captions import load_captions
 from pipelines.multitask.config import MultitaskConfig
 from pipelines.multitask.records import MultitaskRecord
@@ -45,11 +45,8 @@ def multitask(
         multitask_batch,
         config,
         stage_url,
-        shards or ShardSpec(),
+        shards,
         batch_size=config.batch_size,
-        max_in_flight=runner.max_in_flight,
-        retries=runner.retries,
-        retry_delay_seconds=runner.retry_delay_seconds,
+        runner=runner,
     )
-    publish_sample_table(STAGE, stage_url)
     return summary

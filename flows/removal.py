@@ -10,7 +10,7 @@ from prefect import flow
 
 from flows.config import RemovalConfig, RunnerConfig
 from flows.models import cached_model, gpu_tags
-from flows.stage_runner import publish_sample_table, run_stage
+from flows.stage_runner import run_stage
 from pipelines.inpaint import build_inpainter
 from pipelines.removal import removal_stage
 from pipelines.sources.demo import materialize_demo_images
@@ -66,13 +66,10 @@ def removal(
         removal_batch,
         config,
         stage_url,
-        shards or ShardSpec(),
+        shards,
         batch_size=config.batch_size,
-        max_in_flight=runner.max_in_flight,
+        runner=runner,
         total=count_tasks(config),
-        retries=runner.retries,
-        retry_delay_seconds=runner.retry_delay_seconds,
         tags=gpu_tags(config.inpaint.backend == "lama", config.inpaint.device),
     )
-    publish_sample_table(STAGE, stage_url)
     return summary

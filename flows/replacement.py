@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from flows.config import RunnerConfig
 from flows.models import LOADS, cached_model, gpu_tags
-from flows.stage_runner import artifact_key, publish_sample_table, run_stage
+from flows.stage_runner import artifact_key, run_stage
 from pipelines.instructions.llm import InstructionWriter
 from pipelines.replacement.captions import BlipCaptioner
 from pipelines.replacement.config import ReplacementConfig
@@ -169,8 +169,6 @@ def object_database(
     os.makedirs(db_url, exist_ok=True)
     done = set(part_names(db_url))
     worker = object_database_batch.with_options(
-        retries=runner.retries,
-        retry_delay_seconds=runner.retry_delay_seconds,
         tags=set(batch_tags(config, database_only=True)),
     )
     totals: Counter = Counter()
@@ -259,14 +257,11 @@ def replacement(
         replacement_batch,
         resolved,
         stage_url,
-        shards or ShardSpec(),
+        shards,
         batch_size=config.batch_size,
-        max_in_flight=runner.max_in_flight,
-        retries=runner.retries,
-        retry_delay_seconds=runner.retry_delay_seconds,
+        runner=runner,
         tags=batch_tags(config),
     )
-    publish_sample_table(STAGE, stage_url)
     key = models_key(resolved)
     timings = cached_model(key, lambda: load_models(resolved)).timings if key in LOADS else None
     if timings:

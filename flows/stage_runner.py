@@ -25,6 +25,7 @@ from prefect.futures import PrefectFuture
 from prefect.tasks import exponential_backoff
 from tqdm.auto import tqdm
 
+from flows.config import RunnerConfig
 from flows.storage_errors import store_errors
 from storage import fs, manifest
 from storage.commit import BatchReport, batch_name, commit_batch, merge_reports, prune_orphan_shards
@@ -88,20 +89,22 @@ def run_stage(
     batch_fn: BatchFn,
     settings: Any,
     stage_url: str,
-    shard_spec: ShardSpec,
+    shard_spec: ShardSpec | None,
     batch_size: int,
-    max_in_flight: int = 8,
+    runner: RunnerConfig | None = None,
     total: int | None = None,
-    retries: int = 2,
-    retry_delay_seconds: float = 2.0,
     tags: list[str] | None = None,
 ) -> dict:
     """Process every pending record of ``items`` in batches; returns the merged summary.
 
     Batches run as ``process-batch`` tasks on the flow's task runner, at most ``max_in_flight`` at
     once; failed batches are retried with exponential backoff; ``tags`` go on every batch task.
+    Publishes the counts, a summary and a table of a few samples as artifacts.
     """
     logger = get_run_logger()
+    runner = runner or RunnerConfig()
+    shard_spec = shard_spec or ShardSpec()
+    max_in_flight, retries = runner.max_in_flight, runner.retries
     with store_errors(f"stage {stage}", stage_url):
         fs.makedirs(stage_url)
         for folder in (manifest.SHARD_DIR, manifest.MANIFEST_DIR):
@@ -116,7 +119,7 @@ def run_stage(
     )
     worker = process_batch.with_options(
         retries=retries,
-        retry_delay_seconds=exponential_backoff(backoff_factor=retry_delay_seconds)(retries)
+        retry_delay_seconds=exponential_backoff(backoff_factor=runner.retry_delay_seconds)(retries)
         if retries
         else 0,
         retry_jitter_factor=0.2,
@@ -157,6 +160,7 @@ def run_stage(
         stage=stage, resumed_records=len(done), duplicate_records=len(duplicates), manifest=consolidated
     )
     publish_summary(stage, summary)
+    publish_sample_table(stage, stage_url)
     logger.info("%s: kept %d, dropped %s", stage, summary["kept"], summary["dropped"])
     return summary
 

@@ -35,8 +35,16 @@ __all__ = ["accelerate_command", "run_summary", "train", "train_stage", "train_s
 
 
 def accelerate_command(config_path: str, num_processes: int, stage: str | None = None) -> list[str]:
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(num_processes),
-               "-m", "model.trainer", config_path]
+    command = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--num_processes",
+        str(num_processes),
+        "-m",
+        "model.trainer",
+        config_path,
+    ]
     return command + (["--stage", stage] if stage else [])
 
 
@@ -62,23 +70,39 @@ def artifact_key(name: str) -> str:
 def stage_markdown(summary: dict) -> str:
     out = Path(summary["output_dir"])
     state = "already complete, skipped" if summary.get("skipped") else "trained"
-    return "\n".join([
-        f"# Stage `{summary['stage']}` ({state})", "",
-        f"Model (diffusers layout): `{out}`", f"Steps: {summary['steps']}",
-        f"Last loss: {summary['last_loss']}", f"Loss curve: `{summary['loss_curve']}`",
-        f"TensorBoard: `tensorboard --logdir {out / 'logs'}`", "",
-        "## Samples seen per shard set", "", mix_table(summary["mix"]),
-    ])
+    return "\n".join(
+        [
+            f"# Stage `{summary['stage']}` ({state})",
+            "",
+            f"Model (diffusers layout): `{out}`",
+            f"Steps: {summary['steps']}",
+            f"Last loss: {summary['last_loss']}",
+            f"Loss curve: `{summary['loss_curve']}`",
+            f"TensorBoard: `tensorboard --logdir {out / 'logs'}`",
+            "",
+            "## Samples seen per shard set",
+            "",
+            mix_table(summary["mix"]),
+        ]
+    )
 
 
 @flow(name="ieiw_train_stage", flow_run_name="stage-{stage_name}", log_prints=True)
 def train_stage_flow(config_path: str, stage_name: str, num_processes: int = 1, retries: int = 0) -> dict:
     """One stage of a training run, as its own flow run."""
     summary = train_stage.with_options(retries=retries)(config_path, stage_name, num_processes)
-    get_run_logger().info("stage %s: %s steps, last loss %s; model in %s", stage_name, summary["steps"],
-                          summary["last_loss"], summary["output_dir"])
-    create_markdown_artifact(stage_markdown(summary), key=f"train-stage-{artifact_key(stage_name)}",
-                             description=f"what training stage {stage_name} made")
+    get_run_logger().info(
+        "stage %s: %s steps, last loss %s; model in %s",
+        stage_name,
+        summary["steps"],
+        summary["last_loss"],
+        summary["output_dir"],
+    )
+    create_markdown_artifact(
+        stage_markdown(summary),
+        key=f"train-stage-{artifact_key(stage_name)}",
+        description=f"what training stage {stage_name} made",
+    )
     return summary
 
 
@@ -99,7 +123,13 @@ def train(config_path: str, num_processes: int = 1, retries: int = 0, stage: str
     last = summaries[-1]
     lines = ["# Training run", "", "| stage | steps | last loss | model |", "| --- | ---: | ---: | --- |"]
     lines += [f"| {s['stage']} | {s['steps']} | {s['last_loss']} | `{s['output_dir']}` |" for s in summaries]
-    lines += ["", f"Final model (diffusers layout): `{last['output_dir']}`", "",
-              f"## Samples seen per shard set in `{last['stage']}`", "", mix_table(last["mix"])]
+    lines += [
+        "",
+        f"Final model (diffusers layout): `{last['output_dir']}`",
+        "",
+        f"## Samples seen per shard set in `{last['stage']}`",
+        "",
+        mix_table(last["mix"]),
+    ]
     create_markdown_artifact("\n".join(lines), key="train-summary", description="what this training run made")
     return {**last, "stages": summaries}

@@ -6,7 +6,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from flows.config import RunnerConfig
-from flows.stage_runner import artifact_key, publish_sample_table, run_stage
+from flows.stage_runner import artifact_key, run_stage
 from pipelines.web.build import build_crawl
 from pipelines.web.config import WebEditsConfig
 from pipelines.web.crawl import CrawledPost
@@ -41,19 +41,16 @@ def web_edits(
             web_edits_batch,
             config,
             stage_url,
-            shards or ShardSpec(),
+            shards,
             batch_size=config.batch_size,
-            max_in_flight=runner.max_in_flight,
+            runner=runner,
             total=config.max_posts,
-            retries=runner.retries,
-            retry_delay_seconds=runner.retry_delay_seconds,
         )
         crawl = setup.stats()
     finally:
         setup.close()
     summary["crawl"] = crawl
     publish_crawl(crawl, summary)
-    publish_sample_table(STAGE, stage_url)
     logger.info(
         "web_edits: %d posts seen, %d pairs kept; downloads %s",
         crawl.get("posts_seen", 0),

@@ -9,6 +9,7 @@ import traceback
 
 import boto3
 import pytest
+import s3fs
 from moto.server import ThreadedMotoServer
 from tcp_proxy import TcpProxy
 
@@ -37,9 +38,11 @@ def object_store(monkeypatch):
     }.items():
         monkeypatch.setenv(name, value)
     boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="ieiw")
+    s3fs.S3FileSystem.clear_instance_cache()  # fsspec reuses clients: one made for another endpoint must go
     yield endpoint, proxy.stop, proxy.start
     proxy.stop()
     server.stop()
+    s3fs.S3FileSystem.clear_instance_cache()
 
 
 def _objects(endpoint: str, prefix: str) -> list[str]:

@@ -21,6 +21,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from accelerate import PartialState
 
 from model.config import StageConfig, TrainConfig
@@ -97,10 +98,10 @@ def is_complete(stage: Stage) -> bool:
     return (stage.output_dir / DONE_MARKER).exists()
 
 
-def settings_fingerprint(config: TrainConfig) -> str:
-    """What a stage was trained with (its base model's folder left out: it moves with output_dir)."""
-    dumped = json.dumps(config.model_dump(mode="json", exclude={"base_model", "output_dir", "resume"}),
-                        sort_keys=True)
+def settings_fingerprint(stage: Stage) -> str:
+    """What a stage was trained with (a previous stage's folder left out: it moves with output_dir)."""
+    left_out = {"output_dir", "resume"} | ({"base_model"} if stage.previous else set())
+    dumped = json.dumps(stage.config.model_dump(mode="json", exclude=left_out), sort_keys=True)
     return hashlib.sha256(dumped.encode()).hexdigest()[:16]
 
 
@@ -115,14 +116,14 @@ def check_ready(stage: Stage, plan: list[Stage]) -> None:
             f"(no {before.output_dir / DONE_MARKER}): train {before.name!r} first, or run all stages")
 
 
-def run_stage(stage: Stage, plan: list[Stage], train_fn=train) -> dict:
+def run_stage(stage: Stage, plan: list[Stage]) -> dict:
     """Train one stage (or skip it when complete); returns its summary.
 
     Raises :class:`StageNotReady` when the stage starts from a previous stage that is not complete.
     """
     if stage.staged and is_complete(stage):
         marker = json.loads((stage.output_dir / DONE_MARKER).read_text())
-        if marker.get("settings") != settings_fingerprint(stage.config):
+        if marker.get("settings") != settings_fingerprint(stage):
             log.warning("stage %r was completed with other settings; delete %s to train it again",
                         stage.name, stage.output_dir)
         log.info("stage %r is complete (%s): skipped", stage.name, stage.output_dir / DONE_MARKER)
@@ -130,13 +131,15 @@ def run_stage(stage: Stage, plan: list[Stage], train_fn=train) -> dict:
     check_ready(stage, plan)
     log.info("stage %d/%d %r from %s", stage.index + 1, len(plan), stage.name, stage.config.base_model)
     started = time.time()
-    out = train_fn(stage.config)
+    out = train(stage.config, keep_process_group=True)
     state = PartialState()
     summary = {**run_summary(str(out)), "stage": stage.name, "skipped": False}
     if stage.staged and state.is_main_process:
-        marker = {"stage": stage.name, "steps": summary["steps"], "base_model": stage.config.base_model,
-                  "settings": settings_fingerprint(stage.config), "seconds": round(time.time() - started, 1),
-                  "completed_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "mix": summary["mix"]}
+        marker = {
+            "stage": stage.name, "steps": summary["steps"], "base_model": stage.config.base_model,
+            "settings": settings_fingerprint(stage), "seconds_this_run": round(time.time() - started, 1),
+            "completed_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "mix": summary["mix"],
+        }
         tmp = stage.output_dir / f".{DONE_MARKER}.tmp"
         tmp.write_text(json.dumps(marker, indent=1))
         tmp.replace(stage.output_dir / DONE_MARKER)
@@ -153,10 +156,19 @@ def select(plan: list[Stage], name: str | None) -> list[Stage]:
     return found
 
 
-def run_curriculum(config: TrainConfig, stage: str | None = None, train_fn=train) -> list[dict]:
+def run_curriculum(config: TrainConfig, stage: str | None = None) -> list[dict]:
     """Run every stage in order (or only ``stage``); returns one summary per stage run or skipped."""
     plan = plan_stages(config)
-    return [run_stage(s, plan, train_fn) for s in select(plan, stage)]
+    try:
+        return [run_stage(s, plan) for s in select(plan, stage)]
+    finally:
+        end_process_group()
+
+
+def end_process_group() -> None:
+    """End the group of training processes (under `accelerate launch`), which the stages shared."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 def run_summary(output_dir: str) -> dict:

@@ -322,8 +322,11 @@ def save_pipeline(config: TrainConfig, accelerator: Accelerator, models: Models)
 # ----------------------------------------------------------------------------- the loop
 
 
-def train(config: TrainConfig) -> Path:
-    """Run (or resume) a training run; returns the output folder holding the saved pipeline."""
+def train(config: TrainConfig, keep_process_group: bool = False) -> Path:
+    """Run (or resume) a training run; returns the output folder holding the saved pipeline.
+
+    ``keep_process_group`` leaves the processes' group up for a next stage (the curriculum ends it).
+    """
     out = Path(config.output_dir)
     accelerator = Accelerator(
         gradient_accumulation_steps=config.gradient_accumulation_steps,
@@ -432,7 +435,11 @@ def train(config: TrainConfig) -> Path:
                                               f"{r['weight_share']:.3f})" for r in mix["sets"]})
         save_pipeline(config, accelerator, models)
     accelerator.wait_for_everyone()  # the next stage of a curriculum starts from the saved pipeline
-    accelerator.end_training()
+    if keep_process_group:
+        for tracker in accelerator.trackers:
+            tracker.finish()
+    else:
+        accelerator.end_training()
     return out
 
 

@@ -32,7 +32,7 @@ from pydantic import ValidationError  # noqa: E402
 from quality.policy import RULES, FilterPolicy  # noqa: E402
 from quality.scoring import FLOAT_SCORES, iter_groups_safely  # noqa: E402
 from storage import fs, manifest  # noqa: E402
-from storage.gallery import _STYLE, sample_html, write_gallery  # noqa: E402
+from storage.gallery import GALLERY_STYLE, sample_html, write_gallery  # noqa: E402
 from storage.shards import decode_sample, expand_shard_urls, iter_samples  # noqa: E402
 
 
@@ -150,7 +150,7 @@ def _undisplayable(dropped: pd.DataFrame, reason: str) -> str:
 def _page(title: str, body: str) -> str:
     return (
         f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-        f"<style>{_STYLE} h2{{font-size:16px;margin-top:28px}}</style></head>"
+        f"<style>{GALLERY_STYLE} h2{{font-size:16px;margin-top:28px}}</style></head>"
         f"<body><h1>{html.escape(title)}</h1>{body}</body></html>"
     )
 

@@ -14,7 +14,7 @@ from PIL import Image
 from storage import fs
 from storage.schema import Sample
 
-_STYLE = """
+GALLERY_STYLE = """
 body{font-family:system-ui,sans-serif;margin:24px;background:#fafafa;color:#222}
 h1{font-size:20px} .meta{color:#666;font-size:12px}
 .pair{display:flex;gap:12px;align-items:flex-start;background:#fff;border:1px solid #ddd;
@@ -64,7 +64,7 @@ def render_gallery(
     body = [sample_html(s, size) for s in itertools.islice(samples, limit)]
     return (
         f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-        f"<style>{_STYLE}</style></head><body><h1>{html.escape(title)}</h1>"
+        f"<style>{GALLERY_STYLE}</style></head><body><h1>{html.escape(title)}</h1>"
         f"<p class='meta'>{html.escape(intro)} {len(body)} samples shown.</p>{''.join(body)}</body></html>"
     )
 

@@ -137,11 +137,27 @@ def register(app: typer.Typer) -> None:
         seed: int = 0,
         resolution: int = 256,
         device: str = "auto",
+        task: str = typer.Option(
+            None,
+            "--task",
+            help="keypoints | segmentation | enhancement: score the task read back from the edits",
+        ),
     ) -> None:
-        """CLIP directional, image and text similarity of the model's edits on held-out shards."""
+        """CLIP directional, image and text similarity of the model's edits on held-out shards.
+
+        With ``--task``, the model edits the held-out samples of that task instead, and the answer is
+        read back out of each edit: keypoint AP (COCOeval), mIoU / cumulative IoU, or PSNR / SSIM.
+        """
         from model.evaluate import evaluate as run_evaluation
         from model.inference import load_edit_pipeline
         from quality.embeddings import ClipEmbedder, EmbedderConfig
+
+        if task:
+            pipe = load_edit_pipeline(model, device)
+            settings = _settings(steps, text_guidance, image_guidance, seed, resolution)
+            metrics = evaluate_task_with_model(pipe, task, shards, output, settings, limit)
+            console.print_json(json.dumps(metrics, default=str))
+            return
 
         embedder = ClipEmbedder.from_config(
             EmbedderConfig(
@@ -190,3 +206,35 @@ def register(app: typer.Typer) -> None:
         app_ = create_app(load_edit_pipeline(model, device))
         console.print(f"open http://{host}:{port}/")
         uvicorn.run(app_, host=host, port=port)
+
+
+def evaluate_task_with_model(
+    pipe, task: str, shards: list[str], output: Path, settings, limit: int | None
+) -> dict:
+    """Edit the held-out samples of ``task`` with ``pipe`` and score the answers read back from the edits."""
+    import itertools
+
+    from PIL import Image
+
+    from model.inference import edit_images
+    from quality.task_metrics import TASKS, OutputFolder, evaluate_task_outputs
+    from storage.shards import expand_shard_urls, iter_samples
+
+    if task not in TASKS:
+        raise typer.BadParameter(f"--task must be one of {sorted(TASKS)}")
+    urls = expand_shard_urls(shards)
+    edits = output / "edits"
+    edits.mkdir(parents=True, exist_ok=True)
+    of_task = (s for s in iter_samples(urls) if s.meta.task == TASKS[task])
+    selected = itertools.islice(of_task, limit) if limit is not None else of_task
+    edited_keys: set[str] = set()
+    while chunk := list(itertools.islice(selected, 8)):
+        outputs = edit_images(pipe, [s.source for s in chunk], [s.meta.instruction for s in chunk], settings)
+        for sample, edited in zip(chunk, outputs, strict=True):
+            Image.fromarray(edited).save(edits / f"{sample.key}.png")
+            edited_keys.add(sample.key)
+    samples = (s for s in iter_samples(urls) if s.key in edited_keys)
+    metrics, _, grid = evaluate_task_outputs(task, samples, OutputFolder(str(edits)), str(output))
+    (output / f"{task}_metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
+    console.print(f"grid: {grid}; per-sample table in {output}")
+    return metrics

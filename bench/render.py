@@ -38,31 +38,12 @@ from pipelines.multitask.config import (
     SegmentationConfig,
     SyntheticSource,
 )
+from pipelines.multitask.keypoint_sources import COCO_JOINTS
 from pipelines.multitask.render import load_rgb, resize_square, window_around_box, window_around_mask
 from pipelines.multitask.stage import iter_multitask_records, multitask_stage
 from storage.images import encode_image
 from storage.schema import Drop, Sample
 from storage.shards import ShardSpec, encode_sample
-
-JOINTS = [
-    "nose",
-    "left_eye",
-    "right_eye",
-    "left_ear",
-    "right_ear",
-    "left_shoulder",
-    "right_shoulder",
-    "left_elbow",
-    "right_elbow",
-    "left_wrist",
-    "right_wrist",
-    "left_hip",
-    "right_hip",
-    "left_knee",
-    "right_knee",
-    "left_ankle",
-    "right_ankle",
-]
 
 
 def photo(width: int, height: int, rng: np.random.Generator) -> np.ndarray:
@@ -90,7 +71,7 @@ def write_dataset(root: str, n: int, width: int, height: int, seed: int) -> Mult
         bw, bh = width * 0.3, height * 0.8
         bx, by = float(rng.uniform(0, width - bw)), float(rng.uniform(0, height - bh))
         points = []
-        for _ in JOINTS:
+        for _ in COCO_JOINTS:
             points += [
                 round(bx + float(rng.uniform(0.05, 0.95)) * bw, 1),
                 round(by + float(rng.uniform(0.05, 0.95)) * bh, 1),
@@ -115,7 +96,7 @@ def write_dataset(root: str, n: int, width: int, height: int, seed: int) -> Mult
             {
                 "images": images,
                 "annotations": annotations,
-                "categories": [{"id": 1, "name": "person", "keypoints": JOINTS, "skeleton": []}],
+                "categories": [{"id": 1, "name": "person", "keypoints": COCO_JOINTS, "skeleton": []}],
             },
             handle,
         )

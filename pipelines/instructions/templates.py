@@ -7,6 +7,7 @@ LLM. Which template made an instruction is recorded as ``template:<task>#<index>
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping, Sequence
 
 TEMPLATES: dict[str, tuple[str, ...]] = {
     "remove": (
@@ -85,22 +86,42 @@ def a_phrase(phrase: str) -> str:
     return ("an " if lowered[:1] in "aeiou" else "a ") + phrase
 
 
-def choose_template(task: str, seed_text: str) -> tuple[int, str]:
-    """The template index and text for ``task``, a stable function of ``seed_text`` (the sample key)."""
-    options = TEMPLATES[task]
-    digest = hashlib.sha256(f"{task}:{seed_text}".encode()).digest()
+def choose_template(
+    task: str,
+    seed_text: str,
+    templates: Mapping[str, Sequence[str]] = TEMPLATES,
+    namespace: str | None = None,
+) -> tuple[int, str]:
+    """The template index and text for ``task``, a stable function of ``seed_text`` (the sample key).
+
+    ``namespace`` (e.g. ``multitask``) keeps the choices of another template set independent of these.
+    """
+    options = templates[task]
+    seed = f"{task}:{seed_text}" if namespace is None else f"{namespace}:{task}:{seed_text}"
+    digest = hashlib.sha256(seed.encode()).digest()
     index = int.from_bytes(digest[:4], "big") % len(options)
     return index, options[index]
 
 
+def fill_template(
+    task: str,
+    seed_text: str,
+    fields: Mapping[str, str],
+    templates: Mapping[str, Sequence[str]] = TEMPLATES,
+    namespace: str | None = None,
+) -> tuple[str, str]:
+    """The chosen template filled with ``fields``, and its source tag ``template:<task>#<index>``."""
+    index, template = choose_template(task, seed_text, templates, namespace)
+    return template.format(**fields), f"template:{task}#{index}"
+
+
 def render(task: str, seed_text: str, **fields: str) -> tuple[str, str]:
     """The instruction for ``task`` and its source tag, e.g. ``("remove the cup", "template:remove#0")``."""
-    index, template = choose_template(task, seed_text)
     values = dict(fields)
     if "phrase" in fields:
         values.setdefault("the_phrase", the_phrase(fields["phrase"]))
         values.setdefault("a_phrase", a_phrase(fields["phrase"]))
-    return template.format(**values), f"template:{task}#{index}"
+    return fill_template(task, seed_text, values)
 
 
 def render_replace(seed_text: str, source_object: str, target_object: str) -> tuple[str, str]:

@@ -13,10 +13,11 @@ import numpy as np
 from pipelines.multitask.captions import base_caption, enhancement_caption
 from pipelines.multitask.config import EnhancementConfig
 from pipelines.multitask.degradations import TASK_OF, degrade
-from pipelines.multitask.records import CleanImageRecord, PairRecord, drop
-from pipelines.multitask.render import ImageLoadError, SquareWindow, load_rgb, seeded_rng, window_around_mask
+from pipelines.multitask.records import CleanImageRecord, PairRecord
+from pipelines.multitask.render import SquareWindow, seeded_rng, window_around_mask
+from pipelines.multitask.samples import SampleBuilder
 from pipelines.multitask.templates import render
-from storage.schema import Drop, GeneratorInfo, Sample, SampleMeta, Task, sample_key
+from storage.schema import Drop, GeneratorInfo, Sample, Task
 
 GENERATOR = "multitask"
 
@@ -43,10 +44,7 @@ def patch_window(
 
 
 def _sample(
-    key: str,
-    record_id: str,
-    prov,
-    generator: GeneratorInfo,
+    builder: SampleBuilder,
     source: np.ndarray,
     target: np.ndarray,
     kind: str,
@@ -54,20 +52,8 @@ def _sample(
     captions: dict[str, str],
     extra: dict[str, Any],
 ) -> Sample:
-    instruction, instruction_source = render(kind, key)
     caption = enhancement_caption(base_caption(captions, image_id, "a photo"), kind)
-    meta = SampleMeta(
-        key=key,
-        task=Task.ENHANCEMENT,
-        instruction=instruction,
-        instruction_source=instruction_source,
-        provenance=prov,
-        generator=generator,
-        record_id=record_id,
-        pretrain_caption=caption,
-        extra={"kind": kind, **extra},
-    )
-    return Sample(meta=meta, source=source, target=target, mask=None)
+    return builder.sample(render(kind, builder.key), caption, {"kind": kind, **extra}, source, target)
 
 
 def render_pair_sample(
@@ -75,30 +61,22 @@ def render_pair_sample(
 ) -> Sample | Drop:
     """A dataset pair, cropped (or resized) the same way on both sides."""
     generator = enhancement_generator(config, resolution, "dataset", kind=record.kind)
-    prov = record.provenance
-    key = sample_key(Task.ENHANCEMENT, prov, generator)
-    task = str(Task.ENHANCEMENT)
-    try:
-        degraded = load_rgb(record.degraded_path)
-        clean = load_rgb(record.clean_path)
-    except ImageLoadError as error:
-        return drop(record.dataset, record.record_id, error.reason, str(error), prov, task)
+    builder = SampleBuilder(record, Task.ENHANCEMENT, generator)
+    degraded = builder.load(record.degraded_path)
+    if isinstance(degraded, Drop):
+        return degraded
+    clean = builder.load(record.clean_path)
+    if isinstance(clean, Drop):
+        return clean
     if degraded.shape != clean.shape:
-        return drop(
-            record.dataset,
-            record.record_id,
+        return builder.drop(
             "size_mismatch",
             f"{record.degraded_path} is {degraded.shape[1]}x{degraded.shape[0]}, "
             f"{record.clean_path} is {clean.shape[1]}x{clean.shape[0]}",
-            prov,
-            task,
         )
-    window = patch_window(*clean.shape[:2], resolution, config.patch, seeded_rng(key))
+    window = patch_window(*clean.shape[:2], resolution, config.patch, seeded_rng(builder.key))
     return _sample(
-        key,
-        record.record_id,
-        prov,
-        generator,
+        builder,
         window.apply(degraded),
         window.apply(clean),
         record.kind,
@@ -113,23 +91,17 @@ def render_synthetic_sample(
 ) -> Sample | Drop:
     """A clean photo, squared and resized, against its synthetically degraded copy."""
     generator = enhancement_generator(config, resolution, "synthetic", degradation=record.degradation)
-    prov = record.provenance
-    key = sample_key(Task.ENHANCEMENT, prov, generator)
-    task = str(Task.ENHANCEMENT)
+    builder = SampleBuilder(record, Task.ENHANCEMENT, generator)
     if record.degradation not in TASK_OF:
-        return drop(record.dataset, record.record_id, "unknown_degradation", record.degradation, prov, task)
-    try:
-        image = load_rgb(record.image_path)
-    except ImageLoadError as error:
-        return drop(record.dataset, record.record_id, error.reason, str(error), prov, task)
+        return builder.drop("unknown_degradation", record.degradation)
+    image = builder.load(record.image_path)
+    if isinstance(image, Drop):
+        return image
     window = window_around_mask(np.zeros(image.shape[:2], np.uint8), resolution)
     clean = window.apply(image)
-    degraded, params = degrade(clean, record.degradation, seeded_rng(key))
+    degraded, params = degrade(clean, record.degradation, seeded_rng(builder.key))
     return _sample(
-        key,
-        record.record_id,
-        prov,
-        generator,
+        builder,
         degraded,
         clean,
         TASK_OF[record.degradation],

@@ -17,6 +17,7 @@ import os
 from collections.abc import Iterator
 
 from pipelines.multitask.records import CleanImageRecord, PairRecord, drop
+from pipelines.sources.folders import files_with_suffix
 from storage.schema import Drop, stable_key
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -24,17 +25,28 @@ KINDS = {"gopro": "deblur", "reds": "deblur", "sidd": "denoise", "clwd": "waterm
 
 
 def _images(folder: str) -> list[str]:
-    if not os.path.isdir(folder):
-        return []
-    return sorted(
-        e.name for e in os.scandir(folder) if e.is_file() and e.name.lower().endswith(IMAGE_SUFFIXES)
-    )
+    return files_with_suffix(folder, IMAGE_SUFFIXES, missing_ok=True)
 
 
 def _subdirs(folder: str) -> list[str]:
     if not os.path.isdir(folder):
         raise FileNotFoundError(f"no such folder: {folder}")
     return sorted(e.name for e in os.scandir(folder) if e.is_dir())
+
+
+def _unpaired(dataset: str, record_id: str, detail: str) -> Drop:
+    return drop(dataset, record_id, "unpaired_file", detail, task="enhancement")
+
+
+def _pair(dataset: str, kind: str, image_id: str, degraded_path: str, clean_path: str) -> PairRecord:
+    return PairRecord(
+        record_id=f"{dataset}:{image_id}",
+        dataset=dataset,
+        kind=kind,
+        image_id=image_id,
+        degraded_path=degraded_path,
+        clean_path=clean_path,
+    )
 
 
 def _match(
@@ -46,35 +58,25 @@ def _match(
     used: set[str] = set()
     for name in degraded:
         image_id = f"{group}/{name}" if group else name
-        record_id = f"{dataset}:{image_id}"
         partner = clean_name(name)
         if partner is None or partner not in clean:
-            yield drop(
+            yield _unpaired(
                 dataset,
-                record_id,
-                "unpaired_file",
+                f"{dataset}:{image_id}",
                 f"{os.path.join(degraded_dir, name)} has no clean "
                 f"counterpart {partner or '(unmatched name)'} in {clean_dir}",
-                task="enhancement",
             )
             continue
         used.add(partner)
-        yield PairRecord(
-            record_id=record_id,
-            dataset=dataset,
-            kind=kind,
-            image_id=image_id,
-            degraded_path=os.path.join(degraded_dir, name),
-            clean_path=os.path.join(clean_dir, partner),
+        yield _pair(
+            dataset, kind, image_id, os.path.join(degraded_dir, name), os.path.join(clean_dir, partner)
         )
     for name in sorted(clean - used):
         image_id = f"{group}/{name}" if group else name
-        yield drop(
+        yield _unpaired(
             dataset,
             f"{dataset}:clean:{image_id}",
-            "unpaired_file",
             f"{os.path.join(clean_dir, name)} has no degraded counterpart in {degraded_dir}",
-            task="enhancement",
         )
 
 
@@ -112,30 +114,19 @@ def iter_sidd(root: str, dataset: str = "sidd") -> Iterator[PairRecord | Drop]:
             image_id = f"{scene}/{name}"
             partner = _sidd_clean(name)
             if partner not in clean:
-                yield drop(
-                    dataset,
-                    f"{dataset}:{image_id}",
-                    "unpaired_file",
-                    f"{os.path.join(folder, name)} has no {partner}",
-                    task="enhancement",
+                yield _unpaired(
+                    dataset, f"{dataset}:{image_id}", f"{os.path.join(folder, name)} has no {partner}"
                 )
                 continue
             used.add(partner)
-            yield PairRecord(
-                record_id=f"{dataset}:{image_id}",
-                dataset=dataset,
-                kind=KINDS["sidd"],
-                image_id=image_id,
-                degraded_path=os.path.join(folder, name),
-                clean_path=os.path.join(folder, partner),
+            yield _pair(
+                dataset, KINDS["sidd"], image_id, os.path.join(folder, name), os.path.join(folder, partner)
             )
         for name in sorted(clean - used):
-            yield drop(
+            yield _unpaired(
                 dataset,
                 f"{dataset}:clean:{scene}/{name}",
-                "unpaired_file",
                 f"{os.path.join(folder, name)} has no noisy counterpart",
-                task="enhancement",
             )
 
 

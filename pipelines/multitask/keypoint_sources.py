@@ -20,6 +20,25 @@ from pycocotools.coco import COCO
 from pipelines.multitask.records import KeypointRecord, drop
 from storage.schema import Drop
 
+COCO_JOINTS: tuple[str, ...] = (  # the 17 joints of COCO's ``person`` category, in file order
+    "nose",
+    "left_eye",
+    "right_eye",
+    "left_ear",
+    "right_ear",
+    "left_shoulder",
+    "right_shoulder",
+    "left_elbow",
+    "right_elbow",
+    "left_wrist",
+    "right_wrist",
+    "left_hip",
+    "right_hip",
+    "left_knee",
+    "right_knee",
+    "left_ankle",
+    "right_ankle",
+)
 MPII_JOINTS: tuple[str, ...] = (
     "r_ankle",
     "r_knee",

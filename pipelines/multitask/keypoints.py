@@ -7,19 +7,18 @@ from typing import Any
 from pipelines.multitask.captions import base_caption, keypoint_caption
 from pipelines.multitask.config import KeypointConfig
 from pipelines.multitask.keypoint_sources import BOX_AREA_SHARE, canonical_joint, joint_phrase
-from pipelines.multitask.records import KeypointRecord, drop
+from pipelines.multitask.records import KeypointRecord
 from pipelines.multitask.render import (
-    ImageLoadError,
     contrasting_colors,
     draw_circles,
-    load_rgb,
     neighbourhood_color,
     seeded_rng,
     spread_points,
     window_around_box,
 )
+from pipelines.multitask.samples import SampleBuilder
 from pipelines.multitask.templates import keypoint_instruction
-from storage.schema import Drop, GeneratorInfo, Sample, SampleMeta, Task, sample_key
+from storage.schema import Drop, GeneratorInfo, Sample, Task
 from storage.visual_prompts import keypoint_radius
 
 GENERATOR = "multitask"
@@ -45,14 +44,10 @@ def render_keypoint_sample(
     record: KeypointRecord, config: KeypointConfig, resolution: int, captions: dict[str, str]
 ) -> Sample | Drop:
     """One person's crop with circles on a few of their joints, or a drop saying why not."""
-    generator = keypoint_generator(config, resolution)
-    prov = record.provenance
-    key = sample_key(Task.KEYPOINT, prov, generator)
-    task = str(Task.KEYPOINT)
-    try:
-        image = load_rgb(record.image_path)
-    except ImageLoadError as error:
-        return drop(record.dataset, record.record_id, error.reason, str(error), prov, task)
+    builder = SampleBuilder(record, Task.KEYPOINT, keypoint_generator(config, resolution))
+    image = builder.load(record.image_path)
+    if isinstance(image, Drop):
+        return image
     height, width = image.shape[:2]
     outside = [
         record.joint_names[i]
@@ -60,13 +55,8 @@ def render_keypoint_sample(
         if v > 0 and not (0 <= x < width and 0 <= y < height)
     ]
     if outside:
-        return drop(
-            record.dataset,
-            record.record_id,
-            "keypoint_outside_image",
-            f"{', '.join(outside)} outside the {width}x{height} image",
-            prov,
-            task,
+        return builder.drop(
+            "keypoint_outside_image", f"{', '.join(outside)} outside the {width}x{height} image"
         )
     window = window_around_box(record.box, config.crop_margin, resolution)
     radius = keypoint_radius(resolution)
@@ -79,28 +69,21 @@ def render_keypoint_sample(
         if edge <= u <= resolution - 1 - edge and edge <= v <= resolution - 1 - edge
     ]
     if len(inside) < config.min_joints:
-        return drop(
-            record.dataset,
-            record.record_id,
-            "too_few_joints",
-            f"{len(inside)} visible joints fit the crop, {config.min_joints} needed",
-            prov,
-            task,
+        return builder.drop(
+            "too_few_joints", f"{len(inside)} visible joints fit the crop, {config.min_joints} needed"
         )
-    rng = seeded_rng(key)
+    rng = seeded_rng(builder.key)
     count = int(rng.integers(config.min_joints, config.max_joints + 1))
     order = [inside[i] for i in rng.permutation(len(inside))]
     picked = spread_points(order, positions, count, 2.0 * radius + 2.0)
     if len(picked) < config.min_joints:
-        return drop(
-            record.dataset, record.record_id, "too_few_joints", "joints too close together", prov, task
-        )
+        return builder.drop("too_few_joints", "joints too close together")
     source = window.apply(image)
     points = [positions[i] for i in picked]
     colors = contrasting_colors([neighbourhood_color(source, x, y, radius) for x, y in points], rng)
     target = draw_circles(source, points, colors, radius)
     phrases = [joint_phrase(record.joint_names[i]) for i in picked]
-    instruction, instruction_source = keypoint_instruction(key, list(zip(phrases, colors, strict=True)))
+    instruction = keypoint_instruction(builder.key, list(zip(phrases, colors, strict=True)))
     base = base_caption(captions, record.image_id, "a photo of a person")
     area = (record.area if record.area else BOX_AREA_SHARE * record.box[2] * record.box[3]) * window.scale**2
     joints: list[dict[str, Any]] = [
@@ -128,15 +111,4 @@ def render_keypoint_sample(
         "window": window.as_list(),
         "joint_names": list(record.joint_names),
     }
-    meta = SampleMeta(
-        key=key,
-        task=Task.KEYPOINT,
-        instruction=instruction,
-        instruction_source=instruction_source,
-        provenance=prov,
-        generator=generator,
-        record_id=record.record_id,
-        pretrain_caption=keypoint_caption(base, colors),
-        extra=extra,
-    )
-    return Sample(meta=meta, source=source, target=target, mask=None)
+    return builder.sample(instruction, keypoint_caption(base, colors), extra, source, target)

@@ -6,7 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from storage.schema import Drop, Provenance, stable_key
+from pipelines.sources.drops import keyed_drop
+from storage.schema import Provenance
 
 LICENSES: dict[str, str] = {
     "coco": "CC BY 4.0 (COCO annotations); images under their Flickr licenses",
@@ -36,23 +37,7 @@ def provenance(dataset: str, image_id: str, region_id: str | None = None, **extr
     )
 
 
-def drop(
-    dataset: str,
-    record_id: str,
-    reason: str,
-    detail: str,
-    prov: Provenance | None = None,
-    task: str | None = None,
-) -> Drop:
-    """A reader's or renderer's counted drop with its reason slug."""
-    return Drop(
-        key=stable_key(dataset, record_id, reason),
-        reason=reason,
-        detail=detail,
-        record_id=record_id,
-        task=task,
-        provenance=prov,
-    )
+drop = keyed_drop  # a reader's or renderer's counted drop, keyed by dataset, record and reason
 
 
 @dataclass

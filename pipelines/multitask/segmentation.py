@@ -14,21 +14,20 @@ from pycocotools import mask as mask_utils
 
 from pipelines.multitask.captions import base_caption, names_caption, segmentation_caption
 from pipelines.multitask.config import SegmentationConfig
-from pipelines.multitask.records import ReferringRecord, SemanticRecord, drop
+from pipelines.multitask.records import ReferringRecord, SemanticRecord
 from pipelines.multitask.render import (
-    ImageLoadError,
     SquareWindow,
     contrasting_colors,
     letterbox_window,
-    load_rgb,
     mask_overlay,
     seeded_rng,
     window_around_mask,
 )
+from pipelines.multitask.samples import SampleBuilder
 from pipelines.multitask.segmentation_sources import IGNORE_LABEL
 from pipelines.multitask.templates import render
 from pipelines.sources.phrasecut import rasterize
-from storage.schema import Drop, GeneratorInfo, Sample, SampleMeta, Task, sample_key
+from storage.schema import Drop, GeneratorInfo, Sample, Task
 
 GENERATOR = "multitask"
 MIN_MASK_PIXELS = 16  # a referred object smaller than this at the render resolution is not worth asking for
@@ -83,10 +82,7 @@ def read_label_map(path: str) -> np.ndarray:
 
 
 def _sample(
-    key: str,
-    record_id: str,
-    prov,
-    generator: GeneratorInfo,
+    builder: SampleBuilder,
     source: np.ndarray,
     mask: np.ndarray,
     target_text: str,
@@ -97,19 +93,14 @@ def _sample(
     extra: dict[str, Any],
 ) -> Sample:
     target = source.copy() if negative else mask_overlay(source, mask, color, alpha)
-    instruction, instruction_source = render("segmentation", key, target=target_text, color=color)
-    meta = SampleMeta(
-        key=key,
-        task=Task.SEGMENTATION,
-        instruction=instruction,
-        instruction_source=instruction_source,
-        provenance=prov,
-        generator=generator,
-        record_id=record_id,
-        pretrain_caption=segmentation_caption(caption, color, negative),
-        extra={"color": color, "alpha": alpha, "negative": negative, "target": target_text, **extra},
+    return builder.sample(
+        render("segmentation", builder.key, target=target_text, color=color),
+        segmentation_caption(caption, color, negative),
+        {"color": color, "alpha": alpha, "negative": negative, "target": target_text, **extra},
+        source,
+        target,
+        mask,
     )
-    return Sample(meta=meta, source=source, target=target, mask=mask)
 
 
 def _the(name: str) -> str:
@@ -120,39 +111,27 @@ def render_semantic_sample(
     record: SemanticRecord, config: SegmentationConfig, resolution: int, captions: dict[str, str]
 ) -> Sample | Drop:
     """One class of a label map (or, for a share of samples, an absent class) as a colour overlay."""
-    generator = segmentation_generator(config, resolution, "semantic")
-    prov = record.provenance
-    key = sample_key(Task.SEGMENTATION, prov, generator)
-    task = str(Task.SEGMENTATION)
+    builder = SampleBuilder(record, Task.SEGMENTATION, segmentation_generator(config, resolution, "semantic"))
+    image = builder.load(record.image_path)
+    if isinstance(image, Drop):
+        return image
     try:
-        image = load_rgb(record.image_path)
         labels = read_label_map(record.label_path)
-    except ImageLoadError as error:
-        return drop(record.dataset, record.record_id, error.reason, str(error), prov, task)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
-        return drop(record.dataset, record.record_id, "bad_label_map", str(error), prov, task)
+        return builder.drop("bad_label_map", str(error))
     if labels.shape != image.shape[:2]:
-        return drop(
-            record.dataset,
-            record.record_id,
+        return builder.drop(
             "label_size_mismatch",
             f"label map {labels.shape[1]}x{labels.shape[0]} for a {image.shape[1]}x{image.shape[0]} image",
-            prov,
-            task,
         )
     values, counts = np.unique(labels, return_counts=True)
     share = {int(v): c / labels.size for v, c in zip(values, counts, strict=True) if int(v) != IGNORE_LABEL}
     present = sorted(v for v, s in share.items() if v in record.names and s >= config.min_area_fraction)
     if not present:
-        return drop(
-            record.dataset,
-            record.record_id,
-            "no_labelled_class",
-            f"no known class covers {config.min_area_fraction:.0%} of the image",
-            prov,
-            task,
+        return builder.drop(
+            "no_labelled_class", f"no known class covers {config.min_area_fraction:.0%} of the image"
         )
-    rng = seeded_rng(key)
+    rng = seeded_rng(builder.key)
     absent = sorted(set(record.names) - set(share))
     negative = bool(absent) and rng.random() < config.negative_share
     present_names = [record.names[v] for v in present]
@@ -167,22 +146,14 @@ def render_semantic_sample(
         window = window_around_mask(full, resolution)
         mask = window.apply(full, nearest=True)
         if np.count_nonzero(mask) < MIN_MASK_PIXELS:
-            return drop(
-                record.dataset,
-                record.record_id,
-                "region_too_small",
-                f"class {record.names[label]!r} mostly outside the square crop",
-                prov,
-                task,
+            return builder.drop(
+                "region_too_small", f"class {record.names[label]!r} mostly outside the square crop"
             )
     source = window.apply(image)
     color = _pick_color(source, mask, rng)
     name = record.names[label]
     return _sample(
-        key,
-        record.record_id,
-        prov,
-        generator,
+        builder,
         source,
         mask,
         _the(name),
@@ -220,70 +191,40 @@ def render_referring_sample(
     record: ReferringRecord, config: SegmentationConfig, resolution: int, captions: dict[str, str]
 ) -> Sample | Drop:
     """The referred objects under a colour (the whole image letterboxed, so 'the leftmost' stays true)."""
-    generator = segmentation_generator(config, resolution, "referring")
-    prov = record.provenance
-    key = sample_key(Task.SEGMENTATION, prov, generator)
-    task = str(Task.SEGMENTATION)
+    builder = SampleBuilder(
+        record, Task.SEGMENTATION, segmentation_generator(config, resolution, "referring")
+    )
     if not record.sentences:
-        return drop(
-            record.dataset,
-            record.record_id,
-            "empty_phrase",
-            f"ref {record.ref_id} has no expression",
-            prov,
-            task,
-        )
-    try:
-        image = load_rgb(record.image_path)
-    except ImageLoadError as error:
-        return drop(record.dataset, record.record_id, error.reason, str(error), prov, task)
+        return builder.drop("empty_phrase", f"ref {record.ref_id} has no expression")
+    image = builder.load(record.image_path)
+    if isinstance(image, Drop):
+        return image
     height, width = image.shape[:2]
     if record.image_size is not None and tuple(record.image_size) != (width, height):
-        return drop(
-            record.dataset,
-            record.record_id,
+        return builder.drop(
             "annotation_size_mismatch",
             f"annotations for {record.image_size[0]}x{record.image_size[1]}, image is {width}x{height}",
-            prov,
-            task,
         )
     try:
         full = referring_mask(record, height, width)
     except (TypeError, ValueError, IndexError) as error:
-        return drop(
-            record.dataset, record.record_id, "bad_polygon", f"ref {record.ref_id}: {error}", prov, task
-        )
+        return builder.drop("bad_polygon", f"ref {record.ref_id}: {error}")
     negative = record.no_target
     if not negative and not full.any():
-        return drop(
-            record.dataset,
-            record.record_id,
-            "empty_mask",
-            f"ref {record.ref_id}: mask covers no pixel",
-            prov,
-            task,
-        )
+        return builder.drop("empty_mask", f"ref {record.ref_id}: mask covers no pixel")
     window: SquareWindow = letterbox_window(height, width, resolution)
     mask = window.apply(full, nearest=True)
     if not negative and np.count_nonzero(mask) < MIN_MASK_PIXELS:
-        return drop(
-            record.dataset,
-            record.record_id,
-            "region_too_small",
-            f"ref {record.ref_id}: {np.count_nonzero(mask)} px at {resolution}",
-            prov,
-            task,
+        return builder.drop(
+            "region_too_small", f"ref {record.ref_id}: {np.count_nonzero(mask)} px at {resolution}"
         )
-    rng = seeded_rng(key)
+    rng = seeded_rng(builder.key)
     phrase = record.sentences[int(rng.integers(len(record.sentences)))]
     source = window.apply(image)
     color = _pick_color(source, mask, rng)
     caption = base_caption(captions, record.image_id, f"a photo with {_the(phrase)}")
     return _sample(
-        key,
-        record.record_id,
-        prov,
-        generator,
+        builder,
         source,
         mask,
         _the(phrase),

@@ -38,44 +38,28 @@ from pipelines.multitask.segmentation_sources import (
 )
 from storage.schema import Drop, Result
 
+_RENDERERS = (  # record type, its renderer, the config section the renderer takes
+    (KeypointRecord, render_keypoint_sample, "keypoints"),
+    (SemanticRecord, render_semantic_sample, "segmentation"),
+    (ReferringRecord, render_referring_sample, "segmentation"),
+    (PairRecord, render_pair_sample, "enhancement"),
+    (CleanImageRecord, render_synthetic_sample, "enhancement"),
+)
+
 
 def multitask_stage(
     records: Iterable[MultitaskRecord], config: MultitaskConfig, captions: dict[str, str] | None = None
 ) -> list[Result]:
     """Render every record of the batch as a sample of its task, or a drop with its reason."""
     captions = captions or {}
-    resolution = config.resolution
-    results: list[Result] = []
-    for record in records:
-        if isinstance(record, KeypointRecord):
-            results.append(
-                render_keypoint_sample(record, _need(config.keypoints, "keypoints"), resolution, captions)
-            )
-        elif isinstance(record, SemanticRecord):
-            results.append(
-                render_semantic_sample(
-                    record, _need(config.segmentation, "segmentation"), resolution, captions
-                )
-            )
-        elif isinstance(record, ReferringRecord):
-            results.append(
-                render_referring_sample(
-                    record, _need(config.segmentation, "segmentation"), resolution, captions
-                )
-            )
-        elif isinstance(record, PairRecord):
-            results.append(
-                render_pair_sample(record, _need(config.enhancement, "enhancement"), resolution, captions)
-            )
-        elif isinstance(record, CleanImageRecord):
-            results.append(
-                render_synthetic_sample(
-                    record, _need(config.enhancement, "enhancement"), resolution, captions
-                )
-            )
-        else:
-            raise TypeError(f"not a multi-task record: {type(record).__name__}")
-    return results
+    return [_render(record, config, captions) for record in records]
+
+
+def _render(record: MultitaskRecord, config: MultitaskConfig, captions: dict[str, str]) -> Result:
+    for record_type, renderer, section in _RENDERERS:
+        if isinstance(record, record_type):
+            return renderer(record, _need(getattr(config, section), section), config.resolution, captions)
+    raise TypeError(f"not a multi-task record: {type(record).__name__}")
 
 
 def _need(section, name: str):

@@ -8,7 +8,7 @@ The chosen template is recorded as ``template:<task>#<index>``.
 
 from __future__ import annotations
 
-import hashlib
+from pipelines.instructions.templates import fill_template
 
 TEMPLATES: dict[str, tuple[str, ...]] = {
     "keypoint": (
@@ -106,17 +106,9 @@ CAPTION_SUFFIXES: dict[str, str] = {
 }
 
 
-def _choose(task: str, seed_text: str) -> tuple[int, str]:
-    options = TEMPLATES[task]
-    digest = hashlib.sha256(f"multitask:{task}:{seed_text}".encode()).digest()
-    index = int.from_bytes(digest[:4], "big") % len(options)
-    return index, options[index]
-
-
 def render(task: str, seed_text: str, **fields: str) -> tuple[str, str]:
     """The instruction for ``task`` and its source tag, e.g. ``("deblur the image", "template:deblur#2")``."""
-    index, template = _choose(task, seed_text)
-    return template.format(**fields), f"template:{task}#{index}"
+    return fill_template(task, seed_text, fields, TEMPLATES, namespace="multitask")
 
 
 def keypoint_instruction(seed_text: str, marks: list[tuple[str, str]]) -> tuple[str, str]:

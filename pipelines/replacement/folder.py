@@ -6,6 +6,7 @@ import os
 from collections.abc import Iterator
 
 from pipelines.replacement.records import ImageRecord
+from pipelines.sources.folders import files_with_suffix
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 
@@ -14,9 +15,7 @@ def iter_records(
     image_dir: str, dataset: str = "images", license: str | None = None
 ) -> Iterator[ImageRecord]:
     """One record per image file of ``image_dir`` (sorted by name), with ``regions=None``."""
-    with os.scandir(image_dir) as entries:
-        names = sorted(e.name for e in entries if e.is_file() and e.name.lower().endswith(IMAGE_SUFFIXES))
-    for name in names:
+    for name in files_with_suffix(image_dir, IMAGE_SUFFIXES):
         image_id = os.path.splitext(name)[0]
         yield ImageRecord(
             record_id=f"{dataset}:{image_id}",

@@ -10,7 +10,8 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from pycocotools import mask as mask_utils
 
-from storage.schema import Drop, Provenance, stable_key
+from pipelines.sources.drops import keyed_drop
+from storage.schema import Drop, Provenance
 
 
 class RegionDecodeError(ValueError):
@@ -97,13 +98,7 @@ class ImageRecord:
 
 
 def record_drop(record_id: str, reason: str, detail: str, provenance: Provenance | None = None) -> Drop:
-    return Drop(
-        key=stable_key("replacement", record_id, reason),
-        reason=reason,
-        detail=detail,
-        record_id=record_id,
-        provenance=provenance,
-    )
+    return keyed_drop("replacement", record_id, reason, detail, provenance)
 
 
 def load_rgb(path: str) -> np.ndarray:

@@ -13,6 +13,7 @@ import os
 from collections.abc import Iterable, Iterator
 
 from pipelines.replacement.records import ImageRecord, Region, record_drop
+from pipelines.sources.folders import files_with_suffix
 from storage.schema import Drop
 
 DATASET = "sa1b"
@@ -21,8 +22,7 @@ LICENSE = "SA-1B Dataset Research License (Meta AI)"
 
 def annotation_files(folder: str) -> list[str]:
     """The ``*.json`` files of one SA-1B folder, sorted by name."""
-    with os.scandir(folder) as entries:
-        return sorted(e.path for e in entries if e.is_file() and e.name.endswith(".json"))
+    return [os.path.join(folder, name) for name in files_with_suffix(folder, (".json",), ignore_case=False)]
 
 
 def iter_records(folders: Iterable[str], image_dir: str | None = None) -> Iterator[ImageRecord | Drop]:

@@ -22,7 +22,8 @@ import ijson
 import numpy as np
 from PIL import Image, ImageDraw, UnidentifiedImageError
 
-from storage.schema import Drop, Provenance, stable_key
+from pipelines.sources.drops import keyed_drop
+from storage.schema import Drop, Provenance
 
 DATASET = "phrasecut"
 LICENSE = "CC BY 4.0 (Visual Genome images and PhraseCut annotations)"
@@ -74,13 +75,7 @@ class LoadedRegion:
 
 
 def _drop(record_id: str, reason: str, detail: str, prov: Provenance | None = None) -> Drop:
-    return Drop(
-        key=stable_key(DATASET, record_id, reason),
-        reason=reason,
-        detail=detail,
-        record_id=record_id,
-        provenance=prov,
-    )
+    return keyed_drop(DATASET, record_id, reason, detail, prov)
 
 
 def iter_records(

@@ -10,25 +10,9 @@ import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-COCO_JOINTS = [
-    "nose",
-    "left_eye",
-    "right_eye",
-    "left_ear",
-    "right_ear",
-    "left_shoulder",
-    "right_shoulder",
-    "left_elbow",
-    "right_elbow",
-    "left_wrist",
-    "right_wrist",
-    "left_hip",
-    "right_hip",
-    "left_knee",
-    "right_knee",
-    "left_ankle",
-    "right_ankle",
-]
+from pipelines.multitask.keypoint_sources import COCO_JOINTS as COCO_JOINT_ORDER
+
+COCO_JOINTS = list(COCO_JOINT_ORDER)  # as a file's ``keypoints`` list holds them
 COCO_SKELETON = [
     [16, 14],
     [14, 12],
@@ -100,6 +84,22 @@ def person_keypoints(box: tuple[float, float, float, float], hidden: tuple[str, 
     return values
 
 
+def _person(
+    ann_id: int, image_id: int, keypoints: list[float], bbox: list[float], area: float, iscrowd: int = 0
+) -> dict:
+    """A COCO person annotation; ``num_keypoints`` counts the labelled joints."""
+    return {
+        "id": ann_id,
+        "image_id": image_id,
+        "category_id": 1,
+        "iscrowd": iscrowd,
+        "keypoints": keypoints,
+        "num_keypoints": sum(1 for v in keypoints[2::3] if v > 0),
+        "bbox": bbox,
+        "area": area,
+    }
+
+
 def write_coco_keypoints(root: str, split: str = "val2017", n_images: int = 3) -> tuple[str, str]:
     """``annotations/person_keypoints_{split}.json`` and ``{split}/<id>.jpg``; ann 900+ are bad inputs."""
     image_dir = os.path.join(root, split)
@@ -110,55 +110,19 @@ def write_coco_keypoints(root: str, split: str = "val2017", n_images: int = 3) -
         images.append({"id": image_id, "file_name": f"{image_id:012d}.jpg", "width": width, "height": height})
         box = (40.0 + 10 * image_id, 10.0, 70.0, 140.0)
         annotations.append(
-            {
-                "id": 100 + image_id,
-                "image_id": image_id,
-                "category_id": 1,
-                "iscrowd": 0,
-                "keypoints": person_keypoints(box, hidden=("left_ankle",)),
-                "num_keypoints": 16,
-                "bbox": list(box),
-                "area": 0.6 * box[2] * box[3],
-            }
+            _person(
+                100 + image_id,
+                image_id,
+                person_keypoints(box, hidden=("left_ankle",)),
+                list(box),
+                0.6 * box[2] * box[3],
+            )
         )
     # bad inputs: a crowd, a person without visible joints, a joint outside the image
-    annotations.append(
-        {
-            "id": 901,
-            "image_id": 1,
-            "category_id": 1,
-            "iscrowd": 1,
-            "keypoints": [0] * 51,
-            "num_keypoints": 0,
-            "bbox": [0, 0, 50, 50],
-            "area": 100,
-        }
-    )
-    annotations.append(
-        {
-            "id": 902,
-            "image_id": 2,
-            "category_id": 1,
-            "iscrowd": 0,
-            "keypoints": [0] * 51,
-            "num_keypoints": 0,
-            "bbox": [0, 0, 50, 50],
-            "area": 100,
-        }
-    )
+    annotations.append(_person(901, 1, [0] * 51, [0, 0, 50, 50], 100, iscrowd=1))
+    annotations.append(_person(902, 2, [0] * 51, [0, 0, 50, 50], 100))
     outside = person_keypoints((150.0, 20.0, 70.0, 130.0))
-    annotations.append(
-        {
-            "id": 903,
-            "image_id": 3,
-            "category_id": 1,
-            "iscrowd": 0,
-            "keypoints": outside,
-            "num_keypoints": 17,
-            "bbox": [150, 20, 70, 130],
-            "area": 5000,
-        }
-    )
+    annotations.append(_person(903, 3, outside, [150, 20, 70, 130], 5000))
     doc = {
         "images": images,
         "annotations": annotations,

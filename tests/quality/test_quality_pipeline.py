@@ -37,6 +37,13 @@ def score_all(candidates_url: str, models, config: QualityConfig) -> tuple[str, 
     return scores_url, [run_score_shard(s, scores_url, models, cache, batch_size=4) for s in shards]
 
 
+def filter_candidates(candidates: dict, scores_url: str, out: str, policy: FilterPolicy, **options):
+    """``filter_shards`` over every shard of the candidate stage."""
+    return filter_shards(
+        expand_shard_urls([candidates["url"] + "/shards"]), scores_url, out, policy, **options
+    )
+
+
 def median_policy(scores: pd.DataFrame) -> FilterPolicy:
     """Bounds at the medians of the random model's scores, so that some pairs pass and some fail."""
     ok = scores[scores["error"].isna()]
@@ -71,7 +78,7 @@ def test_score_then_filter_accounts_for_every_candidate(tmp_path, candidates, mo
 
     policy = median_policy(scores)
     out = str(tmp_path / "final")
-    reports = filter_shards(expand_shard_urls([candidates["url"] + "/shards"]), scores_url, out, policy)
+    reports = filter_candidates(candidates, scores_url, out, policy)
     final = manifest.read_manifest(out)
     assert len(final) == candidates["total"] and final["key"].is_unique
     assert final["kept"].sum() + final["drop_reason"].notna().sum() == candidates["total"]
@@ -94,7 +101,7 @@ def test_score_then_filter_accounts_for_every_candidate(tmp_path, candidates, mo
     assert all("aesthetic_src" in json.loads(s) for s in dropped["scores"])
 
     # a rerun writes nothing twice
-    rerun = filter_shards(expand_shard_urls([candidates["url"] + "/shards"]), scores_url, out, policy)
+    rerun = filter_candidates(candidates, scores_url, out, policy)
     assert all(r.skipped for r in rerun) and len(manifest.read_manifest(out)) == candidates["total"]
 
     # the report a person looks at
@@ -123,13 +130,7 @@ def test_missing_embeddings_and_scores_are_counted_drops(tmp_path, candidates, m
     parts[0].unlink()
     policy = FilterPolicy(default=TaskPolicy(), tasks={}, duplicates=DuplicateSettings(clip_min_cosine=0.999))
     out = str(tmp_path / "final")
-    filter_shards(
-        expand_shard_urls([candidates["url"] + "/shards"]),
-        scores_url,
-        out,
-        policy,
-        cache=embedding_cache(config, scores_url),
-    )
+    filter_candidates(candidates, scores_url, out, policy, cache=embedding_cache(config, scores_url))
     final = manifest.read_manifest(out)
     reasons = final["drop_reason"].value_counts().to_dict()
     assert len(final) == candidates["total"]
@@ -143,9 +144,7 @@ def test_policy_on_an_unscored_model_fails_before_writing(tmp_path, candidates, 
     scores_url, _ = score_all(candidates["url"], models, config)
     policy = FilterPolicy(default=TaskPolicy(giqa_src_min=1.0), tasks={})
     with pytest.raises(ValueError, match="giqa_src"):
-        filter_shards(
-            expand_shard_urls([candidates["url"] + "/shards"]), scores_url, str(tmp_path / "f"), policy
-        )
+        filter_candidates(candidates, scores_url, str(tmp_path / "f"), policy)
     assert not (tmp_path / "f" / "manifest").exists()
 
 
@@ -158,13 +157,7 @@ def test_eval_set_images_never_reach_the_final_shards(tmp_path, candidates, mode
     Image.fromarray(leaked.target).save(eval_dir / "held-out.png")
     policy = FilterPolicy(default=TaskPolicy(), tasks={}, duplicates=DuplicateSettings(clip_min_cosine=None))
     out = str(tmp_path / "final")
-    filter_shards(
-        expand_shard_urls([candidates["url"] + "/shards"]),
-        scores_url,
-        out,
-        policy,
-        eval_set=eval_set_from_urls([str(eval_dir)]),
-    )
+    filter_candidates(candidates, scores_url, out, policy, eval_set=eval_set_from_urls([str(eval_dir)]))
     final = manifest.read_manifest(out).set_index("key")
     assert final.loc[leaked.key, "drop_reason"] == "eval_leak"
     assert final.loc[leaked.key, "drop_detail"] == "phash:image-0"

@@ -57,12 +57,18 @@ def test_reddit_json_listing_pages_and_comment_trees():
         _check_posts(posts, server.base)
 
 
-def test_reddit_oauth_credentials_from_the_environment(monkeypatch):
+def _oauth_site(monkeypatch, accepted_secret: str, given_secret: str):
+    """The fault site behind OAuth, accepting ``accepted_secret``; the environment gives ``given_secret``."""
     site = fault_site()
-    site.client_credentials = ("my-client", "my-secret")
+    site.client_credentials = ("my-client", accepted_secret)
     site.expect_bearer = "tok-123"
     monkeypatch.setenv("REDDIT_CLIENT_ID", "my-client")
-    monkeypatch.setenv("REDDIT_CLIENT_SECRET", "my-secret")
+    monkeypatch.setenv("REDDIT_CLIENT_SECRET", given_secret)
+    return site
+
+
+def test_reddit_oauth_credentials_from_the_environment(monkeypatch):
+    site = _oauth_site(monkeypatch, "my-secret", "my-secret")
     with FixtureServer(site) as server:
         config = RedditSourceConfig(
             base_url="http://unused.invalid",
@@ -80,11 +86,7 @@ def test_reddit_oauth_credentials_from_the_environment(monkeypatch):
 
 
 def test_reddit_oauth_refused_credentials_fail_clearly(monkeypatch):
-    site = fault_site()
-    site.client_credentials = ("my-client", "right")
-    site.expect_bearer = "tok-123"
-    monkeypatch.setenv("REDDIT_CLIENT_ID", "my-client")
-    monkeypatch.setenv("REDDIT_CLIENT_SECRET", "wrong")
+    site = _oauth_site(monkeypatch, "right", "wrong")
     with FixtureServer(site) as server:
         config = RedditSourceConfig(
             oauth_base_url=server.base, token_url=server.base + "/api/v1/access_token"

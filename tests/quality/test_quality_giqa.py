@@ -98,8 +98,8 @@ def test_scores_are_sums_of_inverse_distances():
 
 
 def test_build_giqa_index_command_from_embeddings_and_images(tmp_path, reference_shards, embedder_config):
-    from conftest import picture
     from PIL import Image
+    from quality_helpers import picture
 
     from flows.commands.quality import register
 

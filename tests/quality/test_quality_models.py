@@ -8,7 +8,7 @@ import pickle
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_CLIP, picture
+from quality_helpers import TINY_CLIP, picture
 
 from quality.aesthetic import AestheticPredictor, load_aesthetic_predictor, load_state_dict_safely
 from quality.embeddings import ClipEmbedder, EmbedderConfig, EmbeddingCache, embed_images_cached

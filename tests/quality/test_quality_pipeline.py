@@ -167,7 +167,7 @@ def test_eval_set_images_never_reach_the_final_shards(tmp_path, candidates, mode
 def test_giqa_scores_with_a_reference_index(
     tmp_path, candidates, embedder_config, aesthetic_checkpoint, embedder
 ):
-    from conftest import picture
+    from quality_helpers import picture
 
     from quality.giqa import GiqaConfig, ReferenceIndexSettings, build_reference_index
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import picture
+from quality_helpers import picture
 
 from quality.duplicates import DuplicateSettings, EvalSet, PairFingerprints, find_duplicates, hamming, phash
 from quality.similarity import (

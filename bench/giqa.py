@@ -3,7 +3,7 @@
 Synthetic clustered reference vectors (unit-length, like CLIP embeddings; clusters of different
 spreads, so that GIQA scores vary the way they do between dense and sparse regions of a real
 photo collection) are written as ``.npy`` shards and indexed by the production code
-(:func:`quality.giqa.build_reference_index`, IVF-PQ on disk). Queries from the same distribution
+(:func:`quality.giqa_index.build_reference_index`, IVF-PQ on disk). Queries from the same distribution
 are scored by
 
 - brute force, as the GIQA authors' code does: every query against every reference, exact
@@ -30,12 +30,8 @@ from pathlib import Path
 import numpy as np
 from scipy.stats import spearmanr
 
-from quality.giqa import (
-    KnnGiqa,
-    ReferenceIndexSettings,
-    build_reference_index,
-    load_reference_index,
-)
+from quality.giqa import KnnGiqa
+from quality.giqa_index import ReferenceIndexSettings, build_reference_index, load_reference_index
 
 
 def clustered(n: int, centers: np.ndarray, spreads: np.ndarray, rng: np.random.Generator) -> np.ndarray:

@@ -31,8 +31,9 @@ from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
+from model.build import Models
 from model.config import TrainConfig
-from model.trainer import Models, encode_text, training_step
+from model.trainer import encode_text, training_step
 
 PEAK_BF16_TFLOPS = {"H200": 989.0, "H100 SXM": 989.0, "H100 PCIe": 756.0, "H100": 989.0, "A100": 312.0,
                     "L40S": 362.0, "L4": 121.0, "A10": 125.0, "4090": 165.0, "V100": 125.0}

@@ -16,6 +16,7 @@ from pipelines.replacement.config import ReplacementConfig
 from pipelines.sources.phrasecut import RegionSettings
 from pipelines.web.config import WebEditsConfig
 from quality.config import QualityConfig
+from storage.fs import resolve_path
 from storage.shards import ShardSpec
 
 
@@ -113,14 +114,6 @@ PATH_KEYS = {
 MODEL_KEYS = {"model", "pretrained", "sam_checkpoint", "model_path"}
 
 
-def _resolve(value: str, base: Path) -> str:
-    """Expand ``$VARS`` and ``~``; make a relative local path relative to the config's folder."""
-    value = os.path.expanduser(os.path.expandvars(value))
-    if "://" in value or os.path.isabs(value):
-        return value
-    return str((base / value).resolve())
-
-
 def _resolve_model(value: str, base: Path) -> str:
     value = os.path.expanduser(os.path.expandvars(value))
     if "://" in value or os.path.isabs(value):
@@ -135,9 +128,9 @@ def resolve_tree(node: Any, base: Path) -> Any:
         out = {}
         for key, value in node.items():
             if key in PATH_KEYS and isinstance(value, str):
-                out[key] = _resolve(value, base)
+                out[key] = resolve_path(value, base)
             elif key in PATH_KEYS and isinstance(value, list) and all(isinstance(v, str) for v in value):
-                out[key] = [_resolve(v, base) for v in value]
+                out[key] = [resolve_path(v, base) for v in value]
             elif key in MODEL_KEYS and isinstance(value, str):
                 out[key] = _resolve_model(value, base)
             else:
@@ -156,5 +149,5 @@ def load_config(path: str | os.PathLike) -> BuildConfig:
     base = path.resolve().parent
     config = BuildConfig.model_validate(resolve_tree(raw, base))
     if config.replacement is not None:  # its model fields may be hub ids, its database a folder it writes
-        config.replacement.resolve_paths(lambda v: _resolve_model(v, base), lambda v: _resolve(v, base))
+        config.replacement.resolve_paths(lambda v: _resolve_model(v, base), lambda v: resolve_path(v, base))
     return config

@@ -27,8 +27,9 @@ from prefect.artifacts import (
 from model.candidates import CandidateIndex
 from model.review.agreement import Agreement
 from model.review.app import create_app
+from model.review.reports import Progress
 from model.review.serve import serving
-from model.review.store import Progress, ReviewStore
+from model.review.store import ReviewStore
 
 
 def reviewed_share(rows: list[Progress]) -> float:

@@ -16,6 +16,8 @@ from typing import Annotated, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
+from storage.fs import resolve_path
+
 TextField = Literal["instruction", "pretrain_caption"]
 
 
@@ -156,14 +158,17 @@ class TrainConfig(BaseModel):
         if not self.stages:
             raise ValueError("stages is empty")
         if self.data.sets:
-            raise ValueError("with stages, each stage lists its own data; top-level data holds only the "
-                             "shared settings (resolution, workers, latent cache)")
+            raise ValueError(
+                "with stages, each stage lists its own data; top-level data holds only the "
+                "shared settings (resolution, workers, latent cache)"
+            )
         names = [s.name for s in self.stages]
         if len(names) != len(set(names)):
             raise ValueError(f"stage names must be unique, got {names}")
         if self.resume not in ("latest", "none"):
-            raise ValueError("with stages, resume must be `latest` or `none` (each stage resumes from its "
-                             "own folder)")
+            raise ValueError(
+                "with stages, resume must be `latest` or `none` (each stage resumes from its own folder)"
+            )
         return self
 
 
@@ -174,21 +179,14 @@ def load_train_config(path: str | os.PathLike) -> TrainConfig:
         raw = yaml.safe_load(handle) or {}
     config = TrainConfig.model_validate(raw)
     base = path.resolve().parent
-    config.output_dir = _resolve(config.output_dir, base)
+    config.output_dir = resolve_path(config.output_dir, base)
     if _looks_local(config.base_model, base):
-        config.base_model = _resolve(config.base_model, base)
+        config.base_model = resolve_path(config.base_model, base)
     if config.data.latent_cache:
-        config.data.latent_cache = _resolve(config.data.latent_cache, base)
+        config.data.latent_cache = resolve_path(config.data.latent_cache, base)
     for shard_set in config.data.sets + [s for stage in config.stages or [] for s in stage.data]:
-        shard_set.urls = [_resolve(u, base) for u in shard_set.urls]
+        shard_set.urls = [resolve_path(u, base) for u in shard_set.urls]
     return config
-
-
-def _resolve(value: str, base: Path) -> str:
-    value = os.path.expanduser(os.path.expandvars(value))
-    if "://" in value or os.path.isabs(value):
-        return value
-    return str((base / value).resolve())
 
 
 def _looks_local(value: str, base: Path) -> bool:

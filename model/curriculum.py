@@ -24,8 +24,9 @@ from pathlib import Path
 import torch
 from accelerate import PartialState
 
+from model.checkpoints import checkpoint_dirs
 from model.config import StageConfig, TrainConfig
-from model.trainer import checkpoint_dirs, train
+from model.trainer import train
 
 log = logging.getLogger(__name__)
 

@@ -1,9 +1,10 @@
 """Train an InstructPix2Pix-style editing model on the shards this tool builds.
 
-Read top to bottom, like the diffusers example scripts: build the models (the base checkpoint's
-UNet widened from 4 to 8 input channels), build the data (seeded, resumable shard stream, with an
-optional latent-cache pass), then the loop of training steps with classifier-free-guidance
-dropout, EMA, checkpoints and resume, and at the end the pipeline saved in diffusers layout so
+Read top to bottom, like the diffusers example scripts: build the models (:mod:`model.build`: the
+base checkpoint's UNet widened from 4 to 8 input channels), build the data (seeded, resumable shard
+stream, with an optional latent-cache pass), then the loop of training steps with
+classifier-free-guidance dropout, EMA, checkpoints and resume (:mod:`model.checkpoints`), and at the
+end the pipeline saved in diffusers layout so
 ``StableDiffusionInstructPix2PixPipeline.from_pretrained(output_dir)`` opens it. The samples seen
 per shard set are counted and written (``mix.json``, ``mix.csv``, TensorBoard ``mix/*``) so a run
 shows that its data mix matched the configured weights.
@@ -19,11 +20,8 @@ import hashlib
 import json
 import logging
 import math
-import os
-import shutil
 import sys
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -31,20 +29,11 @@ import torch.nn.functional as F
 import yaml
 from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration
-from diffusers import (
-    AutoencoderKL,
-    DDPMScheduler,
-    EulerAncestralDiscreteScheduler,
-    StableDiffusionInstructPix2PixPipeline,
-    UNet2DConditionModel,
-)
-from diffusers.models.attention_processor import AttnProcessor2_0
 from diffusers.optimization import get_scheduler
-from diffusers.training_utils import EMAModel
-from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
-from transformers import CLIPTextModel, CLIPTokenizer
 
+from model.build import Models, build_models
+from model.checkpoints import find_resume_checkpoint, load_checkpoint, save_checkpoint, save_pipeline
 from model.config import TrainConfig, load_train_config
 from model.data import (
     SourceSet,
@@ -61,74 +50,29 @@ from model.loss_log import LossLog
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_PREFIX = "checkpoint-"
-LATENT_CHANNELS_IN = 8  # noisy target latent + source-image latent
-
-
-# ----------------------------------------------------------------------------- models
-
-
-@dataclass
-class Models:
-    tokenizer: CLIPTokenizer
-    text_encoder: CLIPTextModel
-    vae: AutoencoderKL
-    unet: UNet2DConditionModel
-    noise_scheduler: DDPMScheduler
-    ema: EMAModel | None = None
-
-
-def widen_conv_in(unet: UNet2DConditionModel, in_channels: int = LATENT_CHANNELS_IN) -> UNet2DConditionModel:
-    """Give the UNet ``in_channels`` inputs; the new input weights start at zero (InstructPix2Pix)."""
-    old = unet.conv_in
-    if old.in_channels == in_channels:
-        return unet
-    if old.in_channels > in_channels:
-        raise ValueError(f"the UNet already takes {old.in_channels} channels, more than {in_channels}")
-    new = torch.nn.Conv2d(in_channels, old.out_channels, old.kernel_size, old.stride, old.padding)
-    with torch.no_grad():
-        new.weight.zero_()
-        new.weight[:, : old.in_channels].copy_(old.weight)
-        new.bias.copy_(old.bias)
-    unet.conv_in = new.to(device=old.weight.device, dtype=old.weight.dtype)
-    unet.register_to_config(in_channels=in_channels)
-    return unet
-
-
-def build_models(config: TrainConfig, frozen_dtype: torch.dtype = torch.float32) -> Models:
-    """Load the base checkpoint's parts; freeze VAE and text encoder; widen and prepare the UNet."""
-    base = config.base_model
-    tokenizer = CLIPTokenizer.from_pretrained(base, subfolder="tokenizer")
-    text_encoder = CLIPTextModel.from_pretrained(base, subfolder="text_encoder", dtype=frozen_dtype)
-    vae = AutoencoderKL.from_pretrained(base, subfolder="vae", dtype=frozen_dtype)
-    unet = widen_conv_in(UNet2DConditionModel.from_pretrained(base, subfolder="unet"))
-    noise_scheduler = DDPMScheduler.from_pretrained(base, subfolder="scheduler")
-    vae.requires_grad_(False)
-    text_encoder.requires_grad_(False)
-    unet.set_attn_processor(AttnProcessor2_0())  # PyTorch scaled-dot-product attention
-    if config.gradient_checkpointing:
-        unet.enable_gradient_checkpointing()
-    unet.train()
-    ema = None
-    if config.use_ema:
-        ema = EMAModel(unet.parameters(), decay=config.ema_decay, model_cls=UNet2DConditionModel,
-                       model_config=unet.config)
-    return Models(tokenizer, text_encoder, vae, unet, noise_scheduler, ema)
-
 
 # ----------------------------------------------------------------------------- data
 
 
-def build_data(config: TrainConfig, models: Models, accelerator: Accelerator, state: StreamState,
-               sets: list[SourceSet] | None = None):
+def build_data(
+    config: TrainConfig,
+    models: Models,
+    accelerator: Accelerator,
+    state: StreamState,
+    sets: list[SourceSet] | None = None,
+):
     """The batch loader of this process and its sets; runs the latent-cache pass first when configured."""
     sets = expand_sets(config.data.sets) if sets is None else sets
     if config.data.latent_cache:
         sets = cache_latents(config, models, accelerator, sets)
     settings = StreamSettings(
-        resolution=config.data.resolution, random_flip=config.data.random_flip,
-        shuffle_buffer=config.data.shuffle_buffer, shards_per_block=config.data.shards_per_block,
-        batch_size=config.train_batch_size, seed=config.seed, rank=accelerator.process_index,
+        resolution=config.data.resolution,
+        random_flip=config.data.random_flip,
+        shuffle_buffer=config.data.shuffle_buffer,
+        shards_per_block=config.data.shards_per_block,
+        batch_size=config.train_batch_size,
+        seed=config.seed,
+        rank=accelerator.process_index,
     )
     loader = make_loader(sets, settings, state)
     return loader, loader.dataset.sets
@@ -147,11 +91,13 @@ def cache_latents(config: TrainConfig, models: Models, accelerator: Accelerator,
     cached: list[SourceSet] = []
     for shard_set in sets:
         mine = shard_set.urls[accelerator.process_index :: accelerator.num_processes]
-        build_latent_cache(models.vae, mine, folder, config.data.resolution, accelerator.device,
-                           models.vae.dtype)
+        build_latent_cache(
+            models.vae, mine, folder, config.data.resolution, accelerator.device, models.vae.dtype
+        )
         accelerator.wait_for_everyone()
-        urls, _ = build_latent_cache(models.vae, shard_set.urls, folder, config.data.resolution,
-                                     accelerator.device, models.vae.dtype)  # all done: only lists
+        urls, _ = build_latent_cache(
+            models.vae, shard_set.urls, folder, config.data.resolution, accelerator.device, models.vae.dtype
+        )  # all done: only lists
         cached.append(SourceSet(urls, shard_set.weight, shard_set.text_field, shard_set.name))
     return cached
 
@@ -166,8 +112,13 @@ def step_generator(seed: int, rank: int, step: int, micro: int, device: torch.de
 
 
 def encode_text(models: Models, texts: list[str], device) -> torch.Tensor:
-    tokens = models.tokenizer(texts, padding="max_length", max_length=models.tokenizer.model_max_length,
-                              truncation=True, return_tensors="pt")
+    tokens = models.tokenizer(
+        texts,
+        padding="max_length",
+        max_length=models.tokenizer.model_max_length,
+        truncation=True,
+        return_tensors="pt",
+    )
     return models.text_encoder(tokens.input_ids.to(device), return_dict=False)[0]
 
 
@@ -195,8 +146,15 @@ def cfg_masks(config: TrainConfig, batch_size: int, generator: torch.Generator, 
     return text_only | both, image_only | both
 
 
-def training_step(config: TrainConfig, models: Models, unet, batch: dict, null_text: torch.Tensor,
-                  generator: torch.Generator, device) -> torch.Tensor:
+def training_step(
+    config: TrainConfig,
+    models: Models,
+    unet,
+    batch: dict,
+    null_text: torch.Tensor,
+    generator: torch.Generator,
+    device,
+) -> torch.Tensor:
     """The diffusion loss of one batch: noise the target latent, predict from it + source + text.
 
     With ``config.image_conditioning`` off (caption pre-training) the source latent is always zeros,
@@ -205,8 +163,9 @@ def training_step(config: TrainConfig, models: Models, unet, batch: dict, null_t
     latents, source_latents = batch_latents(models, batch, generator, device, config.image_conditioning)
     bsz = latents.shape[0]
     noise = torch.randn(latents.shape, generator=generator, device=device)
-    timesteps = torch.randint(0, models.noise_scheduler.config.num_train_timesteps, (bsz,),
-                              generator=generator, device=device)
+    timesteps = torch.randint(
+        0, models.noise_scheduler.config.num_train_timesteps, (bsz,), generator=generator, device=device
+    )
     noisy = models.noise_scheduler.add_noise(latents, noise, timesteps)
     with torch.no_grad():
         text = encode_text(models, batch["text"], device).float()
@@ -220,103 +179,6 @@ def training_step(config: TrainConfig, models: Models, unet, batch: dict, null_t
     model_input = torch.cat([noisy, source_latents], dim=1)
     pred = unet(model_input, timesteps, text, return_dict=False)[0]
     return F.mse_loss(pred.float(), target.float(), reduction="mean")
-
-
-# ----------------------------------------------------------------------------- save and resume
-
-
-def checkpoint_dirs(output_dir: str) -> list[Path]:
-    """Complete checkpoints, oldest first (a checkpoint appears under its name only when complete)."""
-    root = Path(output_dir) / "checkpoints"
-    if not root.exists():
-        return []
-    found = [p for p in root.iterdir()
-             if p.name.startswith(CHECKPOINT_PREFIX) and (p / "state.json").exists()]
-    return sorted(found, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX):]))
-
-
-def save_checkpoint(accelerator: Accelerator, config: TrainConfig, models: Models, optimizer, lr_scheduler,
-                    step: int, stream: StreamState) -> Path:
-    """Write UNet, EMA, optimizer, LR schedule and data position; keep the last few checkpoints."""
-    root = Path(config.output_dir) / "checkpoints"
-    final = root / f"{CHECKPOINT_PREFIX}{step:07d}"
-    tmp = root / f".tmp-{final.name}"
-    if accelerator.is_main_process:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-    accelerator.wait_for_everyone()
-    (tmp / f"data-rank{accelerator.process_index}.json").write_text(json.dumps(stream.to_json()))
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        unet = accelerator.unwrap_model(models.unet)
-        save_file({k: v.contiguous() for k, v in unet.state_dict().items()}, tmp / "unet.safetensors")
-        if models.ema is not None:
-            ema_state = dict(models.ema.state_dict())
-            shadow = ema_state.pop("shadow_params")
-            save_file({f"{i:05d}": p.contiguous() for i, p in enumerate(shadow)}, tmp / "ema.safetensors")
-            (tmp / "ema.json").write_text(json.dumps(ema_state))
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-        torch.save(lr_scheduler.state_dict(), tmp / "lr_scheduler.pt")
-        if accelerator.scaler is not None:
-            torch.save(accelerator.scaler.state_dict(), tmp / "scaler.pt")
-        (tmp / "state.json").write_text(json.dumps({"step": step, "processes": accelerator.num_processes}))
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
-        for old in checkpoint_dirs(config.output_dir)[: -config.keep_checkpoints]:
-            shutil.rmtree(old, ignore_errors=True)
-    accelerator.wait_for_everyone()
-    return final
-
-
-def find_resume_checkpoint(config: TrainConfig) -> Path | None:
-    if config.resume == "none":
-        return None
-    if config.resume == "latest":
-        found = checkpoint_dirs(config.output_dir)
-        return found[-1] if found else None
-    path = Path(config.resume)
-    if not (path / "state.json").exists():
-        raise FileNotFoundError(f"{path} is not a complete checkpoint (no state.json)")
-    return path
-
-
-def load_checkpoint(path: Path, accelerator: Accelerator, models: Models, optimizer, lr_scheduler,
-                    num_workers: int) -> tuple[int, StreamState]:
-    """Restore everything :func:`save_checkpoint` wrote (tensors only: nothing is unpickled)."""
-    state = json.loads((path / "state.json").read_text())
-    accelerator.unwrap_model(models.unet).load_state_dict(load_file(path / "unet.safetensors"))
-    if models.ema is not None:
-        tensors = load_file(path / "ema.safetensors")
-        shadow = [tensors[k].to(accelerator.device) for k in sorted(tensors)]
-        ema_state = json.loads((path / "ema.json").read_text())
-        models.ema.load_state_dict({**ema_state, "shadow_params": shadow})
-    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True, map_location="cpu"))
-    lr_scheduler.load_state_dict(torch.load(path / "lr_scheduler.pt", weights_only=True))
-    if accelerator.scaler is not None and (path / "scaler.pt").exists():
-        accelerator.scaler.load_state_dict(torch.load(path / "scaler.pt", weights_only=True))
-    data_file = path / f"data-rank{accelerator.process_index}.json"
-    stream = StreamState.from_json(json.loads(data_file.read_text())) if data_file.exists() else None
-    if stream is None or stream.num_workers != num_workers or state["processes"] != accelerator.num_processes:
-        log.warning("the data position in %s was saved with other workers or processes: the data order "
-                    "restarts from the step's seed instead of continuing exactly", path)
-        stream = StreamState(num_workers, [(state["step"] * 1_000_003, 0)] * max(1, num_workers))
-    return state["step"], stream
-
-
-def save_pipeline(config: TrainConfig, accelerator: Accelerator, models: Models) -> None:
-    """Save the (EMA) UNet with the base's VAE, text encoder and tokenizer in diffusers layout."""
-    unet = accelerator.unwrap_model(models.unet)
-    if models.ema is not None:
-        models.ema.store(unet.parameters())
-        models.ema.copy_to(unet.parameters())
-    scheduler = EulerAncestralDiscreteScheduler.from_config(models.noise_scheduler.config)
-    pipe = StableDiffusionInstructPix2PixPipeline.from_pretrained(
-        config.base_model, unet=unet, scheduler=scheduler, safety_checker=None, feature_extractor=None,
-        requires_safety_checker=False, dtype=torch.float32,
-    )  # VAE and text encoder reloaded in full precision, not the training copies cast to bf16
-    pipe.save_pretrained(config.output_dir)
-    if models.ema is not None:
-        models.ema.restore(unet.parameters())
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -354,12 +216,20 @@ def train(config: TrainConfig, keep_process_group: bool = False) -> Path:
         models.ema.to(device)
 
     opt = config.optim
-    optimizer = torch.optim.AdamW(models.unet.parameters(), lr=opt.learning_rate,
-                                  betas=(opt.adam_beta1, opt.adam_beta2), weight_decay=opt.weight_decay,
-                                  eps=opt.adam_epsilon, fused=device.type == "cuda")
-    lr_scheduler = get_scheduler(opt.lr_scheduler, optimizer=optimizer,
-                                 num_warmup_steps=opt.lr_warmup_steps * accelerator.num_processes,
-                                 num_training_steps=config.max_steps * accelerator.num_processes)
+    optimizer = torch.optim.AdamW(
+        models.unet.parameters(),
+        lr=opt.learning_rate,
+        betas=(opt.adam_beta1, opt.adam_beta2),
+        weight_decay=opt.weight_decay,
+        eps=opt.adam_epsilon,
+        fused=device.type == "cuda",
+    )
+    lr_scheduler = get_scheduler(
+        opt.lr_scheduler,
+        optimizer=optimizer,
+        num_warmup_steps=opt.lr_warmup_steps * accelerator.num_processes,
+        num_training_steps=config.max_steps * accelerator.num_processes,
+    )
     unet, optimizer, lr_scheduler = accelerator.prepare(models.unet, optimizer, lr_scheduler)
     models.unet = unet
     raw_unet = accelerator.unwrap_model(unet)
@@ -367,8 +237,9 @@ def train(config: TrainConfig, keep_process_group: bool = False) -> Path:
     step, stream = 0, StreamState(config.data.num_workers)
     resume_from = find_resume_checkpoint(config)
     if resume_from is not None:
-        step, stream = load_checkpoint(resume_from, accelerator, models, optimizer, lr_scheduler,
-                                       config.data.num_workers)
+        step, stream = load_checkpoint(
+            resume_from, accelerator, models, optimizer, lr_scheduler, config.data.num_workers
+        )
         log.info("resumed from %s at step %d", resume_from, step)
     if config.compile:
         unet = torch.compile(unet)
@@ -381,8 +252,13 @@ def train(config: TrainConfig, keep_process_group: bool = False) -> Path:
     with torch.no_grad():
         null_text = encode_text(models, [""], device)
     drops: dict[int, dict] = {}
-    progress = tqdm(total=config.max_steps, initial=step, desc="training", unit="step",
-                    disable=not accelerator.is_local_main_process)
+    progress = tqdm(
+        total=config.max_steps,
+        initial=step,
+        desc="training",
+        unit="step",
+        disable=not accelerator.is_local_main_process,
+    )
     micro, running = 0, []
     batches = iter(loader)
     while step < config.max_steps:
@@ -431,8 +307,10 @@ def train(config: TrainConfig, keep_process_group: bool = False) -> Path:
     if accelerator.is_main_process:
         (out / "data_drops.json").write_text(json.dumps(dict(dropped), indent=1))
         write_mix_report(out, mix)
-        log.info("samples seen per set: %s", {r["name"]: f"{r['samples']} ({r['share']:.3f} of "
-                                              f"{r['weight_share']:.3f})" for r in mix["sets"]})
+        log.info(
+            "samples seen per set: %s",
+            {r["name"]: f"{r['samples']} ({r['share']:.3f} of {r['weight_share']:.3f})" for r in mix["sets"]},
+        )
         save_pipeline(config, accelerator, models)
     accelerator.wait_for_everyone()  # the next stage of a curriculum starts from the saved pipeline
     if keep_process_group:

@@ -139,7 +139,7 @@ def read_flags(out_url: str) -> pd.DataFrame | None:
 
 def eval_set_from_urls(urls: list[str], embedder=None) -> EvalSet:
     """An :class:`EvalSet` from image files or directories, or shard directories (both images of a pair)."""
-    from quality.giqa import iter_reference_images
+    from quality.giqa_references import iter_reference_images
 
     images: list[np.ndarray] = []
     names: list[str] = []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import posixpath
 import uuid
 from collections.abc import Iterator
@@ -104,3 +105,14 @@ def remove_stale_temporaries(url: str) -> int:
     for p in stale:
         fs.rm(p)
     return len(stale)
+
+
+def resolve_path(value: str, base: str | os.PathLike) -> str:
+    """Expand ``$VARS`` and ``~``; keep URLs and absolute paths; make a relative path relative to ``base``.
+
+    Config files use this so that paths in them mean the same wherever the command runs.
+    """
+    value = os.path.expanduser(os.path.expandvars(value))
+    if "://" in value or os.path.isabs(value):
+        return value
+    return os.path.abspath(os.path.join(os.fspath(base), value))

@@ -1,7 +1,7 @@
 """The visual vocabulary of the multi-task samples: named colours and render parameters.
 
 The renderers (``pipelines/multitask``) draw with these values and the decoders
-(``quality/task_metrics``) read the answer back with them, so both import this one module.
+(``quality/task_decoders``) read the answer back with them, so both import this one module.
 It sits in ``storage/`` because both layers may import storage; it depends on numpy only.
 """
 

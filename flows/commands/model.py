@@ -217,7 +217,7 @@ def evaluate_task_with_model(
     from PIL import Image
 
     from model.inference import edit_images
-    from quality.task_metrics import TASKS, OutputFolder, evaluate_task_outputs
+    from quality.task_evaluation import TASKS, OutputFolder, evaluate_task_outputs
     from storage.shards import expand_shard_urls, iter_samples
 
     if task not in TASKS:

@@ -44,7 +44,7 @@ def evaluate_task(
     """Decode the answers out of edited images and score them: keypoint AP, mIoU/cIoU, PSNR/SSIM."""
     import itertools
 
-    from quality.task_metrics import TASKS, OutputFolder, evaluate_task_outputs
+    from quality.task_evaluation import TASKS, OutputFolder, evaluate_task_outputs
     from storage.shards import iter_samples
 
     if task not in TASKS:

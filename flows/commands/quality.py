@@ -71,7 +71,7 @@ def register(app: typer.Typer) -> None:
         config: ConfigOption = None,
     ) -> None:
         """Build the KNN-GIQA reference index (exact for small sets, IVF-PQ on disk at LAION scale)."""
-        from quality.giqa import ReferenceIndexSettings, build_reference_index
+        from quality.giqa_index import ReferenceIndexSettings, build_reference_index
 
         npy_inputs = list(inputs)
         if images:
@@ -114,7 +114,7 @@ def register(app: typer.Typer) -> None:
 
 def _embed_reference_images(inputs, out_dir: Path, features: str, inception_checkpoint, quality) -> str:
     from quality.embeddings import ClipEmbedder
-    from quality.giqa import iter_reference_images, write_reference_embeddings
+    from quality.giqa_references import iter_reference_images, write_reference_embeddings
 
     if features == "inception":
         from quality.inception import InceptionFeatures

@@ -11,7 +11,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from model.candidates import CandidateIndex, candidate_member
-from model.review.store import PickedCandidate, ReviewStore
+from model.review.reports import PickedCandidate
+from model.review.store import ReviewStore
 from storage import fs, manifest
 from storage.commit import BatchReport, batch_name, commit_batch
 from storage.schema import Drop, GeneratorInfo, Provenance, Result, Sample, SampleMeta, Task, sample_key

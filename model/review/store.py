@@ -1,34 +1,25 @@
-"""Every read and write of a review, through SQLAlchemy: a SQLite file by default, PostgreSQL by URL.
+"""Every read and write of a review: candidates in, reviewers and their tokens, queues, picks.
 
-Concurrency: every write is one short transaction (``BEGIN IMMEDIATE`` on SQLite, so writers
-queue instead of failing on a lock upgrade; within one process they also queue on a lock, which
-is fairer and faster than SQLite's sleeping busy handler). The database's unique constraints keep a pick from
-being stored twice and cap picks at two per reviewer and sample (see :mod:`model.review.tables`);
-a write that loses a race to another retries once it sees the winner's row.
+The database's unique constraints keep a pick from being stored twice and cap picks at two per
+reviewer and sample (see :mod:`model.review.tables`); a write that loses a race to another retries
+once it sees the winner's row. Engine, sessions and retries are in :mod:`model.review.database`;
+progress, agreement and the picks to export in :mod:`model.review.reports`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import secrets
-import threading
 from collections import defaultdict
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager, nullcontext
-from dataclasses import asdict, dataclass
-from datetime import datetime
+from collections.abc import Iterable
+from dataclasses import dataclass
 
-from sqlalchemy import Engine, create_engine, delete, event, func, select
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from model.candidates import CandidateHeader
-from model.review.agreement import Agreement, agreement
-from model.review.tables import MAX_PICKS, Assignment, Base, Candidate, Pick, Reviewer, ReviewSample, utcnow
-
-DEFAULT_URL = "sqlite:///ieiw-review.sqlite"
-WRITE_ATTEMPTS = 5
+from model.review.reports import ReviewReports
+from model.review.tables import MAX_PICKS, Assignment, Candidate, Pick, Reviewer, ReviewSample, utcnow
 
 
 class ReviewError(Exception):
@@ -55,111 +46,15 @@ class ReviewerInfo:
     name: str
 
 
-@dataclass
-class Progress:
-    """Where one reviewer stands."""
-
-    reviewer: str
-    assigned: int = 0
-    done: int = 0
-    skipped: int = 0
-    picks: int = 0
-
-    @property
-    def reviewed(self) -> int:
-        return self.done + self.skipped
-
-    @property
-    def remaining(self) -> int:
-        return self.assigned - self.reviewed
-
-    def as_dict(self) -> dict:
-        return {**asdict(self), "reviewed": self.reviewed, "remaining": self.remaining}
-
-
-@dataclass(frozen=True)
-class PickedCandidate:
-    """A candidate picked by at least one reviewer who finished the sample, for the export."""
-
-    sample_key: str
-    position: int
-    instruction: str
-    source_meta: dict | None
-    seed: int
-    text_guidance: float
-    image_guidance: float
-    steps: int
-    checkpoint: str
-    reviewers: tuple[str, ...]
-    first_picked_at: datetime
-
-
 def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
 
 
-def make_engine(url: str) -> Engine:
-    """An engine for ``url``; SQLite gets WAL, a busy timeout, foreign keys and immediate writes."""
-    if make_url(url).get_backend_name() != "sqlite":
-        return create_engine(url, pool_size=10, max_overflow=40, pool_pre_ping=True)
-    engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30},
-                           pool_size=10, max_overflow=40)
+class ReviewStore(ReviewReports):
+    """A review's database: setup, one reviewer's queue and picks, and (inherited) the whole review.
 
-    @event.listens_for(engine, "connect")
-    def _configure(dbapi_connection, _record) -> None:
-        dbapi_connection.isolation_level = None  # transactions begin in _begin below
-        cursor = dbapi_connection.cursor()
-        for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "foreign_keys=ON", "busy_timeout=30000"):
-            cursor.execute(f"PRAGMA {pragma}")
-        cursor.close()
-
-    @event.listens_for(engine, "begin")
-    def _begin(connection) -> None:
-        write = connection.get_execution_options().get("review_write", False)
-        connection.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
-
-    return engine
-
-
-class ReviewStore:
-    """A review's database. Thread-safe: each call opens its own short session."""
-
-    def __init__(self, url: str = DEFAULT_URL, create: bool = True) -> None:
-        self.url = url
-        self.engine = make_engine(url)
-        self._writer = self.engine.execution_options(review_write=True)
-        self._write_lock = threading.Lock() if self.engine.dialect.name == "sqlite" else nullcontext()
-        if create:
-            Base.metadata.create_all(self.engine)
-
-    @property
-    def display_url(self) -> str:
-        """The URL with its password hidden, for logs and pages."""
-        return make_url(self.url).render_as_string(hide_password=True)
-
-    def close(self) -> None:
-        self.engine.dispose()
-
-    @contextmanager
-    def _read(self) -> Iterator[Session]:
-        with Session(self.engine) as session, session.begin():
-            yield session
-
-    @contextmanager
-    def _write(self) -> Iterator[Session]:
-        with self._write_lock, Session(self._writer, expire_on_commit=False) as session, session.begin():
-            yield session
-
-    def _retrying(self, operation):
-        """Run a write transaction again when a concurrent one won a unique constraint or a lock."""
-        for attempt in range(WRITE_ATTEMPTS):
-            try:
-                with self._write() as session:
-                    return operation(session)
-            except (IntegrityError, OperationalError):
-                if attempt == WRITE_ATTEMPTS - 1:
-                    raise
-        raise AssertionError("unreachable")
+    Thread-safe: each call opens its own short session.
+    """
 
     # ------------------------------------------------------------------------------------ setup
 
@@ -173,14 +68,23 @@ class ReviewStore:
                     continue
                 known.add(header.key)
                 sample = ReviewSample(
-                    key=header.key, instruction=header.instruction, n_candidates=len(header.settings),
+                    key=header.key,
+                    instruction=header.instruction,
+                    n_candidates=len(header.settings),
                     source_meta=header.source_meta.model_dump(mode="json") if header.source_meta else None,
                 )
                 session.add(sample)
                 session.flush()
                 session.add_all(
-                    Candidate(sample_id=sample.id, position=i, seed=s.seed, text_guidance=s.text_guidance,
-                              image_guidance=s.image_guidance, steps=s.steps, checkpoint=s.checkpoint)
+                    Candidate(
+                        sample_id=sample.id,
+                        position=i,
+                        seed=s.seed,
+                        text_guidance=s.text_guidance,
+                        image_guidance=s.image_guidance,
+                        steps=s.steps,
+                        checkpoint=s.checkpoint,
+                    )
                     for i, s in enumerate(header.settings)
                 )
                 added += 1
@@ -235,8 +139,9 @@ class ReviewStore:
                 have = by_sample[sample_id]
                 free = sorted((p for p in people if p.id not in have), key=lambda p: (load[p.id], p.name))
                 for person in free[: max(per_sample - len(have), 0)]:
-                    session.add(Assignment(reviewer_id=person.id, sample_id=sample_id,
-                                           position=load[person.id]))
+                    session.add(
+                        Assignment(reviewer_id=person.id, sample_id=sample_id, position=load[person.id])
+                    )
                     load[person.id] += 1
                     added += 1
         return added
@@ -279,7 +184,8 @@ class ReviewStore:
                 select(Candidate).where(Candidate.sample_id == sample.id).order_by(Candidate.position)
             ).all()
             picks = session.scalars(
-                select(Pick.candidate_id).where(Pick.reviewer_id == reviewer_id, Pick.sample_id == sample.id)
+                select(Pick.candidate_id)
+                .where(Pick.reviewer_id == reviewer_id, Pick.sample_id == sample.id)
                 .order_by(Pick.created_at, Pick.id)
             ).all()
             return {
@@ -308,8 +214,14 @@ class ReviewStore:
             free = sorted(set(range(MAX_PICKS)) - {p.slot for p in mine})
             if not free:
                 raise Conflict(f"at most {MAX_PICKS} picks per sample; undo one first")
-            pick = Pick(reviewer_id=reviewer_id, sample_id=sample.id, candidate_id=candidate_id, slot=free[0],
-                        settings=_settings(candidate), created_at=utcnow())
+            pick = Pick(
+                reviewer_id=reviewer_id,
+                sample_id=sample.id,
+                candidate_id=candidate_id,
+                slot=free[0],
+                settings=_settings(candidate),
+                created_at=utcnow(),
+            )
             session.add(pick)
             session.flush()
             return _pick_dict(pick), True
@@ -320,10 +232,13 @@ class ReviewStore:
         """Withdraw the reviewer's own pick of a candidate; returns whether there was one."""
         with self._write() as session:
             sample, _ = self._assigned(session, reviewer_id, key)
-            result = session.execute(delete(Pick).where(
-                Pick.reviewer_id == reviewer_id, Pick.sample_id == sample.id,
-                Pick.candidate_id == candidate_id,
-            ))
+            result = session.execute(
+                delete(Pick).where(
+                    Pick.reviewer_id == reviewer_id,
+                    Pick.sample_id == sample.id,
+                    Pick.candidate_id == candidate_id,
+                )
+            )
             return result.rowcount > 0
 
     def undo(self, reviewer_id: int, key: str) -> int | None:
@@ -331,8 +246,10 @@ class ReviewStore:
         with self._write() as session:
             sample, _ = self._assigned(session, reviewer_id, key)
             last = session.scalars(
-                select(Pick).where(Pick.reviewer_id == reviewer_id, Pick.sample_id == sample.id)
-                .order_by(Pick.created_at.desc(), Pick.id.desc()).limit(1)
+                select(Pick)
+                .where(Pick.reviewer_id == reviewer_id, Pick.sample_id == sample.id)
+                .order_by(Pick.created_at.desc(), Pick.id.desc())
+                .limit(1)
             ).first()
             if last is None:
                 return None
@@ -348,107 +265,22 @@ class ReviewStore:
             assignment.status = status
             assignment.reviewed_at = utcnow()
 
-    # ------------------------------------------------------------------------------------ whole review
-
-    def progress(self, reviewer_id: int | None = None) -> list[Progress]:
-        """Assigned, done, skipped and picks per reviewer (all, or only ``reviewer_id``)."""
-        def only(query):
-            return query if reviewer_id is None else query.where(Reviewer.id == reviewer_id)
-
-        with self._read() as session:
-            table = {name: Progress(name) for name in session.scalars(only(select(Reviewer.name)))}
-            for name, status, count in session.execute(only(
-                select(Reviewer.name, Assignment.status, func.count())
-                .join(Assignment, Assignment.reviewer_id == Reviewer.id)
-                .group_by(Reviewer.name, Assignment.status)
-            )):
-                row = table[name]
-                row.assigned += count
-                if status == "done":
-                    row.done = count
-                elif status == "skipped":
-                    row.skipped = count
-            for name, count in session.execute(only(
-                select(Reviewer.name, func.count()).join(Pick, Pick.reviewer_id == Reviewer.id)
-                .group_by(Reviewer.name)
-            )):
-                table[name].picks = count
-        return [table[name] for name in sorted(table)]
-
-    def votes(self) -> tuple[dict[str, dict[str, set[int]]], dict[str, int]]:
-        """Finished reviews: ``{sample key: {reviewer: {picked positions}}}`` and candidates per sample."""
-        with self._read() as session:
-            votes: dict[str, dict[str, set[int]]] = defaultdict(dict)
-            sizes: dict[str, int] = {}
-            for key, n, name in session.execute(
-                select(ReviewSample.key, ReviewSample.n_candidates, Reviewer.name)
-                .join(Assignment, Assignment.sample_id == ReviewSample.id)
-                .join(Reviewer, Reviewer.id == Assignment.reviewer_id)
-                .where(Assignment.status == "done")
-            ):
-                votes[key][name] = set()
-                sizes[key] = n
-            for key, name, position in session.execute(
-                select(ReviewSample.key, Reviewer.name, Candidate.position)
-                .join(Pick, Pick.sample_id == ReviewSample.id)
-                .join(Reviewer, Reviewer.id == Pick.reviewer_id)
-                .join(Candidate, Candidate.id == Pick.candidate_id)
-            ):
-                if name in votes.get(key, {}):
-                    votes[key][name].add(position)
-        return dict(votes), sizes
-
-    def agreement(self) -> Agreement:
-        """Agreement between reviewers over samples that two or more of them finished."""
-        return agreement(*self.votes())
-
-    def picked_candidates(self, min_votes: int = 1) -> list[PickedCandidate]:
-        """Candidates picked by at least ``min_votes`` reviewers who finished their sample, in key order."""
-        with self._read() as session:
-            rows = session.execute(
-                select(ReviewSample, Candidate, Reviewer.name, Pick.created_at)
-                .join(Pick, Pick.sample_id == ReviewSample.id)
-                .join(Candidate, Candidate.id == Pick.candidate_id)
-                .join(Reviewer, Reviewer.id == Pick.reviewer_id)
-                .join(Assignment, (Assignment.sample_id == Pick.sample_id)
-                      & (Assignment.reviewer_id == Pick.reviewer_id))
-                .where(Assignment.status == "done")
-                .order_by(ReviewSample.key, Candidate.position, Reviewer.name)
-            ).all()
-            grouped: dict[tuple[str, int], list] = defaultdict(list)
-            for sample, candidate, name, created in rows:
-                grouped[(sample.key, candidate.position)].append((sample, candidate, name, created))
-            out = []
-            for (key, position), group in grouped.items():
-                if len(group) < min_votes:
-                    continue
-                sample, candidate = group[0][0], group[0][1]
-                out.append(PickedCandidate(
-                    sample_key=key, position=position, instruction=sample.instruction,
-                    source_meta=sample.source_meta, seed=candidate.seed,
-                    text_guidance=candidate.text_guidance, image_guidance=candidate.image_guidance,
-                    steps=candidate.steps,
-                    checkpoint=candidate.checkpoint, reviewers=tuple(g[2] for g in group),
-                    first_picked_at=min(g[3] for g in group),
-                ))
-        return out
-
-    def counts(self) -> dict[str, int]:
-        """Rows per table (for tests, progress pages and the bench)."""
-        with self._read() as session:
-            return {
-                table.__tablename__.removeprefix("review_"):
-                    session.scalar(select(func.count()).select_from(table))
-                for table in (Reviewer, ReviewSample, Candidate, Assignment, Pick)
-            }
-
 
 def _settings(candidate: Candidate) -> dict:
-    return {"position": candidate.position, "seed": candidate.seed, "text_guidance": candidate.text_guidance,
-            "image_guidance": candidate.image_guidance, "steps": candidate.steps,
-            "checkpoint": candidate.checkpoint}
+    return {
+        "position": candidate.position,
+        "seed": candidate.seed,
+        "text_guidance": candidate.text_guidance,
+        "image_guidance": candidate.image_guidance,
+        "steps": candidate.steps,
+        "checkpoint": candidate.checkpoint,
+    }
 
 
 def _pick_dict(pick: Pick) -> dict:
-    return {"id": pick.id, "candidate_id": pick.candidate_id, "slot": pick.slot,
-            "created_at": pick.created_at.isoformat() if pick.created_at else None}
+    return {
+        "id": pick.id,
+        "candidate_id": pick.candidate_id,
+        "slot": pick.slot,
+        "created_at": pick.created_at.isoformat() if pick.created_at else None,
+    }

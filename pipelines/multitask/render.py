@@ -1,7 +1,7 @@
 """Pure image operations of the multi-task renderers: square crops, circles, colour overlays.
 
 The colours, radius and opacity come from :mod:`storage.visual_prompts`, which the decoders in
-``quality/task_metrics`` import too, so what is drawn here is what is read back there.
+``quality/task_decoders`` import too, so what is drawn here is what is read back there.
 """
 
 from __future__ import annotations

@@ -23,10 +23,12 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from typer.testing import CliRunner
 
 from flows.commands.model import register
+from model.build import build_models
+from model.checkpoints import checkpoint_dirs
 from model.config import TrainConfig, load_train_config
 from model.curriculum import DONE_MARKER, StageNotReady, plan_stages, run_curriculum
 from model.data import SourceSet, StreamSettings, StreamState, make_loader
-from model.trainer import build_models, checkpoint_dirs, encode_text, train, training_step
+from model.trainer import encode_text, train, training_step
 
 REPO = Path(__file__).resolve().parents[2]
 DATA = {"resolution": 24, "num_workers": 0, "shuffle_buffer": 16, "shards_per_block": 2}

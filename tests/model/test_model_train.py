@@ -17,11 +17,13 @@ import yaml
 from safetensors.torch import load_file
 from small_training import small_config
 
+from model.build import build_models
+from model.checkpoints import checkpoint_dirs
 from model.config import CFGDropout, load_train_config
 from model.data import SourceSet, StreamSettings, StreamState, make_loader
 from model.inference import EditSettings, edit_image, load_edit_pipeline
 from model.latent_cache import build_latent_cache, cache_folder
-from model.trainer import build_models, cfg_masks, checkpoint_dirs, encode_text, train, training_step
+from model.trainer import cfg_masks, encode_text, train, training_step
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -21,7 +21,8 @@ from pipelines.multitask.config import (
 )
 from pipelines.multitask.render import draw_circles
 from pipelines.multitask.stage import iter_multitask_records, multitask_stage
-from quality.task_metrics import OutputFolder, evaluate_task_outputs, keypoint_ap
+from quality.task_evaluation import OutputFolder, evaluate_task_outputs
+from quality.task_metrics import keypoint_ap
 from storage.commit import commit_batch
 from storage.images import encode_image
 from storage.schema import Drop, Sample

@@ -33,7 +33,8 @@ from pipelines.multitask.config import (
 from pipelines.multitask.degradations import DEGRADATIONS, TASK_OF, degrade
 from pipelines.multitask.stage import iter_multitask_records, multitask_stage
 from pipelines.multitask.templates import TEMPLATES, keypoint_instruction
-from quality.task_metrics import decode_keypoint, decode_mask, mask_iou
+from quality.task_decoders import decode_keypoint, decode_mask
+from quality.task_metrics import mask_iou
 from storage.schema import Drop, Sample, Task
 from storage.visual_prompts import COLOR_NAMES, keypoint_radius
 

@@ -10,7 +10,8 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from pipelines.multitask.render import contrasting_colors, draw_circles, mask_overlay, neighbourhood_color
-from quality.task_metrics import decode_keypoint, decode_mask, mask_iou
+from quality.task_decoders import decode_keypoint, decode_mask
+from quality.task_metrics import mask_iou
 from storage.visual_prompts import COLOR_NAMES, COLORS, MIN_CONTRAST, MIN_MASK_ALPHA, keypoint_radius
 
 SETTINGS = settings(

@@ -14,13 +14,8 @@ import typer
 from scipy.stats import spearmanr
 from typer.testing import CliRunner
 
-from quality.giqa import (
-    KnnGiqa,
-    ReferenceIndexSettings,
-    brute_force_giqa,
-    build_reference_index,
-    load_reference_index,
-)
+from quality.giqa import KnnGiqa, brute_force_giqa
+from quality.giqa_index import ReferenceIndexSettings, build_reference_index, load_reference_index
 
 REPO = Path(__file__).resolve().parents[2]
 

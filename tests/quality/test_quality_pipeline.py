@@ -169,7 +169,8 @@ def test_giqa_scores_with_a_reference_index(
 ):
     from quality_helpers import picture
 
-    from quality.giqa import GiqaConfig, ReferenceIndexSettings, build_reference_index
+    from quality.giqa import GiqaConfig
+    from quality.giqa_index import ReferenceIndexSettings, build_reference_index
 
     references = embedder.embed_images([picture(1000 + i) for i in range(20)])
     np.save(tmp_path / "refs.npy", references)

@@ -1,0 +1,75 @@
+"""The models an InstructPix2Pix-style run trains: the base checkpoint's parts, its UNet widened.
+
+:func:`build_models` loads tokenizer, text encoder, VAE, UNet and noise scheduler from
+``config.base_model`` (diffusers layout), freezes the VAE and text encoder, and widens the UNet's
+``conv_in`` from 4 to 8 input channels (noisy target latent + source-image latent) with the new
+weights at zero, so the widened model starts out as the base model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+from diffusers.models.attention_processor import AttnProcessor2_0
+from diffusers.training_utils import EMAModel
+from transformers import CLIPTextModel, CLIPTokenizer
+
+from model.config import TrainConfig
+
+LATENT_CHANNELS_IN = 8  # noisy target latent + source-image latent
+
+
+@dataclass
+class Models:
+    """The parts of one run; ``ema`` holds the UNet's moving average when ``config.use_ema``."""
+
+    tokenizer: CLIPTokenizer
+    text_encoder: CLIPTextModel
+    vae: AutoencoderKL
+    unet: UNet2DConditionModel
+    noise_scheduler: DDPMScheduler
+    ema: EMAModel | None = None
+
+
+def widen_conv_in(unet: UNet2DConditionModel, in_channels: int = LATENT_CHANNELS_IN) -> UNet2DConditionModel:
+    """Give the UNet ``in_channels`` inputs; the new input weights start at zero (InstructPix2Pix)."""
+    old = unet.conv_in
+    if old.in_channels == in_channels:
+        return unet
+    if old.in_channels > in_channels:
+        raise ValueError(f"the UNet already takes {old.in_channels} channels, more than {in_channels}")
+    new = torch.nn.Conv2d(in_channels, old.out_channels, old.kernel_size, old.stride, old.padding)
+    with torch.no_grad():
+        new.weight.zero_()
+        new.weight[:, : old.in_channels].copy_(old.weight)
+        new.bias.copy_(old.bias)
+    unet.conv_in = new.to(device=old.weight.device, dtype=old.weight.dtype)
+    unet.register_to_config(in_channels=in_channels)
+    return unet
+
+
+def build_models(config: TrainConfig, frozen_dtype: torch.dtype = torch.float32) -> Models:
+    """Load the base checkpoint's parts; freeze VAE and text encoder; widen and prepare the UNet."""
+    base = config.base_model
+    tokenizer = CLIPTokenizer.from_pretrained(base, subfolder="tokenizer")
+    text_encoder = CLIPTextModel.from_pretrained(base, subfolder="text_encoder", dtype=frozen_dtype)
+    vae = AutoencoderKL.from_pretrained(base, subfolder="vae", dtype=frozen_dtype)
+    unet = widen_conv_in(UNet2DConditionModel.from_pretrained(base, subfolder="unet"))
+    noise_scheduler = DDPMScheduler.from_pretrained(base, subfolder="scheduler")
+    vae.requires_grad_(False)
+    text_encoder.requires_grad_(False)
+    unet.set_attn_processor(AttnProcessor2_0())  # PyTorch scaled-dot-product attention
+    if config.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+    unet.train()
+    ema = None
+    if config.use_ema:
+        ema = EMAModel(
+            unet.parameters(),
+            decay=config.ema_decay,
+            model_cls=UNet2DConditionModel,
+            model_config=unet.config,
+        )
+    return Models(tokenizer, text_encoder, vae, unet, noise_scheduler, ema)

@@ -13,6 +13,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
+import pyarrow.parquet as pq
 from prefect import get_run_logger, task
 from prefect.artifacts import (
     create_markdown_artifact,
@@ -160,7 +161,7 @@ def run_stage(
         stage=stage, resumed_records=len(done), duplicate_records=len(duplicates), manifest=consolidated
     )
     publish_summary(stage, summary)
-    publish_sample_table(stage, stage_url)
+    publish_sample_table(stage, consolidated)
     logger.info("%s: kept %d, dropped %s", stage, summary["kept"], summary["dropped"])
     return summary
 
@@ -193,11 +194,15 @@ def publish_summary(stage: str, summary: dict) -> None:
     )
 
 
-def publish_sample_table(stage: str, stage_url: str, limit: int = 10) -> None:
-    """A table of a few kept samples (key, task, instruction, shard)."""
-    frame = manifest.read_manifest(stage_url)
-    kept = frame[frame["kept"]].head(limit)
-    rows = kept[["key", "task", "instruction", "instruction_source", "image_id", "shard"]].to_dict("records")
+SAMPLE_COLUMNS = ["key", "kept", "task", "instruction", "instruction_source", "image_id", "shard"]
+
+
+def publish_sample_table(stage: str, manifest_url: str, limit: int = 10) -> None:
+    """A table of a few kept samples (key, task, instruction, shard), from the consolidated manifest."""
+    filesystem, path = fs.get_fs(manifest_url)
+    with filesystem.open(path, "rb") as handle:
+        frame = pq.read_table(handle, columns=SAMPLE_COLUMNS).to_pandas()
+    rows = frame[frame["kept"]].head(limit).drop(columns="kept").to_dict("records")
     if rows:
         create_table_artifact(
             rows, key=f"{artifact_key(stage)}-samples", description=f"{stage}: a few samples"

@@ -101,39 +101,23 @@ def _pairs(
         "area_fraction": round(region.area_fraction, 5),
         "mask_change": round(change, 3),
     }
-    instruction, source = render("remove", remove_key, phrase=record.phrase)
-    remove = Sample(
-        meta=SampleMeta(
-            key=remove_key,
-            task=Task.REMOVE,
+
+    def pair(task: Task, source: np.ndarray, target_image: np.ndarray, details: dict) -> Sample:
+        key = sample_key(task, provenance, generator)
+        instruction, instruction_source = render(str(task), key, phrase=record.phrase)
+        meta = SampleMeta(
+            key=key,
+            task=task,
             instruction=instruction,
-            instruction_source=source,
+            instruction_source=instruction_source,
             provenance=provenance,
             generator=generator,
             record_id=record.record_id,
-            extra=extra,
-        ),
-        source=region.image,
-        target=target,
-        mask=region.mask,
-    )
+            extra=details,
+        )
+        return Sample(meta=meta, source=source, target=target_image, mask=region.mask)
+
+    remove = pair(Task.REMOVE, region.image, target, extra)
     if not settings.make_add_pairs:
         return [remove]
-    add_key = sample_key(Task.ADD, provenance, generator)
-    instruction, source = render("add", add_key, phrase=record.phrase)
-    add = Sample(
-        meta=SampleMeta(
-            key=add_key,
-            task=Task.ADD,
-            instruction=instruction,
-            instruction_source=source,
-            provenance=provenance,
-            generator=generator,
-            record_id=record.record_id,
-            extra={**extra, "reverse_of": remove_key},
-        ),
-        source=target,
-        target=region.image,
-        mask=region.mask,
-    )
-    return [remove, add]
+    return [remove, pair(Task.ADD, target, region.image, {**extra, "reverse_of": remove_key})]

@@ -21,10 +21,10 @@ import requests
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "web"))
 
-from pipelines.web.build import build_crawl  # noqa: E402
-from pipelines.web.config import WebEditsConfig  # noqa: E402
-from pipelines.web.crawl import CrawledPost  # noqa: E402
-from pipelines.web.pairing import web_edits_stage  # noqa: E402
+from ieiw.pipelines.web.build import build_crawl  # noqa: E402
+from ieiw.pipelines.web.config import WebEditsConfig  # noqa: E402
+from ieiw.pipelines.web.crawl import CrawledPost  # noqa: E402
+from ieiw.pipelines.web.pairing import web_edits_stage  # noqa: E402
 
 
 def serve(posts: int, delay: float, ready, stop) -> None:

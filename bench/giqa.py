@@ -3,13 +3,13 @@
 Synthetic clustered reference vectors (unit-length, like CLIP embeddings; clusters of different
 spreads, so that GIQA scores vary the way they do between dense and sparse regions of a real
 photo collection) are written as ``.npy`` shards and indexed by the production code
-(:func:`quality.giqa_index.build_reference_index`, IVF-PQ on disk). Queries from the same distribution
+(:func:`ieiw.quality.giqa_index.build_reference_index`, IVF-PQ on disk). Queries from the same distribution
 are scored by
 
 - brute force, as the GIQA authors' code does: every query against every reference, exact
   distances (here with BLAS matrix products, a stronger baseline than a per-query loop), timed
   on ``--brute-queries`` queries, since all of them would take long;
-- the FAISS index (:class:`quality.giqa.KnnGiqa`), timed on all ``--queries`` queries, once per
+- the FAISS index (:class:`ieiw.quality.giqa.KnnGiqa`), timed on all ``--queries`` queries, once per
   ``--nprobe`` value (lists searched per query: the speed/recall knob).
 
 Printed: queries per second of each, the ratio, the Spearman correlation of the two scores on the
@@ -30,8 +30,8 @@ from pathlib import Path
 import numpy as np
 from scipy.stats import spearmanr
 
-from quality.giqa import KnnGiqa
-from quality.giqa_index import ReferenceIndexSettings, build_reference_index, load_reference_index
+from ieiw.quality.giqa import KnnGiqa
+from ieiw.quality.giqa_index import ReferenceIndexSettings, build_reference_index, load_reference_index
 
 
 def clustered(n: int, centers: np.ndarray, spreads: np.ndarray, rng: np.random.Generator) -> np.ndarray:

@@ -27,7 +27,7 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 
 def make_dataset(root: str, count: int, size: int = 256, seed: int = 0) -> tuple[str, str]:
     """Crops of the bundled photographs with one random polygon each, in PhraseCut format."""
-    from pipelines.sources.demo import DEMO_IMAGES, demo_photo
+    from ieiw.pipelines.sources.demo import DEMO_IMAGES, demo_photo
 
     rng = np.random.default_rng(seed)
     photos = [_at_least(demo_photo(name), size + 1) for name in DEMO_IMAGES.values()]
@@ -72,10 +72,10 @@ def _at_least(photo: np.ndarray, side: int) -> np.ndarray:
 
 
 def direct(config, output: str) -> float:
-    from pipelines.inpaint import build_inpainter
-    from pipelines.removal import removal_stage
-    from pipelines.sources.phrasecut import iter_records
-    from storage.commit import batch_name, commit_batch
+    from ieiw.pipelines.inpaint import build_inpainter
+    from ieiw.pipelines.removal import removal_stage
+    from ieiw.pipelines.sources.phrasecut import iter_records
+    from ieiw.storage.commit import batch_name, commit_batch
 
     started = time.perf_counter()
     inpainter = build_inpainter(config.inpaint)
@@ -87,10 +87,10 @@ def direct(config, output: str) -> float:
 
 
 def through_flow(config, output: str) -> float:
-    from flows.config import RunnerConfig
-    from flows.models import clear_models
-    from flows.removal import removal
-    from flows.runners import make_task_runner
+    from ieiw.flows.config import RunnerConfig
+    from ieiw.flows.models import clear_models
+    from ieiw.flows.removal import removal
+    from ieiw.flows.runners import make_task_runner
 
     clear_models()
     runner = RunnerConfig(task_runner="threads", max_workers=1, max_in_flight=2)
@@ -108,7 +108,7 @@ def main() -> None:
 
     from prefect.testing.utilities import prefect_test_harness
 
-    from flows.config import RemovalConfig
+    from ieiw.flows.config import RemovalConfig
 
     with tempfile.TemporaryDirectory() as root, prefect_test_harness(server_startup_timeout=120):
         annotations, images = make_dataset(root, args.images)

@@ -8,7 +8,7 @@ times, per task and in one run:
   square (the person's crop for keypoints) and resize it to the build resolution, and encode
   the tar members a sample has (source and target, plus the mask for segmentation) as the
   shard writer does;
-- rendering: the production readers and stage (:func:`pipelines.multitask.stage.multitask_stage`)
+- rendering: the production readers and stage (:func:`ieiw.pipelines.multitask.stage.multitask_stage`)
   and the same encoding of the samples they return.
 
 Printed: pairs per second of each and the ratio rendering / floor (goal: >= 0.7, since rendering
@@ -29,7 +29,7 @@ import time
 import numpy as np
 from PIL import Image
 
-from pipelines.multitask.config import (
+from ieiw.pipelines.multitask.config import (
     CocoKeypointSource,
     CocoStuffSource,
     EnhancementConfig,
@@ -38,12 +38,12 @@ from pipelines.multitask.config import (
     SegmentationConfig,
     SyntheticSource,
 )
-from pipelines.multitask.keypoint_sources import COCO_JOINTS
-from pipelines.multitask.render import load_rgb, resize_square, window_around_box, window_around_mask
-from pipelines.multitask.stage import iter_multitask_records, multitask_stage
-from storage.images import encode_image
-from storage.schema import Drop, Sample
-from storage.shards import ShardSpec, encode_sample
+from ieiw.pipelines.multitask.keypoint_sources import COCO_JOINTS
+from ieiw.pipelines.multitask.render import load_rgb, resize_square, window_around_box, window_around_mask
+from ieiw.pipelines.multitask.stage import iter_multitask_records, multitask_stage
+from ieiw.storage.images import encode_image
+from ieiw.storage.schema import Drop, Sample
+from ieiw.storage.shards import ShardSpec, encode_sample
 
 
 def photo(width: int, height: int, rng: np.random.Generator) -> np.ndarray:

@@ -17,8 +17,8 @@ import time
 import faiss
 import numpy as np
 
-from pipelines.replacement.database import ObjectDatabase, write_part
-from pipelines.replacement.index import IndexConfig, build_index
+from ieiw.pipelines.replacement.database import ObjectDatabase, write_part
+from ieiw.pipelines.replacement.index import IndexConfig, build_index
 
 
 def synthetic(count: int, dim: int, clusters: int, rng: np.random.Generator) -> np.ndarray:

@@ -32,10 +32,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from model.candidates import CandidateHeader, CandidateSet, CandidateSetting, write_candidate_sets  # noqa: E402
-from model.review.serve import free_port  # noqa: E402
-from model.review.store import ReviewStore  # noqa: E402
-from model.review.tables import Pick, Reviewer  # noqa: E402
+from ieiw.model.candidates import CandidateHeader, CandidateSet, CandidateSetting, write_candidate_sets  # noqa: E402
+from ieiw.model.review.serve import free_port  # noqa: E402
+from ieiw.model.review.store import ReviewStore  # noqa: E402
+from ieiw.model.review.tables import Pick, Reviewer  # noqa: E402
 
 CANDIDATES = 8
 
@@ -56,9 +56,9 @@ def write_candidates(folder: str, samples: int, size: int = 16) -> None:
 
 
 def run_server(db_url: str, candidates: str, port: int) -> None:
-    from model.candidates import CandidateIndex
-    from model.review.app import create_app
-    from model.review.serve import serve
+    from ieiw.model.candidates import CandidateIndex
+    from ieiw.model.review.app import create_app
+    from ieiw.model.review.serve import serve
 
     serve(create_app(ReviewStore(db_url), CandidateIndex.build(candidates)), port=port)
 
@@ -144,7 +144,7 @@ def main() -> None:
         candidates = f"{tmp}/candidates"
         write_candidates(candidates, samples_each * (2 * args.reviewers + 1))
         store = ReviewStore(db_url)
-        from model.candidates import iter_candidate_headers
+        from ieiw.model.candidates import iter_candidate_headers
 
         store.import_candidates(iter_candidate_headers(candidates))
         names = [f"r{i:03d}" for i in range(2 * args.reviewers + 1)]

@@ -25,9 +25,9 @@ from removal_overhead import make_dataset  # noqa: E402  (bench scripts share th
 
 
 def run(config, output: str, workers: int) -> float:
-    from flows.config import RunnerConfig
-    from flows.removal import removal
-    from flows.runners import make_task_runner
+    from ieiw.flows.config import RunnerConfig
+    from ieiw.flows.removal import removal
+    from ieiw.flows.runners import make_task_runner
 
     runner = RunnerConfig(task_runner="dask", max_workers=workers, max_in_flight=2 * workers)
     started = time.perf_counter()
@@ -47,7 +47,7 @@ def main() -> None:
 
     from prefect.testing.utilities import prefect_test_harness
 
-    from flows.config import RemovalConfig
+    from ieiw.flows.config import RemovalConfig
 
     with tempfile.TemporaryDirectory() as root, prefect_test_harness(server_startup_timeout=120):
         annotations, images = make_dataset(root, args.images, size=args.size)

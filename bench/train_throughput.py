@@ -5,7 +5,7 @@ channels on a GPU; a tiny one on the CPU so the script stays tested) at 256 px o
 
 - baseline, as the common reference scripts are written: fp32 weights under fp16 autocast with a
   gradient scaler, the VAE encoding source and target on the fly every step, no compile;
-- ours: :func:`model.trainer.training_step` under ``accelerate`` bf16 mixed precision, reading
+- ours: :func:`ieiw.model.trainer.training_step` under ``accelerate`` bf16 mixed precision, reading
   cached latents (the latent-cache pass), fused AdamW, optionally ``torch.compile``.
 
 Prints images per second, the ratio, and the model FLOPs utilisation (UNet training FLOPs,
@@ -31,9 +31,9 @@ from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-from model.build import Models
-from model.config import TrainConfig
-from model.trainer import encode_text, training_step
+from ieiw.model.build import Models
+from ieiw.model.config import TrainConfig
+from ieiw.model.trainer import encode_text, training_step
 
 PEAK_BF16_TFLOPS = {"H200": 989.0, "H100 SXM": 989.0, "H100 PCIe": 756.0, "H100": 989.0, "A100": 312.0,
                     "L40S": 362.0, "L4": 121.0, "A10": 125.0, "4090": 165.0, "V100": 125.0}

@@ -14,20 +14,20 @@ import yaml
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
-from flows.config import BuildConfig, load_config
-from flows.filter import filter_flow
-from flows.multitask import multitask
-from flows.removal import removal
-from flows.replacement import replacement
-from flows.runners import make_task_runner
-from flows.score import score_flow
-from flows.storage_errors import store_errors
-from flows.web_edits import web_edits
-from pipelines.sources.demo import materialize_demo_images
-from quality.data_card import render_data_card, write_data_card
-from storage import fs, manifest
-from storage.gallery import write_gallery
-from storage.shards import iter_samples
+from ieiw.flows.config import BuildConfig, load_config
+from ieiw.flows.filter import filter_flow
+from ieiw.flows.multitask import multitask
+from ieiw.flows.removal import removal
+from ieiw.flows.replacement import replacement
+from ieiw.flows.runners import make_task_runner
+from ieiw.flows.score import score_flow
+from ieiw.flows.storage_errors import store_errors
+from ieiw.flows.web_edits import web_edits
+from ieiw.pipelines.sources.demo import materialize_demo_images
+from ieiw.quality.data_card import render_data_card, write_data_card
+from ieiw.storage import fs, manifest
+from ieiw.storage.gallery import write_gallery
+from ieiw.storage.shards import iter_samples
 
 # Generators in the order they run; each is a flow taking (section, output, shards, runner).
 GENERATORS = {"removal": removal, "replacement": replacement, "web_edits": web_edits, "multitask": multitask}
@@ -45,7 +45,8 @@ def _device() -> str:
 def ieiw_build(config: BuildConfig | str, stages: list[str] | None = None) -> dict:
     """Run the configured stages (or only ``stages``), then write the gallery and the data card.
 
-    ``config`` is a build config or the path of its YAML file (as deployments pass it).
+    ``config`` is a build config or the path of its YAML file (as deployments pass it); ``"demo"`` is
+    the packaged demo.
     """
     logger = get_run_logger()
     if isinstance(config, str):

@@ -7,14 +7,18 @@ import itertools
 import os
 import subprocess
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from storage import manifest
-from storage.gallery import write_gallery
-from storage.shards import expand_shard_urls, iter_metas, iter_samples
+from ieiw.storage import manifest
+from ieiw.storage.gallery import write_gallery
+from ieiw.storage.shards import expand_shard_urls, iter_metas, iter_samples
+
+if TYPE_CHECKING:
+    from ieiw.flows.config import BuildConfig
 
 app = typer.Typer(
     help="Build instruction-editing datasets (IEIW recipe) and train on them.",
@@ -22,28 +26,24 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
 )
 console = Console()
-REPO_ROOT = Path(__file__).resolve().parent.parent
-DEMO_CONFIG = REPO_ROOT / "configs" / "demo.yaml"
 
 
 @app.command()
 def server(host: str = "127.0.0.1", port: int = 4200) -> None:
     """Start a local Prefect server (SQLite) in the foreground; the UI is at http://HOST:PORT."""
-    from flows.server import prefect_executable
+    from ieiw.flows.server import prefect_executable
 
     raise typer.Exit(
         subprocess.call([prefect_executable(), "server", "start", "--host", host, "--port", str(port)])
     )
 
 
-def _run_build(config_path: Path, stages: list[str] | None) -> dict:
+def _run_build(config: BuildConfig, stages: list[str] | None) -> dict:
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from flows.build import ieiw_build
-    from flows.config import load_config
-    from flows.server import ensure_server, ui_url
+    from ieiw.flows.build import ieiw_build
+    from ieiw.flows.server import ensure_server, ui_url
 
-    config = load_config(config_path)
     api_url = ensure_server()
     console.print(f"Prefect UI: [bold]{ui_url(api_url)}[/bold]")
     with temporary_settings(updates={PREFECT_API_URL: api_url}):
@@ -56,19 +56,25 @@ def build(
     stage: list[str] = typer.Option(None, "--stage", help="run only these stages (repeatable)"),
 ) -> None:
     """Run a build from its YAML config against the configured (or a local) Prefect server."""
-    result = _run_build(config, stage or None)
+    from ieiw.flows.config import load_config
+
+    result = _run_build(load_config(config), stage or None)
     for name, summary in result["stages"].items():
         console.print(f"[bold]{name}[/bold]: kept {summary['kept']}, dropped {summary['dropped']}")
     console.print(f"Gallery: [bold]{result['gallery']}[/bold]")
 
 
 @app.command()
-def demo() -> None:
-    """Build the demo dataset from the bundled photographs (configs/demo.yaml) and write the gallery."""
-    from flows.config import load_config
+def demo(
+    output: Path = typer.Option(
+        None, "--output", help="folder the demo writes to (default: $IEIW_DEMO_DIR or ./.ieiw/demo)"
+    ),
+) -> None:
+    """Build the demo dataset from the bundled photographs (the packaged demo config), then the gallery."""
+    from ieiw.flows.config import load_demo_config
 
-    config = load_config(DEMO_CONFIG)
-    result = _run_build(DEMO_CONFIG, None)
+    config = load_demo_config(output)
+    result = _run_build(config, None)
     for name, summary in result["stages"].items():
         console.print(f"{name}: kept {summary['kept']} samples, dropped {summary['dropped'] or 'none'}")
         console.print(f"  shards: {os.path.join(config.output, name, 'shards')}")
@@ -126,7 +132,7 @@ def gallery(
 
 
 def _register_area_commands() -> None:
-    from flows.commands import AREAS
+    from ieiw.flows.commands import AREAS
 
     for register in AREAS:
         register(app)

@@ -3,21 +3,22 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
-from pipelines.inpaint.factory import InpaintConfig
-from pipelines.multitask.config import MultitaskConfig
-from pipelines.removal import RemovalSettings
-from pipelines.replacement.config import ReplacementConfig
-from pipelines.sources.phrasecut import RegionSettings
-from pipelines.web.config import WebEditsConfig
-from quality.config import QualityConfig
-from storage.fs import resolve_path
-from storage.shards import ShardSpec
+from ieiw.pipelines.inpaint.factory import InpaintConfig
+from ieiw.pipelines.multitask.config import MultitaskConfig
+from ieiw.pipelines.removal import RemovalSettings
+from ieiw.pipelines.replacement.config import ReplacementConfig
+from ieiw.pipelines.sources.phrasecut import RegionSettings
+from ieiw.pipelines.web.config import WebEditsConfig
+from ieiw.quality.config import QualityConfig
+from ieiw.storage.fs import resolve_path
+from ieiw.storage.shards import ShardSpec
 
 
 class RunnerConfig(BaseModel):
@@ -141,11 +142,60 @@ def resolve_tree(node: Any, base: Path) -> Any:
     return node
 
 
-def load_config(path: str | os.PathLike) -> BuildConfig:
-    """Read a build config; relative paths in it are relative to the file's folder."""
+DEMO = "demo"  # as a config path: the packaged demo build (``ieiw demo``, the deployments' default)
+DEMO_DIR_VARIABLE = "IEIW_DEMO_DIR"
+_VARIABLE = re.compile(r"\$\{(\w+)\}|\$(\w+)")
+
+
+def expand_variables(node: Any, variables: dict[str, str]) -> Any:
+    """Replace ``${NAME}`` and ``$NAME`` in every string of a raw config tree from ``variables``, then
+    the environment; a name set in neither is a clear error instead of a folder called ``$NAME``."""
+    if isinstance(node, dict):
+        return {key: expand_variables(value, variables) for key, value in node.items()}
+    if isinstance(node, list):
+        return [expand_variables(item, variables) for item in node]
+    if not isinstance(node, str) or "$" not in node:
+        return node
+
+    def substitute(match: re.Match) -> str:
+        name = match.group(1) or match.group(2)
+        value = variables.get(name, os.environ.get(name))
+        if value is None:
+            raise ValueError(f"the config uses ${{{name}}} in {node!r}, but {name} is not set")
+        return value
+
+    return _VARIABLE.sub(substitute, node)
+
+
+def demo_dir_default() -> str:
+    """Where the demo writes: ``$IEIW_DEMO_DIR``, else ``./.ieiw/demo`` under the current folder."""
+    return os.path.abspath(os.environ.get(DEMO_DIR_VARIABLE) or os.path.join(".ieiw", "demo"))
+
+
+def demo_config_path() -> Path:
+    from ieiw.flows.resources import DEMO_CONFIG, resource_path
+
+    return resource_path(DEMO_CONFIG)
+
+
+def load_demo_config(workdir: str | os.PathLike | None = None) -> BuildConfig:
+    """The packaged demo build, writing under ``workdir`` (default :func:`demo_dir_default`)."""
+    folder = os.path.abspath(os.fspath(workdir)) if workdir is not None else demo_dir_default()
+    return load_config(demo_config_path(), variables={DEMO_DIR_VARIABLE: folder})
+
+
+def load_config(path: str | os.PathLike, variables: dict[str, str] | None = None) -> BuildConfig:
+    """Read a build config; relative paths in it are relative to the file's folder.
+
+    ``path`` may be :data:`DEMO` for the packaged demo. ``${NAME}`` in a value comes from
+    ``variables`` or the environment.
+    """
+    if str(path) == DEMO and variables is None:
+        return load_demo_config()
     path = Path(path)
     with open(path, encoding="utf-8") as handle:
         raw = yaml.safe_load(handle) or {}
+    raw = expand_variables(raw, variables or {})
     base = path.resolve().parent
     config = BuildConfig.model_validate(resolve_tree(raw, base))
     if config.replacement is not None:  # its model fields may be hub ids, its database a folder it writes

@@ -10,10 +10,10 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import WorkPoolCreate
 from prefect.exceptions import ObjectNotFound
 
-from flows.models import GPU_TAG
-from flows.server import prefect_executable
+from ieiw.flows.models import GPU_TAG
+from ieiw.flows.resources import DEPLOYMENTS, resource_path
+from ieiw.flows.server import prefect_executable
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 WORK_POOL = "ieiw-process"
 
 
@@ -43,11 +43,12 @@ def gpu_slots_default() -> int:
         return 1
 
 
-def deploy(names: list[str] | None = None, project_dir: Path = REPO_ROOT) -> str:
-    """Run `prefect deploy` on this project's prefect.yaml (all deployments, or the named ones)."""
-    command = [prefect_executable(), "--no-prompt", "deploy"]
+def deploy(names: list[str] | None = None, prefect_file: Path | None = None) -> str:
+    """Run `prefect deploy` on the packaged prefect.yaml (all deployments, or the named ones)."""
+    prefect_file = prefect_file or resource_path(DEPLOYMENTS)
+    command = [prefect_executable(), "--no-prompt", "deploy", "--prefect-file", str(prefect_file)]
     command += [arg for name in names for arg in ("--name", name)] if names else ["--all"]
-    result = subprocess.run(command, cwd=project_dir, capture_output=True, text=True, env=os.environ.copy())
+    result = subprocess.run(command, capture_output=True, text=True, env=os.environ.copy())
     if result.returncode != 0:
         raise RuntimeError(f"prefect deploy failed:\n{result.stdout}\n{result.stderr}")
     return result.stdout

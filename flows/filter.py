@@ -1,7 +1,7 @@
 """The ``filter`` flow: apply the policy to scored candidates, write the final shards, manifest and report.
 
 Thin: it computes the build-wide duplicate and eval-leak flags once, maps
-:func:`quality.filtering.run_filter_shard` over the candidate shards (a rerun skips committed
+:func:`ieiw.quality.filtering.run_filter_shard` over the candidate shards (a rerun skips committed
 batches), consolidates the manifest, writes the report and publishes artifacts (counts by drop
 reason, histograms before and after, links to the HTML pages).
 """
@@ -14,12 +14,12 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NONE
 
-from flows.score import candidate_shards, markdown_images, scoring_models, shared_cache
-from quality.config import QualityConfig, default_scores_url
-from quality.filtering import eval_set_from_urls, prepare_flags, read_flags, run_filter_shard
-from quality.report import write_report
-from quality.scoring import read_scores
-from storage import fs, manifest
+from ieiw.flows.score import candidate_shards, markdown_images, scoring_models, shared_cache
+from ieiw.quality.config import QualityConfig, default_scores_url
+from ieiw.quality.filtering import eval_set_from_urls, prepare_flags, read_flags, run_filter_shard
+from ieiw.quality.report import write_report
+from ieiw.quality.scoring import read_scores
+from ieiw.storage import fs, manifest
 
 
 @task(name="filter-shard", cache_policy=NONE)

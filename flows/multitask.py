@@ -6,16 +6,16 @@ import json
 
 from prefect import flow
 
-from flows.config import RunnerConfig
-from flows.models import cached_model
-from flows.stage_runner import run_stage
-from pipelines.multitask.captions import load_captions
-from pipelines.multitask.config import MultitaskConfig
-from pipelines.multitask.records import MultitaskRecord
-from pipelines.multitask.stage import iter_multitask_records, multitask_stage
-from storage import fs
-from storage.schema import Result
-from storage.shards import ShardSpec
+from ieiw.flows.config import RunnerConfig
+from ieiw.flows.models import cached_model
+from ieiw.flows.stage_runner import run_stage
+from ieiw.pipelines.multitask.captions import load_captions
+from ieiw.pipelines.multitask.config import MultitaskConfig
+from ieiw.pipelines.multitask.records import MultitaskRecord
+from ieiw.pipelines.multitask.stage import iter_multitask_records, multitask_stage
+from ieiw.storage import fs
+from ieiw.storage.schema import Result
+from ieiw.storage.shards import ShardSpec
 
 STAGE = "multitask"
 

@@ -8,16 +8,16 @@ from collections.abc import Iterator
 import ijson
 from prefect import flow
 
-from flows.config import RemovalConfig, RunnerConfig
-from flows.models import cached_model, gpu_tags
-from flows.stage_runner import run_stage
-from pipelines.inpaint import build_inpainter
-from pipelines.removal import removal_stage
-from pipelines.sources.demo import materialize_demo_images
-from pipelines.sources.phrasecut import PhraseCutRecord, iter_records
-from storage import fs
-from storage.schema import Drop, Result
-from storage.shards import ShardSpec
+from ieiw.flows.config import RemovalConfig, RunnerConfig
+from ieiw.flows.models import cached_model, gpu_tags
+from ieiw.flows.stage_runner import run_stage
+from ieiw.pipelines.inpaint import build_inpainter
+from ieiw.pipelines.removal import removal_stage
+from ieiw.pipelines.sources.demo import materialize_demo_images
+from ieiw.pipelines.sources.phrasecut import PhraseCutRecord, iter_records
+from ieiw.storage import fs
+from ieiw.storage.schema import Drop, Result
+from ieiw.storage.shards import ShardSpec
 
 STAGE = "removal"
 

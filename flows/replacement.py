@@ -18,24 +18,24 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from tqdm.auto import tqdm
 
-from flows.config import RunnerConfig
-from flows.models import LOADS, cached_model, gpu_tags
-from flows.stage_runner import artifact_key, run_stage
-from pipelines.instructions.llm import InstructionWriter
-from pipelines.replacement.captions import BlipCaptioner
-from pipelines.replacement.config import ReplacementConfig
-from pipelines.replacement.database import ObjectDatabase, part_names, write_part
-from pipelines.replacement.index import INDEX_DIR, ObjectIndex, build_index
-from pipelines.replacement.labels import ZeroShotLabeler
-from pipelines.replacement.objects import object_batch
-from pipelines.replacement.painting import build_painter
-from pipelines.replacement.sources import build_proposer, iter_records
-from pipelines.replacement.stage import ReplacementModels, replacement_stage
-from quality.embeddings import ClipEmbedder
-from storage import fs
-from storage.commit import batch_name
-from storage.schema import Result
-from storage.shards import ShardSpec
+from ieiw.flows.config import RunnerConfig
+from ieiw.flows.models import LOADS, cached_model, gpu_tags
+from ieiw.flows.stage_runner import artifact_key, run_stage
+from ieiw.pipelines.instructions.llm import InstructionWriter
+from ieiw.pipelines.replacement.captions import BlipCaptioner
+from ieiw.pipelines.replacement.config import ReplacementConfig
+from ieiw.pipelines.replacement.database import ObjectDatabase, part_names, write_part
+from ieiw.pipelines.replacement.index import INDEX_DIR, ObjectIndex, build_index
+from ieiw.pipelines.replacement.labels import ZeroShotLabeler
+from ieiw.pipelines.replacement.objects import object_batch
+from ieiw.pipelines.replacement.painting import build_painter
+from ieiw.pipelines.replacement.sources import build_proposer, iter_records
+from ieiw.pipelines.replacement.stage import ReplacementModels, replacement_stage
+from ieiw.quality.embeddings import ClipEmbedder
+from ieiw.storage import fs
+from ieiw.storage.commit import batch_name
+from ieiw.storage.schema import Result
+from ieiw.storage.shards import ShardSpec
 
 STAGE = "replacement"
 DATABASE_STAGE = "object-database"

@@ -24,12 +24,12 @@ from prefect.artifacts import (
     update_progress_artifact,
 )
 
-from model.candidates import CandidateIndex
-from model.review.agreement import Agreement
-from model.review.app import create_app
-from model.review.reports import Progress
-from model.review.serve import serving
-from model.review.store import ReviewStore
+from ieiw.model.candidates import CandidateIndex
+from ieiw.model.review.agreement import Agreement
+from ieiw.model.review.app import create_app
+from ieiw.model.review.reports import Progress
+from ieiw.model.review.serve import serving
+from ieiw.model.review.store import ReviewStore
 
 
 def reviewed_share(rows: list[Progress]) -> float:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows.config import RunnerConfig
+from ieiw.flows.config import RunnerConfig
 
 
 def make_task_runner(config: RunnerConfig):

@@ -1,6 +1,6 @@
 """The ``score`` flow: embed and score candidate shards into the scores table (resumable per shard).
 
-Thin: it maps :func:`quality.scoring.run_score_shard` over the shards that have no scores part
+Thin: it maps :func:`ieiw.quality.scoring.run_score_shard` over the shards that have no scores part
 yet, with the models loaded once per worker process, and publishes what it found as artifacts
 (a table of counts and mean scores per task, and the score histograms).
 """
@@ -14,12 +14,12 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NONE
 
-from quality.config import QualityConfig, default_scores_url, embedding_cache
-from quality.embeddings import EmbeddingCache
-from quality.report import score_histograms
-from quality.scoring import ScoringModels, is_scored, read_scores, run_score_shard, summary
-from storage import fs, manifest
-from storage.shards import expand_shard_urls
+from ieiw.quality.config import QualityConfig, default_scores_url, embedding_cache
+from ieiw.quality.embeddings import EmbeddingCache
+from ieiw.quality.report import score_histograms
+from ieiw.quality.scoring import ScoringModels, is_scored, read_scores, run_score_shard, summary
+from ieiw.storage import fs, manifest
+from ieiw.storage.shards import expand_shard_urls
 
 _MODELS: dict[str, ScoringModels] = {}
 _CACHES: dict[tuple[str, str], EmbeddingCache] = {}

@@ -2,7 +2,7 @@
 
 Every generator flow is this runner plus its reader and its batch function: the batch function is
 a module-level callable ``fn(records, settings) -> list[Sample | Drop]`` that takes its models from
-:func:`flows.models.cached_model`, so they load once per worker process.
+:func:`ieiw.flows.models.cached_model`, so they load once per worker process.
 """
 
 from __future__ import annotations
@@ -26,12 +26,12 @@ from prefect.futures import PrefectFuture
 from prefect.tasks import exponential_backoff
 from tqdm.auto import tqdm
 
-from flows.config import RunnerConfig
-from flows.storage_errors import store_errors
-from storage import fs, manifest
-from storage.commit import BatchReport, batch_name, commit_batch, merge_reports, prune_orphan_shards
-from storage.schema import Drop, Result
-from storage.shards import ShardSpec
+from ieiw.flows.config import RunnerConfig
+from ieiw.flows.storage_errors import store_errors
+from ieiw.storage import fs, manifest
+from ieiw.storage.commit import BatchReport, batch_name, commit_batch, merge_reports, prune_orphan_shards
+from ieiw.storage.schema import Drop, Result
+from ieiw.storage.shards import ShardSpec
 
 BatchFn = Callable[[list[Any], Any], list[Result]]
 

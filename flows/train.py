@@ -1,4 +1,4 @@
-"""`ieiw_train`: a thin Prefect flow around :mod:`model.curriculum` and :mod:`model.trainer`.
+"""`ieiw_train`: a thin Prefect flow around :mod:`ieiw.model.curriculum` and :mod:`ieiw.model.trainer`.
 
 Each stage of the config (one for a config without ``stages``) runs as its own subflow,
 ``ieiw_train_stage``, named after the stage, with a Markdown artifact of its steps, loss and the
@@ -20,8 +20,8 @@ from pathlib import Path
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
 
-from model.config import load_train_config
-from model.curriculum import (
+from ieiw.model.config import load_train_config
+from ieiw.model.curriculum import (
     check_ready,
     is_complete,
     mix_table,
@@ -42,7 +42,7 @@ def accelerate_command(config_path: str, num_processes: int, stage: str | None =
         "--num_processes",
         str(num_processes),
         "-m",
-        "model.trainer",
+        "ieiw.model.trainer",
         config_path,
     ]
     return command + (["--stage", stage] if stage else [])

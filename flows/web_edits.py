@@ -5,15 +5,15 @@ from __future__ import annotations
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from flows.config import RunnerConfig
-from flows.stage_runner import artifact_key, run_stage
-from pipelines.web.build import build_crawl
-from pipelines.web.config import WebEditsConfig
-from pipelines.web.crawl import CrawledPost
-from pipelines.web.pairing import web_edits_stage
-from storage import fs, manifest
-from storage.schema import Result
-from storage.shards import ShardSpec
+from ieiw.flows.config import RunnerConfig
+from ieiw.flows.stage_runner import artifact_key, run_stage
+from ieiw.pipelines.web.build import build_crawl
+from ieiw.pipelines.web.config import WebEditsConfig
+from ieiw.pipelines.web.crawl import CrawledPost
+from ieiw.pipelines.web.pairing import web_edits_stage
+from ieiw.storage import fs, manifest
+from ieiw.storage.schema import Result
+from ieiw.storage.shards import ShardSpec
 
 STAGE = "web_edits"
 

@@ -16,7 +16,7 @@ from diffusers.models.attention_processor import AttnProcessor2_0
 from diffusers.training_utils import EMAModel
 from transformers import CLIPTextModel, CLIPTokenizer
 
-from model.config import TrainConfig
+from ieiw.model.config import TrainConfig
 
 LATENT_CHANNELS_IN = 8  # noisy target latent + source-image latent
 

@@ -27,10 +27,10 @@ import numpy as np
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
-from storage import fs
-from storage.images import decode_image, encode_image
-from storage.schema import Sample, SampleMeta, stable_key
-from storage.shards import SHARD_SUFFIX, expand_shard_urls, iter_tar_groups
+from ieiw.storage import fs
+from ieiw.storage.images import decode_image, encode_image
+from ieiw.storage.schema import Sample, SampleMeta, stable_key
+from ieiw.storage.shards import SHARD_SUFFIX, expand_shard_urls, iter_tar_groups
 
 FORMAT = "ieiw-candidates/1"
 DEFAULT_TEXT_GUIDANCE = (5.0, 7.5, 10.0, 12.5)
@@ -85,7 +85,7 @@ class CandidateShardWriter:
     """Writes candidate sets into ``<directory>/<prefix>-NNNN.tar``, at most ``max_sets`` per shard.
 
     Each shard is written under a hidden temporary name and renamed when complete
-    (:func:`storage.fs.atomic_open`), so a killed run leaves no half-written shard.
+    (:func:`ieiw.storage.fs.atomic_open`), so a killed run leaves no half-written shard.
     """
 
     def __init__(self, directory: str, prefix: str = "candidates", max_sets: int = 50) -> None:

@@ -19,9 +19,9 @@ from accelerate import Accelerator
 from diffusers import EulerAncestralDiscreteScheduler, StableDiffusionInstructPix2PixPipeline
 from safetensors.torch import load_file, save_file
 
-from model.build import Models
-from model.config import TrainConfig
-from model.data import StreamState
+from ieiw.model.build import Models
+from ieiw.model.config import TrainConfig
+from ieiw.model.data import StreamState
 
 log = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
 The data section is a list of shard sets, each with a sampling weight and the metadata field its
 text comes from (``instruction`` or ``pretrain_caption``). A config may instead list ``stages``
 (the paper's curriculum: caption pre-training, the weighted task mix, instruction tuning), each
-with its own shard sets and a few overrides; :mod:`model.curriculum` turns every stage into a
+with its own shard sets and a few overrides; :mod:`ieiw.model.curriculum` turns every stage into a
 plain single-stage config of this same shape. A config without ``stages`` is one stage.
 """
 
@@ -16,7 +16,7 @@ from typing import Annotated, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
-from storage.fs import resolve_path
+from ieiw.storage.fs import resolve_path
 
 TextField = Literal["instruction", "pretrain_caption"]
 

@@ -3,7 +3,7 @@
 The paper trains in three stages: caption pre-training (text-to-image on the target, the image
 input dropped), task-specific training on the weighted mix, and instruction tuning on human-picked
 edits. Here a stage is a plain single-stage :class:`~model.config.TrainConfig` (built by
-:func:`stage_config`) run by :func:`model.trainer.train` into ``<output_dir>/<stage name>/``, with
+:func:`stage_config`) run by :func:`ieiw.model.trainer.train` into ``<output_dir>/<stage name>/``, with
 ``base_model`` set to the previous stage's saved pipeline (diffusers layout).
 
 A stage is complete when its marker file (written after its final save) is there; a rerun skips
@@ -24,9 +24,9 @@ from pathlib import Path
 import torch
 from accelerate import PartialState
 
-from model.checkpoints import checkpoint_dirs
-from model.config import StageConfig, TrainConfig
-from model.trainer import train
+from ieiw.model.checkpoints import checkpoint_dirs
+from ieiw.model.config import StageConfig, TrainConfig
+from ieiw.model.trainer import train
 
 log = logging.getLogger(__name__)
 

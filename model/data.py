@@ -14,7 +14,7 @@ samples still make up their weight's share of what the trainer sees. Every sampl
 name and :class:`StreamState` counts them, so the trainer logs the shares actually seen.
 
 Two sample layouts are read: images (``src.*``, ``tgt.*``) and cached latents
-(``lat.safetensors``, written by :mod:`model.latent_cache`).
+(``lat.safetensors``, written by :mod:`ieiw.model.latent_cache`).
 """
 
 from __future__ import annotations
@@ -38,10 +38,10 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from webdataset.filters import _shuffle
 from webdataset.tariterators import group_by_keys, tar_file_expander
 
-from storage import fs
-from storage.images import decode_image
-from storage.schema import SampleMeta
-from storage.shards import expand_shard_urls
+from ieiw.storage import fs
+from ieiw.storage.images import decode_image
+from ieiw.storage.schema import SampleMeta
+from ieiw.storage.shards import expand_shard_urls
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ Per sample: the model edits the source with the sample's instruction, then
 - ``clip_text``: output-to-target-caption similarity, when the target caption is known;
 - ``clip_target``: output-to-reference-target image similarity.
 
-The CLIP embedder (:class:`quality.embeddings.ClipEmbedder`, or anything with ``embed_images``
+The CLIP embedder (:class:`ieiw.quality.embeddings.ClipEmbedder`, or anything with ``embed_images``
 and ``embed_texts`` returning unit rows) is loaded once by the caller.
 """
 
@@ -30,10 +30,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
-from model.inference import EditSettings, edit_image  # noqa: E402
-from quality import similarity  # noqa: E402
-from storage.schema import Sample  # noqa: E402
-from storage.shards import iter_samples  # noqa: E402
+from ieiw.model.inference import EditSettings, edit_image  # noqa: E402
+from ieiw.quality import similarity  # noqa: E402
+from ieiw.storage.schema import Sample  # noqa: E402
+from ieiw.storage.shards import iter_samples  # noqa: E402
 
 METRICS = ("clip_direction", "clip_image", "clip_text", "clip_target")
 

@@ -19,8 +19,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
-from storage.schema import SampleMeta
-from storage.shards import expand_shard_urls, iter_tar_groups
+from ieiw.storage.schema import SampleMeta
+from ieiw.storage.shards import expand_shard_urls, iter_tar_groups
 
 FEATURES = datasets.Features({
     "original_image": datasets.Image(),

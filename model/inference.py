@@ -18,7 +18,7 @@ from PIL import Image, UnidentifiedImageError
 from pydantic import BaseModel, ConfigDict, Field
 from tqdm.auto import tqdm
 
-from storage.shards import iter_samples
+from ieiw.storage.shards import iter_samples
 
 log = logging.getLogger(__name__)
 

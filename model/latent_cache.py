@@ -23,11 +23,11 @@ import torch
 from safetensors.torch import save as save_safetensors
 from tqdm.auto import tqdm
 
-from model.data import LATENT_MEMBER, find_member, read_shard, resize_short_side, to_tensor
-from storage import fs
-from storage.images import decode_image
-from storage.schema import stable_key
-from storage.shards import expand_shard_urls
+from ieiw.model.data import LATENT_MEMBER, find_member, read_shard, resize_short_side, to_tensor
+from ieiw.storage import fs
+from ieiw.storage.images import decode_image
+from ieiw.storage.schema import stable_key
+from ieiw.storage.shards import expand_shard_urls
 
 
 def cache_folder(root: str, base_model: str, resolution: int) -> str:

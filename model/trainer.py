@@ -1,9 +1,9 @@
 """Train an InstructPix2Pix-style editing model on the shards this tool builds.
 
-Read top to bottom, like the diffusers example scripts: build the models (:mod:`model.build`: the
+Read top to bottom, like the diffusers example scripts: build the models (:mod:`ieiw.model.build`: the
 base checkpoint's UNet widened from 4 to 8 input channels), build the data (seeded, resumable shard
 stream, with an optional latent-cache pass), then the loop of training steps with
-classifier-free-guidance dropout, EMA, checkpoints and resume (:mod:`model.checkpoints`), and at the
+classifier-free-guidance dropout, EMA, checkpoints and resume (:mod:`ieiw.model.checkpoints`), and at the
 end the pipeline saved in diffusers layout so
 ``StableDiffusionInstructPix2PixPipeline.from_pretrained(output_dir)`` opens it. The samples seen
 per shard set are counted and written (``mix.json``, ``mix.csv``, TensorBoard ``mix/*``) so a run
@@ -11,7 +11,7 @@ shows that its data mix matched the configured weights.
 
 Run ``python -m model.trainer CONFIG.yaml [--stage NAME]`` (one process) or
 ``accelerate launch -m model.trainer CONFIG.yaml`` (many GPUs); a config with ``stages`` runs them
-in order through :mod:`model.curriculum`.
+in order through :mod:`ieiw.model.curriculum`.
 """
 
 from __future__ import annotations
@@ -32,10 +32,10 @@ from accelerate.utils import ProjectConfiguration
 from diffusers.optimization import get_scheduler
 from tqdm.auto import tqdm
 
-from model.build import Models, build_models
-from model.checkpoints import find_resume_checkpoint, load_checkpoint, save_checkpoint, save_pipeline
-from model.config import TrainConfig, load_train_config
-from model.data import (
+from ieiw.model.build import Models, build_models
+from ieiw.model.checkpoints import find_resume_checkpoint, load_checkpoint, save_checkpoint, save_pipeline
+from ieiw.model.config import TrainConfig, load_train_config
+from ieiw.model.data import (
     SourceSet,
     StreamSettings,
     StreamState,
@@ -45,8 +45,8 @@ from model.data import (
     mix_report,
     write_mix_report,
 )
-from model.latent_cache import build_latent_cache, cache_folder
-from model.loss_log import LossLog
+from ieiw.model.latent_cache import build_latent_cache, cache_folder
+from ieiw.model.loss_log import LossLog
 
 log = logging.getLogger(__name__)
 
@@ -328,7 +328,7 @@ def gather_counts(accelerator: Accelerator, names: list[str], stream: StreamStat
 
 
 def main(argv: list[str] | None = None) -> None:
-    from model.curriculum import run_curriculum  # the curriculum calls this module's train
+    from ieiw.model.curriculum import run_curriculum  # the curriculum calls this module's train
 
     args = sys.argv[1:] if argv is None else argv
     if len(args) not in (1, 3) or (len(args) == 3 and args[1] != "--stage"):

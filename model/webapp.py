@@ -11,14 +11,14 @@ import base64
 import binascii
 import io
 import threading
-from pathlib import Path
+from importlib.resources import files
 
 from fastapi import FastAPI, HTTPException
 from fastapi.responses import HTMLResponse
 from PIL import Image, UnidentifiedImageError
 from pydantic import BaseModel, Field
 
-from model.inference import EditSettings, edit_image
+from ieiw.model.inference import EditSettings, edit_image
 
 MAX_UPLOAD_BYTES = 20 << 20
 
@@ -39,7 +39,7 @@ class EditResponse(BaseModel):
     height: int
 
 
-PAGE = (Path(__file__).with_name("edit_page.html")).read_text(encoding="utf-8")
+PAGE = files("ieiw.model").joinpath("edit_page.html").read_text(encoding="utf-8")
 
 
 def decode_upload(text: str) -> Image.Image:

@@ -10,10 +10,10 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from pipelines.inpaint.base import Inpainter, InpaintError
-from pipelines.instructions.templates import render
-from pipelines.sources.phrasecut import LoadedRegion, PhraseCutRecord, RegionSettings, load_region
-from storage.schema import Drop, GeneratorInfo, Result, Sample, SampleMeta, Task, sample_key, stable_key
+from ieiw.pipelines.inpaint.base import Inpainter, InpaintError
+from ieiw.pipelines.instructions.templates import render
+from ieiw.pipelines.sources.phrasecut import LoadedRegion, PhraseCutRecord, RegionSettings, load_region
+from ieiw.storage.schema import Drop, GeneratorInfo, Result, Sample, SampleMeta, Task, sample_key, stable_key
 
 GENERATOR = "removal"
 

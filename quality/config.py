@@ -1,6 +1,6 @@
 """The quality section of a build config: scoring models, the filter policy, the eval set, outputs.
 
-A YAML build config embeds it under ``quality:`` (see :mod:`quality.policy` for the policy part)::
+A YAML build config embeds it under ``quality:`` (see :mod:`ieiw.quality.policy` for the policy part)::
 
     quality:
       scoring:
@@ -19,11 +19,11 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
-from quality.embeddings import EmbeddingCache
-from quality.policy import FilterPolicy
-from quality.scoring import ScoringConfig
-from storage import fs
-from storage.shards import ShardSpec
+from ieiw.quality.embeddings import EmbeddingCache
+from ieiw.quality.policy import FilterPolicy
+from ieiw.quality.scoring import ScoringConfig
+from ieiw.storage import fs
+from ieiw.storage.shards import ShardSpec
 
 SCORES_DIR = "quality/scores"
 

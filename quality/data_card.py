@@ -14,7 +14,7 @@ from importlib import metadata
 
 import pandas as pd
 
-from storage import fs, manifest
+from ieiw.storage import fs, manifest
 
 VERSIONED = ("ieiw-builder", "torch", "diffusers", "transformers", "open-clip-torch", "faiss-cpu", "prefect")
 

@@ -26,7 +26,8 @@ import numpy as np
 from PIL import Image
 from pydantic import BaseModel, ConfigDict
 
-from quality.similarity import normalize
+from ieiw.quality.similarity import normalize
+from ieiw.storage.optional import import_faiss
 
 DUPLICATE = "duplicate"
 EVAL_LEAK = "eval_leak"
@@ -61,7 +62,7 @@ class HashIndex:
     """Exact Hamming search over 64-bit hashes (``faiss.IndexBinaryFlat``)."""
 
     def __init__(self) -> None:
-        import faiss
+        faiss = import_faiss()
 
         self.index = faiss.IndexBinaryFlat(64)
 
@@ -84,7 +85,7 @@ class VectorIndex:
     """Exact inner-product search over unit vectors (``faiss.IndexFlatIP``)."""
 
     def __init__(self, dim: int) -> None:
-        import faiss
+        faiss = import_faiss()
 
         self.index = faiss.IndexFlatIP(dim)
 
@@ -147,7 +148,7 @@ def find_duplicates(
     tgt_hash = np.asarray(pairs.tgt_hash, dtype=np.uint64)
     use_hash = settings.phash_max_hamming is not None
     use_clip = settings.clip_min_cosine is not None and pairs.embedding_dim is not None
-    import faiss
+    faiss = import_faiss()
 
     hashes = faiss.IndexBinaryFlat(128)
     vectors = VectorIndex(2 * pairs.embedding_dim) if use_clip else None

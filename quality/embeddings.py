@@ -31,8 +31,8 @@ import torch
 from PIL import Image
 from pydantic import BaseModel, ConfigDict
 
-from storage import fs
-from storage.schema import stable_key
+from ieiw.storage import fs
+from ieiw.storage.schema import stable_key
 
 
 class EmbedderConfig(BaseModel):

@@ -7,7 +7,7 @@ Two passes:
    embeddings are missing from the cache. The flags are stored at ``<out_url>/quality/flags.parquet``.
 2. :func:`run_filter_shard` streams one candidate shard, looks up each sample's scores and flags,
    and commits kept samples (scores inside each sample's ``json``) and drops (with the rule that
-   dropped them as ``drop_reason``) with :func:`storage.commit.commit_batch`. One batch per
+   dropped them as ``drop_reason``) with :func:`ieiw.storage.commit.commit_batch`. One batch per
    candidate shard, named ``filter-<shard>``; a rerun skips committed batches.
 
 Every candidate sample becomes exactly one manifest row, so the final manifest's kept count and
@@ -29,14 +29,14 @@ from PIL import UnidentifiedImageError
 from pydantic import ValidationError
 from tqdm import tqdm
 
-from quality.duplicates import EvalSet, PairFingerprints, find_duplicates
-from quality.embeddings import EmbeddingCache
-from quality.policy import FilterPolicy, evaluate
-from quality.scoring import FLOAT_SCORES, iter_groups_safely, read_scores, shard_name
-from storage import fs, manifest
-from storage.commit import BatchReport, commit_batch
-from storage.schema import Drop, Result, SampleMeta
-from storage.shards import ShardSpec, decode_sample, expand_shard_urls
+from ieiw.quality.duplicates import EvalSet, PairFingerprints, find_duplicates
+from ieiw.quality.embeddings import EmbeddingCache
+from ieiw.quality.policy import FilterPolicy, evaluate
+from ieiw.quality.scoring import FLOAT_SCORES, iter_groups_safely, read_scores, shard_name
+from ieiw.storage import fs, manifest
+from ieiw.storage.commit import BatchReport, commit_batch
+from ieiw.storage.schema import Drop, Result, SampleMeta
+from ieiw.storage.shards import ShardSpec, decode_sample, expand_shard_urls
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +139,7 @@ def read_flags(out_url: str) -> pd.DataFrame | None:
 
 def eval_set_from_urls(urls: list[str], embedder=None) -> EvalSet:
     """An :class:`EvalSet` from image files or directories, or shard directories (both images of a pair)."""
-    from quality.giqa_references import iter_reference_images
+    from ieiw.quality.giqa_references import iter_reference_images
 
     images: list[np.ndarray] = []
     names: list[str] = []

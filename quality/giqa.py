@@ -13,7 +13,7 @@ the metric and K are configurable:
 - ``features="inception"``: torchvision InceptionV3 2048-d pool features, the authors' choice;
   pair it with ``metric="l1"`` and the exact index to reproduce their numbers.
 
-Scores are looked up in a reference index built, saved and memory-mapped by :mod:`quality.giqa_index`
+Scores are looked up in a reference index built, saved and memory-mapped by :mod:`ieiw.quality.giqa_index`
 (exact for small sets, IVF-PQ on disk at LAION scale); :func:`brute_force_giqa` is the exact
 computation the index is checked against.
 """
@@ -23,7 +23,7 @@ from __future__ import annotations
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
-from quality.giqa_index import Metric, ReferenceIndex, load_reference_index
+from ieiw.quality.giqa_index import Metric, ReferenceIndex, load_reference_index
 
 
 class GiqaConfig(BaseModel):

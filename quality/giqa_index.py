@@ -1,6 +1,6 @@
 """KNN-GIQA reference indexes: build one from ``.npy`` embedding shards, save it, load it memory-mapped.
 
-:mod:`quality.giqa` scores images against the index; :mod:`quality.giqa_references` writes the
+:mod:`ieiw.quality.giqa` scores images against the index; :mod:`ieiw.quality.giqa_references` writes the
 ``.npy`` shards from reference images when no published embeddings exist. Two kinds, chosen by size
 (:func:`build_reference_index`):
 
@@ -39,7 +39,8 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict
 from tqdm import tqdm
 
-from storage import fs
+from ieiw.storage import fs
+from ieiw.storage.optional import import_faiss
 
 log = logging.getLogger(__name__)
 
@@ -82,9 +83,7 @@ class ReferenceIndexMeta(BaseModel):
 
 
 def _faiss():
-    import faiss
-
-    return faiss
+    return import_faiss()
 
 
 def _faiss_metric(metric: Metric) -> int:

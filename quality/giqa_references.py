@@ -1,6 +1,6 @@
 """Reference features for a KNN-GIQA index, from image files: embed them into ``.npy`` shards.
 
-The shards are what :func:`quality.giqa_index.build_reference_index` reads, in the layout LAION
+The shards are what :func:`ieiw.quality.giqa_index.build_reference_index` reads, in the layout LAION
 publishes its embeddings in; use this when the reference set is a folder of images instead.
 """
 
@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator, Sequence
 import numpy as np
 from tqdm import tqdm
 
-from storage import fs
+from ieiw.storage import fs
 
 log = logging.getLogger(__name__)
 

@@ -14,8 +14,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from quality.aesthetic import load_state_dict_safely
-from quality.embeddings import resolve_device
+from ieiw.quality.aesthetic import load_state_dict_safely
+from ieiw.quality.embeddings import resolve_device
 
 INPUT_SIZE = 299
 FEATURE_DIM = 2048

@@ -29,7 +29,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from quality.duplicates import DUPLICATE, EVAL_LEAK, DuplicateSettings
+from ieiw.quality.duplicates import DUPLICATE, EVAL_LEAK, DuplicateSettings
 
 
 class TaskPolicy(BaseModel):

@@ -29,11 +29,11 @@ import pandas as pd  # noqa: E402
 from PIL import UnidentifiedImageError  # noqa: E402
 from pydantic import ValidationError  # noqa: E402
 
-from quality.policy import RULES, FilterPolicy  # noqa: E402
-from quality.scoring import FLOAT_SCORES, iter_groups_safely  # noqa: E402
-from storage import fs, manifest  # noqa: E402
-from storage.gallery import GALLERY_STYLE, sample_html, write_gallery  # noqa: E402
-from storage.shards import decode_sample, expand_shard_urls, iter_samples  # noqa: E402
+from ieiw.quality.policy import RULES, FilterPolicy  # noqa: E402
+from ieiw.quality.scoring import FLOAT_SCORES, iter_groups_safely  # noqa: E402
+from ieiw.storage import fs, manifest  # noqa: E402
+from ieiw.storage.gallery import GALLERY_STYLE, sample_html, write_gallery  # noqa: E402
+from ieiw.storage.shards import decode_sample, expand_shard_urls, iter_samples  # noqa: E402
 
 
 def _png(figure) -> bytes:

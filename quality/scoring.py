@@ -36,15 +36,15 @@ import pyarrow.parquet as pq
 from PIL import UnidentifiedImageError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from quality import similarity
-from quality.aesthetic import AestheticPredictor, load_aesthetic_predictor
-from quality.duplicates import phash
-from quality.embeddings import ClipEmbedder, EmbedderConfig, EmbeddingCache, embed_images_cached
-from quality.giqa import GiqaConfig, KnnGiqa
-from storage import fs
-from storage.images import decode_image
-from storage.schema import SampleMeta
-from storage.shards import iter_tar_groups
+from ieiw.quality import similarity
+from ieiw.quality.aesthetic import AestheticPredictor, load_aesthetic_predictor
+from ieiw.quality.duplicates import phash
+from ieiw.quality.embeddings import ClipEmbedder, EmbedderConfig, EmbeddingCache, embed_images_cached
+from ieiw.quality.giqa import GiqaConfig, KnnGiqa
+from ieiw.storage import fs
+from ieiw.storage.images import decode_image
+from ieiw.storage.schema import SampleMeta
+from ieiw.storage.shards import iter_tar_groups
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +113,7 @@ class ScoringModels:
         if config.giqa is not None:
             giqa = KnnGiqa.from_config(config.giqa)
             if giqa.features == "inception":
-                from quality.inception import InceptionFeatures
+                from ieiw.quality.inception import InceptionFeatures
 
                 if not config.giqa.inception_checkpoint:
                     raise ValueError("the GIQA index holds inception features: set giqa.inception_checkpoint")

@@ -1,7 +1,8 @@
 """CLIP similarity metrics for editing pairs, as InstructPix2Pix filtered its data and evaluated edits.
 
-All functions take row-aligned ``(N, D)`` embedding arrays (from :class:`quality.embeddings.ClipEmbedder`)
-and return ``(N,)`` float32. Inputs need not be normalised; every metric is a cosine.
+All functions take row-aligned ``(N, D)`` embedding arrays (from
+:class:`ieiw.quality.embeddings.ClipEmbedder`) and return ``(N,)`` float32. Inputs need not be
+normalised; every metric is a cosine.
 
 - :func:`directional_similarity`: cosine between the edit direction in image space
   (target minus source) and in text space (target caption minus source caption).

@@ -1,8 +1,8 @@
 """Read the answer back out of an edited image: a keypoint's position, a mask's pixels.
 
 The decoders invert the multi-task renderers with the same colour table and parameters
-(:mod:`storage.visual_prompts`): the centre of the blob of the asked colour for a keypoint, the
-pixels moved toward the asked colour for a mask. :mod:`quality.task_evaluation` scores what they read.
+(:mod:`ieiw.storage.visual_prompts`): the centre of the blob of the asked colour for a keypoint, the
+pixels moved toward the asked colour for a mask. :mod:`ieiw.quality.task_evaluation` scores what they read.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 from scipy import ndimage
 
-from storage.visual_prompts import (
+from ieiw.storage.visual_prompts import (
     AMBIGUOUS_DISTANCE,
     CHANGE_THRESHOLD,
     COLOR_TOLERANCE,

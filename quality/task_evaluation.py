@@ -1,7 +1,7 @@
 """Score a model's edited images on the original vision tasks, over held-out samples of one task.
 
-:func:`evaluate_task_outputs` reads each answer back out (:mod:`quality.task_decoders`) and scores it
-with the task's own metric (:mod:`quality.task_metrics`): keypoint AP on the asked joints, mIoU for
+:func:`evaluate_task_outputs` reads each answer back out (:mod:`ieiw.quality.task_decoders`) and scores it
+with the task's own metric (:mod:`ieiw.quality.task_metrics`): keypoint AP on the asked joints, mIoU for
 semantic masks and cumulative IoU for referring ones, PSNR and SSIM (scikit-image) for enhancement.
 It writes a per-sample CSV and a PNG grid of examples with the decoded answers drawn in.
 """
@@ -20,11 +20,11 @@ import numpy as np
 from PIL import Image, ImageDraw
 from skimage.metrics import structural_similarity
 
-from quality.task_decoders import decode_keypoints, decode_mask
-from quality.task_metrics import keypoint_ap, psnr
-from storage.images import decode_image
-from storage.schema import Sample, Task
-from storage.visual_prompts import color_rgb
+from ieiw.quality.task_decoders import decode_keypoints, decode_mask
+from ieiw.quality.task_metrics import keypoint_ap, psnr
+from ieiw.storage.images import decode_image
+from ieiw.storage.schema import Sample, Task
+from ieiw.storage.visual_prompts import color_rgb
 
 TASKS: dict[str, Task] = {
     "keypoints": Task.KEYPOINT,

@@ -1,7 +1,7 @@
 """The vision tasks' own metrics, computed on answers already read back out of edited images.
 
 Keypoint AP from object keypoint similarity (pycocotools ``COCOeval``) on the asked joints, IoU of
-masks, PSNR (scikit-image) for enhancement. :mod:`quality.task_evaluation` applies them over samples.
+masks, PSNR (scikit-image) for enhancement. :mod:`ieiw.quality.task_evaluation` applies them over samples.
 """
 
 from __future__ import annotations

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# System packages some tests use (a PostgreSQL server, headless Chromium); installed when missing.
+# System packages some tests use (a PostgreSQL server, headless Chromium, a Compose implementation that
+# validates docker-compose.yml without an engine); installed when missing.
 set -euo pipefail
 need=()
 command -v pg_ctlcluster >/dev/null 2>&1 || [ -x /usr/lib/postgresql/15/bin/postgres ] || need+=(postgresql)
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
+command -v docker-compose >/dev/null 2>&1 || docker compose version >/dev/null 2>&1 || need+=(docker-compose)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "installing system packages for the tests: ${need[*]}"

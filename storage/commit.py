@@ -12,9 +12,9 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from storage import fs, manifest
-from storage.schema import Drop, Result, Sample, stable_key
-from storage.shards import ShardSpec, ShardWriter
+from ieiw.storage import fs, manifest
+from ieiw.storage.schema import Drop, Result, Sample, stable_key
+from ieiw.storage.shards import ShardSpec, ShardWriter
 
 
 @dataclass

@@ -11,8 +11,8 @@ from collections.abc import Iterable
 import numpy as np
 from PIL import Image
 
-from storage import fs
-from storage.schema import Sample
+from ieiw.storage import fs
+from ieiw.storage.schema import Sample
 
 GALLERY_STYLE = """
 body{font-family:system-ui,sans-serif;margin:24px;background:#fafafa;color:#222}

@@ -15,8 +15,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from storage import fs
-from storage.schema import Drop, Sample
+from ieiw.storage import fs
+from ieiw.storage.schema import Drop, Sample
 
 MANIFEST_DIR = "manifest"
 SHARD_DIR = "shards"

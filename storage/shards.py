@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 
 from pydantic import BaseModel
 
-from storage import fs
-from storage.images import ImageFormat, decode_image, encode_image
-from storage.schema import Sample, SampleMeta
+from ieiw.storage import fs
+from ieiw.storage.images import ImageFormat, decode_image, encode_image
+from ieiw.storage.schema import Sample, SampleMeta
 
 SHARD_SUFFIX = ".tar"
 

@@ -4,7 +4,7 @@ from collections.abc import Callable
 
 import typer
 
-from flows.commands import model, multitask, ops, quality, replacement, review, web
+from ieiw.flows.commands import model, multitask, ops, quality, replacement, review, web
 
 AREAS: list[Callable[[typer.Typer], None]] = [
     ops.register,

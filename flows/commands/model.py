@@ -16,7 +16,7 @@ console = Console()
 
 
 def _settings(steps: int, text_guidance: float, image_guidance: float, seed: int, resolution: int):
-    from model.inference import EditSettings
+    from ieiw.model.inference import EditSettings
 
     return EditSettings(
         steps=steps,
@@ -29,9 +29,9 @@ def _settings(steps: int, text_guidance: float, image_guidance: float, seed: int
 
 def _train_directly(config: Path, stage: str | None, num_processes: int) -> list[dict]:
     """The stages in this process, or each through `accelerate launch` (the flow's task, unwrapped)."""
-    from flows.train import train_stage
-    from model.config import load_train_config
-    from model.curriculum import plan_stages, select
+    from ieiw.flows.train import train_stage
+    from ieiw.model.config import load_train_config
+    from ieiw.model.curriculum import plan_stages, select
 
     names = [s.name for s in select(plan_stages(load_train_config(config)), stage)]
     return [train_stage.fn(str(config), name, num_processes) for name in names]
@@ -53,14 +53,14 @@ def register(app: typer.Typer) -> None:
         ),
     ) -> None:
         """Train (or resume) the editing model: every stage of the config in order, or one --stage."""
-        from model.curriculum import StageNotReady, mix_table
+        from ieiw.model.curriculum import StageNotReady, mix_table
 
         try:
             if prefect:
                 from prefect.settings import PREFECT_API_URL, temporary_settings
 
-                from flows.server import ensure_server, ui_url
-                from flows.train import train as train_flow
+                from ieiw.flows.server import ensure_server, ui_url
+                from ieiw.flows.train import train as train_flow
 
                 api_url = ensure_server()
                 console.print(f"Prefect UI: [bold]{ui_url(api_url)}[/bold]")
@@ -100,7 +100,7 @@ def register(app: typer.Typer) -> None:
         """Edit an image (or a folder, or shards) with a trained model."""
         from PIL import Image
 
-        from model.inference import edit_folder, edit_image, edit_shards, load_edit_pipeline
+        from ieiw.model.inference import edit_folder, edit_image, edit_shards, load_edit_pipeline
 
         if sum(x is not None and x != [] for x in (image, folder, shards)) != 1:
             raise typer.BadParameter("give exactly one of --image, --folder, --shards")
@@ -148,9 +148,9 @@ def register(app: typer.Typer) -> None:
         With ``--task``, the model edits the held-out samples of that task instead, and the answer is
         read back out of each edit: keypoint AP (COCOeval), mIoU / cumulative IoU, or PSNR / SSIM.
         """
-        from model.evaluate import evaluate as run_evaluation
-        from model.inference import load_edit_pipeline
-        from quality.embeddings import ClipEmbedder, EmbedderConfig
+        from ieiw.model.evaluate import evaluate as run_evaluation
+        from ieiw.model.inference import load_edit_pipeline
+        from ieiw.quality.embeddings import ClipEmbedder, EmbedderConfig
 
         if task:
             pipe = load_edit_pipeline(model, device)
@@ -181,7 +181,7 @@ def register(app: typer.Typer) -> None:
         text_field: str = typer.Option("instruction", help="instruction or pretrain_caption"),
     ) -> None:
         """Export shards as a Hugging Face dataset (original_image, edit_prompt, edited_image)."""
-        from model.export_hf import export_to_hf
+        from ieiw.model.export_hf import export_to_hf
 
         result = export_to_hf(shards, str(output), rows_per_file=rows_per_file, text_field=text_field)
         console.print(json.dumps({"rows": result["rows"], "files": len(result["files"])}))
@@ -200,8 +200,8 @@ def register(app: typer.Typer) -> None:
         """Serve a web page to upload an image, type an instruction and see the edit."""
         import uvicorn
 
-        from model.inference import load_edit_pipeline
-        from model.webapp import create_app
+        from ieiw.model.inference import load_edit_pipeline
+        from ieiw.model.webapp import create_app
 
         app_ = create_app(load_edit_pipeline(model, device))
         console.print(f"open http://{host}:{port}/")
@@ -216,9 +216,9 @@ def evaluate_task_with_model(
 
     from PIL import Image
 
-    from model.inference import edit_images
-    from quality.task_evaluation import TASKS, OutputFolder, evaluate_task_outputs
-    from storage.shards import expand_shard_urls, iter_samples
+    from ieiw.model.inference import edit_images
+    from ieiw.quality.task_evaluation import TASKS, OutputFolder, evaluate_task_outputs
+    from ieiw.storage.shards import expand_shard_urls, iter_samples
 
     if task not in TASKS:
         raise typer.BadParameter(f"--task must be one of {sorted(TASKS)}")

@@ -15,8 +15,8 @@ TASK_CHOICES = ("keypoints", "segmentation", "enhancement")
 
 def _shard_urls(paths: list[str]) -> list[str]:
     """Shard files or folders; a stage output folder (with ``shards/``) stands for its shards."""
-    from storage import manifest
-    from storage.shards import expand_shard_urls
+    from ieiw.storage import manifest
+    from ieiw.storage.shards import expand_shard_urls
 
     inputs = []
     for path in paths:
@@ -44,8 +44,8 @@ def evaluate_task(
     """Decode the answers out of edited images and score them: keypoint AP, mIoU/cIoU, PSNR/SSIM."""
     import itertools
 
-    from quality.task_evaluation import TASKS, OutputFolder, evaluate_task_outputs
-    from storage.shards import iter_samples
+    from ieiw.quality.task_evaluation import TASKS, OutputFolder, evaluate_task_outputs
+    from ieiw.storage.shards import iter_samples
 
     if task not in TASKS:
         raise typer.BadParameter(f"--task must be one of {', '.join(TASK_CHOICES)}", param_hint="--task")
@@ -80,10 +80,10 @@ def multitask_demo(
     """Render a few keypoint, segmentation and enhancement samples on the bundled photos."""
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from flows.multitask import multitask
-    from flows.server import ensure_server
-    from pipelines.multitask.demo import demo_multitask_config
-    from pipelines.sources.demo import materialize_demo_images
+    from ieiw.flows.multitask import multitask
+    from ieiw.flows.server import ensure_server
+    from ieiw.pipelines.multitask.demo import demo_multitask_config
+    from ieiw.pipelines.sources.demo import materialize_demo_images
 
     materialize_demo_images(images)
     config = demo_multitask_config(os.path.abspath(images))

@@ -16,8 +16,8 @@ def register(app: typer.Typer) -> None:
         name: list[str] = typer.Option(None, "--name", help="deploy only these (default: all)"),
         gpu_slots: int = typer.Option(0, help="concurrent GPU batches allowed (default: GPUs here, min 1)"),
     ) -> None:
-        """Create the work pool, the `gpu` concurrency limit and the deployments of prefect.yaml."""
-        from flows.deploy import WORK_POOL, deploy, ensure_gpu_limit, ensure_work_pool, gpu_slots_default
+        """Create the work pool, the `gpu` concurrency limit and the packaged deployments (prefect.yaml)."""
+        from ieiw.flows.deploy import WORK_POOL, deploy, ensure_gpu_limit, ensure_work_pool, gpu_slots_default
 
         created = ensure_work_pool()
         console.print(f"work pool {WORK_POOL}: {'created' if created else 'exists'}")
@@ -27,13 +27,13 @@ def register(app: typer.Typer) -> None:
         console.print(deploy(name or None))
         console.print(
             "Start a worker with `ieiw worker`, then for example:\n"
-            "  prefect deployment run 'ieiw_build/build' --param config=configs/demo.yaml"
+            "  prefect deployment run 'ieiw_build/build' --param config=/path/to/build.yaml"
         )
 
     @app.command("worker")
     def worker_command(pool: str = typer.Option("ieiw-process", help="work pool to pull runs from")) -> None:
         """Start a process worker that runs this project's deployments."""
-        from flows.server import prefect_executable
+        from ieiw.flows.server import prefect_executable
 
         raise typer.Exit(
             subprocess.call([prefect_executable(), "worker", "start", "--pool", pool, "--type", "process"])

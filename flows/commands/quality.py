@@ -1,7 +1,7 @@
 """``ieiw`` quality commands: score, filter, build-giqa-index, quality-report.
 
 Registered by ``flows/cli.py`` with ``register(app)``. ``--config`` is a YAML build config whose
-``quality:`` section is a :class:`quality.config.QualityConfig` (or a file that is only that section).
+``quality:`` section is a :class:`ieiw.quality.config.QualityConfig` (or a file that is only that section).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ ConfigOption = Annotated[
 
 
 def _config(path: Path | None):
-    from quality.config import QualityConfig
+    from ieiw.quality.config import QualityConfig
 
     return QualityConfig.from_yaml(path) if path else QualityConfig()
 
@@ -33,7 +33,7 @@ def register(app: typer.Typer) -> None:
         ] = None,
     ) -> None:
         """Embed and score candidate shards (resumable: scored shards are skipped)."""
-        from flows.score import score_flow
+        from ieiw.flows.score import score_flow
 
         result = score_flow(candidates, scores, _config(config).model_dump(mode="json"))
         typer.echo(json.dumps(result, indent=2, default=str))
@@ -49,7 +49,7 @@ def register(app: typer.Typer) -> None:
         report: Annotated[str | None, typer.Option(help="report URL [<out>/report]")] = None,
     ) -> None:
         """Apply the filter policy and write the final shards, manifest and report."""
-        from flows.filter import filter_flow
+        from ieiw.flows.filter import filter_flow
 
         result = filter_flow(candidates, out, scores, _config(config).model_dump(mode="json"), report)
         typer.echo(json.dumps(result, indent=2, default=str))
@@ -71,7 +71,7 @@ def register(app: typer.Typer) -> None:
         config: ConfigOption = None,
     ) -> None:
         """Build the KNN-GIQA reference index (exact for small sets, IVF-PQ on disk at LAION scale)."""
-        from quality.giqa_index import ReferenceIndexSettings, build_reference_index
+        from ieiw.quality.giqa_index import ReferenceIndexSettings, build_reference_index
 
         npy_inputs = list(inputs)
         if images:
@@ -95,10 +95,10 @@ def register(app: typer.Typer) -> None:
         out: Annotated[str | None, typer.Option(help="report URL [<final>/report]")] = None,
     ) -> None:
         """(Re)write the quality report: histograms, drop counts, dropped samples, gallery."""
-        from quality.config import default_scores_url
-        from quality.report import write_report
-        from quality.scoring import read_scores
-        from storage import fs
+        from ieiw.quality.config import default_scores_url
+        from ieiw.quality.report import write_report
+        from ieiw.quality.scoring import read_scores
+        from ieiw.storage import fs
 
         quality = _config(config)
         report = write_report(
@@ -113,11 +113,11 @@ def register(app: typer.Typer) -> None:
 
 
 def _embed_reference_images(inputs, out_dir: Path, features: str, inception_checkpoint, quality) -> str:
-    from quality.embeddings import ClipEmbedder
-    from quality.giqa_references import iter_reference_images, write_reference_embeddings
+    from ieiw.quality.embeddings import ClipEmbedder
+    from ieiw.quality.giqa_references import iter_reference_images, write_reference_embeddings
 
     if features == "inception":
-        from quality.inception import InceptionFeatures
+        from ieiw.quality.inception import InceptionFeatures
 
         if inception_checkpoint is None:
             raise typer.BadParameter("--features inception needs --inception-checkpoint")

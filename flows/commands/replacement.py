@@ -1,7 +1,7 @@
 """`ieiw replacement CONFIG`: object-replacement pairs (and their object database) from a YAML file.
 
 The file is a build config (``output``, optional ``shards`` and ``runner``) with a ``replacement:``
-section (:class:`pipelines.replacement.config.ReplacementConfig`); other sections are ignored.
+section (:class:`ieiw.pipelines.replacement.config.ReplacementConfig`); other sections are ignored.
 Relative paths are relative to the file; a relative model name that is not a file stays a hub id.
 """
 
@@ -15,9 +15,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field
 from rich.console import Console
 
-from flows.config import RunnerConfig
-from pipelines.replacement.config import ReplacementConfig
-from storage.shards import ShardSpec
+from ieiw.flows.config import RunnerConfig
+from ieiw.pipelines.replacement.config import ReplacementConfig
+from ieiw.storage.shards import ShardSpec
 
 console = Console()
 
@@ -62,9 +62,9 @@ def run_replacement(build: ReplacementBuild, database_only: bool = False) -> dic
     """Run the flow against the configured (or a local) Prefect server, with the configured task runner."""
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from flows.replacement import object_database, replacement
-    from flows.runners import make_task_runner
-    from flows.server import ensure_server, ui_url
+    from ieiw.flows.replacement import object_database, replacement
+    from ieiw.flows.runners import make_task_runner
+    from ieiw.flows.server import ensure_server, ui_url
 
     api_url = ensure_server()
     console.print(f"Prefect UI: [bold]{ui_url(api_url)}[/bold]")

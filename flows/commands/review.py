@@ -71,9 +71,9 @@ def register(app: typer.Typer) -> None:
         """Generate N candidate edits per source sample (varied seeds and guidance) as candidate shards."""
         from tqdm.auto import tqdm
 
-        from model.candidates import CandidateShardWriter, generate_candidates
-        from model.inference import load_edit_pipeline
-        from storage.shards import expand_shard_urls, iter_samples
+        from ieiw.model.candidates import CandidateShardWriter, generate_candidates
+        from ieiw.model.inference import load_edit_pipeline
+        from ieiw.storage.shards import expand_shard_urls, iter_samples
 
         pipe = load_edit_pipeline(model, device=device)
         samples = itertools.islice(iter_samples(expand_shard_urls(shards)), limit)
@@ -103,7 +103,7 @@ def register(app: typer.Typer) -> None:
         db: str = DB_OPTION,
     ) -> None:
         """Create a reviewer (or replace their token) and print the token; it is shown only this once."""
-        from model.review.store import ReviewStore
+        from ieiw.model.review.store import ReviewStore
 
         store = ReviewStore(db)
         try:
@@ -128,8 +128,8 @@ def register(app: typer.Typer) -> None:
         if prefect:
             from prefect.settings import PREFECT_API_URL, temporary_settings
 
-            from flows.review import review as review_flow
-            from flows.server import ensure_server, ui_url
+            from ieiw.flows.review import review as review_flow
+            from ieiw.flows.server import ensure_server, ui_url
 
             api_url = ensure_server()
             console.print(f"Prefect UI: [bold]{ui_url(api_url)}[/bold]; review app: http://{host}:{port}")
@@ -146,10 +146,10 @@ def register(app: typer.Typer) -> None:
             console.print(json.dumps(summary["agreement"], indent=1))
             return
 
-        from model.candidates import CandidateIndex
-        from model.review.app import create_app
-        from model.review.serve import serve
-        from model.review.store import ReviewStore
+        from ieiw.model.candidates import CandidateIndex
+        from ieiw.model.review.app import create_app
+        from ieiw.model.review.serve import serve
+        from ieiw.model.review.store import ReviewStore
 
         store = ReviewStore(db)
         index = CandidateIndex.build(candidates)
@@ -175,7 +175,7 @@ def register(app: typer.Typer) -> None:
     @app.command("review-status")
     def review_status(db: str = DB_OPTION) -> None:
         """Reviewed and remaining per reviewer, and the agreement between reviewers."""
-        from model.review.store import ReviewStore
+        from ieiw.model.review.store import ReviewStore
 
         store = ReviewStore(db, create=False)
         try:
@@ -193,9 +193,9 @@ def register(app: typer.Typer) -> None:
         overwrite: bool = typer.Option(False, help="replace a previous export in --out"),
     ) -> None:
         """Write the picks as instruction-tuning shards (task `aligned`) with their provenance."""
-        from model.candidates import CandidateIndex
-        from model.review.export import export_picks as run_export
-        from model.review.store import ReviewStore
+        from ieiw.model.candidates import CandidateIndex
+        from ieiw.model.review.export import export_picks as run_export
+        from ieiw.model.review.store import ReviewStore
 
         store = ReviewStore(db, create=False)
         try:

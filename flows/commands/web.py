@@ -15,7 +15,7 @@ console = Console()
 
 def load_web_config(path: Path | None, options: dict) -> tuple[object, str]:
     """(WebEditsConfig, output) from YAML (a ``web_edits:`` section, or the bare section) and options."""
-    from pipelines.web.config import WebEditsConfig
+    from ieiw.pipelines.web.config import WebEditsConfig
 
     raw: dict = {}
     output: str | None = None
@@ -73,8 +73,8 @@ def register(app: typer.Typer) -> None:
         """Crawl photoshop-request posts (live Reddit or dumps) into web_edit pairs; reruns resume."""
         from prefect.settings import PREFECT_API_URL, temporary_settings
 
-        from flows.server import ensure_server, ui_url
-        from flows.web_edits import web_edits
+        from ieiw.flows.server import ensure_server, ui_url
+        from ieiw.flows.web_edits import web_edits
 
         web_config, out = load_web_config(
             config,

@@ -19,8 +19,8 @@ from fastapi import Depends, FastAPI, HTTPException, Request, Response
 from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, Field
 
-from model.candidates import CandidateIndex, candidate_member
-from model.review.store import ReviewerInfo, ReviewError, ReviewStore
+from ieiw.model.candidates import CandidateIndex, candidate_member
+from ieiw.model.review.store import ReviewerInfo, ReviewError, ReviewStore
 
 COOKIE = "ieiw_review_token"
 CSRF_HEADER = "x-requested-with"
@@ -36,7 +36,7 @@ class PickRequest(BaseModel):
 
 
 def page_html() -> str:
-    return files("model.review").joinpath("review.html").read_text(encoding="utf-8")
+    return files("ieiw.model.review").joinpath("review.html").read_text(encoding="utf-8")
 
 
 def create_app(store: ReviewStore, index: CandidateIndex, title: str = "IEIW review") -> FastAPI:

@@ -17,7 +17,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
-from model.review.tables import Base
+from ieiw.model.review.tables import Base
 
 DEFAULT_URL = "sqlite:///ieiw-review.sqlite"
 WRITE_ATTEMPTS = 5

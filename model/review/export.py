@@ -1,7 +1,7 @@
 """The picks as instruction-tuning shards: (source, instruction, chosen edit), task ``aligned``.
 
 One sample per picked candidate (however many reviewers picked it), written through
-:func:`storage.commit.commit_batch`, so the curriculum's last stage reads it like any other
+:func:`ieiw.storage.commit.commit_batch`, so the curriculum's last stage reads it like any other
 stage output. Provenance: the source sample's own provenance (plus its key), and as generator
 settings the checkpoint, seed, guidance scales, steps, the candidate's position and the reviewers.
 """
@@ -10,13 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from model.candidates import CandidateIndex, candidate_member
-from model.review.reports import PickedCandidate
-from model.review.store import ReviewStore
-from storage import fs, manifest
-from storage.commit import BatchReport, batch_name, commit_batch
-from storage.schema import Drop, GeneratorInfo, Provenance, Result, Sample, SampleMeta, Task, sample_key
-from storage.shards import ShardSpec
+from ieiw.model.candidates import CandidateIndex, candidate_member
+from ieiw.model.review.reports import PickedCandidate
+from ieiw.model.review.store import ReviewStore
+from ieiw.storage import fs, manifest
+from ieiw.storage.commit import BatchReport, batch_name, commit_batch
+from ieiw.storage.schema import Drop, GeneratorInfo, Provenance, Result, Sample, SampleMeta, Task, sample_key
+from ieiw.storage.shards import ShardSpec
 
 GENERATOR = "human-review"
 

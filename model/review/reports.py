@@ -1,6 +1,6 @@
 """The whole review at a glance: progress per reviewer, votes and agreement, the picks to export.
 
-Read-only queries over all reviewers; :class:`model.review.store.ReviewStore` inherits them.
+Read-only queries over all reviewers; :class:`ieiw.model.review.store.ReviewStore` inherits them.
 """
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from datetime import datetime
 
 from sqlalchemy import func, select
 
-from model.review.agreement import Agreement, agreement
-from model.review.database import ReviewDatabase
-from model.review.tables import Assignment, Candidate, Pick, Reviewer, ReviewSample
+from ieiw.model.review.agreement import Agreement, agreement
+from ieiw.model.review.database import ReviewDatabase
+from ieiw.model.review.tables import Assignment, Candidate, Pick, Reviewer, ReviewSample
 
 
 @dataclass

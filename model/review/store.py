@@ -1,9 +1,9 @@
 """Every read and write of a review: candidates in, reviewers and their tokens, queues, picks.
 
 The database's unique constraints keep a pick from being stored twice and cap picks at two per
-reviewer and sample (see :mod:`model.review.tables`); a write that loses a race to another retries
-once it sees the winner's row. Engine, sessions and retries are in :mod:`model.review.database`;
-progress, agreement and the picks to export in :mod:`model.review.reports`.
+reviewer and sample (see :mod:`ieiw.model.review.tables`); a write that loses a race to another retries
+once it sees the winner's row. Engine, sessions and retries are in :mod:`ieiw.model.review.database`;
+progress, agreement and the picks to export in :mod:`ieiw.model.review.reports`.
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
-from model.candidates import CandidateHeader
-from model.review.reports import ReviewReports
-from model.review.tables import MAX_PICKS, Assignment, Candidate, Pick, Reviewer, ReviewSample, utcnow
+from ieiw.model.candidates import CandidateHeader
+from ieiw.model.review.reports import ReviewReports
+from ieiw.model.review.tables import MAX_PICKS, Assignment, Candidate, Pick, Reviewer, ReviewSample, utcnow
 
 
 class ReviewError(Exception):

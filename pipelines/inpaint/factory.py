@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel
 
-from pipelines.inpaint.base import Inpainter
+from ieiw.pipelines.inpaint.base import Inpainter
 
 
 class InpaintConfig(BaseModel):
@@ -23,10 +23,10 @@ class InpaintConfig(BaseModel):
 
 def build_inpainter(config: InpaintConfig) -> Inpainter:
     if config.backend == "opencv":
-        from pipelines.inpaint.opencv_backend import OpenCVInpainter
+        from ieiw.pipelines.inpaint.opencv_backend import OpenCVInpainter
 
         return OpenCVInpainter(radius=config.opencv_radius, method=config.opencv_method)
-    from pipelines.inpaint.lama import LamaInpainter, resolve_checkpoint
+    from ieiw.pipelines.inpaint.lama import LamaInpainter, resolve_checkpoint
 
     if not config.model:
         raise ValueError("inpaint.backend 'lama' needs inpaint.model: a path or URL to big-lama.pt")

@@ -19,7 +19,7 @@ import numpy as np
 import requests
 import torch
 
-from pipelines.inpaint.base import InpaintError, composite
+from ieiw.pipelines.inpaint.base import InpaintError, composite
 
 BIG_LAMA_URL = "https://github.com/Sanster/models/releases/download/add_big_lama/big-lama.pt"
 BIG_LAMA_MD5 = "e3aa4aaa15225a33ec84f9f4bc47e500"

@@ -10,7 +10,7 @@ import hashlib
 import json
 from typing import Any
 
-from storage import fs
+from ieiw.storage import fs
 
 
 def prompt_key(model: str, messages: list[dict[str, str]], params: dict[str, Any]) -> str:

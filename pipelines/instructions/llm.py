@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
-from pipelines.instructions.cache import PromptCache, prompt_key
+from ieiw.pipelines.instructions.cache import PromptCache, prompt_key
 
 T = TypeVar("T")
 

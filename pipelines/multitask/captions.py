@@ -13,7 +13,7 @@ from collections.abc import Iterable
 
 import ijson
 
-from pipelines.multitask.templates import CAPTION_SUFFIXES
+from ieiw.pipelines.multitask.templates import CAPTION_SUFFIXES
 
 
 def load_captions(paths: Iterable[str]) -> dict[str, str]:

@@ -9,7 +9,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from storage.visual_prompts import COLOR_NAMES, DEFAULT_MASK_ALPHA, MIN_MASK_ALPHA
+from ieiw.storage.visual_prompts import COLOR_NAMES, DEFAULT_MASK_ALPHA, MIN_MASK_ALPHA
 
 
 class _Strict(BaseModel):

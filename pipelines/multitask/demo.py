@@ -2,14 +2,14 @@
 
 Keypoints from hand-annotated joints of the astronaut photo (COCO format, ``demo_data``),
 segmentation from the demo's own PhraseCut polygons, enhancement from synthetic degradations.
-The photos are written by :func:`pipelines.sources.demo.materialize_demo_images`.
+The photos are written by :func:`ieiw.pipelines.sources.demo.materialize_demo_images`.
 """
 
 from __future__ import annotations
 
 from importlib import resources
 
-from pipelines.multitask.config import (
+from ieiw.pipelines.multitask.config import (
     CocoKeypointSource,
     EnhancementConfig,
     KeypointConfig,
@@ -18,12 +18,12 @@ from pipelines.multitask.config import (
     SegmentationConfig,
     SyntheticSource,
 )
-from pipelines.sources.demo import demo_annotation_path
+from ieiw.pipelines.sources.demo import demo_annotation_path
 
 
 def astronaut_keypoints_path() -> str:
     """The COCO-format keypoint file of the astronaut photo (demo image id 1, ``1.jpg``)."""
-    return str(resources.files("pipelines.multitask").joinpath("demo_data", "astronaut_keypoints.json"))
+    return str(resources.files("ieiw.pipelines.multitask").joinpath("demo_data", "astronaut_keypoints.json"))
 
 
 def demo_multitask_config(

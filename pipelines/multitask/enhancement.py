@@ -10,14 +10,14 @@ from typing import Any
 
 import numpy as np
 
-from pipelines.multitask.captions import base_caption, enhancement_caption
-from pipelines.multitask.config import EnhancementConfig
-from pipelines.multitask.degradations import TASK_OF, degrade
-from pipelines.multitask.records import CleanImageRecord, PairRecord
-from pipelines.multitask.render import SquareWindow, seeded_rng, window_around_mask
-from pipelines.multitask.samples import SampleBuilder
-from pipelines.multitask.templates import render
-from storage.schema import Drop, GeneratorInfo, Sample, Task
+from ieiw.pipelines.multitask.captions import base_caption, enhancement_caption
+from ieiw.pipelines.multitask.config import EnhancementConfig
+from ieiw.pipelines.multitask.degradations import TASK_OF, degrade
+from ieiw.pipelines.multitask.records import CleanImageRecord, PairRecord
+from ieiw.pipelines.multitask.render import SquareWindow, seeded_rng, window_around_mask
+from ieiw.pipelines.multitask.samples import SampleBuilder
+from ieiw.pipelines.multitask.templates import render
+from ieiw.storage.schema import Drop, GeneratorInfo, Sample, Task
 
 GENERATOR = "multitask"
 

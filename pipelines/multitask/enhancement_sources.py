@@ -16,9 +16,9 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 
-from pipelines.multitask.records import CleanImageRecord, PairRecord, drop
-from pipelines.sources.folders import files_with_suffix
-from storage.schema import Drop, stable_key
+from ieiw.pipelines.multitask.records import CleanImageRecord, PairRecord, drop
+from ieiw.pipelines.sources.folders import files_with_suffix
+from ieiw.storage.schema import Drop, stable_key
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 KINDS = {"gopro": "deblur", "reds": "deblur", "sidd": "denoise", "clwd": "watermark"}

@@ -17,8 +17,8 @@ from typing import Any
 import ijson
 from pycocotools.coco import COCO
 
-from pipelines.multitask.records import KeypointRecord, drop
-from storage.schema import Drop
+from ieiw.pipelines.multitask.records import KeypointRecord, drop
+from ieiw.storage.schema import Drop
 
 COCO_JOINTS: tuple[str, ...] = (  # the 17 joints of COCO's ``person`` category, in file order
     "nose",

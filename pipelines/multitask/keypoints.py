@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipelines.multitask.captions import base_caption, keypoint_caption
-from pipelines.multitask.config import KeypointConfig
-from pipelines.multitask.keypoint_sources import BOX_AREA_SHARE, canonical_joint, joint_phrase
-from pipelines.multitask.records import KeypointRecord
-from pipelines.multitask.render import (
+from ieiw.pipelines.multitask.captions import base_caption, keypoint_caption
+from ieiw.pipelines.multitask.config import KeypointConfig
+from ieiw.pipelines.multitask.keypoint_sources import BOX_AREA_SHARE, canonical_joint, joint_phrase
+from ieiw.pipelines.multitask.records import KeypointRecord
+from ieiw.pipelines.multitask.render import (
     contrasting_colors,
     draw_circles,
     neighbourhood_color,
@@ -16,10 +16,10 @@ from pipelines.multitask.render import (
     spread_points,
     window_around_box,
 )
-from pipelines.multitask.samples import SampleBuilder
-from pipelines.multitask.templates import keypoint_instruction
-from storage.schema import Drop, GeneratorInfo, Sample, Task
-from storage.visual_prompts import keypoint_radius
+from ieiw.pipelines.multitask.samples import SampleBuilder
+from ieiw.pipelines.multitask.templates import keypoint_instruction
+from ieiw.storage.schema import Drop, GeneratorInfo, Sample, Task
+from ieiw.storage.visual_prompts import keypoint_radius
 
 GENERATOR = "multitask"
 

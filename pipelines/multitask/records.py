@@ -6,8 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipelines.sources.drops import keyed_drop
-from storage.schema import Provenance
+from ieiw.pipelines.sources.drops import keyed_drop
+from ieiw.storage.schema import Provenance
 
 LICENSES: dict[str, str] = {
     "coco": "CC BY 4.0 (COCO annotations); images under their Flickr licenses",

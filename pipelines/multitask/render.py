@@ -1,6 +1,6 @@
 """Pure image operations of the multi-task renderers: square crops, circles, colour overlays.
 
-The colours, radius and opacity come from :mod:`storage.visual_prompts`, which the decoders in
+The colours, radius and opacity come from :mod:`ieiw.storage.visual_prompts`, which the decoders in
 ``quality/task_decoders`` import too, so what is drawn here is what is read back there.
 """
 
@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from storage.visual_prompts import COLOR_NAMES, MIN_CONTRAST, color_rgb, overlay
+from ieiw.storage.visual_prompts import COLOR_NAMES, MIN_CONTRAST, color_rgb, overlay
 
 SUBPIXEL_BITS = 4  # cv2 drawing shift: circle centres at 1/16 px
 

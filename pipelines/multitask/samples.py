@@ -7,10 +7,10 @@ from typing import Any
 
 import numpy as np
 
-from pipelines.multitask.records import MultitaskRecord
-from pipelines.multitask.render import ImageLoadError, load_rgb
-from pipelines.sources.drops import keyed_drop
-from storage.schema import Drop, GeneratorInfo, Provenance, Sample, SampleMeta, Task, sample_key
+from ieiw.pipelines.multitask.records import MultitaskRecord
+from ieiw.pipelines.multitask.render import ImageLoadError, load_rgb
+from ieiw.pipelines.sources.drops import keyed_drop
+from ieiw.storage.schema import Drop, GeneratorInfo, Provenance, Sample, SampleMeta, Task, sample_key
 
 
 @dataclass

@@ -12,10 +12,10 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from pycocotools import mask as mask_utils
 
-from pipelines.multitask.captions import base_caption, names_caption, segmentation_caption
-from pipelines.multitask.config import SegmentationConfig
-from pipelines.multitask.records import ReferringRecord, SemanticRecord
-from pipelines.multitask.render import (
+from ieiw.pipelines.multitask.captions import base_caption, names_caption, segmentation_caption
+from ieiw.pipelines.multitask.config import SegmentationConfig
+from ieiw.pipelines.multitask.records import ReferringRecord, SemanticRecord
+from ieiw.pipelines.multitask.render import (
     SquareWindow,
     contrasting_colors,
     letterbox_window,
@@ -23,11 +23,11 @@ from pipelines.multitask.render import (
     seeded_rng,
     window_around_mask,
 )
-from pipelines.multitask.samples import SampleBuilder
-from pipelines.multitask.segmentation_sources import IGNORE_LABEL
-from pipelines.multitask.templates import render
-from pipelines.sources.phrasecut import rasterize
-from storage.schema import Drop, GeneratorInfo, Sample, Task
+from ieiw.pipelines.multitask.samples import SampleBuilder
+from ieiw.pipelines.multitask.segmentation_sources import IGNORE_LABEL
+from ieiw.pipelines.multitask.templates import render
+from ieiw.pipelines.sources.phrasecut import rasterize
+from ieiw.storage.schema import Drop, GeneratorInfo, Sample, Task
 
 GENERATOR = "multitask"
 MIN_MASK_PIXELS = 16  # a referred object smaller than this at the render resolution is not worth asking for

@@ -17,10 +17,10 @@ from typing import Any
 
 import ijson
 
-from pipelines.multitask.records import ReferringRecord, SemanticRecord, drop
-from pipelines.multitask.safe_pickle import load_plain_pickle_file
-from pipelines.sources.phrasecut import iter_records as iter_phrasecut_records
-from storage.schema import Drop
+from ieiw.pipelines.multitask.records import ReferringRecord, SemanticRecord, drop
+from ieiw.pipelines.multitask.safe_pickle import load_plain_pickle_file
+from ieiw.pipelines.sources.phrasecut import iter_records as iter_phrasecut_records
+from ieiw.storage.schema import Drop
 
 IGNORE_LABEL = 255
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")

@@ -6,7 +6,7 @@ import dataclasses
 import itertools
 from collections.abc import Iterable, Iterator
 
-from pipelines.multitask.config import (
+from ieiw.pipelines.multitask.config import (
     CocoKeypointSource,
     CocoStuffSource,
     GRefCocoSource,
@@ -17,11 +17,11 @@ from pipelines.multitask.config import (
     RefCocoSource,
     SyntheticSource,
 )
-from pipelines.multitask.enhancement import render_pair_sample, render_synthetic_sample
-from pipelines.multitask.enhancement_sources import iter_clean_images, iter_pairs
-from pipelines.multitask.keypoint_sources import iter_coco_keypoints, iter_mpii
-from pipelines.multitask.keypoints import render_keypoint_sample
-from pipelines.multitask.records import (
+from ieiw.pipelines.multitask.enhancement import render_pair_sample, render_synthetic_sample
+from ieiw.pipelines.multitask.enhancement_sources import iter_clean_images, iter_pairs
+from ieiw.pipelines.multitask.keypoint_sources import iter_coco_keypoints, iter_mpii
+from ieiw.pipelines.multitask.keypoints import render_keypoint_sample
+from ieiw.pipelines.multitask.records import (
     CleanImageRecord,
     KeypointRecord,
     MultitaskRecord,
@@ -29,14 +29,14 @@ from pipelines.multitask.records import (
     ReferringRecord,
     SemanticRecord,
 )
-from pipelines.multitask.segmentation import render_referring_sample, render_semantic_sample
-from pipelines.multitask.segmentation_sources import (
+from ieiw.pipelines.multitask.segmentation import render_referring_sample, render_semantic_sample
+from ieiw.pipelines.multitask.segmentation_sources import (
     iter_coco_stuff,
     iter_grefcoco,
     iter_phrasecut_referring,
     iter_refcoco,
 )
-from storage.schema import Drop, Result
+from ieiw.storage.schema import Drop, Result
 
 _RENDERERS = (  # record type, its renderer, the config section the renderer takes
     (KeypointRecord, render_keypoint_sample, "keypoints"),

@@ -8,7 +8,7 @@ The chosen template is recorded as ``template:<task>#<index>``.
 
 from __future__ import annotations
 
-from pipelines.instructions.templates import fill_template
+from ieiw.pipelines.instructions.templates import fill_template
 
 TEMPLATES: dict[str, tuple[str, ...]] = {
     "keypoint": (

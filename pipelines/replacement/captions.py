@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 from pydantic import BaseModel, ConfigDict
 
-from pipelines.instructions.templates import a_phrase
+from ieiw.pipelines.instructions.templates import a_phrase
 
 
 class CaptionConfig(BaseModel):

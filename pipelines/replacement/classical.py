@@ -12,8 +12,8 @@ from typing import Any
 import cv2
 import numpy as np
 
-from pipelines.inpaint.opencv_backend import OpenCVInpainter
-from pipelines.replacement.painting import PaintConfig, Painted, PaintError, PaintJob, dilate
+from ieiw.pipelines.inpaint.opencv_backend import OpenCVInpainter
+from ieiw.pipelines.replacement.painting import PaintConfig, Painted, PaintError, PaintJob, dilate
 
 PAD = 3  # seamlessClone needs a margin around the source mask
 

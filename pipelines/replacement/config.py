@@ -7,16 +7,16 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from pipelines.instructions.llm import LLMConfig
-from pipelines.replacement.captions import CaptionConfig
-from pipelines.replacement.crops import CropConfig
-from pipelines.replacement.index import IndexConfig
-from pipelines.replacement.labels import LabelConfig
-from pipelines.replacement.painting import PaintConfig
-from pipelines.replacement.retrieval import RetrievalConfig
-from pipelines.replacement.sam import SamConfig
-from pipelines.replacement.selection import SelectionConfig
-from quality.embeddings import EmbedderConfig
+from ieiw.pipelines.instructions.llm import LLMConfig
+from ieiw.pipelines.replacement.captions import CaptionConfig
+from ieiw.pipelines.replacement.crops import CropConfig
+from ieiw.pipelines.replacement.index import IndexConfig
+from ieiw.pipelines.replacement.labels import LabelConfig
+from ieiw.pipelines.replacement.painting import PaintConfig
+from ieiw.pipelines.replacement.retrieval import RetrievalConfig
+from ieiw.pipelines.replacement.sam import SamConfig
+from ieiw.pipelines.replacement.selection import SelectionConfig
+from ieiw.quality.embeddings import EmbedderConfig
 
 
 class SA1BSource(BaseModel):

@@ -22,8 +22,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from storage import fs
-from storage.schema import stable_key
+from ieiw.storage import fs
+from ieiw.storage.schema import stable_key
 
 PARTS = "parts"
 COLUMNS = pa.schema(

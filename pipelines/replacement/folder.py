@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 
-from pipelines.replacement.records import ImageRecord
-from pipelines.sources.folders import files_with_suffix
+from ieiw.pipelines.replacement.records import ImageRecord
+from ieiw.pipelines.sources.folders import files_with_suffix
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 

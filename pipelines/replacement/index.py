@@ -11,15 +11,18 @@ from __future__ import annotations
 import json
 import math
 import os
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import faiss
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 from tqdm.auto import tqdm
 
-from pipelines.replacement.database import ObjectDatabase, image_key
-from storage import fs
+from ieiw.pipelines.replacement.database import ObjectDatabase, image_key
+from ieiw.storage import fs
+from ieiw.storage.optional import import_faiss
+
+if TYPE_CHECKING:
+    import faiss
 
 INDEX_DIR = "index"
 INDEX_FILE = "objects.faiss"
@@ -41,6 +44,7 @@ class IndexConfig(BaseModel):
 
 
 def gpu_available() -> bool:
+    faiss = import_faiss()
     return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
 
 
@@ -51,6 +55,7 @@ def resolve_kind(config: IndexConfig, count: int) -> str:
 
 
 def make_index(kind: str, dim: int, count: int, config: IndexConfig) -> faiss.Index:
+    faiss = import_faiss()
     if kind == "flat":
         return faiss.IndexFlatIP(dim)
     if kind == "hnsw":
@@ -63,12 +68,14 @@ def make_index(kind: str, dim: int, count: int, config: IndexConfig) -> faiss.In
 
 
 def to_gpu(index: faiss.Index, kind: str, config: IndexConfig) -> faiss.Index:
+    faiss = import_faiss()
     if config.gpu == "never" or kind == "hnsw" or not gpu_available():
         return index
     return faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)
 
 
 def tune(index: faiss.Index, kind: str, config: IndexConfig) -> None:
+    faiss = import_faiss()
     if kind == "ivf":
         faiss.extract_index_ivf(index).nprobe = config.nprobe
     elif kind == "hnsw":
@@ -104,6 +111,7 @@ class ObjectIndex:
         return self.index.search(queries, min(k, max(len(self), 1)))
 
     def save(self, db_url: str) -> str:
+        faiss = import_faiss()
         folder = os.path.join(db_url, INDEX_DIR)
         os.makedirs(folder, exist_ok=True)
         cpu = faiss.index_gpu_to_cpu(self.index) if hasattr(self.index, "getDevice") else self.index
@@ -120,6 +128,7 @@ class ObjectIndex:
 
     @classmethod
     def load(cls, db_url: str, config: IndexConfig | None = None) -> ObjectIndex:
+        faiss = import_faiss()
         """Load a saved index memory-mapped (moved to the GPU where that applies)."""
         config = config or IndexConfig()
         folder = os.path.join(db_url, INDEX_DIR)

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
-from pipelines.replacement.openimages import read_class_names
+from ieiw.pipelines.replacement.openimages import read_class_names
 
 COCO_NAMES = (
     "person",

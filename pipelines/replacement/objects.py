@@ -7,15 +7,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipelines.replacement.config import ReplacementConfig
-from pipelines.replacement.crops import CropConfig, masked_crop, pad_square
-from pipelines.replacement.database import object_id
-from pipelines.replacement.labels import ZeroShotLabeler
-from pipelines.replacement.proposals import Proposer
-from pipelines.replacement.records import ImageRecord, encode_rle
-from pipelines.replacement.selection import SelectedRegion
-from pipelines.replacement.sources import LoadedImage, load_image_regions
-from storage.schema import Drop
+from ieiw.pipelines.replacement.config import ReplacementConfig
+from ieiw.pipelines.replacement.crops import CropConfig, masked_crop, pad_square
+from ieiw.pipelines.replacement.database import object_id
+from ieiw.pipelines.replacement.labels import ZeroShotLabeler
+from ieiw.pipelines.replacement.proposals import Proposer
+from ieiw.pipelines.replacement.records import ImageRecord, encode_rle
+from ieiw.pipelines.replacement.selection import SelectedRegion
+from ieiw.pipelines.replacement.sources import LoadedImage, load_image_regions
+from ieiw.storage.schema import Drop
 
 
 @dataclass

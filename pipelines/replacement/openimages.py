@@ -13,8 +13,8 @@ import itertools
 import os
 from collections.abc import Iterator
 
-from pipelines.replacement.records import ImageRecord, Region, record_drop
-from storage.schema import Drop
+from ieiw.pipelines.replacement.records import ImageRecord, Region, record_drop
+from ieiw.storage.schema import Drop
 
 DATASET = "openimages"
 LICENSE = "CC BY 4.0 (Open Images annotations); images CC BY 2.0 per image"

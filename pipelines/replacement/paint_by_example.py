@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from pipelines.replacement.painting import PaintConfig, Painted, PaintError, PaintJob, dilate
+from ieiw.pipelines.replacement.painting import PaintConfig, Painted, PaintError, PaintJob, dilate
 
 
 def _model_index(model: str) -> dict:

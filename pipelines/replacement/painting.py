@@ -73,10 +73,10 @@ def dilate(mask: np.ndarray, pixels: int) -> np.ndarray:
 
 def build_painter(config: PaintConfig) -> Painter:
     if config.backend == "seamless_clone":
-        from pipelines.replacement.classical import SeamlessClonePainter
+        from ieiw.pipelines.replacement.classical import SeamlessClonePainter
 
         return SeamlessClonePainter(config)
-    from pipelines.replacement.paint_by_example import PaintByExamplePainter
+    from ieiw.pipelines.replacement.paint_by_example import PaintByExamplePainter
 
     if not config.model:
         raise ValueError("paint.backend 'paint_by_example' needs paint.model: a hub id or a local folder")

@@ -6,7 +6,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from pipelines.replacement.records import Region
+from ieiw.pipelines.replacement.records import Region
 
 
 class Proposer(Protocol):

@@ -10,8 +10,8 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from pycocotools import mask as mask_utils
 
-from pipelines.sources.drops import keyed_drop
-from storage.schema import Drop, Provenance
+from ieiw.pipelines.sources.drops import keyed_drop
+from ieiw.storage.schema import Drop, Provenance
 
 
 class RegionDecodeError(ValueError):

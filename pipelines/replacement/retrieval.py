@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
-from pipelines.replacement.index import ObjectIndex
+from ieiw.pipelines.replacement.index import ObjectIndex
 
 
 class RetrievalConfig(BaseModel):

@@ -12,9 +12,9 @@ import json
 import os
 from collections.abc import Iterable, Iterator
 
-from pipelines.replacement.records import ImageRecord, Region, record_drop
-from pipelines.sources.folders import files_with_suffix
-from storage.schema import Drop
+from ieiw.pipelines.replacement.records import ImageRecord, Region, record_drop
+from ieiw.pipelines.sources.folders import files_with_suffix
+from ieiw.storage.schema import Drop
 
 DATASET = "sa1b"
 LICENSE = "SA-1B Dataset Research License (Meta AI)"

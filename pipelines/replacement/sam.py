@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from pipelines.replacement.records import Region
+from ieiw.pipelines.replacement.records import Region
 
 
 class SamArchitecture(BaseModel):

@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
-from pipelines.replacement.records import Region, RegionDecodeError
+from ieiw.pipelines.replacement.records import Region, RegionDecodeError
 
 
 class SelectionConfig(BaseModel):

@@ -9,8 +9,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipelines.replacement import folder, openimages, sa1b
-from pipelines.replacement.config import (
+from ieiw.pipelines.replacement import folder, openimages, sa1b
+from ieiw.pipelines.replacement.config import (
     ImageFolderSource,
     OpenImagesSource,
     ProposerConfig,
@@ -18,10 +18,10 @@ from pipelines.replacement.config import (
     SA1BSource,
     Source,
 )
-from pipelines.replacement.proposals import FelzenszwalbProposer, Proposer
-from pipelines.replacement.records import ImageRecord, read_image, record_drop
-from pipelines.replacement.selection import SelectedRegion, SelectionConfig, select_regions
-from storage.schema import Drop
+from ieiw.pipelines.replacement.proposals import FelzenszwalbProposer, Proposer
+from ieiw.pipelines.replacement.records import ImageRecord, read_image, record_drop
+from ieiw.pipelines.replacement.selection import SelectedRegion, SelectionConfig, select_regions
+from ieiw.storage.schema import Drop
 
 
 def iter_source(source: Source) -> Iterator[ImageRecord | Drop]:
@@ -48,7 +48,7 @@ def build_proposer(config: ProposerConfig) -> Proposer:
             config.felzenszwalb_min_size,
             config.max_regions,
         )
-    from pipelines.replacement.sam import SamProposer
+    from ieiw.pipelines.replacement.sam import SamProposer
 
     return SamProposer(config.sam)
 

@@ -15,22 +15,22 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import UnidentifiedImageError
 
-from pipelines.instructions.llm import InstructionWriter
-from pipelines.replacement.captions import BlipCaptioner, class_name_caption
-from pipelines.replacement.config import ReplacementConfig
-from pipelines.replacement.crops import CropConfig, masked_crop
-from pipelines.replacement.database import ObjectDatabase, image_key, object_id
-from pipelines.replacement.index import ObjectIndex
-from pipelines.replacement.labels import ZeroShotLabeler
-from pipelines.replacement.objects import embed_regions, name_regions
-from pipelines.replacement.painting import Painted, Painter, PaintError, PaintJob
-from pipelines.replacement.proposals import Proposer
-from pipelines.replacement.records import RegionDecodeError, decode_rle, load_rgb, record_drop
-from pipelines.replacement.retrieval import Match, retrieve
-from pipelines.replacement.selection import SelectedRegion
-from pipelines.replacement.sources import LoadedImage, load_image_regions
-from pipelines.replacement.wording import write_instruction
-from storage.schema import (
+from ieiw.pipelines.instructions.llm import InstructionWriter
+from ieiw.pipelines.replacement.captions import BlipCaptioner, class_name_caption
+from ieiw.pipelines.replacement.config import ReplacementConfig
+from ieiw.pipelines.replacement.crops import CropConfig, masked_crop
+from ieiw.pipelines.replacement.database import ObjectDatabase, image_key, object_id
+from ieiw.pipelines.replacement.index import ObjectIndex
+from ieiw.pipelines.replacement.labels import ZeroShotLabeler
+from ieiw.pipelines.replacement.objects import embed_regions, name_regions
+from ieiw.pipelines.replacement.painting import Painted, Painter, PaintError, PaintJob
+from ieiw.pipelines.replacement.proposals import Proposer
+from ieiw.pipelines.replacement.records import RegionDecodeError, decode_rle, load_rgb, record_drop
+from ieiw.pipelines.replacement.retrieval import Match, retrieve
+from ieiw.pipelines.replacement.selection import SelectedRegion
+from ieiw.pipelines.replacement.sources import LoadedImage, load_image_regions
+from ieiw.pipelines.replacement.wording import write_instruction
+from ieiw.storage.schema import (
     Drop,
     GeneratorInfo,
     Provenance,

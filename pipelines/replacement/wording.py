@@ -5,9 +5,9 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 
-from pipelines.instructions.llm import InstructionWriter, LLMError
-from pipelines.instructions.templates import render_replace
-from pipelines.replacement.config import InstructionConfig
+from ieiw.pipelines.instructions.llm import InstructionWriter, LLMError
+from ieiw.pipelines.instructions.templates import render_replace
+from ieiw.pipelines.replacement.config import InstructionConfig
 
 
 @dataclass

@@ -19,7 +19,7 @@ DEMO_LICENSE = "scikit-image sample data (public domain / CC0 photographs, see s
 
 
 def demo_annotation_path() -> str:
-    return str(resources.files("pipelines.sources").joinpath("demo_data", "refer_demo.json"))
+    return str(resources.files("ieiw.pipelines.sources").joinpath("demo_data", "refer_demo.json"))
 
 
 def demo_photo(name: str) -> np.ndarray:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from storage.schema import Drop, Provenance, stable_key
+from ieiw.storage.schema import Drop, Provenance, stable_key
 
 
 def keyed_drop(

@@ -22,8 +22,8 @@ import ijson
 import numpy as np
 from PIL import Image, ImageDraw, UnidentifiedImageError
 
-from pipelines.sources.drops import keyed_drop
-from storage.schema import Drop, Provenance
+from ieiw.pipelines.sources.drops import keyed_drop
+from ieiw.storage.schema import Drop, Provenance
 
 DATASET = "phrasecut"
 LICENSE = "CC BY 4.0 (Visual Genome images and PhraseCut annotations)"

@@ -5,15 +5,15 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from pipelines.web.config import DumpSourceConfig, RedditSourceConfig, WebEditsConfig
-from pipelines.web.crawl import Crawler
-from pipelines.web.downloader import ImageDownloader
-from pipelines.web.fetcher import SafeFetcher
-from pipelines.web.images import ImageCache
-from pipelines.web.posts import PostSource
-from pipelines.web.reddit_dump import RedditDumpSource
-from pipelines.web.reddit_json import RedditSource
-from pipelines.web.state import CrawlState
+from ieiw.pipelines.web.config import DumpSourceConfig, RedditSourceConfig, WebEditsConfig
+from ieiw.pipelines.web.crawl import Crawler
+from ieiw.pipelines.web.downloader import ImageDownloader
+from ieiw.pipelines.web.fetcher import SafeFetcher
+from ieiw.pipelines.web.images import ImageCache
+from ieiw.pipelines.web.posts import PostSource
+from ieiw.pipelines.web.reddit_dump import RedditDumpSource
+from ieiw.pipelines.web.reddit_json import RedditSource
+from ieiw.pipelines.web.state import CrawlState
 
 STATE_FILE = "crawl_state.sqlite"
 

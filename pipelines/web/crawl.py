@@ -13,12 +13,12 @@ from collections.abc import Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
-from pipelines.web.config import WebEditsConfig
-from pipelines.web.downloader import ImageDownloader
-from pipelines.web.fetcher import FetchError
-from pipelines.web.posts import EditCandidate, PostSource, WebPost
-from pipelines.web.state import CrawlState, DownloadRecord
-from storage.schema import Drop, Provenance, Task, stable_key
+from ieiw.pipelines.web.config import WebEditsConfig
+from ieiw.pipelines.web.downloader import ImageDownloader
+from ieiw.pipelines.web.fetcher import FetchError
+from ieiw.pipelines.web.posts import EditCandidate, PostSource, WebPost
+from ieiw.pipelines.web.state import CrawlState, DownloadRecord
+from ieiw.storage.schema import Drop, Provenance, Task, stable_key
 
 log = logging.getLogger(__name__)
 NSFW_FLAIRS = ("nsfw", "18+")

@@ -5,11 +5,11 @@ from __future__ import annotations
 import os
 import threading
 
-from pipelines.web.config import DownloadConfig
-from pipelines.web.fetcher import FetchError, SafeFetcher
-from pipelines.web.hosts import resolve_image_url
-from pipelines.web.images import ImageCache, check_image
-from pipelines.web.state import CrawlState, DownloadRecord
+from ieiw.pipelines.web.config import DownloadConfig
+from ieiw.pipelines.web.fetcher import FetchError, SafeFetcher
+from ieiw.pipelines.web.hosts import resolve_image_url
+from ieiw.pipelines.web.images import ImageCache, check_image
+from ieiw.pipelines.web.state import CrawlState, DownloadRecord
 
 
 class ImageDownloader:

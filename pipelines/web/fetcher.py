@@ -22,10 +22,10 @@ from urllib.robotparser import RobotFileParser
 
 import requests
 
-from pipelines.web.addresses import ALLOWED_SCHEMES, AddressPolicy, BlockedAddress, DNSFailure
-from pipelines.web.config import DownloadConfig
-from pipelines.web.limits import HostLimiter
-from pipelines.web.session import make_session
+from ieiw.pipelines.web.addresses import ALLOWED_SCHEMES, AddressPolicy, BlockedAddress, DNSFailure
+from ieiw.pipelines.web.config import DownloadConfig
+from ieiw.pipelines.web.limits import HostLimiter
+from ieiw.pipelines.web.session import make_session
 
 log = logging.getLogger(__name__)
 

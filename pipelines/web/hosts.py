@@ -8,7 +8,7 @@ import re
 from collections.abc import Iterator
 from urllib.parse import parse_qs, urlsplit, urlunsplit
 
-from pipelines.web.fetcher import FetchError, SafeFetcher
+from ieiw.pipelines.web.fetcher import FetchError, SafeFetcher
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
 VIDEO_HOSTS = ("v.redd.it", "youtube.com", "www.youtube.com", "youtu.be", "streamable.com")

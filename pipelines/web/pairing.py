@@ -13,14 +13,14 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from pipelines.web.config import PairingConfig
-from pipelines.web.crawl import LICENSE, CrawledPost, post_drop
-from pipelines.web.images import load_rgb
-from pipelines.web.instruction import InstructionRewriter, make_instruction
-from pipelines.web.posts import EditCandidate, WebPost
-from pipelines.web.scene import SceneScores, same_scene, scene_scores
-from pipelines.web.state import DownloadRecord
-from storage.schema import Drop, GeneratorInfo, Provenance, Result, Sample, SampleMeta, Task, sample_key
+from ieiw.pipelines.web.config import PairingConfig
+from ieiw.pipelines.web.crawl import LICENSE, CrawledPost, post_drop
+from ieiw.pipelines.web.images import load_rgb
+from ieiw.pipelines.web.instruction import InstructionRewriter, make_instruction
+from ieiw.pipelines.web.posts import EditCandidate, WebPost
+from ieiw.pipelines.web.scene import SceneScores, same_scene, scene_scores
+from ieiw.pipelines.web.state import DownloadRecord
+from ieiw.storage.schema import Drop, GeneratorInfo, Provenance, Result, Sample, SampleMeta, Task, sample_key
 
 GENERATOR = "web_edits"
 

@@ -18,9 +18,9 @@ from typing import IO, Any
 
 import zstandard
 
-from pipelines.web.config import DumpSourceConfig
-from pipelines.web.posts import PostSource, WebPost
-from pipelines.web.reddit_things import candidates_from_comments, comment_images, post_from_submission
+from ieiw.pipelines.web.config import DumpSourceConfig
+from ieiw.pipelines.web.posts import PostSource, WebPost
+from ieiw.pipelines.web.reddit_things import candidates_from_comments, comment_images, post_from_submission
 
 log = logging.getLogger(__name__)
 MAX_WINDOW = 2**31  # the archives are compressed with a long window

@@ -15,10 +15,10 @@ from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
-from pipelines.web.config import RedditSourceConfig
-from pipelines.web.fetcher import FetchError, SafeFetcher
-from pipelines.web.posts import PostSource, WebPost
-from pipelines.web.reddit_things import candidates_from_comments, post_from_submission
+from ieiw.pipelines.web.config import RedditSourceConfig
+from ieiw.pipelines.web.fetcher import FetchError, SafeFetcher
+from ieiw.pipelines.web.posts import PostSource, WebPost
+from ieiw.pipelines.web.reddit_things import candidates_from_comments, post_from_submission
 
 log = logging.getLogger(__name__)
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from pipelines.web.hosts import clean_url, is_probable_image, reddit_media_url, urls_in_text
-from pipelines.web.posts import EditCandidate, WebPost
+from ieiw.pipelines.web.hosts import clean_url, is_probable_image, reddit_media_url, urls_in_text
+from ieiw.pipelines.web.posts import EditCandidate, WebPost
 
 REMOVED_TEXTS = ("[removed]", "[deleted]")
 

@@ -16,7 +16,7 @@ from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
 from urllib3.util.timeout import _DEFAULT_TIMEOUT
 
-from pipelines.web.addresses import AddressPolicy
+from ieiw.pipelines.web.addresses import AddressPolicy
 
 
 def _connect_vetted(conn: HTTPConnection, policy: AddressPolicy) -> socket.socket:

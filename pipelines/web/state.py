@@ -13,7 +13,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass
 
-from pipelines.web.posts import WebPost
+from ieiw.pipelines.web.posts import WebPost
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS posts (

@@ -2,11 +2,11 @@ import re
 
 from typer.testing import CliRunner
 
-from flows.cli import app
-from pipelines.inpaint import InpaintConfig, build_inpainter
-from pipelines.removal import RemovalSettings, removal_stage
-from pipelines.sources.phrasecut import iter_records
-from storage.commit import commit_batch
+from ieiw.flows.cli import app
+from ieiw.pipelines.inpaint import InpaintConfig, build_inpainter
+from ieiw.pipelines.removal import RemovalSettings, removal_stage
+from ieiw.pipelines.sources.phrasecut import iter_records
+from ieiw.storage.commit import commit_batch
 
 runner = CliRunner()
 

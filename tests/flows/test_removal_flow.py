@@ -4,12 +4,12 @@ import glob
 
 import webdataset as wds
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+from prefect.client.schemas.filters import ArtifactCollectionFilter, ArtifactCollectionFilterKey
 
-from flows import models
-from flows.build import ieiw_build
-from flows.config import BuildConfig
-from storage import manifest
+from ieiw.flows import models
+from ieiw.flows.build import ieiw_build
+from ieiw.flows.config import BuildConfig
+from ieiw.storage import manifest
 
 
 def _config(annotations, images, output, **removal):
@@ -60,7 +60,10 @@ def test_build_writes_shards_manifest_gallery_and_artifacts(prefect_api, phrasec
             "build-summary",
             "data-card",
         ]
-        found = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=keys)))
+        # the newest version of each key: other tests on this server publish the same keys
+        found = client.read_latest_artifacts(
+            artifact_filter=ArtifactCollectionFilter(key=ArtifactCollectionFilterKey(any_=keys))
+        )
     assert {a.key for a in found} == set(keys)
     counts = next(a for a in found if a.key == "removal-counts")
     assert "kept" in str(counts.data) and "16" in str(counts.data)

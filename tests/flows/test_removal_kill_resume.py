@@ -10,12 +10,12 @@ from pathlib import Path
 import webdataset as wds
 import yaml
 
-from flows.config import RemovalConfig
-from pipelines.inpaint import InpaintConfig, build_inpainter
-from pipelines.removal import removal_stage
-from pipelines.sources.phrasecut import iter_records
-from storage import manifest
-from storage.shards import iter_samples
+from ieiw.flows.config import RemovalConfig
+from ieiw.pipelines.inpaint import InpaintConfig, build_inpainter
+from ieiw.pipelines.removal import removal_stage
+from ieiw.pipelines.sources.phrasecut import iter_records
+from ieiw.storage import manifest
+from ieiw.storage.shards import iter_samples
 
 
 def _write_config(tmp_path: Path, annotations: str, images: str) -> Path:
@@ -34,7 +34,7 @@ def _write_config(tmp_path: Path, annotations: str, images: str) -> Path:
 def _build(config: Path, api: str) -> subprocess.Popen:
     env = {**os.environ, "PREFECT_API_URL": api, "TQDM_DISABLE": "1"}
     return subprocess.Popen(
-        [sys.executable, "-m", "flows.cli", "build", str(config)],
+        [sys.executable, "-m", "ieiw.flows.cli", "build", str(config)],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

@@ -36,7 +36,7 @@ def edit_shards(tmp_path_factory):
 @pytest.fixture(scope="session")
 def trained_model(tiny_base, edit_shards, tmp_path_factory):
     """A model folder written by the trainer (4 steps): what `ieiw edit` and `evaluate` open."""
-    from model.trainer import train
+    from ieiw.model.trainer import train
 
     torch.set_num_threads(1)
     return train(small_config(tiny_base, edit_shards, tmp_path_factory.mktemp("trained")))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from model.config import TrainConfig
+from ieiw.model.config import TrainConfig
 
 
 def small_config(base, shards, output_dir, **overrides) -> TrainConfig:

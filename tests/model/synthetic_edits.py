@@ -2,15 +2,15 @@
 
 Each source image is a flat background with one circle or square in a random colour; the target
 is the same image with the shape painted in the colour the instruction names ("make the circle
-red"). Written with :class:`storage.shards.ShardWriter`, exactly as generators write shards.
+red"). Written with :class:`ieiw.storage.shards.ShardWriter`, exactly as generators write shards.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from storage.schema import GeneratorInfo, Provenance, Sample, SampleMeta, Task, sample_key
-from storage.shards import ShardSpec, ShardWriter
+from ieiw.storage.schema import GeneratorInfo, Provenance, Sample, SampleMeta, Task, sample_key
+from ieiw.storage.shards import ShardSpec, ShardWriter
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220), "yellow": (230, 220, 30)}
 SHAPES = ("circle", "square")

@@ -12,8 +12,8 @@ import yaml
 from PIL import Image
 from typer.testing import CliRunner
 
-from flows.commands.model import register
-from storage.shards import iter_samples
+from ieiw.flows.commands.model import register
+from ieiw.storage.shards import iter_samples
 
 
 @pytest.fixture(scope="module")

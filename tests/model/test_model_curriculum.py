@@ -22,13 +22,13 @@ from synthetic_edits import write_synthetic_shards
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from typer.testing import CliRunner
 
-from flows.commands.model import register
-from model.build import build_models
-from model.checkpoints import checkpoint_dirs
-from model.config import TrainConfig, load_train_config
-from model.curriculum import DONE_MARKER, StageNotReady, plan_stages, run_curriculum
-from model.data import SourceSet, StreamSettings, StreamState, make_loader
-from model.trainer import encode_text, train, training_step
+from ieiw.flows.commands.model import register
+from ieiw.model.build import build_models
+from ieiw.model.checkpoints import checkpoint_dirs
+from ieiw.model.config import TrainConfig, load_train_config
+from ieiw.model.curriculum import DONE_MARKER, StageNotReady, plan_stages, run_curriculum
+from ieiw.model.data import SourceSet, StreamSettings, StreamState, make_loader
+from ieiw.model.trainer import encode_text, train, training_step
 
 REPO = Path(__file__).resolve().parents[2]
 DATA = {"resolution": 24, "num_workers": 0, "shuffle_buffer": 16, "shards_per_block": 2}
@@ -183,7 +183,7 @@ def _run_killed_in_stage(config: TrainConfig, config_file: Path, stage: str) -> 
     """Run the curriculum in a subprocess; SIGKILL it once ``stage`` has its first checkpoint."""
     config_file.write_text(yaml.safe_dump(config.model_dump(mode="json")))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    process = subprocess.Popen([sys.executable, "-m", "model.trainer", str(config_file)], env=env,
+    process = subprocess.Popen([sys.executable, "-m", "ieiw.model.trainer", str(config_file)], env=env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     stage_dir = str(Path(config.output_dir) / stage)
     deadline = time.monotonic() + 240
@@ -217,7 +217,7 @@ def test_all_stages_then_a_kill_resumes_inside_its_stage(tiny_base, stage_shards
     assert not (killed / "task_mix" / DONE_MARKER).exists(), "the second stage finished before the kill"
     marker_time = (killed / "pretrain" / DONE_MARKER).stat().st_mtime_ns
 
-    with caplog.at_level(logging.INFO, logger="model.trainer"):
+    with caplog.at_level(logging.INFO, logger="ieiw.model.trainer"):
         resumed = run_curriculum(load_train_config(tmp_path / "killed.yaml"))
     assert [(s["stage"], s["skipped"]) for s in resumed] == [
         ("pretrain", True), ("task_mix", False), ("instruction_tuning", False)]
@@ -269,7 +269,7 @@ def test_train_flow_runs_each_stage_as_a_subflow(prefect_api, tiny_base, stage_s
         FlowRunFilterName,
     )
 
-    from flows.train import train as train_flow
+    from ieiw.flows.train import train as train_flow
 
     config = _curriculum(tiny_base, stage_shards, tmp_path / "run", use_ema=False)
     config_file = tmp_path / "curriculum.yaml"

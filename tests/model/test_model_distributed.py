@@ -27,7 +27,7 @@ def _free_port() -> int:
 def _launch(config_file: Path) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true", "PYTHONPATH": str(REPO)}
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-               "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), "-m", "model.trainer",
+               "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), "-m", "ieiw.model.trainer",
                str(config_file)]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=400)
     assert result.returncode == 0, result.stderr[-3000:]

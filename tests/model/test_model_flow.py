@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import yaml
 
-from flows.train import train
+from ieiw.flows.train import train
 
 
 def test_train_flow(prefect_api, tiny_base, edit_shards, tmp_path):

@@ -8,9 +8,9 @@ import torch
 from diffusers import DDPMScheduler, StableDiffusionInstructPix2PixPipeline, UNet2DConditionModel
 from synthetic_edits import make_sample, write_synthetic_shards
 
-from model.build import widen_conv_in
-from model.config import TrainConfig
-from model.trainer import train
+from ieiw.model.build import widen_conv_in
+from ieiw.model.config import TrainConfig
+from ieiw.model.trainer import train
 
 SIZE = 16
 TIMESTEPS = (200, 400, 600, 800)

@@ -8,8 +8,8 @@ from diffusers import StableDiffusionInstructPix2PixPipeline, UNet2DConditionMod
 from diffusers.models.attention_processor import AttnProcessor2_0
 from small_training import small_config
 
-from model.build import build_models, widen_conv_in
-from model.inference import EditSettings, edit_image, load_edit_pipeline
+from ieiw.model.build import build_models, widen_conv_in
+from ieiw.model.inference import EditSettings, edit_image, load_edit_pipeline
 
 
 def test_build_models_widens_the_unet_and_freezes_the_rest(tiny_base, edit_shards, tmp_path):

@@ -7,12 +7,12 @@ import json
 import typer
 from typer.testing import CliRunner
 
-from flows.commands.model import register
-from pipelines.multitask.demo import demo_multitask_config
-from pipelines.multitask.stage import iter_multitask_records, multitask_stage
-from pipelines.sources.demo import materialize_demo_images
-from storage.commit import commit_batch
-from storage.schema import Drop
+from ieiw.flows.commands.model import register
+from ieiw.pipelines.multitask.demo import demo_multitask_config
+from ieiw.pipelines.multitask.stage import iter_multitask_records, multitask_stage
+from ieiw.pipelines.sources.demo import materialize_demo_images
+from ieiw.storage.commit import commit_batch
+from ieiw.storage.schema import Drop
 
 
 def test_evaluate_task_edits_held_out_samples_and_scores_them(trained_model, tmp_path):

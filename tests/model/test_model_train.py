@@ -17,13 +17,13 @@ import yaml
 from safetensors.torch import load_file
 from small_training import small_config
 
-from model.build import build_models
-from model.checkpoints import checkpoint_dirs
-from model.config import CFGDropout, load_train_config
-from model.data import SourceSet, StreamSettings, StreamState, make_loader
-from model.inference import EditSettings, edit_image, load_edit_pipeline
-from model.latent_cache import build_latent_cache, cache_folder
-from model.trainer import cfg_masks, encode_text, train, training_step
+from ieiw.model.build import build_models
+from ieiw.model.checkpoints import checkpoint_dirs
+from ieiw.model.config import CFGDropout, load_train_config
+from ieiw.model.data import SourceSet, StreamSettings, StreamState, make_loader
+from ieiw.model.inference import EditSettings, edit_image, load_edit_pipeline
+from ieiw.model.latent_cache import build_latent_cache, cache_folder
+from ieiw.model.trainer import cfg_masks, encode_text, train, training_step
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -45,6 +45,39 @@ def test_one_training_step_trains_the_source_channels(tiny_base, edit_shards, tm
     grad = models.unet.conv_in.weight.grad
     assert grad[:, 4:].abs().sum() > 0  # the zero-initialised source-latent inputs learn
     assert all(p.grad is None for p in models.vae.parameters())
+
+
+@pytest.mark.parametrize(
+    ("dropout", "text_dropped", "image_dropped"),
+    [
+        ({"text": 0, "image": 0, "both": 0}, False, False),
+        ({"text": 1, "image": 0, "both": 0}, True, False),
+        ({"text": 0, "image": 1, "both": 0}, False, True),
+        ({"text": 0, "image": 0, "both": 1}, True, True),
+    ],
+)
+def test_a_training_step_applies_the_cfg_dropout(tiny_base, edit_shards, tmp_path, dropout, text_dropped,
+                                                 image_dropped):
+    """What the UNet is given in a step: the null text where the text is dropped, zero source-latent
+    channels where the image is dropped, the real conditioning otherwise."""
+    config = small_config(tiny_base, edit_shards, tmp_path, cfg_dropout=dropout)
+    models = build_models(config)
+    sets = [SourceSet([str(p) for p in sorted(edit_shards.glob("*.tar"))])]
+    batch = next(iter(make_loader(sets, StreamSettings(resolution=24, batch_size=4), StreamState(0))))
+    null_text = encode_text(models, [""], "cpu")
+    seen = {}
+
+    def recording_unet(model_input, timesteps, text, return_dict=False):
+        seen["input"], seen["text"] = model_input.detach(), text.detach()
+        return models.unet(model_input, timesteps, text, return_dict=return_dict)
+
+    training_step(config, models, recording_unet, batch, null_text, torch.Generator().manual_seed(0), "cpu")
+    source_channels = seen["input"][:, 4:]
+    per_sample_source = source_channels.abs().flatten(1).sum(1)
+    assert bool((per_sample_source == 0).all()) is image_dropped
+    assert bool((per_sample_source > 0).all()) is not image_dropped
+    is_null = [torch.equal(row, null_text[0].float()) for row in seen["text"]]
+    assert all(is_null) if text_dropped else not any(is_null)
 
 
 def test_cfg_dropout_rates():
@@ -87,7 +120,7 @@ def test_a_killed_run_resumes_from_its_last_checkpoint(tiny_base, edit_shards, t
     config_file = tmp_path / "killed.yaml"
     config_file.write_text(yaml.safe_dump(config.model_dump(mode="json")))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    process = subprocess.Popen([sys.executable, "-m", "model.trainer", str(config_file)], env=env,
+    process = subprocess.Popen([sys.executable, "-m", "ieiw.model.trainer", str(config_file)], env=env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 240
     while not checkpoint_dirs(config.output_dir) and process.poll() is None and time.monotonic() < deadline:

@@ -10,8 +10,8 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from model.inference import load_edit_pipeline
-from model.webapp import create_app
+from ieiw.model.inference import load_edit_pipeline
+from ieiw.model.webapp import create_app
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,6 @@
 """A tiny open_clip model (JSON config + safetensors weights) for the evaluation tests.
 
-Loaded through :class:`quality.embeddings.ClipEmbedder.from_config`, the loader a user runs with
+Loaded through :class:`ieiw.quality.embeddings.ClipEmbedder.from_config`, the loader a user runs with
 real CLIP weights; the tokenizer is open_clip's own BPE vocabulary, shipped with the package.
 """
 

@@ -10,7 +10,7 @@ import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from pipelines.multitask.keypoint_sources import COCO_JOINTS as COCO_JOINT_ORDER
+from ieiw.pipelines.multitask.keypoint_sources import COCO_JOINTS as COCO_JOINT_ORDER
 
 COCO_JOINTS = list(COCO_JOINT_ORDER)  # as a file's ``keypoints`` list holds them
 COCO_SKELETON = [

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from multitask_fixtures import COCO_JOINTS, write_coco_keypoints
 
-from pipelines.multitask.config import (
+from ieiw.pipelines.multitask.config import (
     CocoKeypointSource,
     EnhancementConfig,
     KeypointConfig,
@@ -14,12 +14,12 @@ from pipelines.multitask.config import (
     SegmentationConfig,
     SyntheticSource,
 )
-from pipelines.multitask.demo import astronaut_keypoints_path, demo_multitask_config
-from pipelines.multitask.keypoint_sources import iter_coco_keypoints
-from pipelines.sources.demo import materialize_demo_images
-from storage import manifest
-from storage.schema import Task
-from storage.shards import iter_samples
+from ieiw.pipelines.multitask.demo import astronaut_keypoints_path, demo_multitask_config
+from ieiw.pipelines.multitask.keypoint_sources import iter_coco_keypoints
+from ieiw.pipelines.sources.demo import materialize_demo_images
+from ieiw.storage import manifest
+from ieiw.storage.schema import Task
+from ieiw.storage.shards import iter_samples
 
 
 def test_astronaut_joints_are_coco_keypoints_of_the_photo(tmp_path):
@@ -38,7 +38,7 @@ def test_astronaut_joints_are_coco_keypoints_of_the_photo(tmp_path):
 
 @pytest.fixture(scope="module")
 def demo_build(tmp_path_factory, prefect_api):
-    from flows.multitask import multitask
+    from ieiw.flows.multitask import multitask
 
     root = tmp_path_factory.mktemp("demo")
     images = str(root / "images")
@@ -68,7 +68,7 @@ def test_demo_flow_writes_every_task_as_shards(demo_build):
 
 
 def test_demo_flow_rerun_resumes_without_duplicates(demo_build):
-    from flows.multitask import multitask
+    from ieiw.flows.multitask import multitask
 
     config, output, first = demo_build
     again = multitask(config, output)
@@ -78,7 +78,7 @@ def test_demo_flow_rerun_resumes_without_duplicates(demo_build):
 
 
 def test_flow_counts_bad_inputs_as_drops(tmp_path, prefect_api):
-    from flows.multitask import multitask
+    from ieiw.flows.multitask import multitask
 
     path, images = write_coco_keypoints(str(tmp_path / "coco"))
     os.remove(os.path.join(images, "000000000002.jpg"))
@@ -103,7 +103,7 @@ def test_multitask_demo_command(tmp_path, prefect_api):
     import typer
     from typer.testing import CliRunner
 
-    from flows.commands.multitask import register
+    from ieiw.flows.commands.multitask import register
 
     app = typer.Typer()
     register(app)

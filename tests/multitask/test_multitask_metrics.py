@@ -8,8 +8,8 @@ from multitask_fixtures import save, textured, write_coco_keypoints, write_coco_
 from PIL import Image
 from typer.testing import CliRunner
 
-from flows.commands.multitask import register
-from pipelines.multitask.config import (
+from ieiw.flows.commands.multitask import register
+from ieiw.pipelines.multitask.config import (
     CocoKeypointSource,
     CocoStuffSource,
     EnhancementConfig,
@@ -19,14 +19,14 @@ from pipelines.multitask.config import (
     SegmentationConfig,
     SyntheticSource,
 )
-from pipelines.multitask.render import draw_circles
-from pipelines.multitask.stage import iter_multitask_records, multitask_stage
-from quality.task_evaluation import OutputFolder, evaluate_task_outputs
-from quality.task_metrics import keypoint_ap
-from storage.commit import commit_batch
-from storage.images import encode_image
-from storage.schema import Drop, Sample
-from storage.visual_prompts import COLORS
+from ieiw.pipelines.multitask.render import draw_circles
+from ieiw.pipelines.multitask.stage import iter_multitask_records, multitask_stage
+from ieiw.quality.task_evaluation import OutputFolder, evaluate_task_outputs
+from ieiw.quality.task_metrics import keypoint_ap
+from ieiw.storage.commit import commit_batch
+from ieiw.storage.images import encode_image
+from ieiw.storage.schema import Drop, Sample
+from ieiw.storage.visual_prompts import COLORS
 
 
 def _samples(config: MultitaskConfig) -> list[Sample]:

@@ -15,18 +15,23 @@ from multitask_fixtures import (
     write_refcoco,
 )
 
-from pipelines.multitask.captions import load_captions
-from pipelines.multitask.enhancement_sources import iter_clean_images, iter_pairs
-from pipelines.multitask.keypoint_sources import MPII_JOINTS, iter_coco_keypoints, iter_mpii, joint_phrase
-from pipelines.multitask.records import KeypointRecord, PairRecord, ReferringRecord, SemanticRecord
-from pipelines.multitask.segmentation_sources import (
+from ieiw.pipelines.multitask.captions import load_captions
+from ieiw.pipelines.multitask.enhancement_sources import iter_clean_images, iter_pairs
+from ieiw.pipelines.multitask.keypoint_sources import (
+    MPII_JOINTS,
+    iter_coco_keypoints,
+    iter_mpii,
+    joint_phrase,
+)
+from ieiw.pipelines.multitask.records import KeypointRecord, PairRecord, ReferringRecord, SemanticRecord
+from ieiw.pipelines.multitask.segmentation_sources import (
     iter_coco_stuff,
     iter_grefcoco,
     iter_phrasecut_referring,
     iter_refcoco,
     read_label_names,
 )
-from storage.schema import Drop
+from ieiw.storage.schema import Drop
 
 
 def _split(items):

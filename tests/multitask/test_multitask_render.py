@@ -16,7 +16,7 @@ from multitask_fixtures import (
     write_refcoco,
 )
 
-from pipelines.multitask.config import (
+from ieiw.pipelines.multitask.config import (
     CocoKeypointSource,
     CocoStuffSource,
     EnhancementConfig,
@@ -30,13 +30,13 @@ from pipelines.multitask.config import (
     SegmentationConfig,
     SyntheticSource,
 )
-from pipelines.multitask.degradations import DEGRADATIONS, TASK_OF, degrade
-from pipelines.multitask.stage import iter_multitask_records, multitask_stage
-from pipelines.multitask.templates import TEMPLATES, keypoint_instruction
-from quality.task_decoders import decode_keypoint, decode_mask
-from quality.task_metrics import mask_iou
-from storage.schema import Drop, Sample, Task
-from storage.visual_prompts import COLOR_NAMES, keypoint_radius
+from ieiw.pipelines.multitask.degradations import DEGRADATIONS, TASK_OF, degrade
+from ieiw.pipelines.multitask.stage import iter_multitask_records, multitask_stage
+from ieiw.pipelines.multitask.templates import TEMPLATES, keypoint_instruction
+from ieiw.quality.task_decoders import decode_keypoint, decode_mask
+from ieiw.quality.task_metrics import mask_iou
+from ieiw.storage.schema import Drop, Sample, Task
+from ieiw.storage.visual_prompts import COLOR_NAMES, keypoint_radius
 
 
 def _run(config: MultitaskConfig, captions=None):
@@ -238,7 +238,7 @@ def test_templates_are_plentiful_and_keypoint_sentences_read(tmp_path):
 
 
 def test_captions_file_feeds_pretrain_captions(tmp_path):
-    from pipelines.multitask.captions import load_captions
+    from ieiw.pipelines.multitask.captions import load_captions
 
     path, images = write_coco_keypoints(str(tmp_path))
     captions = load_captions([write_captions(str(tmp_path / "captions"), [2])])

@@ -9,10 +9,15 @@ import numpy as np
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from pipelines.multitask.render import contrasting_colors, draw_circles, mask_overlay, neighbourhood_color
-from quality.task_decoders import decode_keypoint, decode_mask
-from quality.task_metrics import mask_iou
-from storage.visual_prompts import COLOR_NAMES, COLORS, MIN_CONTRAST, MIN_MASK_ALPHA, keypoint_radius
+from ieiw.pipelines.multitask.render import (
+    contrasting_colors,
+    draw_circles,
+    mask_overlay,
+    neighbourhood_color,
+)
+from ieiw.quality.task_decoders import decode_keypoint, decode_mask
+from ieiw.quality.task_metrics import mask_iou
+from ieiw.storage.visual_prompts import COLOR_NAMES, COLORS, MIN_CONTRAST, MIN_MASK_ALPHA, keypoint_radius
 
 SETTINGS = settings(
     max_examples=40, deadline=None, suppress_health_check=[HealthCheck.filter_too_much, HealthCheck.too_slow]

@@ -4,8 +4,8 @@ import pickle
 import pytest
 from multitask_fixtures import write_refcoco
 
-from pipelines.multitask.safe_pickle import UnsafePickleError, load_plain_pickle_file, loads_plain
-from pipelines.multitask.segmentation_sources import iter_refcoco
+from ieiw.pipelines.multitask.safe_pickle import UnsafePickleError, load_plain_pickle_file, loads_plain
+from ieiw.pipelines.multitask.segmentation_sources import iter_refcoco
 
 
 class _Payload:

@@ -13,10 +13,10 @@ import s3fs
 from moto.server import ThreadedMotoServer
 from tcp_proxy import TcpProxy
 
-from flows.build import ieiw_build
-from flows.config import BuildConfig
-from storage import manifest
-from storage.shards import iter_samples
+from ieiw.flows.build import ieiw_build
+from ieiw.flows.config import BuildConfig
+from ieiw.storage import manifest
+from ieiw.storage.shards import iter_samples
 
 
 @pytest.fixture

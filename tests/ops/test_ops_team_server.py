@@ -19,11 +19,11 @@ from prefect.deployments import run_deployment
 from prefect.settings import PREFECT_API_URL, temporary_settings
 from team_server import kill_tree, prefect_server_on_postgres, start_worker
 
-from flows.deploy import deploy, ensure_gpu_limit, ensure_work_pool
-from pipelines.inpaint import InpaintConfig, build_inpainter
-from pipelines.removal import RemovalSettings, removal_stage
-from pipelines.sources.phrasecut import RegionSettings, iter_records
-from storage import manifest
+from ieiw.flows.deploy import deploy, ensure_gpu_limit, ensure_work_pool
+from ieiw.pipelines.inpaint import InpaintConfig, build_inpainter
+from ieiw.pipelines.removal import RemovalSettings, removal_stage
+from ieiw.pipelines.sources.phrasecut import RegionSettings, iter_records
+from ieiw.storage import manifest
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from tiny_lama import save_tiny_lama
 
-from pipelines.inpaint import InpaintConfig, InpaintError, build_inpainter
-from pipelines.inpaint.lama import LamaInpainter, pad_to_modulo, resolve_checkpoint
+from ieiw.pipelines.inpaint import InpaintConfig, InpaintError, build_inpainter
+from ieiw.pipelines.inpaint.lama import LamaInpainter, pad_to_modulo, resolve_checkpoint
 
 
 def _image_and_mask(height=61, width=83, seed=0):

@@ -2,8 +2,14 @@ import json
 
 import numpy as np
 
-from pipelines.sources.phrasecut import PhraseCutRecord, RegionSettings, iter_records, load_region, rasterize
-from storage.schema import Drop
+from ieiw.pipelines.sources.phrasecut import (
+    PhraseCutRecord,
+    RegionSettings,
+    iter_records,
+    load_region,
+    rasterize,
+)
+from ieiw.storage.schema import Drop
 
 
 def test_reader_streams_real_format_records(phrasecut):

@@ -1,12 +1,12 @@
 import numpy as np
 from tiny_lama import save_tiny_lama
 
-from pipelines.inpaint import InpaintConfig, build_inpainter
-from pipelines.inpaint.lama import LamaInpainter
-from pipelines.instructions.templates import TEMPLATES, a_phrase, render, the_phrase
-from pipelines.removal import RemovalSettings, removal_stage
-from pipelines.sources.phrasecut import RegionSettings, iter_records
-from storage.schema import Drop, Sample, Task
+from ieiw.pipelines.inpaint import InpaintConfig, build_inpainter
+from ieiw.pipelines.inpaint.lama import LamaInpainter
+from ieiw.pipelines.instructions.templates import TEMPLATES, a_phrase, render, the_phrase
+from ieiw.pipelines.removal import RemovalSettings, removal_stage
+from ieiw.pipelines.sources.phrasecut import RegionSettings, iter_records
+from ieiw.storage.schema import Drop, Sample, Task
 
 
 def test_every_record_becomes_a_remove_and_a_reversed_add_pair(phrasecut):

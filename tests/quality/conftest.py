@@ -13,11 +13,11 @@ import pytest
 import torch
 from quality_helpers import TINY_CLIP, TINY_CLIP_CONFIG, picture  # noqa: F401  (re-exported for fixtures)
 
-from quality.aesthetic import AestheticPredictor
-from quality.embeddings import EmbedderConfig, register_model_config
-from storage.commit import commit_batch
-from storage.images import encode_image
-from storage.schema import GeneratorInfo, Provenance, Sample, SampleMeta, Task, sample_key
+from ieiw.quality.aesthetic import AestheticPredictor
+from ieiw.quality.embeddings import EmbedderConfig, register_model_config
+from ieiw.storage.commit import commit_batch
+from ieiw.storage.images import encode_image
+from ieiw.storage.schema import GeneratorInfo, Provenance, Sample, SampleMeta, Task, sample_key
 
 
 @pytest.fixture(scope="session")
@@ -51,7 +51,7 @@ def embedder_config(clip_files) -> EmbedderConfig:
 
 @pytest.fixture(scope="session")
 def embedder(embedder_config):
-    from quality.embeddings import ClipEmbedder
+    from ieiw.quality.embeddings import ClipEmbedder
 
     return ClipEmbedder.from_config(embedder_config)
 

@@ -10,7 +10,7 @@ import typer
 import yaml
 from typer.testing import CliRunner
 
-from storage import manifest
+from ieiw.storage import manifest
 
 
 @pytest.fixture(scope="module")
@@ -26,8 +26,8 @@ def test_score_and_filter_flows_with_artifacts(
 ):
     from prefect.client.orchestration import get_client
 
-    from flows.filter import filter_flow
-    from flows.score import score_flow
+    from ieiw.flows.filter import filter_flow
+    from ieiw.flows.score import score_flow
 
     config = {
         "scoring": {
@@ -70,7 +70,7 @@ def test_score_and_filter_flows_with_artifacts(
 
 
 def test_cli_score_filter_and_report(tmp_path, candidates, embedder_config, prefect_server):
-    from flows.commands.quality import register
+    from ieiw.flows.commands.quality import register
 
     app = typer.Typer()
     register(app)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -14,8 +15,8 @@ import typer
 from scipy.stats import spearmanr
 from typer.testing import CliRunner
 
-from quality.giqa import KnnGiqa, brute_force_giqa
-from quality.giqa_index import ReferenceIndexSettings, build_reference_index, load_reference_index
+from ieiw.quality.giqa import KnnGiqa, brute_force_giqa
+from ieiw.quality.giqa_index import ReferenceIndexSettings, build_reference_index, load_reference_index
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -96,7 +97,7 @@ def test_build_giqa_index_command_from_embeddings_and_images(tmp_path, reference
     from PIL import Image
     from quality_helpers import picture
 
-    from flows.commands.quality import register
+    from ieiw.flows.commands.quality import register
 
     app = typer.Typer()
     register(app)
@@ -129,7 +130,9 @@ def test_build_giqa_index_command_from_embeddings_and_images(tmp_path, reference
     assert load_reference_index(str(tmp_path / "img")).meta.ntotal == 5
 
 
-def test_bench_quick_runs_and_prints_its_figures():
+def test_bench_quick_runs_and_its_figures_hold():
+    """The bench's own figures on its quick sizes: a compressed index far smaller than flat float32 that
+    keeps the exact ranking (Spearman), at every nprobe it sweeps. Its timings are printed, not asserted."""
     completed = subprocess.run(
         [sys.executable, str(REPO / "bench" / "giqa.py"), "--quick"],
         capture_output=True,
@@ -138,5 +141,10 @@ def test_bench_quick_runs_and_prints_its_figures():
         env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"},
     )
     assert completed.returncode == 0, completed.stderr[-2000:]
-    for label in ("brute force:", "faiss nprobe", "ratio:", "spearman:", "bytes per reference vector:"):
-        assert label in completed.stdout
+    out = completed.stdout
+    bytes_per_vector = float(re.search(r"bytes per reference vector: ([\d.]+)", out)[1])
+    flat = int(re.search(r"float32 flat: (\d+)", out)[1])
+    assert flat == 4 * 64 and bytes_per_vector < flat / 4
+    rhos = [float(r) for r in re.findall(r"spearman: ([\d.]+)", out)]
+    assert len(rhos) == 3 and min(rhos) > 0.9, out
+    assert re.search(r"brute force: [\d.]+ queries/s", out) and len(re.findall(r"ratio: [\d.]+x", out)) == 3

@@ -13,14 +13,14 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from quality.config import QualityConfig, default_scores_url, embedding_cache
-from quality.duplicates import DuplicateSettings
-from quality.filtering import eval_set_from_urls, filter_shards, read_flags
-from quality.policy import FilterPolicy, TaskPolicy
-from quality.report import write_report
-from quality.scoring import FLOAT_SCORES, ScoringConfig, ScoringModels, read_scores, run_score_shard
-from storage import manifest
-from storage.shards import expand_shard_urls, iter_samples
+from ieiw.quality.config import QualityConfig, default_scores_url, embedding_cache
+from ieiw.quality.duplicates import DuplicateSettings
+from ieiw.quality.filtering import eval_set_from_urls, filter_shards, read_flags
+from ieiw.quality.policy import FilterPolicy, TaskPolicy
+from ieiw.quality.report import write_report
+from ieiw.quality.scoring import FLOAT_SCORES, ScoringConfig, ScoringModels, read_scores, run_score_shard
+from ieiw.storage import manifest
+from ieiw.storage.shards import expand_shard_urls, iter_samples
 
 
 @pytest.fixture(scope="module")
@@ -169,8 +169,8 @@ def test_giqa_scores_with_a_reference_index(
 ):
     from quality_helpers import picture
 
-    from quality.giqa import GiqaConfig
-    from quality.giqa_index import ReferenceIndexSettings, build_reference_index
+    from ieiw.quality.giqa import GiqaConfig
+    from ieiw.quality.giqa_index import ReferenceIndexSettings, build_reference_index
 
     references = embedder.embed_images([picture(1000 + i) for i in range(20)])
     np.save(tmp_path / "refs.npy", references)

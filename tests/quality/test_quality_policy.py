@@ -7,8 +7,8 @@ import math
 import pytest
 import yaml
 
-from quality.config import QualityConfig
-from quality.policy import RULE_ORDER, RULES, FilterPolicy, TaskPolicy, evaluate
+from ieiw.quality.config import QualityConfig
+from ieiw.quality.policy import RULE_ORDER, RULES, FilterPolicy, TaskPolicy, evaluate
 
 GOOD = {
     "aesthetic_src": 6.0,

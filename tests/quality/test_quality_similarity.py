@@ -6,8 +6,15 @@ import numpy as np
 import pytest
 from quality_helpers import picture
 
-from quality.duplicates import DuplicateSettings, EvalSet, PairFingerprints, find_duplicates, hamming, phash
-from quality.similarity import (
+from ieiw.quality.duplicates import (
+    DuplicateSettings,
+    EvalSet,
+    PairFingerprints,
+    find_duplicates,
+    hamming,
+    phash,
+)
+from ieiw.quality.similarity import (
     cosine,
     directional_similarity,
     image_similarity,

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import torch
 
-from pipelines.replacement.sam import SamArchitecture, SamConfig, build_custom_sam
-from quality.embeddings import EmbedderConfig, register_model_config
+from ieiw.pipelines.replacement.sam import SamArchitecture, SamConfig, build_custom_sam
+from ieiw.quality.embeddings import EmbedderConfig, register_model_config
 
 CLIP_NAME = "ieiw-replacement-tiny-clip"
 CLIP_CONFIG = {

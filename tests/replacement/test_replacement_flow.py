@@ -13,14 +13,14 @@ from replacement_fixtures import write_openimages, write_sa1b
 from replacement_llm_server import ChatServer
 from typer.testing import CliRunner
 
-from flows.commands.replacement import register
-from flows.config import RunnerConfig
-from flows.models import LOADS, clear_models
-from flows.replacement import replacement
-from pipelines.replacement.config import ReplacementConfig
-from pipelines.sources.demo import DEMO_IMAGES, materialize_demo_images
-from storage import manifest
-from storage.shards import ShardSpec, iter_samples
+from ieiw.flows.commands.replacement import register
+from ieiw.flows.config import RunnerConfig
+from ieiw.flows.models import LOADS, clear_models
+from ieiw.flows.replacement import replacement
+from ieiw.pipelines.replacement.config import ReplacementConfig
+from ieiw.pipelines.sources.demo import DEMO_IMAGES, materialize_demo_images
+from ieiw.storage import manifest
+from ieiw.storage.shards import ShardSpec, iter_samples
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 

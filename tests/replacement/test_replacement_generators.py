@@ -9,19 +9,22 @@ import torch
 from replacement_fixtures import draw_objects
 from replacement_tiny_models import BLIP_WORDS
 
-from pipelines.inpaint.opencv_backend import OpenCVInpainter
-from pipelines.replacement.captions import BlipCaptioner, CaptionConfig, class_name_caption
-from pipelines.replacement.crops import CropConfig, masked_crop
-from pipelines.replacement.paint_by_example import paint_window
-from pipelines.replacement.painting import PaintConfig, PaintJob, build_painter
-from pipelines.replacement.selection import bounding_box
+from ieiw.pipelines.inpaint.opencv_backend import OpenCVInpainter
+from ieiw.pipelines.replacement.captions import BlipCaptioner, CaptionConfig, class_name_caption
+from ieiw.pipelines.replacement.crops import CropConfig, masked_crop
+from ieiw.pipelines.replacement.paint_by_example import paint_window
+from ieiw.pipelines.replacement.painting import PaintConfig, PaintJob, build_painter
+from ieiw.pipelines.replacement.selection import bounding_box
 
 
-def _job(seed: int = 7) -> PaintJob:
+def _job(seed: int = 7, reference_from: tuple[int, int] = (3, 1)) -> PaintJob:
+    """A region of one drawn image and, as the reference, object ``reference_from[1]`` of drawing
+    ``reference_from[0]``."""
     image, masks = draw_objects(0, 128, 0)
-    other, other_masks = draw_objects(3, 128, 5)
+    drawing, which = reference_from
+    other, other_masks = draw_objects(drawing, 128, 5)
     reference = masked_crop(
-        other, other_masks[1], bounding_box(other_masks[1]), CropConfig(background_fade=0.0)
+        other, other_masks[which], bounding_box(other_masks[which]), CropConfig(background_fade=0.0)
     )
     return PaintJob(
         image=image,
@@ -76,6 +79,15 @@ def test_replacement_paint_by_example_loads_and_paints(paint_by_example_dir):
         assert np.abs(result.target[edit].astype(int) - job.image[edit]).mean() > 1.0
     np.testing.assert_array_equal(painted[0].target, painted[2].target)  # same seed, same pixels
     assert not np.array_equal(painted[0].target, painted[1].target)
+
+    # The reference conditions the painting: another reference with the same seed paints other pixels in
+    # the region; the same reference again paints the same ones.
+    same, other = painter.paint([_job(seed=1), _job(seed=1, reference_from=(4, 0))])
+    np.testing.assert_array_equal(same.target, painted[0].target)
+    region = painted[0].mask > 0
+    assert not np.array_equal(same.target[region], other.target[region])
+    assert np.abs(same.target[region].astype(int) - other.target[region]).mean() > 0.5
+    np.testing.assert_array_equal(same.target[~region], other.target[~region])
 
 
 def test_replacement_paint_window_stays_inside_the_image():

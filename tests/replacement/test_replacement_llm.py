@@ -5,16 +5,16 @@ from __future__ import annotations
 import pytest
 from replacement_llm_server import ChatServer
 
-from pipelines.instructions.llm import (
+from ieiw.pipelines.instructions.llm import (
     InstructionWriter,
     InvalidAnswer,
     LLMConfig,
     LLMError,
     validate_instruction,
 )
-from pipelines.instructions.templates import TEMPLATES, render_replace
-from pipelines.replacement.config import InstructionConfig
-from pipelines.replacement.wording import write_instruction
+from ieiw.pipelines.instructions.templates import TEMPLATES, render_replace
+from ieiw.pipelines.replacement.config import InstructionConfig
+from ieiw.pipelines.replacement.wording import write_instruction
 
 
 @pytest.fixture

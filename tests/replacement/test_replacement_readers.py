@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 from replacement_fixtures import OPEN_IMAGES_CLASSES, draw_objects, write_openimages, write_sa1b
 
-from pipelines.replacement import folder, openimages, sa1b
-from pipelines.replacement.records import (
+from ieiw.pipelines.replacement import folder, openimages, sa1b
+from ieiw.pipelines.replacement.records import (
     ImageRecord,
     Region,
     RegionDecodeError,
@@ -14,7 +14,7 @@ from pipelines.replacement.records import (
     encode_rle,
     read_image,
 )
-from storage.schema import Drop
+from ieiw.storage.schema import Drop
 
 
 def test_replacement_sa1b_reader_decodes_rle_and_drops_a_truncated_file(tmp_path):

@@ -9,12 +9,12 @@ import pytest
 import torch
 from replacement_fixtures import bad_regions, draw_objects, write_sa1b
 
-from pipelines.replacement import sa1b
-from pipelines.replacement.crops import CropConfig, expand_box, masked_crop, pad_square
-from pipelines.replacement.proposals import FelzenszwalbProposer
-from pipelines.replacement.records import Region
-from pipelines.replacement.sam import SamConfig, SamProposer, load_sam
-from pipelines.replacement.selection import (
+from ieiw.pipelines.replacement import sa1b
+from ieiw.pipelines.replacement.crops import CropConfig, expand_box, masked_crop, pad_square
+from ieiw.pipelines.replacement.proposals import FelzenszwalbProposer
+from ieiw.pipelines.replacement.records import Region
+from ieiw.pipelines.replacement.sam import SamConfig, SamProposer, load_sam
+from ieiw.pipelines.replacement.selection import (
     SelectionConfig,
     border_fraction,
     largest_component_share,

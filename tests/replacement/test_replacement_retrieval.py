@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipelines.replacement.database import ObjectDatabase, image_key, part_names, write_part
-from pipelines.replacement.index import IndexConfig, ObjectIndex, build_index, resolve_kind
-from pipelines.replacement.retrieval import Match, NoMatch, RetrievalConfig, retrieve
+from ieiw.pipelines.replacement.database import ObjectDatabase, image_key, part_names, write_part
+from ieiw.pipelines.replacement.index import IndexConfig, ObjectIndex, build_index, resolve_kind
+from ieiw.pipelines.replacement.retrieval import Match, NoMatch, RetrievalConfig, retrieve
 
 DIM = 64
 

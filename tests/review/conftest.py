@@ -6,8 +6,8 @@ import pytest
 from postgres_server import postgres_server
 from review_fixtures import write_candidate_shards
 
-from model.candidates import CandidateIndex
-from model.review.store import ReviewStore
+from ieiw.model.candidates import CandidateIndex
+from ieiw.model.review.store import ReviewStore
 
 
 @pytest.fixture(scope="session")

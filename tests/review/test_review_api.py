@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from fastapi.testclient import TestClient
 
-from model.review.app import COOKIE, create_app
+from ieiw.model.review.app import COOKIE, create_app
 
 HEADERS = {"X-Requested-With": "test"}
 

@@ -9,10 +9,10 @@ import pytest
 from playwright.sync_api import Page, expect, sync_playwright
 from review_fixtures import write_candidate_shards
 
-from model.candidates import CandidateIndex
-from model.review.app import create_app
-from model.review.serve import serving
-from model.review.store import ReviewStore
+from ieiw.model.candidates import CandidateIndex
+from ieiw.model.review.app import create_app
+from ieiw.model.review.serve import serving
+from ieiw.model.review.store import ReviewStore
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",

@@ -14,7 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "model"))  # the
 from synthetic_edits import make_sample, write_synthetic_shards  # noqa: E402
 from tiny_diffusion import tiny_text_encoder, tiny_tokenizer, tiny_unet, tiny_vae  # noqa: E402
 
-from model.candidates import (  # noqa: E402
+from ieiw.model.candidates import (  # noqa: E402
     CandidateIndex,
     candidate_settings,
     display_order,
@@ -23,7 +23,7 @@ from model.candidates import (  # noqa: E402
     iter_candidate_sets,
     write_candidate_sets,
 )
-from model.inference import load_edit_pipeline  # noqa: E402
+from ieiw.model.inference import load_edit_pipeline  # noqa: E402
 
 
 class CountingPipeline:
@@ -131,7 +131,7 @@ def test_candidates_command(tiny_ip2p, tmp_path):
     import typer
     from typer.testing import CliRunner
 
-    from flows.commands.review import register
+    from ieiw.flows.commands.review import register
 
     write_synthetic_shards(str(tmp_path / "src"), count=3, per_shard=2, seed=5)
     app = typer.Typer()

@@ -10,14 +10,17 @@ import time
 import httpx
 import pytest
 import typer
+from cli_text import words
 from typer.testing import CliRunner
 
-from flows.commands.review import register
-from model.review.serve import free_port
-from model.review.store import ReviewStore
-from storage.shards import iter_samples
+from ieiw.flows.commands.review import register
+from ieiw.model.review.serve import free_port
+from ieiw.model.review.store import ReviewStore
+from ieiw.storage.shards import iter_samples
 
-LAUNCH = "import typer; from flows.commands.review import register; app = typer.Typer(); register(app); app()"
+LAUNCH = (
+    "import typer; from ieiw.flows.commands.review import register; app = typer.Typer(); register(app); app()"
+)
 
 
 @pytest.fixture
@@ -79,7 +82,7 @@ def test_tokens_review_status_and_export(cli, candidate_dir, tmp_path):
     settings = sample.meta.generator.settings
     assert settings["candidate"] == 6 and settings["reviewers"] == ["alice"]
     again = cli("export-picks", "--candidates", candidate_dir, "--out", out, "--db", db)
-    assert again.exit_code != 0 and "already holds an export" in again.output
+    assert again.exit_code != 0 and "already holds an export" in words(again.output)
     rotated = cli("review-token", "alice", "--db", db)
     new_token = rotated.output.strip().splitlines()[-1]
     assert ReviewStore(db).reviewer_by_token(token) is None and new_token != token

@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from model.candidates import CandidateIndex
-from model.review.export import export_picks
-from storage import manifest
-from storage.schema import Task
-from storage.shards import iter_samples
+from ieiw.model.candidates import CandidateIndex
+from ieiw.model.review.export import export_picks
+from ieiw.storage import manifest
+from ieiw.storage.schema import Task
+from ieiw.storage.shards import iter_samples
 
 
 def review_some(store) -> dict[str, list[int]]:

@@ -9,9 +9,9 @@ import httpx
 from prefect import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
-from flows.review import review
-from model.review.serve import free_port
-from model.review.store import ReviewStore
+from ieiw.flows.review import review
+from ieiw.model.review.serve import free_port
+from ieiw.model.review.store import ReviewStore
 
 
 def test_flow_serves_the_review_and_publishes_progress(prefect_api, candidate_dir, tmp_path):

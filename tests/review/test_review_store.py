@@ -7,9 +7,9 @@ import threading
 import pytest
 from sqlalchemy import select
 
-from model.review.agreement import agreement, jaccard
-from model.review.store import Conflict, Invalid, NotFound, ReviewStore, hash_token
-from model.review.tables import Pick, Reviewer
+from ieiw.model.review.agreement import agreement, jaccard
+from ieiw.model.review.store import Conflict, Invalid, NotFound, ReviewStore, hash_token
+from ieiw.model.review.tables import Pick, Reviewer
 
 
 def candidate_ids(store: ReviewStore, reviewer_id: int, key: str) -> list[int]:

@@ -2,10 +2,10 @@ import pandas as pd
 import pytest
 from test_storage_shards import make_sample
 
-from storage import manifest
-from storage.commit import batch_name, commit_batch
-from storage.schema import Drop, Provenance
-from storage.shards import ShardSpec, iter_samples
+from ieiw.storage import manifest
+from ieiw.storage.commit import batch_name, commit_batch
+from ieiw.storage.schema import Drop, Provenance
+from ieiw.storage.shards import ShardSpec, iter_samples
 
 
 def test_commit_writes_shards_then_a_manifest_part_with_kept_and_dropped(tmp_path):

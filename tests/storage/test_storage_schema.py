@@ -1,4 +1,4 @@
-from storage.schema import GeneratorInfo, Provenance, SampleMeta, Task, sample_key
+from ieiw.storage.schema import GeneratorInfo, Provenance, SampleMeta, Task, sample_key
 
 
 def _gen(**settings):

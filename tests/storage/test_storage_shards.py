@@ -1,14 +1,12 @@
 import glob
-import io
-import tarfile
 
 import numpy as np
 import pytest
 import webdataset as wds
 
-from storage import fs
-from storage.schema import GeneratorInfo, Provenance, Sample, SampleMeta, sample_key
-from storage.shards import ShardSpec, ShardWriter, encode_sample, iter_samples
+from ieiw.storage import fs
+from ieiw.storage.schema import GeneratorInfo, Provenance, Sample, SampleMeta, sample_key
+from ieiw.storage.shards import ShardSpec, ShardWriter, encode_sample, iter_samples
 
 
 def make_sample(i: int, size: int = 32) -> Sample:
@@ -73,12 +71,22 @@ def test_a_failed_writer_leaves_no_shard_and_no_temporary(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_hidden_temporaries_are_never_read_as_shards(tmp_path):
-    with ShardWriter(str(tmp_path), "ok") as writer:
-        writer.write(make_sample(0))
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w"):
-        pass
-    fs.write_bytes_atomic(str(tmp_path / ".ok-0001.tar.tmp-1234"), b"partial")
-    assert len(list(iter_samples(str(tmp_path)))) == 1
+def test_a_shard_being_written_is_a_hidden_temporary_until_it_is_complete(tmp_path):
+    """Mid-write the folder holds only the writer's own hidden temporary, which no reader takes for a
+    shard; closing renames it; a writer that dies mid-shard leaves only a temporary, which the cleanup
+    removes."""
+    writer = ShardWriter(str(tmp_path), "ok")
+    writer.write(make_sample(0))
+    (temporary,) = [p.name for p in tmp_path.iterdir()]
+    assert temporary.startswith(".ok-0000.tar.tmp-")
+    assert list(iter_samples(str(tmp_path))) == []
+    writer.close()
+    assert [p.name for p in tmp_path.iterdir()] == ["ok-0000.tar"]
+    assert [s.key for s in iter_samples(str(tmp_path))] == [make_sample(0).key]
+
+    abandoned = ShardWriter(str(tmp_path), "killed")
+    abandoned.write(make_sample(1))
+    abandoned._handle.flush()  # what a killed process leaves: the bytes so far, under the hidden name
+    assert [s.key for s in iter_samples(str(tmp_path))] == [make_sample(0).key]
     assert fs.remove_stale_temporaries(str(tmp_path)) == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["ok-0000.tar"]

@@ -7,12 +7,12 @@ import requests
 from web_fixture_server import FixtureServer
 from web_scenarios import FAULT_REASONS, fault_site
 
-from pipelines.web.addresses import AddressPolicy, BlockedAddress
-from pipelines.web.config import DownloadConfig
-from pipelines.web.downloader import ImageDownloader
-from pipelines.web.fetcher import FetchError, SafeFetcher, parse_retry_after
-from pipelines.web.images import ImageCache
-from pipelines.web.state import CrawlState
+from ieiw.pipelines.web.addresses import AddressPolicy, BlockedAddress
+from ieiw.pipelines.web.config import DownloadConfig
+from ieiw.pipelines.web.downloader import ImageDownloader
+from ieiw.pipelines.web.fetcher import FetchError, SafeFetcher, parse_retry_after
+from ieiw.pipelines.web.images import ImageCache
+from ieiw.pipelines.web.state import CrawlState
 
 
 def _config(tmp_path, **overrides) -> DownloadConfig:

@@ -16,12 +16,12 @@ from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 from web_fixture_server import FixtureServer
 from web_scenarios import FAULT_PATHS, FAULT_REASONS, GOOD_POSTS, bulk_site, fault_site
 
-from flows.web_edits import web_edits
-from pipelines.web.config import WebEditsConfig
-from pipelines.web.pairing import generator_info, pair_key
-from pipelines.web.posts import WebPost
-from storage import manifest
-from storage.shards import ShardSpec, expand_shard_urls, iter_samples
+from ieiw.flows.web_edits import web_edits
+from ieiw.pipelines.web.config import WebEditsConfig
+from ieiw.pipelines.web.pairing import generator_info, pair_key
+from ieiw.pipelines.web.posts import WebPost
+from ieiw.storage import manifest
+from ieiw.storage.shards import ShardSpec, expand_shard_urls, iter_samples
 
 HERE = os.path.dirname(__file__)
 

@@ -6,15 +6,15 @@ import cv2
 import pytest
 from web_images import PHOTOS, edits, jpeg_bytes, meme, photo, unrelated
 
-from pipelines.web.config import PairingConfig
-from pipelines.web.crawl import CrawledPost
-from pipelines.web.images import ImageCache
-from pipelines.web.instruction import InstructionRewriter, clean_request, make_instruction
-from pipelines.web.pairing import web_edits_stage
-from pipelines.web.posts import EditCandidate, WebPost
-from pipelines.web.scene import same_scene, scene_scores
-from pipelines.web.state import DownloadRecord
-from storage.schema import Drop, Sample, Task
+from ieiw.pipelines.web.config import PairingConfig
+from ieiw.pipelines.web.crawl import CrawledPost
+from ieiw.pipelines.web.images import ImageCache
+from ieiw.pipelines.web.instruction import InstructionRewriter, clean_request, make_instruction
+from ieiw.pipelines.web.pairing import web_edits_stage
+from ieiw.pipelines.web.posts import EditCandidate, WebPost
+from ieiw.pipelines.web.scene import same_scene, scene_scores
+from ieiw.pipelines.web.state import DownloadRecord
+from ieiw.storage.schema import Drop, Sample, Task
 
 
 def test_same_scene_accuracy_on_edited_and_unrelated_pairs():

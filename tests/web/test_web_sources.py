@@ -9,11 +9,11 @@ import zstandard
 from web_fixture_server import SUBREDDIT, FixtureServer
 from web_scenarios import fault_site
 
-from pipelines.web.config import DownloadConfig, DumpSourceConfig, RedditSourceConfig
-from pipelines.web.fetcher import FetchError, SafeFetcher
-from pipelines.web.hosts import is_probable_image, resolve_image_url, urls_in_text
-from pipelines.web.reddit_dump import RedditDumpSource
-from pipelines.web.reddit_json import RedditSource, SourceError
+from ieiw.pipelines.web.config import DownloadConfig, DumpSourceConfig, RedditSourceConfig
+from ieiw.pipelines.web.fetcher import FetchError, SafeFetcher
+from ieiw.pipelines.web.hosts import is_probable_image, resolve_image_url, urls_in_text
+from ieiw.pipelines.web.reddit_dump import RedditDumpSource
+from ieiw.pipelines.web.reddit_json import RedditSource, SourceError
 
 SKIP = ["AutoModerator", "[deleted]"]
 
@@ -154,7 +154,7 @@ def test_video_links_and_pages_are_not_candidates():
 
 def test_imgur_album_resolves_to_its_first_image_through_the_fetcher(monkeypatch):
     monkeypatch.delenv("IMGUR_CLIENT_ID", raising=False)
-    from pipelines.web import hosts
+    from ieiw.pipelines.web import hosts
 
     assert (
         hosts.first_og_image(

@@ -2,7 +2,7 @@
 
 import typer
 
-from flows.commands.web import register
+from ieiw.flows.commands.web import register
 
 app = typer.Typer()
 

@@ -28,11 +28,13 @@ from ieiw.quality.data_card import render_data_card, write_data_card
 from ieiw.storage import fs, manifest
 from ieiw.storage.gallery import write_gallery
 from ieiw.storage.shards import iter_samples
+from ieiw.storage.stage_folder import Rebuild
 
 # Generators in the order they run; each is a flow taking (section, output, shards, runner).
 GENERATORS = {"removal": removal, "replacement": replacement, "web_edits": web_edits, "multitask": multitask}
 QUALITY_STAGES = ("score", "filter")
 STAGES = (*GENERATORS, *QUALITY_STAGES)
+REBUILDABLE = (*GENERATORS, "object_database", *QUALITY_STAGES)
 
 
 def _device() -> str:
@@ -41,12 +43,38 @@ def _device() -> str:
     return torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
 
 
+def rebuild_modes(config: BuildConfig, requested: list[str] | None, on_change: Rebuild) -> dict[str, Rebuild]:
+    """How each stage opens: ``"yes"`` for a stage named in ``requested`` and everything downstream of
+    it (a score and filter read their generator's candidates), ``on_change`` for the rest."""
+    requested = list(requested or [])
+    unknown = set(requested) - set(REBUILDABLE)
+    if unknown:
+        raise ValueError(f"--rebuild: unknown stages {sorted(unknown)}; known: {list(REBUILDABLE)}")
+    modes: dict[str, Rebuild] = {}
+    for name in configured_generators(config):
+        upstream = {name} | ({"object_database"} if name == "replacement" else set())
+        generator = "yes" if upstream & set(requested) else on_change
+        score = "yes" if generator == "yes" or "score" in requested else on_change
+        modes[name] = generator
+        modes[f"score {name}"] = score
+        modes[f"filter {name}"] = "yes" if score == "yes" or "filter" in requested else on_change
+    modes["object_database"] = "yes" if "object_database" in requested else on_change
+    return modes
+
+
 @flow(name="ieiw_build", log_prints=True)
-def ieiw_build(config: BuildConfig | str, stages: list[str] | None = None) -> dict:
+def ieiw_build(
+    config: BuildConfig | str,
+    stages: list[str] | None = None,
+    rebuild: list[str] | None = None,
+    on_change: Rebuild = "no",
+) -> dict:
     """Run the configured stages (or only ``stages``), then write the gallery and the data card.
 
     ``config`` is a build config or the path of its YAML file (as deployments pass it); ``"demo"`` is
-    the packaged demo.
+    the packaged demo. A stage whose recorded fingerprint differs from the config's stops the build
+    before any work, naming what changed; ``rebuild`` names stages to rebuild (with everything
+    downstream of them), and ``on_change="changed"`` rebuilds whatever changed (the demo does).
     """
     logger = get_run_logger()
     if isinstance(config, str):
@@ -55,6 +83,7 @@ def ieiw_build(config: BuildConfig | str, stages: list[str] | None = None) -> di
     unknown = wanted - set(STAGES)
     if unknown:
         raise ValueError(f"unknown stages {sorted(unknown)}; known: {list(STAGES)}")
+    modes = rebuild_modes(config, rebuild, on_change)
     if config.removal and config.removal.source.materialize_demo_images:
         materialize_demo_images(config.removal.source.images)
     runner = make_task_runner(config.runner)
@@ -64,8 +93,9 @@ def ieiw_build(config: BuildConfig | str, stages: list[str] | None = None) -> di
         if section is None or name not in wanted:
             continue
         started = time.perf_counter()
+        options = {"rebuild_database": modes["object_database"]} if name == "replacement" else {}
         summary = generator.with_options(task_runner=runner)(
-            section, config.output, config.shards, config.runner
+            section, config.output, config.shards, config.runner, rebuild=modes[name], **options
         )
         summaries[name] = {**summary, "wall_seconds": time.perf_counter() - started, "device": _device()}
 
@@ -77,7 +107,7 @@ def ieiw_build(config: BuildConfig | str, stages: list[str] | None = None) -> di
             final = fs.join(config.output, "final", name)
             if "score" in wanted:
                 started = time.perf_counter()
-                scored = score_flow(candidates_url=candidates, config=quality)
+                scored = score_flow(candidates_url=candidates, config=quality, rebuild=modes[f"score {name}"])
                 summaries[f"score {name}"] = {
                     **scored,
                     "wall_seconds": time.perf_counter() - started,
@@ -87,7 +117,11 @@ def ieiw_build(config: BuildConfig | str, stages: list[str] | None = None) -> di
                 started = time.perf_counter()
                 report_url = fs.join(config.output, "reports", name)
                 filtered = filter_flow(
-                    candidates_url=candidates, out_url=final, config=quality, report_url=report_url
+                    candidates_url=candidates,
+                    out_url=final,
+                    config=quality,
+                    report_url=report_url,
+                    rebuild=modes[f"filter {name}"],
                 )
                 summaries[f"filter {name}"] = {**filtered, "wall_seconds": time.perf_counter() - started}
                 finals[name] = final

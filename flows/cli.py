@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from ieiw.storage import manifest
@@ -38,7 +39,9 @@ def server(host: str = "127.0.0.1", port: int = 4200) -> None:
     )
 
 
-def _run_build(config: BuildConfig, stages: list[str] | None) -> dict:
+def _run_build(
+    config: BuildConfig, stages: list[str] | None, rebuild: list[str] | None = None, on_change: str = "no"
+) -> dict:
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     from ieiw.flows.build import ieiw_build
@@ -47,18 +50,34 @@ def _run_build(config: BuildConfig, stages: list[str] | None) -> dict:
     api_url = ensure_server()
     console.print(f"Prefect UI: [bold]{ui_url(api_url)}[/bold]")
     with temporary_settings(updates={PREFECT_API_URL: api_url}):
-        return ieiw_build(config, stages)
+        return ieiw_build(config, stages, rebuild=rebuild, on_change=on_change)
 
 
 @app.command()
 def build(
     config: Path = typer.Argument(..., exists=True, dir_okay=False, help="build config YAML"),
     stage: list[str] = typer.Option(None, "--stage", help="run only these stages (repeatable)"),
+    rebuild: list[str] = typer.Option(
+        None,
+        "--rebuild",
+        help="rebuild this stage and everything downstream of it, whatever it holds (repeatable): "
+        "removal, replacement, object_database, web_edits, multitask, score, filter",
+    ),
 ) -> None:
-    """Run a build from its YAML config against the configured (or a local) Prefect server."""
-    from ieiw.flows.config import load_config
+    """Run a build from its YAML config against the configured (or a local) Prefect server.
 
-    result = _run_build(load_config(config), stage or None)
+    A stage whose output was made with other settings stops the build before any work and says what
+    changed; --rebuild STAGE rebuilds it, or give the changed config its own output.
+    """
+    from ieiw.flows.config import load_config
+    from ieiw.storage.lease import StageBusy
+    from ieiw.storage.stage_folder import StageChanged
+
+    try:
+        result = _run_build(load_config(config), stage or None, rebuild or None)
+    except (StageChanged, StageBusy) as refused:
+        console.print(f"[bold red]Stopped:[/bold red] {escape(str(refused))}")
+        raise typer.Exit(2) from None
     for name, summary in result["stages"].items():
         console.print(f"[bold]{name}[/bold]: kept {summary['kept']}, dropped {summary['dropped']}")
     console.print(f"Gallery: [bold]{result['gallery']}[/bold]")
@@ -74,7 +93,7 @@ def demo(
     from ieiw.flows.config import load_demo_config
 
     config = load_demo_config(output)
-    result = _run_build(config, None)
+    result = _run_build(config, None, on_change="changed")  # the demo owns its folder: rebuild what changed
     for name, summary in result["stages"].items():
         console.print(f"{name}: kept {summary['kept']} samples, dropped {summary['dropped'] or 'none'}")
         console.print(f"  shards: {os.path.join(config.output, name, 'shards')}")

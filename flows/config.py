@@ -32,6 +32,10 @@ class RunnerConfig(BaseModel):
     max_in_flight: int = 8  # batches submitted ahead of the ones finished: bounds memory
     retries: int = 2
     retry_delay_seconds: float = 2.0
+    # One writing run per stage: a second run waits this long for the first, then stops with a clear
+    # message; a lease its holder stops renewing (a killed run on another machine) frees after the ttl.
+    lease_wait_seconds: float = 0.0
+    lease_ttl_seconds: float = 120.0
 
 
 class PhraseCutSource(BaseModel):

@@ -20,6 +20,7 @@ from ieiw.quality.filtering import eval_set_from_urls, prepare_flags, read_flags
 from ieiw.quality.report import write_report
 from ieiw.quality.scoring import read_scores
 from ieiw.storage import fs, manifest
+from ieiw.storage.stage_folder import Rebuild
 
 
 @task(name="filter-shard", cache_policy=NONE)
@@ -47,6 +48,7 @@ def filter_flow(
     config: dict | None = None,
     report_url: str | None = None,
     shards_per_wave: int = 8,
+    rebuild: Rebuild = "no",
 ) -> dict:
     """Filter the scored candidates of ``candidates_url`` into the final stage ``out_url``."""
     logger = get_run_logger()

@@ -7,6 +7,7 @@ import json
 from prefect import flow
 
 from ieiw.flows.config import RunnerConfig
+from ieiw.flows.fingerprints import model_paths, section_fingerprint
 from ieiw.flows.models import cached_model
 from ieiw.flows.stage_runner import run_stage
 from ieiw.pipelines.multitask.captions import load_captions
@@ -16,6 +17,7 @@ from ieiw.pipelines.multitask.stage import iter_multitask_records, multitask_sta
 from ieiw.storage import fs
 from ieiw.storage.schema import Result
 from ieiw.storage.shards import ShardSpec
+from ieiw.storage.stage_folder import Rebuild
 
 STAGE = "multitask"
 
@@ -34,7 +36,11 @@ def multitask_batch(records: list[MultitaskRecord], config: MultitaskConfig) -> 
 
 @flow(name="multitask", log_prints=True)
 def multitask(
-    config: MultitaskConfig, output: str, shards: ShardSpec | None = None, runner: RunnerConfig | None = None
+    config: MultitaskConfig,
+    output: str,
+    shards: ShardSpec | None = None,
+    runner: RunnerConfig | None = None,
+    rebuild: Rebuild = "no",
 ) -> dict:
     """Write multi-task samples as shards under ``<output>/multitask``; resumes a killed run."""
     runner = runner or RunnerConfig()
@@ -48,5 +54,8 @@ def multitask(
         shards,
         batch_size=config.batch_size,
         runner=runner,
+        fingerprint=section_fingerprint(STAGE, config),
+        rebuild=rebuild,
+        info={"models": model_paths(config)},
     )
     return summary

@@ -9,6 +9,7 @@ import ijson
 from prefect import flow
 
 from ieiw.flows.config import RemovalConfig, RunnerConfig
+from ieiw.flows.fingerprints import model_paths, section_fingerprint
 from ieiw.flows.models import cached_model, gpu_tags
 from ieiw.flows.stage_runner import run_stage
 from ieiw.pipelines.inpaint import build_inpainter
@@ -18,6 +19,7 @@ from ieiw.pipelines.sources.phrasecut import PhraseCutRecord, iter_records
 from ieiw.storage import fs
 from ieiw.storage.schema import Drop, Result
 from ieiw.storage.shards import ShardSpec
+from ieiw.storage.stage_folder import Rebuild
 
 STAGE = "removal"
 
@@ -53,7 +55,11 @@ def count_tasks(config: RemovalConfig) -> int | None:
 
 @flow(name="removal", log_prints=True)
 def removal(
-    config: RemovalConfig, output: str, shards: ShardSpec | None = None, runner: RunnerConfig | None = None
+    config: RemovalConfig,
+    output: str,
+    shards: ShardSpec | None = None,
+    runner: RunnerConfig | None = None,
+    rebuild: Rebuild = "no",
 ) -> dict:
     """Write removal and add pairs as shards under ``<output>/removal``; resumes a killed run."""
     runner = runner or RunnerConfig()
@@ -69,6 +75,9 @@ def removal(
         shards,
         batch_size=config.batch_size,
         runner=runner,
+        fingerprint=section_fingerprint(STAGE, config),
+        rebuild=rebuild,
+        info={"models": model_paths(config)},
         total=count_tasks(config),
         tags=gpu_tags(config.inpaint.backend == "lama", config.inpaint.device),
     )

@@ -19,6 +19,7 @@ from prefect.cache_policies import NO_CACHE
 from tqdm.auto import tqdm
 
 from ieiw.flows.config import RunnerConfig
+from ieiw.flows.fingerprints import model_paths, section_fingerprint
 from ieiw.flows.models import LOADS, cached_model, gpu_tags
 from ieiw.flows.stage_runner import artifact_key, run_stage
 from ieiw.pipelines.instructions.llm import InstructionWriter
@@ -36,6 +37,7 @@ from ieiw.storage import fs
 from ieiw.storage.commit import batch_name
 from ieiw.storage.schema import Result
 from ieiw.storage.shards import ShardSpec
+from ieiw.storage.stage_folder import Rebuild
 
 STAGE = "replacement"
 DATABASE_STAGE = "object-database"
@@ -239,6 +241,8 @@ def replacement(
     output: str,
     shards: ShardSpec | None = None,
     runner: RunnerConfig | None = None,
+    rebuild: Rebuild = "no",
+    rebuild_database: Rebuild = "no",
 ) -> dict:
     """Write replace pairs as shards under ``<output>/replacement``; builds the database first if needed."""
     logger = get_run_logger()
@@ -260,6 +264,9 @@ def replacement(
         shards,
         batch_size=config.batch_size,
         runner=runner,
+        fingerprint=section_fingerprint(STAGE, resolved),
+        rebuild=rebuild,
+        info={"models": model_paths(resolved)},
         tags=batch_tags(config),
     )
     key = models_key(resolved)

@@ -20,6 +20,7 @@ from ieiw.quality.report import score_histograms
 from ieiw.quality.scoring import ScoringModels, is_scored, read_scores, run_score_shard, summary
 from ieiw.storage import fs, manifest
 from ieiw.storage.shards import expand_shard_urls
+from ieiw.storage.stage_folder import Rebuild
 
 _MODELS: dict[str, ScoringModels] = {}
 _CACHES: dict[tuple[str, str], EmbeddingCache] = {}
@@ -60,6 +61,7 @@ def score_flow(
     scores_url: str | None = None,
     config: dict | None = None,
     shards_per_wave: int = 8,
+    rebuild: Rebuild = "no",
 ) -> dict:
     """Score every candidate shard of ``candidates_url`` that has no scores part yet."""
     logger = get_run_logger()

@@ -6,6 +6,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from ieiw.flows.config import RunnerConfig
+from ieiw.flows.fingerprints import model_paths, section_fingerprint
 from ieiw.flows.stage_runner import artifact_key, run_stage
 from ieiw.pipelines.web.build import build_crawl
 from ieiw.pipelines.web.config import WebEditsConfig
@@ -14,6 +15,7 @@ from ieiw.pipelines.web.pairing import web_edits_stage
 from ieiw.storage import fs, manifest
 from ieiw.storage.schema import Result
 from ieiw.storage.shards import ShardSpec
+from ieiw.storage.stage_folder import Rebuild
 
 STAGE = "web_edits"
 
@@ -25,7 +27,11 @@ def web_edits_batch(posts: list[CrawledPost], config: WebEditsConfig) -> list[Re
 
 @flow(name="web_edits", log_prints=True)
 def web_edits(
-    config: WebEditsConfig, output: str, shards: ShardSpec | None = None, runner: RunnerConfig | None = None
+    config: WebEditsConfig,
+    output: str,
+    shards: ShardSpec | None = None,
+    runner: RunnerConfig | None = None,
+    rebuild: Rebuild = "no",
 ) -> dict:
     """Crawl the configured source into ``<output>/web_edits`` (shards, manifest, crawl state); resumable."""
     logger = get_run_logger()
@@ -44,6 +50,9 @@ def web_edits(
             shards,
             batch_size=config.batch_size,
             runner=runner,
+            fingerprint=section_fingerprint(STAGE, config),
+            rebuild=rebuild,
+            info={"models": model_paths(config)},
             total=config.max_posts,
         )
         crawl = setup.stats()

@@ -9,12 +9,12 @@ from __future__ import annotations
 import posixpath
 import time
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from ieiw.storage import fs, manifest
 from ieiw.storage.schema import Drop, Result, Sample, stable_key
-from ieiw.storage.shards import ShardSpec, ShardWriter
+from ieiw.storage.shards import EncodedSample, ShardSpec, ShardWriter
 
 
 @dataclass
@@ -39,14 +39,22 @@ def batch_name(prefix: str, record_ids: Sequence[str]) -> str:
     return f"{prefix}-{stable_key(sorted(record_ids))[:16]}"
 
 
-def commit_batch(
+def write_batch(
     results: Iterable[Result],
     stage_url: str,
     batch: str,
     spec: ShardSpec | None = None,
+    *,
+    fingerprint: str | None = None,
+    before_commit: Callable[[], None] | None = None,
     seconds: float = 0.0,
 ) -> BatchReport:
-    """Write the samples of ``results`` as shards and all results as the batch's manifest part."""
+    """Write the samples of ``results`` as shards, then all results as the batch's manifest part.
+
+    The part is written last and commits the batch: until it exists the batch's shards are invisible
+    to every reader (they list committed parts, never the folder). ``before_commit`` runs between the
+    two (the stage folder checks there that its lease is still held).
+    """
     started = time.perf_counter()
     report = BatchReport(batch=batch)
     rows: list[dict] = []
@@ -57,20 +65,35 @@ def commit_batch(
             if result.key in seen:
                 raise ValueError(f"batch {batch} produced key {result.key} twice")
             seen.add(result.key)
-            if isinstance(result, Sample):
+            if isinstance(result, (Sample, EncodedSample)):
                 shard_url = writer.write(result)
-                rows.append(manifest.sample_row(result, batch, posixpath.basename(shard_url)))
+                rows.append(manifest.sample_row(result, batch, posixpath.basename(shard_url), fingerprint))
                 report.kept += 1
                 report.by_task[str(result.meta.task)] += 1
             elif isinstance(result, Drop):
-                rows.append(manifest.drop_row(result, batch))
+                rows.append(manifest.drop_row(result, batch, fingerprint))
                 report.dropped[result.reason] += 1
             else:
                 raise TypeError(f"a stage returns Sample or Drop, got {type(result).__name__}")
     report.shards = [s.url for s in writer.written]
-    manifest.write_part(stage_url, batch, rows)
+    if before_commit is not None:
+        before_commit()
+    manifest.write_part(
+        stage_url, batch, rows, metadata={"fingerprint": fingerprint} if fingerprint else None
+    )
     report.seconds = seconds + (time.perf_counter() - started)
     return report
+
+
+def commit_batch(
+    results: Iterable[Result],
+    stage_url: str,
+    batch: str,
+    spec: ShardSpec | None = None,
+    seconds: float = 0.0,
+) -> BatchReport:
+    """:func:`write_batch` without a stage folder's fingerprint or lease (tests and one-off tools)."""
+    return write_batch(results, stage_url, batch, spec, seconds=seconds)
 
 
 def merge_reports(reports: Iterable[BatchReport]) -> dict:
@@ -96,18 +119,3 @@ def merge_reports(reports: Iterable[BatchReport]) -> dict:
         "shards": shards,
         "seconds": round(seconds, 3),
     }
-
-
-def prune_orphan_shards(stage_url: str) -> list[str]:
-    """Delete shards that no manifest part lists: leftovers of a batch killed before its commit.
-
-    A rerun rewrites such a batch under the same name, so orphans only remain when batch sizes
-    changed between runs; removing them keeps every sample exactly once in the shard folder.
-    """
-    shard_dir = fs.join(stage_url, manifest.SHARD_DIR)
-    listed = set(manifest.read_table(stage_url, columns=["shard"]).column("shard").to_pylist())
-    orphans = [u for u in fs.list_files(shard_dir, ".tar") if posixpath.basename(u) not in listed]
-    for url in orphans:
-        filesystem, path = fs.get_fs(url)
-        filesystem.rm(path)
-    return orphans

@@ -1,8 +1,12 @@
 """The Parquet manifest: one row per candidate, kept or dropped, with its shard and reason.
 
 A stage writes one manifest *part* per batch, after that batch's shards are complete; the part is
-the batch's commit marker. :func:`read_manifest` concatenates the parts for pandas or DuckDB, and
-:func:`consolidate` writes them as one ``manifest.parquet``.
+the batch's commit marker, and the only thing that makes its shards exist for a reader. Every row
+carries the fingerprint of the stage that made it. :func:`read_table` / :func:`read_manifest` return
+the committed rows for pandas or DuckDB; :func:`consolidate` writes them as one ``manifest.parquet``
+that names the batches it covers, so a reader with thousands of parts reads that file plus only the
+parts committed after it. :func:`committed_shards` is the one function every reader takes its shard
+list from.
 """
 
 from __future__ import annotations
@@ -10,13 +14,14 @@ from __future__ import annotations
 import io
 import json
 import posixpath
+from collections.abc import Iterable
 
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ieiw.storage import fs
-from ieiw.storage.schema import Drop, Sample
+from ieiw.storage.schema import Drop, EncodedSample, Sample
 
 MANIFEST_DIR = "manifest"
 SHARD_DIR = "shards"
@@ -46,12 +51,20 @@ MANIFEST_SCHEMA = pa.schema(
         ("width", pa.int32()),
         ("height", pa.int32()),
         ("scores", pa.string()),
+        ("fingerprint", pa.string()),
     ]
 )
+COVERED_BATCHES = b"ieiw.batches"  # consolidated file metadata: the batches it holds, as JSON
 
 
-def sample_row(sample: Sample, batch: str, shard: str) -> dict:
+def sample_row(
+    sample: Sample | EncodedSample, batch: str, shard: str, fingerprint: str | None = None
+) -> dict:
     meta = sample.meta
+    if isinstance(sample, EncodedSample):
+        width, height = sample.width, sample.height
+    else:
+        height, width = sample.target.shape[:2]
     prov, gen = meta.provenance, meta.generator
     return {
         "key": meta.key,
@@ -73,13 +86,14 @@ def sample_row(sample: Sample, batch: str, shard: str) -> dict:
         "backend": gen.backend,
         "model": gen.model,
         "seed": gen.seed,
-        "width": int(sample.target.shape[1]),
-        "height": int(sample.target.shape[0]),
+        "width": int(width),
+        "height": int(height),
         "scores": json.dumps(meta.scores, sort_keys=True),
+        "fingerprint": fingerprint,
     }
 
 
-def drop_row(drop: Drop, batch: str) -> dict:
+def drop_row(drop: Drop, batch: str, fingerprint: str | None = None) -> dict:
     prov = drop.provenance
     return {
         "key": drop.key,
@@ -104,6 +118,7 @@ def drop_row(drop: Drop, batch: str) -> dict:
         "width": None,
         "height": None,
         "scores": json.dumps(drop.scores, sort_keys=True),
+        "fingerprint": fingerprint,
     }
 
 
@@ -115,11 +130,15 @@ def part_url(stage_url: str, batch: str) -> str:
     return fs.join(stage_url, MANIFEST_DIR, f"{batch}.parquet")
 
 
-def write_part(stage_url: str, batch: str, rows: list[dict]) -> str:
-    """Write one batch's rows atomically; its appearance marks the batch complete."""
+def write_part(stage_url: str, batch: str, rows: list[dict] | pa.Table, metadata: dict | None = None) -> str:
+    """Write one batch's rows atomically; its appearance commits the batch."""
     url = part_url(stage_url, batch)
+    table = rows if isinstance(rows, pa.Table) else rows_to_table(rows)
+    if metadata:
+        extra = {f"ieiw.{k}".encode(): json.dumps(v).encode() for k, v in metadata.items()}
+        table = table.replace_schema_metadata({**(table.schema.metadata or {}), **extra})
     buffer = io.BytesIO()
-    pq.write_table(rows_to_table(rows), buffer)
+    pq.write_table(table, buffer)
     fs.write_bytes_atomic(url, buffer.getvalue())
     return url
 
@@ -132,23 +151,54 @@ def part_urls(stage_url: str) -> list[str]:
     ]
 
 
+def _batch_of(part: str) -> str:
+    return posixpath.basename(part)[: -len(".parquet")]
+
+
 def completed_batches(stage_url: str) -> set[str]:
-    return {posixpath.basename(u)[: -len(".parquet")] for u in part_urls(stage_url)}
+    return {_batch_of(u) for u in part_urls(stage_url)}
 
 
-def read_table(stage_url: str, columns: list[str] | None = None) -> pa.Table:
-    """All manifest rows of a stage output as one Arrow table (empty with the schema if none)."""
-    tables = []
-    for url in part_urls(stage_url):
-        filesystem, path = fs.get_fs(url)
+def _read_parquet(url: str, columns: list[str] | None) -> pa.Table:
+    filesystem, path = fs.get_fs(url)
+    with filesystem.open(path, "rb") as handle:
+        return pq.read_table(handle, columns=columns)
+
+
+def _covered(url: str) -> set[str] | None:
+    """The batches a consolidated manifest holds (None when there is none, or it is unreadable)."""
+    filesystem, path = fs.get_fs(url)
+    try:
         with filesystem.open(path, "rb") as handle:
-            tables.append(pq.read_table(handle, columns=columns))
+            meta = pq.read_schema(handle).metadata or {}
+    except (FileNotFoundError, OSError, pa.ArrowInvalid):
+        return None
+    raw = meta.get(COVERED_BATCHES)
+    return set(json.loads(raw)) if raw else None
+
+
+def read_table(
+    stage_url: str, columns: list[str] | None = None, schema: pa.Schema = MANIFEST_SCHEMA
+) -> pa.Table:
+    """Every committed row of a stage as one Arrow table (empty, with ``schema``, when there is none).
+
+    Reads the consolidated ``manifest.parquet`` for the batches it covers and the parts committed
+    since; rows of anything else in the folder do not exist.
+    """
+    parts = {_batch_of(u): u for u in part_urls(stage_url)}
+    tables: list[pa.Table] = []
+    consolidated = fs.join(stage_url, CONSOLIDATED)
+    covered = _covered(consolidated) if parts else None
+    if covered and covered <= parts.keys():
+        tables.append(_read_parquet(consolidated, columns))
+        remaining = [parts[b] for b in sorted(parts.keys() - covered)]
+    else:
+        remaining = [parts[b] for b in sorted(parts)]
+    tables += [_read_parquet(u, columns) for u in remaining]
     if not tables:
-        schema = (
-            MANIFEST_SCHEMA if columns is None else pa.schema([MANIFEST_SCHEMA.field(c) for c in columns])
-        )
-        return schema.empty_table()
-    return pa.concat_tables(tables)
+        fields = schema if columns is None else pa.schema([schema.field(c) for c in columns])
+        return fields.empty_table()
+    return pa.concat_tables([t.replace_schema_metadata(None) for t in tables], promote_options="default")
 
 
 def read_manifest(stage_url: str, expand_scores: bool = False) -> pd.DataFrame:
@@ -161,16 +211,65 @@ def read_manifest(stage_url: str, expand_scores: bool = False) -> pd.DataFrame:
 
 
 def completed_record_ids(stage_url: str) -> set[str]:
-    """Record ids whose batch finished: a resumed stage skips them."""
+    """Record ids whose batch was committed: a resumed stage skips them."""
     table = read_table(stage_url, columns=["record_id"])
     return set(table.column("record_id").to_pylist())
 
 
-def consolidate(stage_url: str) -> str:
-    """Write every part as one ``manifest.parquet`` beside the parts; returns its URL."""
-    table = read_table(stage_url)
+def committed_shards(stage_url: str) -> list[str]:
+    """The URLs of the shards committed batches list, sorted: what a reader of the stage may read.
+
+    Shards of a batch that was never committed, and any other file in ``shards/``, are invisible.
+    """
+    names = read_table(stage_url, columns=["shard"]).column("shard").drop_null().unique().to_pylist()
+    return [fs.join(stage_url, SHARD_DIR, name) for name in sorted(names)]
+
+
+def is_stage_folder(url: str) -> bool:
+    """A folder written by a stage of ours: it has a ``manifest/`` of parts."""
+    return fs.exists(fs.join(url, MANIFEST_DIR))
+
+
+def consolidate(stage_url: str, schema: pa.Schema = MANIFEST_SCHEMA) -> str:
+    """Write every committed row as one ``manifest.parquet`` (naming its batches); returns its URL."""
+    batches = sorted(completed_batches(stage_url))
+    table = read_table(stage_url, schema=schema)
+    table = table.replace_schema_metadata({COVERED_BATCHES: json.dumps(batches).encode()})
     url = fs.join(stage_url, CONSOLIDATED)
     buffer = io.BytesIO()
     pq.write_table(table, buffer)
     fs.write_bytes_atomic(url, buffer.getvalue())
     return url
+
+
+def reader_shards(url: str) -> list[str]:
+    """The shards a reader may read under ``url``: one function for every reader.
+
+    - a stage folder of ours (it has ``manifest/``), or its ``shards/`` folder: the shards its
+      committed manifest parts list;
+    - a ``.tar`` file or a brace pattern: itself;
+    - any other folder (a WebDataset someone else wrote): its ``*.tar`` files.
+    """
+    url = str(url).rstrip("/")
+    if url.endswith(".tar"):
+        return [url]
+    if "{" in url:
+        from braceexpand import braceexpand  # webdataset's own dependency: "shard-{0000..0099}.tar"
+
+        return list(braceexpand(url))
+    if is_stage_folder(url):
+        return committed_shards(url)
+    parent, name = posixpath.split(url)
+    if name == SHARD_DIR and is_stage_folder(parent):
+        return committed_shards(parent)
+    return [u for u in fs.list_files(url, ".tar") if not posixpath.basename(u).startswith(".")]
+
+
+def resolve_shards(urls: Iterable[str] | str) -> list[str]:
+    """:func:`reader_shards` of every input, in order."""
+    if isinstance(urls, str):
+        urls = [urls]
+    out: list[str] = []
+    for url in urls:
+        out.extend(reader_shards(url))
+    return out

@@ -91,6 +91,22 @@ class Sample:
 
 
 @dataclass
+class EncodedSample:
+    """A sample as the bytes of its shard members (``src.jpg``, ``tgt.jpg``, ``mask.png``, ...): a stage
+    that only rewrites metadata (the filter) copies the images byte for byte instead of re-encoding.
+    ``width`` and ``height`` are the target's."""
+
+    meta: SampleMeta
+    members: dict[str, bytes]
+    width: int
+    height: int
+
+    @property
+    def key(self) -> str:
+        return self.meta.key
+
+
+@dataclass
 class Drop:
     """A candidate that was not kept, and why. ``reason`` is a short slug counted in reports."""
 
@@ -103,7 +119,7 @@ class Drop:
     scores: dict[str, float] = field(default_factory=dict)
 
 
-Result = Sample | Drop
+Result = Sample | EncodedSample | Drop
 
 
 def stable_key(*parts: Any) -> str:

@@ -19,7 +19,8 @@ from pydantic import BaseModel
 
 from ieiw.storage import fs
 from ieiw.storage.images import ImageFormat, decode_image, encode_image
-from ieiw.storage.schema import Sample, SampleMeta
+from ieiw.storage.manifest import resolve_shards
+from ieiw.storage.schema import EncodedSample, Sample, SampleMeta
 
 SHARD_SUFFIX = ".tar"
 
@@ -103,9 +104,12 @@ class ShardWriter:
         else:
             self._abort(exc_type, exc, tb)
 
-    def write(self, sample: Sample) -> str:
-        """Add one sample; returns the URL of the shard that holds it."""
-        members = encode_sample(sample, self.spec)
+    def write(self, sample: Sample | EncodedSample) -> str:
+        """Add one sample (encoded, or copied as its members' bytes); returns the URL of its shard."""
+        if isinstance(sample, EncodedSample):
+            members = {**sample.members, "json": sample.meta.model_dump_json().encode("utf-8")}
+        else:
+            members = encode_sample(sample, self.spec)
         size = sum(len(v) for v in members.values()) + 512 * (len(members) + 1)
         current = self._current
         if current is not None and (
@@ -193,18 +197,6 @@ def iter_metas(urls: Iterable[str]) -> Iterator[SampleMeta]:
 
 
 def expand_shard_urls(urls: Iterable[str] | str) -> list[str]:
-    """Turn directories into their sorted ``*.tar`` shards; keep shard URLs as they are."""
-    if isinstance(urls, str):
-        urls = [urls]
-    out: list[str] = []
-    for url in urls:
-        url = str(url)
-        if url.endswith(SHARD_SUFFIX):
-            out.append(url)
-        else:
-            out.extend(u for u in fs.list_files(url, SHARD_SUFFIX) if not _hidden(u))
-    return out
-
-
-def _hidden(url: str) -> bool:
-    return url.rsplit("/", 1)[-1].startswith(".")
+    """The shards to read for ``urls``: a stage folder (or its ``shards/``) stands for the shards its
+    committed manifest parts list; shard files stay as they are (see :func:`manifest.reader_shards`)."""
+    return resolve_shards(urls)

@@ -9,6 +9,7 @@ package data.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -40,9 +41,15 @@ def test_every_package_folder_is_listed_in_pyproject():
 def installed_wheel(tmp_path_factory):
     """A fresh venv with the project's wheel installed, and a working folder outside the checkout."""
     base = tmp_path_factory.mktemp("wheel")
+    source = base / "source"  # a copy, so the build's own folders never land in the checkout
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(ROOT / name, source / name)
+    for layer in LAYERS:
+        shutil.copytree(ROOT / layer, source / layer, ignore=shutil.ignore_patterns("__pycache__"))
     built = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation"]
-        + ["-w", str(base / "dist"), str(ROOT)],
+        + ["-w", str(base / "dist"), str(source)],
         capture_output=True,
         text=True,
     )

@@ -31,4 +31,4 @@ def build_inpainter(config: InpaintConfig) -> Inpainter:
     if not config.model:
         raise ValueError("inpaint.backend 'lama' needs inpaint.model: a path or URL to big-lama.pt")
     path = resolve_checkpoint(config.model, md5=config.model_md5)
-    return LamaInpainter(path, model_id=config.model, device=config.device, batch_size=config.batch_size)
+    return LamaInpainter(path, device=config.device, batch_size=config.batch_size)

@@ -20,6 +20,7 @@ import requests
 import torch
 
 from ieiw.pipelines.inpaint.base import InpaintError, composite
+from ieiw.storage.identity import model_identity
 
 BIG_LAMA_URL = "https://github.com/Sanster/models/releases/download/add_big_lama/big-lama.pt"
 BIG_LAMA_MD5 = "e3aa4aaa15225a33ec84f9f4bc47e500"
@@ -94,14 +95,13 @@ class LamaInpainter:
     def __init__(
         self,
         checkpoint: str,
-        model_id: str | None = None,
         device: str | None = None,
         batch_size: int = 4,
         pad_modulo: int = 8,
     ) -> None:
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.module = load_lama(checkpoint, self.device)
-        self.model = model_id or os.path.basename(checkpoint)
+        self.model = model_identity(checkpoint)  # by content: the same file anywhere gives the same keys
         self.batch_size = batch_size
         self.pad_modulo = pad_modulo
 

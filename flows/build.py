@@ -8,6 +8,7 @@ the data card. Any stage can run alone (`stages=[...]`); finished shards are nev
 from __future__ import annotations
 
 import itertools
+import json
 import time
 
 import yaml
@@ -27,8 +28,9 @@ from ieiw.pipelines.sources.demo import materialize_demo_images
 from ieiw.quality.data_card import render_data_card, write_data_card
 from ieiw.storage import fs, manifest
 from ieiw.storage.gallery import write_gallery
+from ieiw.storage.schema import stable_key
 from ieiw.storage.shards import iter_samples
-from ieiw.storage.stage_folder import Rebuild
+from ieiw.storage.stage_folder import Rebuild, read_record
 
 # Generators in the order they run; each is a flow taking (section, output, shards, runner).
 GENERATORS = {"removal": removal, "replacement": replacement, "web_edits": web_edits, "multitask": multitask}
@@ -128,18 +130,13 @@ def ieiw_build(
                 histograms[name] = fs.list_files(report_url, ".png")
 
     with store_errors("gallery and data card", config.output):
-        gallery = write_build_gallery(config)
-        card = write_data_card(
-            fs.join(config.output, "DATA_CARD.md"),
-            render_data_card(
-                config.name,
-                yaml.safe_dump(config.model_dump(mode="json", exclude_none=True), sort_keys=False),
-                {name: fs.join(config.output, name) for name in configured_generators(config)},
-                summaries,
-                finals,
-                histograms,
-            ),
-        )
+        published = published_state(config, finals)
+        gallery, card = fs.join(config.output, "gallery.html"), fs.join(config.output, "DATA_CARD.md")
+        if is_published(config.output, published, [gallery, card]):
+            logger.info("nothing was committed since the gallery and the data card were written")
+        else:
+            gallery, card = write_pages(config, summaries, finals, histograms)
+            mark_published(config.output, published)
     logger.info("gallery: %s; data card: %s", gallery, card)
     create_markdown_artifact(
         fs.read_bytes(card).decode("utf-8"), key="data-card", description="the data card"
@@ -150,6 +147,53 @@ def ieiw_build(
         description="what this build made",
     )
     return {"stages": summaries, "gallery": gallery, "data_card": card}
+
+
+PUBLISHED = ".published.json"
+
+
+def published_state(config: BuildConfig, finals: dict[str, str]) -> str:
+    """A digest of what the gallery and the data card are made from: each stage's fingerprint and
+    committed batches (and the gallery settings). Equal digests: the pages are still right."""
+    stages = [fs.join(config.output, name) for name in configured_generators(config)] + sorted(
+        finals.values()
+    )
+    parts = {
+        url: [
+            read_record(url) and read_record(url)["fingerprint"]["digest"],
+            sorted(manifest.completed_batches(url)),
+        ]
+        for url in stages
+    }
+    return stable_key(config.name, config.gallery.model_dump(mode="json"), parts)
+
+
+def is_published(output: str, state: str, pages: list[str]) -> bool:
+    url = fs.join(output, PUBLISHED)
+    if not fs.exists(url) or not all(fs.exists(p) for p in pages):
+        return False
+    return json.loads(fs.read_bytes(url)).get("state") == state
+
+
+def mark_published(output: str, state: str) -> None:
+    fs.write_bytes_atomic(fs.join(output, PUBLISHED), json.dumps({"state": state}).encode("utf-8"))
+
+
+def write_pages(config: BuildConfig, summaries: dict, finals: dict, histograms: dict) -> tuple[str, str]:
+    """The gallery and the data card of the build."""
+    gallery = write_build_gallery(config)
+    card = write_data_card(
+        fs.join(config.output, "DATA_CARD.md"),
+        render_data_card(
+            config.name,
+            yaml.safe_dump(config.model_dump(mode="json", exclude_none=True), sort_keys=False),
+            {name: fs.join(config.output, name) for name in configured_generators(config)},
+            summaries,
+            finals,
+            histograms,
+        ),
+    )
+    return gallery, card
 
 
 def configured_generators(config: BuildConfig) -> list[str]:

@@ -182,3 +182,55 @@ def test_golden_removal_key(phrasecut):
     ]
     remove = next(s for s in samples if str(s.meta.task) == "remove")
     assert remove.key == GOLDEN_REMOVAL_KEY
+
+
+GOLDEN_MULTITASK_KEYS = {
+    "keypoint": "d4e0b1775df29f5c86c0aca1",
+    "segmentation": "0f8a89671cb0d419e994bbed",
+    "enhancement": "51b1250588db0ec48c66bbdd",
+}
+
+
+def test_golden_multitask_keys(tmp_path):
+    from ieiw.pipelines.multitask.demo import demo_multitask_config
+    from ieiw.pipelines.multitask.stage import iter_multitask_records, multitask_stage
+    from ieiw.pipelines.sources.demo import materialize_demo_images
+
+    images = str(tmp_path / "images")
+    materialize_demo_images(images)
+    config = demo_multitask_config(images, resolution=128)
+    first_of_each: dict[str, str] = {}
+    for record in iter_multitask_records(config):
+        for result in multitask_stage([record], config, {}):
+            first_of_each.setdefault(str(result.meta.task), result.key)
+        if len(first_of_each) == 3:
+            break
+    assert first_of_each == GOLDEN_MULTITASK_KEYS
+
+
+def test_a_new_stage_runs_alone_and_the_demo_mode_rebuilds_what_changed(prefect_api, phrasecut, tmp_path):
+    annotations, images = phrasecut
+    out = tmp_path / "out"
+    ieiw_build(_config(annotations, images, out))
+    with_multitask = _config(annotations, images, out).model_copy(
+        update={
+            "multitask": BuildConfig.model_validate(
+                {
+                    "output": str(out),
+                    "multitask": {
+                        "enhancement": {"sources": [{"kind": "synthetic", "dataset": "d", "images": images}]}
+                    },
+                }
+            ).multitask
+        }
+    )
+    result = ieiw_build(with_multitask)
+    assert result["stages"]["removal"]["batches"] == 0 and not result["stages"]["removal"]["rebuilt"]
+    assert result["stages"]["multitask"]["kept"] > 0
+
+    changed = with_multitask.model_copy(
+        update={"removal": with_multitask.removal.model_copy(update={"dilation": 3})}
+    )
+    demo_like = ieiw_build(changed, on_change="changed")
+    assert demo_like["stages"]["removal"]["rebuilt"] and not demo_like["stages"]["multitask"]["rebuilt"]
+    assert {s.meta.generator.settings["dilation"] for s in iter_samples(str(out / "removal"))} == {3}

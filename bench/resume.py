@@ -121,6 +121,7 @@ def main() -> None:
     if args.quick:
         args.samples, args.parts = 200, 300
     os.environ.setdefault("TQDM_DISABLE", "1")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     with tempfile.TemporaryDirectory(prefix="ieiw-resume-") as tmp:
         work = Path(tmp)

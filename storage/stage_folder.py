@@ -182,8 +182,9 @@ class StageWriter:
     def committed_batches(self) -> set[str]:
         return manifest.completed_batches(self.url)
 
-    def completed_record_ids(self) -> set[str]:
-        return manifest.completed_record_ids(self.url)
+    def completed_record_ids(self) -> manifest.RecordSet:
+        """The committed record ids, compact: ``record_id in writer.completed_record_ids()``."""
+        return manifest.completed_records(self.url)
 
     def commit(
         self, batch: str, results: Iterable[Result], spec: ShardSpec | None = None, seconds: float = 0.0

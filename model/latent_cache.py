@@ -273,8 +273,17 @@ def _plan(fingerprint: Fingerprint, inputs: Sequence[str]) -> list[Planned]:
     return [Planned(u, *batch_for(fingerprint, identities[u]), identities[u]) for u in inputs]
 
 
-def _encode_batches(vae, writer_info: dict, mine: list[Planned], resolution: int, device, dtype,
-                    max_aspect: float, rank: int, show: bool) -> Counter:
+def _encode_batches(
+    vae,
+    writer_info: dict,
+    mine: list[Planned],
+    resolution: int,
+    device,
+    dtype,
+    max_aspect: float,
+    rank: int,
+    show: bool,
+) -> Counter:
     url, digest, holder = writer_info["url"], writer_info["digest"], writer_info["holder"]
     totals: Counter = Counter()
     for item in tqdm(mine, desc="caching latents", unit="shard", disable=not show):
@@ -296,8 +305,9 @@ def _encode_batches(vae, writer_info: dict, mine: list[Planned], resolution: int
             "host": socket.gethostname(),
             "fingerprint": digest,
         }
-        commit_files(url, item.batch, pa.Table.from_pylist([row], schema=CACHE_SCHEMA), None, digest, holder,
-                     STAGE)
+        commit_files(
+            url, item.batch, pa.Table.from_pylist([row], schema=CACHE_SCHEMA), None, digest, holder, STAGE
+        )
         totals["cached"] += cached
         totals["shards_cached"] += 1
         totals.update(counts)
@@ -332,13 +342,24 @@ def build_latent_cache(
             try:
                 inputs = list(dict.fromkeys(expand_shard_urls(list(shard_urls))))
                 writer = held.enter_context(
-                    open_stage(folder, fingerprint, rebuild="changed", lease_wait=lease_wait,
-                               info={**(info or {}), "ranks": ranks.world})
+                    open_stage(
+                        folder,
+                        fingerprint,
+                        rebuild="changed",
+                        lease_wait=lease_wait,
+                        info={**(info or {}), "ranks": ranks.world},
+                    )
                 )
                 plan = _plan(fingerprint, inputs)
                 done = writer.committed_batches()
-                payload = {"url": folder, "digest": writer.digest, "holder": writer.holder, "plan": plan,
-                           "pending": [p for p in plan if p.batch not in done], "cleaned": writer.cleaned}
+                payload = {
+                    "url": folder,
+                    "digest": writer.digest,
+                    "holder": writer.holder,
+                    "plan": plan,
+                    "pending": [p for p in plan if p.batch not in done],
+                    "cleaned": writer.cleaned,
+                }
             except BaseException as error:  # tell the other ranks instead of leaving them waiting
                 ranks.broadcast({"error": f"{type(error).__name__}: {error}"})
                 raise
@@ -347,8 +368,9 @@ def build_latent_cache(
             raise CacheFailed(f"rank 0 could not open the latent cache: {payload['error']}")
         mine = payload["pending"][ranks.rank :: ranks.world]
         try:
-            counts: Counter | str = _encode_batches(vae, payload, mine, resolution, device, dtype, max_aspect,
-                                                    ranks.rank, show=ranks.rank == 0)
+            counts: Counter | str = _encode_batches(
+                vae, payload, mine, resolution, device, dtype, max_aspect, ranks.rank, show=ranks.rank == 0
+            )
         except Exception:  # noqa: BLE001 - reported to every rank below
             counts = traceback.format_exc(limit=8)
         everyone = ranks.gather(counts)  # when this returns, every rank has committed (or failed)
@@ -360,9 +382,16 @@ def build_latent_cache(
         finished: str | None = None
         if writer is not None:
             try:
-                writer.finish({"shards_cached": totals["shards_cached"], "samples_cached": totals["cached"],
-                               "shards_reused": totals["shards_reused"], "cleaned": payload["cleaned"],
-                               "ranks": ranks.world}, schema=CACHE_SCHEMA)
+                writer.finish(
+                    {
+                        "shards_cached": totals["shards_cached"],
+                        "samples_cached": totals["cached"],
+                        "shards_reused": totals["shards_reused"],
+                        "cleaned": payload["cleaned"],
+                        "ranks": ranks.world,
+                    },
+                    schema=CACHE_SCHEMA,
+                )
             except Exception:  # noqa: BLE001 - reported to every rank below
                 finished = traceback.format_exc(limit=8)
     if (finished := ranks.gather(finished)[0]) is not None:  # the lease is free when this returns

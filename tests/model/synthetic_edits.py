@@ -74,8 +74,8 @@ def write_synthetic_stage(stage_url: str, count: int, per_batch: int, seed: int 
     fingerprint = Fingerprint(stage="synthetic", settings={"seed": seed, "size": size, "split": split})
     with open_stage(stage_url, fingerprint) as writer:
         for start in range(0, count, per_batch):
-            writer.commit(f"synthetic-{start // per_batch:04d}", samples[start : start + per_batch],
-                          ShardSpec(max_samples=per_batch))
+            batch = samples[start : min(count, start + per_batch)]
+            writer.commit(f"synthetic-{start // per_batch:04d}", batch, ShardSpec(max_samples=per_batch))
         writer.finish()
     orphan = None
     if uncommitted:

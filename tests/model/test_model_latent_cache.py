@@ -34,8 +34,9 @@ def _vae(base) -> AutoencoderKL:
 
 
 def _cache(base, inputs, root, vae=None):
-    return build_latent_cache(vae or _vae(base), inputs, str(root), cache_fingerprint(str(base), 24), "cpu",
-                              torch.float32)
+    return build_latent_cache(
+        vae or _vae(base), inputs, str(root), cache_fingerprint(str(base), 24), "cpu", torch.float32
+    )
 
 
 def _parts(folder) -> list[dict]:
@@ -55,9 +56,22 @@ def _free_port() -> int:
 def _launch_two_ranks(base, inputs: str, root: Path, out: Path) -> list[dict]:
     out.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr",
-               "127.0.0.1", "--master_port", str(_free_port()), str(HERE / "latent_cache_worker.py"),
-               str(base), inputs, str(root), str(out)]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(_free_port()),
+        str(HERE / "latent_cache_worker.py"),
+        str(base),
+        inputs,
+        str(root),
+        str(out),
+    ]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=400)
     assert result.returncode == 0, result.stderr[-3000:]
     return [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
@@ -126,8 +140,14 @@ def test_another_vae_gets_another_cache_and_a_moved_one_the_same(tiny_base, edit
     again = _cache(moved, [str(edit_shards)], root)
     assert again.folder == first.folder and again.counts == {"shards_reused": 4}
 
-    other_resolution = build_latent_cache(_vae(tiny_base), [str(edit_shards)], str(root),
-                                          cache_fingerprint(str(tiny_base), 16), "cpu", torch.float32)
+    other_resolution = build_latent_cache(
+        _vae(tiny_base),
+        [str(edit_shards)],
+        str(root),
+        cache_fingerprint(str(tiny_base), 16),
+        "cpu",
+        torch.float32,
+    )
     assert other_resolution.folder != first.folder and other_resolution.counts["cached"] == 48
 
 
@@ -147,7 +167,8 @@ def test_a_changed_input_shard_is_cached_again(tiny_base, tmp_path):
     assert changed.shards[shards[1]] != first.shards[shards[1]]
     assert len(_latents(changed.shards[shards[1]])) == 5
     assert [changed.shards[u] for u in shards if u != shards[1]] == [
-        first.shards[u] for u in shards if u != shards[1]]
+        first.shards[u] for u in shards if u != shards[1]
+    ]
 
 
 def test_input_identities_ignore_where_inputs_lie(tmp_path):
@@ -158,8 +179,11 @@ def test_input_identities_ignore_where_inputs_lie(tmp_path):
     assert shard_identity(shard) == f"stage:{digest}/{Path(shard).name}"
     moved = tmp_path / "b" / "removal"
     shutil.copytree(stage, moved)
-    assert input_identities([str(stage)]) == input_identities([str(moved / "shards")]) == {
-        "removal": f"stage:{digest}"}
+    assert (
+        input_identities([str(stage)])
+        == input_identities([str(moved / "shards")])
+        == {"removal": f"stage:{digest}"}
+    )
     foreign = tmp_path / "foreign"
     write_synthetic_shards(str(foreign), count=4, per_shard=2)
     elsewhere = tmp_path / "c" / "foreign"
@@ -178,8 +202,9 @@ def test_the_trainers_data_sets_read_only_committed_shards(tmp_path, suffix):
     written = write_synthetic_stage(str(stage), count=12, per_batch=4, seed=3, uncommitted=4)
     (shard_set,) = expand_sets([ShardSet(urls=[f"{stage}{suffix}"])])
     assert shard_set.urls == manifest.committed_shards(str(stage)) and written["orphan"] not in shard_set.urls
-    loader = make_loader([shard_set], StreamSettings(resolution=24, batch_size=4, shuffle_buffer=4),
-                         StreamState(0))
+    loader = make_loader(
+        [shard_set], StreamSettings(resolution=24, batch_size=4, shuffle_buffer=4), StreamState(0)
+    )
     seen: set[str] = set()
     for _, batch in zip(range(30), loader, strict=False):
         seen.update(batch["key"])

@@ -79,6 +79,7 @@ def register(app: typer.Typer) -> None:
 
         from ieiw.model.candidates import build_candidates
         from ieiw.model.inference import load_edit_pipeline
+        from ieiw.storage.lease import StageBusy
         from ieiw.storage.stage_folder import StageChanged
 
         texts, images = _floats(text_guidance), _floats(image_guidance)
@@ -108,6 +109,9 @@ def register(app: typer.Typer) -> None:
                     "Nothing ran. Pass --rebuild to replace them, or give --out another folder.[/red]"
                 )
                 raise typer.Exit(1) from changed
+            except StageBusy as busy:
+                console.print(f"[red]{busy}[/red]")
+                raise typer.Exit(1) from busy
         console.print(
             f"wrote {summary['written']} candidate sets ({len(summary['shards'])} shards; "
             f"{summary['reused']} already there) to [bold]{out}[/bold]"
@@ -131,7 +135,7 @@ def register(app: typer.Typer) -> None:
 
     @app.command()
     def review(
-        candidates: str = typer.Option(..., help="candidate shards folder"),
+        candidates: str = typer.Option(..., help="candidates folder (what `ieiw candidates --out` wrote)"),
         db: str = DB_OPTION,
         per_sample: int = typer.Option(1, help="reviewers per sample (2 or more gives agreement figures)"),
         host: str = typer.Option("127.0.0.1", help="address to listen on"),
@@ -202,7 +206,7 @@ def register(app: typer.Typer) -> None:
 
     @app.command("export-picks")
     def export_picks(
-        candidates: str = typer.Option(..., help="candidate shards folder"),
+        candidates: str = typer.Option(..., help="candidates folder (what `ieiw candidates --out` wrote)"),
         out: str = typer.Option(..., "-o", "--out", help="output stage folder (shards/ and manifest/)"),
         db: str = DB_OPTION,
         min_votes: int = typer.Option(1, help="keep candidates picked by at least this many reviewers"),
@@ -214,6 +218,7 @@ def register(app: typer.Typer) -> None:
         from ieiw.model.candidates import CandidateIndex
         from ieiw.model.review.export import export_picks as run_export
         from ieiw.model.review.store import ReviewStore
+        from ieiw.storage.lease import StageBusy
 
         store = ReviewStore(db, create=False)
         try:
@@ -222,6 +227,9 @@ def register(app: typer.Typer) -> None:
             )
         except FileExistsError as exists:
             raise typer.BadParameter(str(exists), param_hint="--out") from exists
+        except StageBusy as busy:
+            console.print(f"[red]{busy}[/red]")
+            raise typer.Exit(1) from busy
         finally:
             store.close()
         if report.skipped:

@@ -234,7 +234,8 @@ class CandidateIndex:
         """What the index holds, by identity (for a fingerprint's ``upstream``): its sources' identities,
         or, for an index not built from shards, a digest of its headers."""
         if self.sources:
-            return {f"candidates:{k}": v for k, v in input_identities(self.sources).items()}
+            found = input_identities(self.sources)
+            return {"candidates" if len(found) == 1 else f"candidates:{k}": v for k, v in found.items()}
         headers = [self.headers[k].model_dump(mode="json") for k in sorted(self.headers)]
         return {"candidates": "headers:" + stable_key(headers)}
 

@@ -8,7 +8,8 @@ changed input gives another one:
   ``stage.json``, and the shard's name (a stage's shards are a function of its fingerprint);
 - any other shard (a WebDataset someone else wrote): its name, size and modification time;
 - an input folder or pattern (:func:`input_identities`): a stage folder is its digest; anything else
-  the identities of the shards a reader takes from it (:func:`ieiw.storage.manifest.resolve_shards`).
+  the identities of the shards a reader takes from it (:func:`ieiw.storage.manifest.resolve_shards`),
+  labelled by the stage's name or the input's place, never by a path.
 """
 
 from __future__ import annotations
@@ -21,11 +22,11 @@ from ieiw.storage.schema import stable_key
 from ieiw.storage.stage_folder import read_record
 
 
-def _stage_digest(stage_url: str, records: dict[str, str | None]) -> str | None:
-    """The fingerprint digest recorded in ``stage_url``'s ``stage.json`` (memoised in ``records``)."""
+def _stage_fingerprint(stage_url: str, records: dict[str, dict]) -> dict:
+    """The fingerprint record in ``stage_url``'s ``stage.json`` ({} when none; memoised in ``records``)."""
     if stage_url not in records:
         record = read_record(stage_url) if manifest.is_stage_folder(stage_url) else None
-        records[stage_url] = (record or {}).get("fingerprint", {}).get("digest")
+        records[stage_url] = (record or {}).get("fingerprint", {})
     return records[stage_url]
 
 
@@ -37,13 +38,13 @@ def _stage_of_shard(url: str) -> str | None:
     return posixpath.dirname(parent)
 
 
-def shard_identity(url: str, records: dict[str, str | None] | None = None) -> str:
+def shard_identity(url: str, records: dict[str, dict] | None = None) -> str:
     """What one input shard is, independent of where it lies (see the module docstring)."""
     records = {} if records is None else records
     name = posixpath.basename(str(url))
     stage = _stage_of_shard(url)
     if stage is not None:
-        digest = _stage_digest(stage, records)
+        digest = _stage_fingerprint(stage, records).get("digest")
         if digest:
             return f"stage:{digest}/{name}"
     filesystem, path = fs.get_fs(url)
@@ -56,7 +57,7 @@ def shard_identity(url: str, records: dict[str, str | None] | None = None) -> st
 
 def shard_identities(urls: Iterable[str]) -> dict[str, str]:
     """``{url: identity}`` for many shards (each stage record read once)."""
-    records: dict[str, str | None] = {}
+    records: dict[str, dict] = {}
     return {url: shard_identity(url, records) for url in urls}
 
 
@@ -74,22 +75,22 @@ def stage_url_of(url: str) -> str | None:
 def input_identities(urls: Iterable[str] | str) -> dict[str, str]:
     """``{label: identity}`` of each input a stage reads, for a fingerprint's ``upstream``.
 
-    The label is the input's folder or file name (never the whole path; a repeated name gets ``#2``);
-    the identity is a stage folder's recorded digest, else a digest of the identities of the shards a
-    reader takes from the input.
+    A stage folder of ours is labelled with the stage it holds (``filter``) and identified by its
+    recorded digest; any other input is ``shards[<i>]`` (its place among the inputs) with a digest of
+    the identities of the shards a reader takes from it. No label or identity holds a path.
     """
     if isinstance(urls, str):
         urls = [urls]
-    records: dict[str, str | None] = {}
+    records: dict[str, dict] = {}
     out: dict[str, str] = {}
-    for url in urls:
+    for i, url in enumerate(urls):
         stage = stage_url_of(url)
-        digest = _stage_digest(stage, records) if stage else None
-        if digest:
-            label, identity = posixpath.basename(stage), f"stage:{digest}"
+        recorded = _stage_fingerprint(stage, records) if stage else {}
+        if recorded.get("digest"):
+            label, identity = str(recorded.get("stage") or "stage"), f"stage:{recorded['digest']}"
         else:
-            label = posixpath.basename(str(url).rstrip("/")) or str(url)
             shards = manifest.resolve_shards(url)
+            label = f"shards[{i}]"
             identity = "shards:" + stable_key([shard_identity(s, records) for s in shards])
         unique, n = label, 1
         while unique in out:

@@ -182,15 +182,15 @@ def test_input_identities_ignore_where_inputs_lie(tmp_path):
     assert (
         input_identities([str(stage)])
         == input_identities([str(moved / "shards")])
-        == {"removal": f"stage:{digest}"}
+        == {"synthetic": f"stage:{digest}"}  # the stage it holds, not the folder's name
     )
     foreign = tmp_path / "foreign"
     write_synthetic_shards(str(foreign), count=4, per_shard=2)
     elsewhere = tmp_path / "c" / "foreign"
     shutil.copytree(foreign, elsewhere)
     assert input_identities([str(foreign)]) == input_identities([str(elsewhere)])
-    both = input_identities([str(foreign), str(elsewhere)])
-    assert list(both) == ["foreign", "foreign#2"]
+    labels = input_identities([str(foreign), str(elsewhere), str(stage), str(moved)])
+    assert list(labels) == ["shards[0]", "shards[1]", "synthetic", "synthetic#2"]
 
 
 @pytest.mark.parametrize("suffix", ["", "/shards"])

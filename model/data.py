@@ -14,7 +14,9 @@ samples still make up their weight's share of what the trainer sees. Every sampl
 name and :class:`StreamState` counts them, so the trainer logs the shares actually seen.
 
 Two sample layouts are read: images (``src.*``, ``tgt.*``) and cached latents
-(``lat.safetensors``, written by :mod:`ieiw.model.latent_cache`).
+(``lat.safetensors``, written by :mod:`ieiw.model.latent_cache`). A set's shards come from
+:func:`ieiw.storage.shards.expand_shard_urls`: a stage folder (or its ``shards/``) means the shards its
+committed manifest parts list, never what lies in the folder.
 """
 
 from __future__ import annotations

@@ -5,7 +5,9 @@ Columns: ``original_image``, ``edit_prompt``, ``edited_image`` (the names the ex
 plus ``key`` and ``task``. Written as Parquet parts in the hub layout
 (``<out>/data/train-00000-of-0000N.parquet``), so ``datasets.load_dataset(out)`` and the example's
 ``--dataset_name <out>`` open it. Images keep their stored bytes (no re-encoding); samples stream
-through, so memory stays bounded.
+through, so memory stays bounded. The shards come from
+:func:`ieiw.storage.shards.expand_shard_urls`: a stage folder (or its ``shards/``) means the shards its
+committed manifest parts list, so a shard of a batch that never committed is not exported.
 """
 
 from __future__ import annotations

@@ -5,39 +5,173 @@ Each input shard becomes one cache shard of the same samples with ``<key>.json``
 ``src_flip``, ``tgt_flip``, float16, plus ``factor``, the VAE's downsampling). Images are resized to
 the short side ``resolution`` and centre-cropped on the long side to at most ``max_aspect`` times
 that, so the trainer still takes a random crop, in latent space. Latents are the distribution's
-mean (a sample is drawn on the fly otherwise). A cache shard is written under a temporary name and
-renamed when complete, so a killed pass resumes by skipping finished shards.
+mean (a sample is drawn on the fly otherwise).
+
+The cache is a stage folder (:mod:`ieiw.storage.stage_folder`) under the configured root, one per
+*encoder* fingerprint (:func:`cache_fingerprint`: the VAE by content, the dtype it encodes in, the
+resolution, ``max_aspect`` and the crop), named ``r<resolution>-<digest>``, so another VAE or another
+resolution gets another cache. Each input shard is one batch whose name is the digest of the encoder
+fingerprint plus the input shard's identity (:func:`ieiw.model.inputs.shard_identity`: a stage's
+digest and the shard's name, or a foreign shard's name, size and modification time), so a changed
+input shard is encoded again and a cache batch is reused only when everything that made its latents
+is the same. A batch's cache shard is written first, its manifest part (one row: input, identity,
+samples, drops, the rank that wrote it) last; only committed batches exist for a reader.
+
+Many processes (``accelerate``): rank 0 takes the stage's lease, cleans what killed runs left and
+plans the pending batches; every rank then encodes a disjoint share of them and commits through the
+lease of rank 0; rank 0 finishes the stage once all ranks are done. No rank but the lease holder
+deletes anything.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
+import json
+import os
 import posixpath
+import socket
 import tarfile
-import time
+import traceback
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import numpy as np
+import pyarrow as pa
 import torch
 from safetensors.torch import save as save_safetensors
 from tqdm.auto import tqdm
 
 from ieiw.model.data import LATENT_MEMBER, find_member, read_shard, resize_short_side, to_tensor
-from ieiw.storage import fs
+from ieiw.model.inputs import shard_identities
+from ieiw.storage import fs, manifest
+from ieiw.storage.fingerprint import Fingerprint
+from ieiw.storage.identity import model_identity
 from ieiw.storage.images import decode_image
 from ieiw.storage.schema import stable_key
 from ieiw.storage.shards import expand_shard_urls
+from ieiw.storage.stage_folder import commit_files, open_stage
+
+STAGE = "latent_cache"
+CROP = "centre"  # how the long side is cut to max_aspect; part of the fingerprint
+CACHE_SCHEMA = pa.schema(
+    [
+        ("batch", pa.string()),
+        ("shard", pa.string()),  # the cache shard's name (null when no sample of the input was cached)
+        ("input", pa.string()),  # the input shard's name
+        ("input_identity", pa.string()),
+        ("batch_fingerprint", pa.string()),
+        ("samples", pa.int64()),
+        ("drops", pa.string()),  # JSON counts by reason
+        ("rank", pa.int32()),  # the process that encoded it
+        ("host", pa.string()),
+        ("fingerprint", pa.string()),
+    ]
+)
 
 
-def cache_folder(root: str, base_model: str, resolution: int) -> str:
-    """The cache of one (VAE, resolution): another base model or resolution gets its own folder."""
-    return fs.join(root, f"r{resolution}-{stable_key(base_model, resolution)[:10]}")
+# ----------------------------------------------------------------------------- identity
 
 
-def cache_url(folder: str, shard_url: str) -> str:
-    """Where the cache of ``shard_url`` goes (the hash keeps same-named shards of two folders apart)."""
-    return fs.join(folder, f"{stable_key(shard_url)[:8]}-{posixpath.basename(shard_url)}")
+def vae_identity(model: str) -> str | None:
+    """The VAE's identity by content: the ``vae/`` folder of a local diffusers checkpoint (so a trained
+    pipeline that kept the base VAE has the base's identity), the folder itself, or a hub id at its
+    resolved revision."""
+    value = os.fspath(model)
+    vae = os.path.join(value, "vae")
+    return model_identity(vae if os.path.isdir(vae) else value)
+
+
+def cache_fingerprint(
+    vae_model: str, resolution: int, max_aspect: float = 2.0, dtype: torch.dtype | str = torch.float32
+) -> Fingerprint:
+    """Everything that determines the latents of a given input shard (the shard itself goes into each
+    batch's name)."""
+    settings = {
+        "resolution": int(resolution),
+        "max_aspect": float(max_aspect),
+        "crop": CROP,
+        "flips": True,
+        "latent": "mode",
+        "stored_as": "float16",
+        "encode_dtype": str(dtype).removeprefix("torch."),
+    }
+    return Fingerprint(stage=STAGE, settings=settings, models={"vae": vae_identity(vae_model)})
+
+
+def cache_folder(root: str, fingerprint: Fingerprint) -> str:
+    """The cache of one encoder fingerprint: another VAE, resolution or crop gets its own folder."""
+    return fs.join(root, f"r{fingerprint.settings['resolution']}-{fingerprint.digest[:12]}")
+
+
+def batch_for(fingerprint: Fingerprint, identity: str) -> tuple[str, str]:
+    """(batch name, batch fingerprint) of one input shard under ``fingerprint``."""
+    digest = stable_key("latent-batch", fingerprint.digest, identity)
+    return f"lat-{digest[:20]}", digest
+
+
+# ----------------------------------------------------------------------------- processes
+
+
+class Ranks(Protocol):
+    """The processes of one run: who this is, and the two collectives the cache pass needs."""
+
+    rank: int
+    world: int
+
+    def broadcast(self, value: Any) -> Any:
+        """``value`` of rank 0, on every rank."""
+
+    def gather(self, value: Any) -> list[Any]:
+        """Every rank's ``value``, in rank order, on every rank (a barrier too)."""
+
+
+class OneProcess:
+    rank, world = 0, 1
+
+    def broadcast(self, value: Any) -> Any:
+        return value
+
+    def gather(self, value: Any) -> list[Any]:
+        return [value]
+
+
+class TorchRanks:
+    """The default process group of ``torch.distributed`` (what ``accelerate`` and ``torchrun`` set up)."""
+
+    def __init__(self) -> None:
+        import torch.distributed as dist
+
+        self._dist = dist
+        self.rank, self.world = dist.get_rank(), dist.get_world_size()
+
+    def broadcast(self, value: Any) -> Any:
+        box = [value]
+        self._dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def gather(self, value: Any) -> list[Any]:
+        out: list[Any] = [None] * self.world
+        self._dist.all_gather_object(out, value)
+        return out
+
+
+def current_ranks() -> Ranks:
+    """The processes of this run: the ``torch.distributed`` group when there is one, else this one."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        return TorchRanks()
+    return OneProcess()
+
+
+class CacheFailed(RuntimeError):
+    """A rank could not open or fill the cache; every rank raises it."""
+
+
+# ----------------------------------------------------------------------------- encoding
 
 
 @torch.no_grad()
@@ -55,52 +189,219 @@ def centre_crop(image: np.ndarray, resolution: int, factor: int, max_aspect: flo
     return image[top : top + th, left : left + tw]
 
 
-def cache_shard(vae, url: str, out_url: str, resolution: int, device, dtype,
-                max_aspect: float = 2.0) -> Counter:
-    """Encode one shard's samples into ``out_url``; returns counts (``cached`` and drop reasons)."""
+def cache_shard(
+    vae, url: str, out_url: str, resolution: int, device, dtype, max_aspect: float = 2.0
+) -> Counter:
+    """Encode one shard's samples into ``out_url``; returns counts (``cached`` and drop reasons).
+
+    Nothing is written when no sample could be cached (``cached`` is 0).
+    """
     counts: Counter = Counter()
     factor = 2 ** (len(vae.config.block_out_channels) - 1)
-    with fs.atomic_open(out_url) as handle, tarfile.open(fileobj=handle, mode="w|") as tar:
-        for raw in read_shard(url, "instruction", counts):
-            try:
-                src = decode_image(find_member(raw, "src"))
-                tgt = decode_image(find_member(raw, "tgt"))
-            except (KeyError, ValueError, OSError) as exc:
-                counts["undecodable" if not isinstance(exc, KeyError) else "missing-member"] += 1
-                continue
-            src = centre_crop(resize_short_side(src, resolution), resolution, factor, max_aspect)
-            tgt = resize_short_side(tgt, resolution, like=(src.shape[1], src.shape[0]))
-            pair = [src, tgt, src[:, ::-1], tgt[:, ::-1]]
-            latents = encode_latents(vae, [np.ascontiguousarray(p) for p in pair], device, dtype)
-            tensors = dict(zip(("src", "tgt", "src_flip", "tgt_flip"), latents, strict=True))
-            tensors["factor"] = torch.tensor([factor])
-            key = raw["__key__"]
-            _add(tar, f"{key}.json", raw["json"])
-            _add(tar, f"{key}.{LATENT_MEMBER}", save_safetensors(tensors))
-            counts["cached"] += 1
+    try:
+        with fs.atomic_open(out_url) as handle:
+            with tarfile.open(fileobj=handle, mode="w|") as tar:
+                for raw in read_shard(url, "instruction", counts):
+                    try:
+                        src, tgt = decode(raw, "src"), decode(raw, "tgt")
+                    except KeyError:
+                        counts["missing-member"] += 1
+                        continue
+                    except (ValueError, OSError):
+                        counts["undecodable"] += 1
+                        continue
+                    src = centre_crop(resize_short_side(src, resolution), resolution, factor, max_aspect)
+                    tgt = resize_short_side(tgt, resolution, like=(src.shape[1], src.shape[0]))
+                    pair = [src, tgt, src[:, ::-1], tgt[:, ::-1]]
+                    latents = encode_latents(vae, [np.ascontiguousarray(p) for p in pair], device, dtype)
+                    tensors = dict(zip(("src", "tgt", "src_flip", "tgt_flip"), latents, strict=True))
+                    tensors["factor"] = torch.tensor([factor])
+                    key = raw["__key__"]
+                    _add(tar, f"{key}.json", raw["json"])
+                    _add(tar, f"{key}.{LATENT_MEMBER}", save_safetensors(tensors))
+                    counts["cached"] += 1
+            if not counts["cached"]:
+                raise _Empty  # discards the temporary file
+    except _Empty:
+        pass
     return counts
 
 
-def build_latent_cache(
-    vae, shard_urls: Iterable[str], folder: str, resolution: int, device, dtype, max_aspect: float = 2.0
-) -> tuple[list[str], Counter]:
-    """Cache every shard not cached yet; returns the cache shard URLs (in input order) and counts."""
-    totals: Counter = Counter()
-    outputs: list[str] = []
-    fs.makedirs(folder)
-    fs.remove_stale_temporaries(folder)
-    for url in tqdm(expand_shard_urls(list(shard_urls)), desc="caching latents", unit="shard"):
-        out = cache_url(folder, url)
-        outputs.append(out)
-        if fs.exists(out):
-            totals["shards_reused"] += 1
-            continue
-        totals.update(cache_shard(vae, url, out, resolution, device, dtype, max_aspect))
-    return outputs, totals
+class _Empty(Exception):
+    pass
+
+
+def decode(raw: dict, stem: str) -> np.ndarray:
+    return decode_image(find_member(raw, stem))
 
 
 def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     info = tarfile.TarInfo(name)
     info.size = len(data)
-    info.mtime = time.time()
+    info.mtime = 0  # the same latents make the same bytes, whenever and wherever they were cached
     tar.addfile(info, io.BytesIO(data))
+
+
+# ----------------------------------------------------------------------------- the pass
+
+
+@dataclass(frozen=True)
+class Planned:
+    """One input shard's batch in the cache."""
+
+    url: str
+    batch: str
+    batch_fingerprint: str
+    identity: str
+
+
+@dataclass
+class CacheResult:
+    """The cache shard of each input shard (None: none of its samples could be cached), and counts."""
+
+    folder: str
+    shards: dict[str, str | None]
+    counts: Counter
+
+    def urls(self, inputs: Iterable[str]) -> list[str]:
+        """The cache shards of ``inputs`` (expanded as a reader does), in their order."""
+        return [s for u in expand_shard_urls(list(inputs)) if (s := self.shards.get(u))]
+
+
+def _plan(fingerprint: Fingerprint, inputs: Sequence[str]) -> list[Planned]:
+    identities = shard_identities(inputs)
+    return [Planned(u, *batch_for(fingerprint, identities[u]), identities[u]) for u in inputs]
+
+
+def _encode_batches(
+    vae,
+    writer_info: dict,
+    mine: list[Planned],
+    resolution: int,
+    device,
+    dtype,
+    max_aspect: float,
+    rank: int,
+    show: bool,
+) -> Counter:
+    url, digest, holder = writer_info["url"], writer_info["digest"], writer_info["holder"]
+    totals: Counter = Counter()
+    for item in tqdm(mine, desc="caching latents", unit="shard", disable=not show):
+        name = f"{item.batch}.tar"
+        out = fs.join(url, manifest.SHARD_DIR, name)
+        counts = cache_shard(vae, item.url, out, resolution, device, dtype, max_aspect)
+        cached = counts.pop("cached", 0)
+        if not cached:
+            name = None  # no sample of the input could be cached: no cache shard
+        row = {
+            "batch": item.batch,
+            "shard": name,
+            "input": posixpath.basename(item.url),
+            "input_identity": item.identity,
+            "batch_fingerprint": item.batch_fingerprint,
+            "samples": cached,
+            "drops": json.dumps(dict(sorted(counts.items()))),
+            "rank": rank,
+            "host": socket.gethostname(),
+            "fingerprint": digest,
+        }
+        commit_files(
+            url, item.batch, pa.Table.from_pylist([row], schema=CACHE_SCHEMA), None, digest, holder, STAGE
+        )
+        totals["cached"] += cached
+        totals["shards_cached"] += 1
+        totals.update(counts)
+    return totals
+
+
+def build_latent_cache(
+    vae,
+    shard_urls: Iterable[str],
+    root: str,
+    fingerprint: Fingerprint,
+    device,
+    dtype,
+    ranks: Ranks | None = None,
+    lease_wait: float = 600.0,
+    info: dict | None = None,
+) -> CacheResult:
+    """Cache every input shard not cached yet under ``root`` (a stage folder per ``fingerprint``).
+
+    Call it on every rank of a run with the same arguments (``ranks``: the run's processes, by default
+    the ``torch.distributed`` group): rank 0 holds the stage's lease and cleans, the ranks encode
+    disjoint shares of the pending shards, and every rank gets the same :class:`CacheResult`.
+    """
+    ranks = ranks or current_ranks()
+    folder = cache_folder(root, fingerprint)
+    settings = fingerprint.settings
+    resolution, max_aspect = int(settings["resolution"]), float(settings["max_aspect"])
+    with contextlib.ExitStack() as held:
+        payload: dict[str, Any] = {}
+        writer = None
+        if ranks.rank == 0:
+            try:
+                inputs = list(dict.fromkeys(expand_shard_urls(list(shard_urls))))
+                writer = held.enter_context(
+                    open_stage(
+                        folder,
+                        fingerprint,
+                        rebuild="changed",
+                        lease_wait=lease_wait,
+                        info={**(info or {}), "ranks": ranks.world},
+                    )
+                )
+                plan = _plan(fingerprint, inputs)
+                done = writer.committed_batches()
+                payload = {
+                    "url": folder,
+                    "digest": writer.digest,
+                    "holder": writer.holder,
+                    "plan": plan,
+                    "pending": [p for p in plan if p.batch not in done],
+                    "cleaned": writer.cleaned,
+                }
+            except BaseException as error:  # tell the other ranks instead of leaving them waiting
+                ranks.broadcast({"error": f"{type(error).__name__}: {error}"})
+                raise
+        payload = ranks.broadcast(payload)
+        if "error" in payload:
+            raise CacheFailed(f"rank 0 could not open the latent cache: {payload['error']}")
+        mine = payload["pending"][ranks.rank :: ranks.world]
+        try:
+            counts: Counter | str = _encode_batches(
+                vae, payload, mine, resolution, device, dtype, max_aspect, ranks.rank, show=ranks.rank == 0
+            )
+        except Exception:  # noqa: BLE001 - reported to every rank below
+            counts = traceback.format_exc(limit=8)
+        everyone = ranks.gather(counts)  # when this returns, every rank has committed (or failed)
+        failed = [f"rank {r}: {c}" for r, c in enumerate(everyone) if isinstance(c, str)]
+        if failed:
+            raise CacheFailed("caching latents failed:\n" + "\n".join(failed))
+        totals: Counter = sum((Counter(c) for c in everyone), Counter())
+        totals["shards_reused"] = len(payload["plan"]) - len(payload["pending"])
+        finished: str | None = None
+        if writer is not None:
+            try:
+                writer.finish(
+                    {
+                        "shards_cached": totals["shards_cached"],
+                        "samples_cached": totals["cached"],
+                        "shards_reused": totals["shards_reused"],
+                        "cleaned": payload["cleaned"],
+                        "ranks": ranks.world,
+                    },
+                    schema=CACHE_SCHEMA,
+                )
+            except Exception:  # noqa: BLE001 - reported to every rank below
+                finished = traceback.format_exc(limit=8)
+    if (finished := ranks.gather(finished)[0]) is not None:  # the lease is free when this returns
+        raise CacheFailed(f"rank 0 could not finish the latent cache:\n{finished}")
+    table = manifest.read_table(folder, columns=["batch", "shard"], schema=CACHE_SCHEMA).to_pylist()
+    by_batch = {row["batch"]: row["shard"] for row in table}
+    shards: dict[str, str | None] = {}
+    for item in payload["plan"]:
+        if item.batch not in by_batch:
+            raise CacheFailed(f"{item.url}: its cache batch {item.batch} was not committed")
+        name = by_batch[item.batch]
+        shards[item.url] = fs.join(folder, manifest.SHARD_DIR, name) if name else None
+    return CacheResult(folder, shards, +totals)

@@ -45,7 +45,7 @@ from ieiw.model.data import (
     mix_report,
     write_mix_report,
 )
-from ieiw.model.latent_cache import build_latent_cache, cache_folder
+from ieiw.model.latent_cache import build_latent_cache, cache_fingerprint
 from ieiw.model.loss_log import LossLog
 
 log = logging.getLogger(__name__)
@@ -87,17 +87,23 @@ def steps_for_epochs(config: TrainConfig, sets: list[SourceSet], num_processes: 
 def cache_latents(config: TrainConfig, models: Models, accelerator: Accelerator, sets: list[SourceSet]):
     """Encode every shard once (split across processes); return the sets over the cache shards."""
     vae_from = config.latent_cache_model or config.base_model  # every curriculum stage has the same VAE
-    folder = cache_folder(config.data.latent_cache, vae_from, config.data.resolution)
+    fingerprint = cache_fingerprint(vae_from, config.data.resolution, dtype=models.vae.dtype)
+    result = build_latent_cache(
+        models.vae,
+        [u for s in sets for u in s.urls],
+        config.data.latent_cache,
+        fingerprint,
+        accelerator.device,
+        models.vae.dtype,
+        info={"vae": vae_from},
+    )
+    if accelerator.is_main_process:
+        log.info("latent cache %s: %s", result.folder, dict(result.counts))
     cached: list[SourceSet] = []
     for shard_set in sets:
-        mine = shard_set.urls[accelerator.process_index :: accelerator.num_processes]
-        build_latent_cache(
-            models.vae, mine, folder, config.data.resolution, accelerator.device, models.vae.dtype
-        )
-        accelerator.wait_for_everyone()
-        urls, _ = build_latent_cache(
-            models.vae, shard_set.urls, folder, config.data.resolution, accelerator.device, models.vae.dtype
-        )  # all done: only lists
+        urls = [s for u in shard_set.urls if (s := result.shards.get(u))]
+        if not urls:
+            raise ValueError(f"shard set {shard_set.name!r}: no sample of its shards could be cached")
         cached.append(SourceSet(urls, shard_set.weight, shard_set.text_field, shard_set.name))
     return cached
 

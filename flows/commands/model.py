@@ -86,7 +86,7 @@ def register(app: typer.Typer) -> None:
         image: Path = typer.Option(None, exists=True, dir_okay=False, help="one image to edit"),
         folder: Path = typer.Option(None, exists=True, file_okay=False, help="batch: every image here"),
         shards: list[str] = typer.Option(
-            None, help="batch: samples of these shards (their own instructions)"
+            None, help="batch: samples of these shards or stage folders (their own instructions)"
         ),
         instruction: str = typer.Option(None, help="the edit (required with --image and --folder)"),
         steps: int = 20,
@@ -125,7 +125,7 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def evaluate(
         model: str = typer.Option(..., help="trained model folder (diffusers layout) or hub id"),
-        shards: list[str] = typer.Option(..., help="held-out shards (files or folders)"),
+        shards: list[str] = typer.Option(..., help="held-out shards (files, folders, stage folders)"),
         output: Path = typer.Option(..., "-o", "--output", help="folder for metrics.csv, summary, grid.png"),
         clip_model: str = typer.Option("ViT-L-14", help="open_clip model name"),
         clip_pretrained: str = typer.Option("openai", help="open_clip tag or a local checkpoint file"),
@@ -175,7 +175,7 @@ def register(app: typer.Typer) -> None:
 
     @app.command("export-hf")
     def export_hf(
-        shards: list[str] = typer.Argument(..., help="shards (files or folders) to export"),
+        shards: list[str] = typer.Argument(..., help="shards (files, folders, stage folders) to export"),
         output: Path = typer.Option(..., "-o", "--output", help="dataset folder"),
         rows_per_file: int = 5000,
         text_field: str = typer.Option("instruction", help="instruction or pretrain_caption"),

@@ -11,7 +11,6 @@ The database is ``--db`` or ``$IEIW_REVIEW_DB`` (a SQLAlchemy URL: a SQLite file
 
 from __future__ import annotations
 
-import itertools
 import json
 
 import typer
@@ -67,35 +66,56 @@ def register(app: typer.Typer) -> None:
         batch_size: int = typer.Option(8, help="samples per pipeline call"),
         per_shard: int = typer.Option(50, help="samples per candidate shard"),
         device: str = typer.Option("auto", help="auto, cuda or cpu"),
+        rebuild: bool = typer.Option(
+            False, help="start --out afresh when it holds candidates made with other settings"
+        ),
     ) -> None:
-        """Generate N candidate edits per source sample (varied seeds and guidance) as candidate shards."""
+        """Generate N candidate edits per source sample (varied seeds and guidance) as candidate shards.
+
+        --out is a stage folder: a rerun with the same settings resumes (or does nothing), one with
+        other settings, another checkpoint or other source shards stops and names what changed.
+        """
         from tqdm.auto import tqdm
 
-        from ieiw.model.candidates import CandidateShardWriter, generate_candidates
+        from ieiw.model.candidates import build_candidates
         from ieiw.model.inference import load_edit_pipeline
-        from ieiw.storage.shards import expand_shard_urls, iter_samples
+        from ieiw.storage.lease import StageBusy
+        from ieiw.storage.stage_folder import StageChanged
 
-        pipe = load_edit_pipeline(model, device=device)
-        samples = itertools.islice(iter_samples(expand_shard_urls(shards)), limit)
-        with (
-            tqdm(total=limit, desc="candidates", unit="sample") as bar,
-            CandidateShardWriter(out, max_sets=per_shard) as writer,
-        ):
-            for candidate_set in generate_candidates(
-                pipe,
-                samples,
-                n=n,
-                checkpoint=model,
-                steps=steps,
-                resolution=resolution,
-                base_seed=seed,
-                text_guidance=_floats(text_guidance),
-                image_guidance=_floats(image_guidance),
-                batch_size=batch_size,
-                progress=bar.update,
-            ):
-                writer.write(candidate_set)
-        console.print(f"wrote {len(writer.written)} candidate shards to [bold]{out}[/bold]")
+        texts, images = _floats(text_guidance), _floats(image_guidance)
+        with tqdm(total=limit, desc="candidates", unit="sample") as bar:
+            try:
+                summary = build_candidates(
+                    lambda: load_edit_pipeline(model, device=device),
+                    model,
+                    shards,
+                    out,
+                    n=n,
+                    steps=steps,
+                    resolution=resolution,
+                    base_seed=seed,
+                    text_guidance=texts,
+                    image_guidance=images,
+                    batch_size=batch_size,
+                    per_shard=per_shard,
+                    limit=limit,
+                    rebuild="yes" if rebuild else "no",
+                    progress=bar.update,
+                )
+            except StageChanged as changed:
+                lines = "\n".join(f"  {c}" for c in changed.changes)
+                console.print(
+                    f"[red]{out} holds candidates made with other settings:\n{lines}\n"
+                    "Nothing ran. Pass --rebuild to replace them, or give --out another folder.[/red]"
+                )
+                raise typer.Exit(1) from changed
+            except StageBusy as busy:
+                console.print(f"[red]{busy}[/red]")
+                raise typer.Exit(1) from busy
+        console.print(
+            f"wrote {summary['written']} candidate sets ({len(summary['shards'])} shards; "
+            f"{summary['reused']} already there) to [bold]{out}[/bold]"
+        )
 
     @app.command("review-token")
     def review_token(
@@ -115,7 +135,7 @@ def register(app: typer.Typer) -> None:
 
     @app.command()
     def review(
-        candidates: str = typer.Option(..., help="candidate shards folder"),
+        candidates: str = typer.Option(..., help="candidates folder (what `ieiw candidates --out` wrote)"),
         db: str = DB_OPTION,
         per_sample: int = typer.Option(1, help="reviewers per sample (2 or more gives agreement figures)"),
         host: str = typer.Option("127.0.0.1", help="address to listen on"),
@@ -186,16 +206,19 @@ def register(app: typer.Typer) -> None:
 
     @app.command("export-picks")
     def export_picks(
-        candidates: str = typer.Option(..., help="candidate shards folder"),
+        candidates: str = typer.Option(..., help="candidates folder (what `ieiw candidates --out` wrote)"),
         out: str = typer.Option(..., "-o", "--out", help="output stage folder (shards/ and manifest/)"),
         db: str = DB_OPTION,
         min_votes: int = typer.Option(1, help="keep candidates picked by at least this many reviewers"),
-        overwrite: bool = typer.Option(False, help="replace a previous export in --out"),
+        overwrite: bool = typer.Option(
+            False, help="replace a previous export in --out made from other picks or settings"
+        ),
     ) -> None:
         """Write the picks as instruction-tuning shards (task `aligned`) with their provenance."""
         from ieiw.model.candidates import CandidateIndex
         from ieiw.model.review.export import export_picks as run_export
         from ieiw.model.review.store import ReviewStore
+        from ieiw.storage.lease import StageBusy
 
         store = ReviewStore(db, create=False)
         try:
@@ -204,8 +227,14 @@ def register(app: typer.Typer) -> None:
             )
         except FileExistsError as exists:
             raise typer.BadParameter(str(exists), param_hint="--out") from exists
+        except StageBusy as busy:
+            console.print(f"[red]{busy}[/red]")
+            raise typer.Exit(1) from busy
         finally:
             store.close()
+        if report.skipped:
+            console.print(f"{out} already holds this export ({report.kept} picked edits): nothing to do")
+            return
         console.print(
             f"exported {report.kept} picked edits to [bold]{out}[/bold] "
             f"({len(report.shards)} shards); dropped {dict(report.dropped) or 'none'}"

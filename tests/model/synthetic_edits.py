@@ -55,3 +55,32 @@ def write_synthetic_shards(directory: str, count: int, per_shard: int, seed: int
         for i in range(count):
             writer.write(make_sample(rng, i, size, split))
     return [s.url for s in writer.written]
+
+
+def write_synthetic_stage(stage_url: str, count: int, per_batch: int, seed: int = 0, size: int = 32,
+                          split: str = "train", uncommitted: int = 0) -> dict:
+    """A stage folder of ours, written through the commit protocol: ``count`` samples in committed
+    batches of ``per_batch``, plus (``uncommitted``) samples of a batch whose shard was written into
+    ``shards/`` and whose manifest part never was, as a run killed between the two leaves it.
+
+    Returns ``{"committed": [keys], "uncommitted": [keys], "orphan": shard URL or None}``.
+    """
+    from ieiw.storage.fingerprint import Fingerprint
+    from ieiw.storage.manifest import SHARD_DIR
+    from ieiw.storage.stage_folder import open_stage
+
+    rng = np.random.default_rng(seed)
+    samples = [make_sample(rng, i, size, split) for i in range(count + uncommitted)]
+    fingerprint = Fingerprint(stage="synthetic", settings={"seed": seed, "size": size, "split": split})
+    with open_stage(stage_url, fingerprint) as writer:
+        for start in range(0, count, per_batch):
+            batch = samples[start : min(count, start + per_batch)]
+            writer.commit(f"synthetic-{start // per_batch:04d}", batch, ShardSpec(max_samples=per_batch))
+        writer.finish()
+    orphan = None
+    if uncommitted:
+        with ShardWriter(f"{stage_url}/{SHARD_DIR}", prefix="synthetic-killed") as shard_writer:
+            for sample in samples[count:]:
+                orphan = shard_writer.write(sample)
+    return {"committed": [s.key for s in samples[:count]], "uncommitted": [s.key for s in samples[count:]],
+            "orphan": orphan}

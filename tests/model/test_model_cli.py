@@ -10,6 +10,7 @@ import pytest
 import typer
 import yaml
 from PIL import Image
+from synthetic_edits import write_synthetic_stage
 from typer.testing import CliRunner
 
 from ieiw.flows.commands.model import register
@@ -93,6 +94,27 @@ def test_export_hf_loads_with_datasets(cli, edit_shards, tmp_path):
     assert row["edit_prompt"] == sample.meta.instruction
     np.testing.assert_array_equal(np.asarray(row["original_image"].convert("RGB")), sample.source)
     np.testing.assert_array_equal(np.asarray(row["edited_image"].convert("RGB")), sample.target)
+
+
+@pytest.mark.parametrize("suffix", ["", "/shards"])
+def test_export_hf_edit_and_evaluate_read_only_committed_shards(cli, trained_model, tiny_clip, tmp_path,
+                                                                suffix):
+    """A shard of a batch whose manifest part was never written is not part of the stage."""
+    written = write_synthetic_stage(str(tmp_path / "stage"), count=10, per_batch=4, seed=7, uncommitted=3)
+    source = f"{tmp_path / 'stage'}{suffix}"
+    out = tmp_path / "hf"
+    cli("export-hf", source, "-o", out)
+    dataset = datasets.load_dataset(str(out), split="train")
+    assert sorted(dataset["key"]) == sorted(written["committed"])
+    cli("edit", "--model", trained_model, "--shards", source, "-o", tmp_path / "edited", "--steps", 1,
+        "--resolution", 32, "--device", "cpu")
+    assert sorted(p.stem for p in (tmp_path / "edited").iterdir()) == sorted(written["committed"])
+    name, config_file, weights = tiny_clip
+    cli("evaluate", "--model", trained_model, "--shards", source, "-o", tmp_path / "eval",
+        "--clip-model", name, "--clip-pretrained", weights, "--clip-config-file", config_file,
+        "--steps", 1, "--resolution", 32, "--device", "cpu")
+    rows = (tmp_path / "eval" / "metrics.csv").read_text().splitlines()[1:]
+    assert sorted(row.split(",")[0] for row in rows) == sorted(written["committed"])
 
 
 def test_train_command_without_prefect(cli, tiny_base, edit_shards, tmp_path):

@@ -51,3 +51,22 @@ def test_two_processes_checkpoint_and_resume(tiny_base, edit_shards, tmp_path):
     resumed = load_file(out / "unet" / "diffusion_pytorch_model.safetensors")
     for key in straight:
         torch.testing.assert_close(resumed[key], straight[key], msg=key)
+
+
+def test_two_training_processes_fill_one_latent_cache(tiny_base, edit_shards, tmp_path):
+    """The trainer's own cache pass under two processes: both encode, rank 0's lease covers them."""
+    from ieiw.model.latent_cache import CACHE_SCHEMA, cache_fingerprint, cache_folder
+    from ieiw.storage import manifest
+    from ieiw.storage.stage_folder import read_record
+
+    cache = tmp_path / "cache"
+    config = small_config(tiny_base, edit_shards, tmp_path / "run", max_steps=1, checkpoint_every=1,
+                          data={"latent_cache": str(cache)})
+    config_file = tmp_path / "train.yaml"
+    config_file.write_text(yaml.safe_dump(config.model_dump(mode="json")))
+    _launch(config_file)
+    folder = cache_folder(str(cache), cache_fingerprint(str(tiny_base), 24))
+    parts = manifest.read_table(folder, schema=CACHE_SCHEMA).to_pylist()
+    assert sorted(p["rank"] for p in parts) == [0, 0, 1, 1] and sum(p["samples"] for p in parts) == 48
+    assert read_record(folder)["runs"][-1]["ranks"] == 2
+    assert (tmp_path / "run" / "model_index.json").exists()

@@ -22,8 +22,9 @@ from ieiw.model.checkpoints import checkpoint_dirs
 from ieiw.model.config import CFGDropout, load_train_config
 from ieiw.model.data import SourceSet, StreamSettings, StreamState, make_loader
 from ieiw.model.inference import EditSettings, edit_image, load_edit_pipeline
-from ieiw.model.latent_cache import build_latent_cache, cache_folder
+from ieiw.model.latent_cache import build_latent_cache, cache_fingerprint
 from ieiw.model.trainer import cfg_masks, encode_text, train, training_step
+from ieiw.storage.stage_folder import read_record
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -137,11 +138,14 @@ def test_a_killed_run_resumes_from_its_last_checkpoint(tiny_base, edit_shards, t
 
 def test_latent_cache_pass_and_training_from_it(tiny_base, edit_shards, tmp_path):
     models = build_models(small_config(tiny_base, edit_shards, tmp_path))
-    folder = cache_folder(str(tmp_path / "cache"), str(tiny_base), 24)
-    urls, counts = build_latent_cache(models.vae, [str(edit_shards)], folder, 24, "cpu", torch.float32)
-    assert counts["cached"] == 48 and len(urls) == 4
-    again, counts = build_latent_cache(models.vae, [str(edit_shards)], folder, 24, "cpu", torch.float32)
-    assert again == urls and counts == {"shards_reused": 4}
+    fingerprint = cache_fingerprint(str(tiny_base), 24)
+    first = build_latent_cache(models.vae, [str(edit_shards)], str(tmp_path / "cache"), fingerprint, "cpu",
+                               torch.float32)
+    urls = first.urls([str(edit_shards)])
+    assert first.counts == {"cached": 48, "shards_cached": 4} and len(urls) == 4
+    again = build_latent_cache(models.vae, [str(edit_shards)], str(tmp_path / "cache"), fingerprint, "cpu",
+                               torch.float32)
+    assert again.urls([str(edit_shards)]) == urls and again.counts == {"shards_reused": 4}
     loader = make_loader([SourceSet(urls)], StreamSettings(resolution=24, batch_size=4), StreamState(0))
     batch = next(iter(loader))
     assert batch["src_lat"].shape == batch["tgt_lat"].shape == (4, 4, 12, 12)
@@ -149,6 +153,8 @@ def test_latent_cache_pass_and_training_from_it(tiny_base, edit_shards, tmp_path
     out = train(small_config(tiny_base, edit_shards, tmp_path / "run", max_steps=2,
                              data={"latent_cache": str(tmp_path / "cache")}))
     assert (out / "model_index.json").exists()
+    # training used the cache it found: nothing was encoded again
+    assert read_record(first.folder)["runs"][-1]["shards_reused"] == 4
 
 
 @pytest.mark.parametrize("path", sorted((REPO / "configs").glob("train_*.yaml")), ids=lambda p: p.name)

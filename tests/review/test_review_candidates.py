@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import sys
 from pathlib import Path
 
@@ -11,7 +12,8 @@ import torch
 from diffusers import EulerAncestralDiscreteScheduler, StableDiffusionInstructPix2PixPipeline
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "model"))  # the model tests' tiny builders
-from synthetic_edits import make_sample, write_synthetic_shards  # noqa: E402
+from cli_text import words  # noqa: E402
+from synthetic_edits import make_sample, write_synthetic_shards, write_synthetic_stage  # noqa: E402
 from tiny_diffusion import tiny_text_encoder, tiny_tokenizer, tiny_unet, tiny_vae  # noqa: E402
 
 from ieiw.model.candidates import (  # noqa: E402
@@ -24,6 +26,10 @@ from ieiw.model.candidates import (  # noqa: E402
     write_candidate_sets,
 )
 from ieiw.model.inference import load_edit_pipeline  # noqa: E402
+from ieiw.storage import manifest  # noqa: E402
+from ieiw.storage.identity import model_identity  # noqa: E402
+from ieiw.storage.shards import iter_samples  # noqa: E402
+from ieiw.storage.stage_folder import read_record  # noqa: E402
 
 
 class CountingPipeline:
@@ -127,26 +133,95 @@ def test_generate_batched_candidates_and_round_trip(pipe, tmp_path):
         index.read(sets[2].key, "cand_04.png")
 
 
-def test_candidates_command(tiny_ip2p, tmp_path):
+def _candidates_cli():
     import typer
     from typer.testing import CliRunner
 
     from ieiw.flows.commands.review import register
 
-    write_synthetic_shards(str(tmp_path / "src"), count=3, per_shard=2, seed=5)
     app = typer.Typer()
     register(app)
-    result = CliRunner().invoke(app, [
-        "candidates", "--model", str(tiny_ip2p), "--shards", str(tmp_path / "src"),
-        "--out", str(tmp_path / "c"),
-        "-n", "3", "--limit", "2", "--steps", "1", "--resolution", "32", "--batch-size", "2",
-        "--text-guidance", "6,8", "--image-guidance", "1.2", "--device", "cpu",
-    ])
+    runner = CliRunner()
+    return lambda *args: runner.invoke(app, ["candidates", *[str(a) for a in args]])
+
+
+SMALL = ["-n", "3", "--steps", "1", "--resolution", "32", "--batch-size", "2", "--text-guidance", "6,8",
+         "--image-guidance", "1.2", "--device", "cpu"]
+
+
+def test_candidates_command(tiny_ip2p, tmp_path):
+    candidates = _candidates_cli()
+    write_synthetic_shards(str(tmp_path / "src"), count=3, per_shard=2, seed=5)
+    out = tmp_path / "c"
+    result = candidates("--model", tiny_ip2p, "--shards", tmp_path / "src", "--out", out, "--limit", 2,
+                        "--per-shard", 2, *SMALL)
     assert result.exit_code == 0, result.output
-    sets = list(iter_candidate_sets(str(tmp_path / "c")))
+    sets = list(iter_candidate_sets(str(out)))
     assert len(sets) == 2 and all(len(s.candidates) == 3 for s in sets)
     assert {s.text_guidance for s in sets[0].header.settings} == {6.0, 8.0}
-    assert {s.checkpoint for s in sets[0].header.settings} == {str(tiny_ip2p)}
-    bad = CliRunner().invoke(app, ["candidates", "--model", str(tiny_ip2p), "--shards", str(tmp_path / "src"),
-                                   "--out", str(tmp_path / "d"), "--text-guidance", "high"])
+    # the checkpoint by content, never by where it lies
+    assert {s.checkpoint for s in sets[0].header.settings} == {model_identity(str(tiny_ip2p))}
+    for shard in manifest.committed_shards(str(out)):
+        assert str(tiny_ip2p).encode() not in Path(shard).read_bytes()
+    record = read_record(str(out))
+    assert record["fingerprint"]["models"] == {"model": model_identity(str(tiny_ip2p))}
+
+    same = candidates("--model", tiny_ip2p, "--shards", tmp_path / "src", "--out", out, "--limit", 2,
+                      "--per-shard", 2, *SMALL)
+    assert same.exit_code == 0 and "wrote 0 candidate sets" in same.output
+    assert "2 already there" in same.output
+    more = candidates("--model", tiny_ip2p, "--shards", tmp_path / "src", "--out", out, "--limit", 3,
+                      "--per-shard", 2, *SMALL)
+    assert more.exit_code == 0 and "wrote 1 candidate sets" in more.output, more.output
+    keys = [s.key for s in iter_candidate_sets(str(out))]
+    assert len(keys) == len(set(keys)) == 3
+    changed = candidates("--model", tiny_ip2p, "--shards", tmp_path / "src", "--out", out, *SMALL[:2],
+                         "--steps", 2, *SMALL[4:])
+    assert changed.exit_code == 1 and "candidates.steps: 1 -> 2" in words(changed.output), changed.output
+    assert [s.key for s in iter_candidate_sets(str(out))] == keys  # refused before any change
+    rebuilt = candidates("--model", tiny_ip2p, "--shards", tmp_path / "src", "--out", out, "--limit", 1,
+                         *SMALL[:2], "--steps", 2, *SMALL[4:], "--rebuild")
+    assert rebuilt.exit_code == 0, rebuilt.output
+    (only,) = list(iter_candidate_sets(str(out)))
+    assert {s.steps for s in only.header.settings} == {2}
+
+    bad = candidates("--model", tiny_ip2p, "--shards", tmp_path / "src", "--out", tmp_path / "d",
+                     "--text-guidance", "high")
     assert bad.exit_code != 0 and "comma-separated numbers" in bad.output
+
+
+def test_candidates_and_export_keys_do_not_depend_on_where_the_checkpoint_lies(tiny_ip2p, tmp_path):
+    from ieiw.model.review.export import export_picks
+    from ieiw.model.review.store import ReviewStore
+
+    candidates = _candidates_cli()
+    written = write_synthetic_stage(str(tmp_path / "src"), count=3, per_batch=2, seed=6, uncommitted=2)
+    copied = tmp_path / "elsewhere" / "checkpoint"
+    shutil.copytree(tiny_ip2p, copied)
+    keys, headers, digests = [], [], []
+    for i, model in enumerate((tiny_ip2p, copied)):
+        out = tmp_path / f"cands{i}"
+        result = candidates("--model", model, "--shards", tmp_path / "src", "--out", out, *SMALL)
+        assert result.exit_code == 0, result.output
+        # a shard of a killed batch in the candidates folder is not a candidate
+        shutil.copy(next((out / "shards").glob("*.tar")), out / "shards" / "candidates-killed-0000.tar")
+        index = CandidateIndex.build(str(out))
+        assert sorted(index.headers) == sorted(written["committed"])  # only committed source shards
+        headers.append({k: h.model_dump() for k, h in index.headers.items()})
+        digests.append(read_record(str(out))["fingerprint"]["digest"])
+        store = ReviewStore(f"sqlite:///{tmp_path / f'review{i}.sqlite'}")
+        store.import_candidates(index.headers.values())
+        person = store.reviewer_by_token(store.add_reviewer("alice"))
+        store.assign(per_sample=1)
+        for item in store.queue(person.id):
+            ids = [c["id"] for c in store.sample_view(person.id, item["key"])["candidates"]]
+            store.add_pick(person.id, item["key"], ids[1])
+            store.finish(person.id, item["key"], "done")
+        report = export_picks(store, index, str(tmp_path / f"aligned{i}"))
+        store.close()
+        assert report.kept == 3
+        samples = list(iter_samples([str(tmp_path / f"aligned{i}")]))
+        assert {s.meta.generator.model for s in samples} == {model_identity(str(tiny_ip2p))}
+        keys.append(sorted(s.key for s in samples))
+    assert headers[0] == headers[1] and digests[0] == digests[1]
+    assert keys[0] == keys[1] and len(keys[0]) == 3

@@ -82,7 +82,10 @@ def test_tokens_review_status_and_export(cli, candidate_dir, tmp_path):
     settings = sample.meta.generator.settings
     assert settings["candidate"] == 6 and settings["reviewers"] == ["alice"]
     again = cli("export-picks", "--candidates", candidate_dir, "--out", out, "--db", db)
-    assert again.exit_code != 0 and "already holds an export" in words(again.output)
+    assert again.exit_code == 0 and "already holds this export" in words(again.output)
+    other = cli("export-picks", "--candidates", candidate_dir, "--out", out, "--db", db, "--min-votes", 2)
+    assert other.exit_code != 0 and "already holds an export" in words(other.output)
+    assert len(list(iter_samples([str(out)]))) == 1
     rotated = cli("review-token", "alice", "--db", db)
     new_token = rotated.output.strip().splitlines()[-1]
     assert ReviewStore(db).reviewer_by_token(token) is None and new_token != token

@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 
 from ieiw.model.candidates import CandidateIndex
-from ieiw.model.review.export import export_picks
+from ieiw.model.review.export import ExportExists, export_picks
 from ieiw.storage import manifest
 from ieiw.storage.schema import Task
 from ieiw.storage.shards import iter_samples
+from ieiw.storage.stage_folder import recorded_fingerprint
 
 
 def review_some(store) -> dict[str, list[int]]:
@@ -56,10 +57,17 @@ def test_export_writes_aligned_shards_with_provenance(store, candidate_index, tm
     frame = manifest.read_manifest(out)
     assert len(frame) == 3 and frame["kept"].all() and set(frame["task"]) == {"aligned"}
 
-    with pytest.raises(FileExistsError):
-        export_picks(store, candidate_index, out)
+    keys = sorted(s.key for s in samples)
+    again = export_picks(store, candidate_index, out)  # the same picks: nothing to do
+    assert again.skipped and again.kept == 3
+    assert sorted(s.key for s in iter_samples([out])) == keys
+    with pytest.raises(ExportExists, match="min_votes: 1 -> 2"):
+        export_picks(store, candidate_index, out, min_votes=2)
+    assert sorted(s.key for s in iter_samples([out])) == keys  # refused before any change
     agreed = export_picks(store, candidate_index, out, min_votes=2, overwrite=True)
     assert agreed.kept == 1 and len(manifest.read_manifest(out)) == 1
+    assert len(list(iter_samples([out]))) == 1
+    assert recorded_fingerprint(out).settings["min_votes"] == 2
 
 
 def test_picks_missing_from_the_shards_are_dropped_with_a_reason(store, candidate_dir, tmp_path):

@@ -13,9 +13,12 @@ from enum import StrEnum
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-SCHEMA_VERSION = 1
+# 2: the shard ``json`` is one flat record of fixed keys and types (see SampleMeta.to_record), so a
+# WebDataset reader that infers columns from the first samples (Hugging Face ``datasets``) loads any mix
+# of tasks without losing a field.
+SCHEMA_VERSION = 2
 KEY_LENGTH = 24  # hex characters of the SHA-256 digest: 96 bits, no collision in practice
 
 
@@ -75,6 +78,95 @@ class SampleMeta(BaseModel):
     extra: dict[str, Any] = Field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
 
+    @model_validator(mode="before")
+    @classmethod
+    def _from_record(cls, data: Any) -> Any:
+        """Accept the flat shard record (:meth:`to_record`) as well as the nested form."""
+        if isinstance(data, dict) and "provenance" not in data and "dataset" in data:
+            return record_to_nested(data)
+        return data
+
+    def to_record(self, mask_kind: str = "given") -> dict[str, Any]:
+        """The shard's ``json``: every key always present with one type, whatever the task.
+
+        Free-form parts (generator settings, provenance extras, task parameters, scores) are JSON
+        strings, absent values are ``""`` (strings) or ``-1`` (the seed), so a reader that infers its
+        columns from the first few samples (Hugging Face ``datasets``) reads every later one too.
+        ``mask_kind`` says where ``mask.png`` came from: ``given`` by the generator, or ``difference``
+        (the pixels where target and source differ, for tasks without a region of their own).
+        """
+        prov, gen = self.provenance, self.generator
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "key": self.key,
+            "task": str(self.task),
+            "instruction": self.instruction,
+            "instruction_source": self.instruction_source,
+            "record_id": self.record_id,
+            "pretrain_caption": self.pretrain_caption or "",
+            "dataset": prov.dataset,
+            "image_id": prov.image_id,
+            "region_id": prov.region_id or "",
+            "url": prov.url or "",
+            "license": prov.license or "",
+            "provenance_extra": _dumps(prov.extra),
+            "generator": gen.name,
+            "backend": gen.backend,
+            "model": gen.model or "",
+            "seed": -1 if gen.seed is None else int(gen.seed),
+            "settings": _dumps(gen.settings),
+            "scores": _dumps(self.scores),
+            "drop_reason": self.drop_reason or "",
+            "extra": _dumps(self.extra),
+            "mask_kind": mask_kind,
+        }
+
+    def to_json_bytes(self, mask_kind: str = "given") -> bytes:
+        return json.dumps(self.to_record(mask_kind), ensure_ascii=False, separators=(",", ":")).encode(
+            "utf-8"
+        )
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=_jsonable)
+
+
+def record_to_nested(record: dict[str, Any]) -> dict[str, Any]:
+    """The nested :class:`SampleMeta` fields of a flat shard record."""
+
+    def text(name: str) -> str | None:
+        value = record.get(name)
+        return value if value else None
+
+    seed = record.get("seed", -1)
+    return {
+        "key": record["key"],
+        "task": record["task"],
+        "instruction": record["instruction"],
+        "instruction_source": record.get("instruction_source", ""),
+        "record_id": record.get("record_id", ""),
+        "pretrain_caption": text("pretrain_caption"),
+        "provenance": {
+            "dataset": record["dataset"],
+            "image_id": record["image_id"],
+            "region_id": text("region_id"),
+            "url": text("url"),
+            "license": text("license"),
+            "extra": json.loads(record.get("provenance_extra") or "{}"),
+        },
+        "generator": {
+            "name": record["generator"],
+            "backend": record["backend"],
+            "model": text("model"),
+            "seed": None if seed is None or int(seed) < 0 else int(seed),
+            "settings": json.loads(record.get("settings") or "{}"),
+        },
+        "scores": json.loads(record.get("scores") or "{}"),
+        "drop_reason": text("drop_reason"),
+        "extra": json.loads(record.get("extra") or "{}"),
+        "schema_version": int(record.get("schema_version", SCHEMA_VERSION)),
+    }
+
 
 @dataclass
 class Sample:
@@ -100,6 +192,7 @@ class EncodedSample:
     members: dict[str, bytes]
     width: int
     height: int
+    mask_kind: str = "given"  # used when ``members`` holds no previous json to take it from
 
     @property
     def key(self) -> str:

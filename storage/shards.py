@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
+import numpy as np
 from pydantic import BaseModel
 
 from ieiw.storage import fs
@@ -23,6 +24,7 @@ from ieiw.storage.manifest import resolve_shards
 from ieiw.storage.schema import EncodedSample, Sample, SampleMeta
 
 SHARD_SUFFIX = ".tar"
+DIFFERENCE_THRESHOLD = 8  # per channel, out of 255: above JPEG noise, below any real edit
 
 
 class ShardSpec(BaseModel):
@@ -41,18 +43,33 @@ def encode_sample(sample: Sample, spec: ShardSpec) -> dict[str, bytes]:
         f"src.{ext}": encode_image(sample.source, ext, spec.jpeg_quality),
         f"tgt.{ext}": encode_image(sample.target, ext, spec.jpeg_quality),
     }
-    if sample.mask is not None:
-        members["mask.png"] = encode_image(sample.mask, "png")
-    members["json"] = sample.meta.model_dump_json().encode("utf-8")
+    # Every sample has the same members, so readers that infer columns from the first samples of the
+    # first shard (Hugging Face datasets) lose nothing: a task without a region of its own gets the
+    # pixels where target and source differ, and says so in its json (``mask_kind: difference``).
+    mask, kind = (
+        (sample.mask, "given") if sample.mask is not None else (difference_mask(sample), "difference")
+    )
+    members["mask.png"] = encode_image(mask, "png")
+    members["json"] = sample.meta.to_json_bytes(kind)
     return members
+
+
+def difference_mask(sample: Sample, threshold: int = DIFFERENCE_THRESHOLD) -> np.ndarray:
+    """White where the target differs from the source by more than ``threshold`` in some channel (all
+    white when their sizes differ: the whole image changed)."""
+    if sample.source.shape != sample.target.shape:
+        return np.full(sample.target.shape[:2], 255, np.uint8)
+    diff = np.abs(sample.source.astype(np.int16) - sample.target.astype(np.int16)).max(axis=-1)
+    return np.where(diff > threshold, 255, 0).astype(np.uint8)
 
 
 def decode_sample(members: dict[str, bytes]) -> Sample:
     """Rebuild a :class:`Sample` from the members of one tar group."""
-    meta = SampleMeta.model_validate_json(members["json"])
+    record = json.loads(members["json"])
+    meta = SampleMeta.model_validate(record)
     src = _one(members, "src")
     tgt = _one(members, "tgt")
-    mask = members.get("mask.png")
+    mask = members.get("mask.png") if record.get("mask_kind", "given") == "given" else None
     return Sample(
         meta=meta,
         source=decode_image(src),
@@ -107,7 +124,9 @@ class ShardWriter:
     def write(self, sample: Sample | EncodedSample) -> str:
         """Add one sample (encoded, or copied as its members' bytes); returns the URL of its shard."""
         if isinstance(sample, EncodedSample):
-            members = {**sample.members, "json": sample.meta.model_dump_json().encode("utf-8")}
+            previous = sample.members.get("json")
+            kind = json.loads(previous).get("mask_kind", "given") if previous else sample.mask_kind
+            members = {**sample.members, "json": sample.meta.to_json_bytes(kind)}
         else:
             members = encode_sample(sample, self.spec)
         size = sum(len(v) for v in members.values()) + 512 * (len(members) + 1)

@@ -177,18 +177,37 @@ def register(app: typer.Typer) -> None:
     def export_hf(
         shards: list[str] = typer.Argument(..., help="shards (files, folders, stage folders) to export"),
         output: Path = typer.Option(..., "-o", "--output", help="dataset folder"),
+        layout: str = typer.Option(
+            "parquet",
+            help="parquet (hub layout, for --dataset_name) or imagefolder (images + metadata.jsonl, "
+            "for --train_data_dir)",
+        ),
         rows_per_file: int = 5000,
         text_field: str = typer.Option("instruction", help="instruction or pretrain_caption"),
+        original_image_column: str = typer.Option("input_image", help="diffusers' default name"),
+        edit_prompt_column: str = typer.Option("edit_prompt", help="diffusers' default name"),
+        edited_image_column: str = typer.Option("edited_image", help="diffusers' default name"),
     ) -> None:
-        """Export shards as a Hugging Face dataset (original_image, edit_prompt, edited_image)."""
-        from ieiw.model.export_hf import export_to_hf
+        """Export shards as a Hugging Face dataset that diffusers' train_instruct_pix2pix.py reads as is."""
+        from ieiw.model.export_hf import Columns, export_to_hf
 
-        result = export_to_hf(shards, str(output), rows_per_file=rows_per_file, text_field=text_field)
-        console.print(json.dumps({"rows": result["rows"], "files": len(result["files"])}))
-        console.print(
-            f"load with datasets.load_dataset({str(output)!r}) or train with diffusers' "
-            f"train_instruct_pix2pix.py --dataset_name {output}"
+        if layout not in ("parquet", "imagefolder"):
+            raise typer.BadParameter("parquet or imagefolder", param_hint="--layout")
+        columns = Columns(original_image_column, edit_prompt_column, edited_image_column)
+        result = export_to_hf(
+            shards,
+            str(output),
+            rows_per_file=rows_per_file,
+            text_field=text_field,
+            layout=layout,
+            columns=columns,
         )
+        console.print(json.dumps({"rows": result["rows"], "files": len(result["files"]), "layout": layout}))
+        loader = f"load_dataset({str(output)!r})" if layout == "parquet" else (
+            f"load_dataset('imagefolder', data_dir={str(output)!r})"
+        )
+        console.print(f"load with datasets.{loader}; train with diffusers' example:", soft_wrap=True)
+        console.print(result["train_command"], soft_wrap=True, markup=False)
 
     @app.command("edit-ui")
     def edit_ui(

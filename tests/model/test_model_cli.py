@@ -6,6 +6,7 @@ import json
 
 import datasets
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 import typer
 import yaml
@@ -80,20 +81,56 @@ def test_evaluate_writes_table_summary_and_grid(cli, trained_model, edit_shards,
         assert grid.size[1] > grid.size[0]  # five rows of three
 
 
-def test_export_hf_loads_with_datasets(cli, edit_shards, tmp_path):
-    out = tmp_path / "hf"
-    cli("export-hf", edit_shards, "-o", out, "--rows-per-file", 20)
-    assert sorted(p.name for p in (out / "data").iterdir()) == [
-        f"train-0000{i}-of-00003.parquet" for i in range(3)]
-    dataset = datasets.load_dataset(str(out), split="train")
-    assert dataset.column_names[:3] == ["original_image", "edit_prompt", "edited_image"]
+# The defaults of diffusers' train_instruct_pix2pix.py arguments --original_image_column,
+# --edit_prompt_column and --edited_image_column: the export must use them so the printed command runs
+# without column flags.
+DIFFUSERS_ORIGINAL_IMAGE_COLUMN = "input_image"
+DIFFUSERS_EDIT_PROMPT_COLUMN = "edit_prompt"
+DIFFUSERS_EDITED_IMAGE_COLUMN = "edited_image"
+DIFFUSERS_COLUMNS = [
+    DIFFUSERS_ORIGINAL_IMAGE_COLUMN, DIFFUSERS_EDIT_PROMPT_COLUMN, DIFFUSERS_EDITED_IMAGE_COLUMN]
+
+
+def _check_rows(dataset, edit_shards):
+    assert dataset.column_names[:3] == DIFFUSERS_COLUMNS
     assert len(dataset) == 48
     samples = {s.key: s for s in iter_samples([str(edit_shards)])}
-    row = dataset[7]
-    sample = samples[row["key"]]
-    assert row["edit_prompt"] == sample.meta.instruction
-    np.testing.assert_array_equal(np.asarray(row["original_image"].convert("RGB")), sample.source)
-    np.testing.assert_array_equal(np.asarray(row["edited_image"].convert("RGB")), sample.target)
+    for index in (0, 7, 47):
+        row = dataset[index]
+        sample = samples[row["key"]]
+        assert row[DIFFUSERS_EDIT_PROMPT_COLUMN] == sample.meta.instruction
+        source = np.asarray(row[DIFFUSERS_ORIGINAL_IMAGE_COLUMN].convert("RGB"))
+        target = np.asarray(row[DIFFUSERS_EDITED_IMAGE_COLUMN].convert("RGB"))
+        np.testing.assert_array_equal(source, sample.source)
+        np.testing.assert_array_equal(target, sample.target)
+
+
+def test_export_hf_loads_as_the_diffusers_script_loads_dataset_name(cli, edit_shards, tmp_path):
+    out = tmp_path / "hf"
+    result = cli("export-hf", edit_shards, "-o", out, "--rows-per-file", 20)
+    assert f"--dataset_name {out}" in result.output and "_column" not in result.output
+    assert sorted(p.name for p in (out / "data").iterdir()) == [
+        f"train-0000{i}-of-00003.parquet" for i in range(3)]
+    dataset = datasets.load_dataset(str(out), split="train")  # what --dataset_name DIR does
+    _check_rows(dataset, edit_shards)
+    raw = pq.read_table(out / "data" / "train-00000-of-00003.parquet").to_pylist()[0]
+    assert raw[DIFFUSERS_ORIGINAL_IMAGE_COLUMN]["path"].endswith(".src.png")
+
+
+def test_export_hf_imagefolder_loads_as_the_diffusers_script_loads_train_data_dir(cli, edit_shards, tmp_path):
+    out = tmp_path / "folder"
+    result = cli("export-hf", edit_shards, "-o", out, "--layout", "imagefolder")
+    assert f"--train_data_dir {out}" in result.output
+    dataset = datasets.load_dataset("imagefolder", data_dir=str(out), split="train")  # --train_data_dir DIR
+    _check_rows(dataset, edit_shards)
+    assert all(p.suffix == ".png" for p in (out / "images").iterdir())
+
+
+def test_export_hf_other_column_names_are_printed_as_flags(cli, edit_shards, tmp_path):
+    out = tmp_path / "named"
+    result = cli("export-hf", edit_shards, "-o", out, "--original-image-column", "original_image")
+    assert "--original_image_column original_image" in result.output
+    assert datasets.load_dataset(str(out), split="train").column_names[0] == "original_image"
 
 
 @pytest.mark.parametrize("suffix", ["", "/shards"])

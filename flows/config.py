@@ -44,9 +44,11 @@ class PhraseCutSource(BaseModel):
     annotations: list[str]  # refer_*.json files
     images: str  # folder of Visual Genome <image_id>.jpg
     materialize_demo_images: bool = False  # write scikit-image's photos into `images` first (the demo)
-    dataset: str = "phrasecut"  # provenance of every sample: dataset name, license, image URL pattern
+    dataset: str = "phrasecut"  # provenance of every sample: dataset name, license, image URLs
     license: str | None = "CC BY 4.0 (Visual Genome images and PhraseCut annotations)"
-    url_template: str | None = "https://cs.stanford.edu/people/rak248/VG_100K/{image_id}.jpg"
+    # image_data_split.json (PhraseCut) or image_data.json (Visual Genome): each image's URL and size
+    image_data: str | None = None
+    url_template: str | None = None  # only without image_data; VG's images live under two folders
 
 
 class RemovalConfig(BaseModel):
@@ -99,6 +101,7 @@ class BuildConfig(BaseModel):
 # Keys whose string values (or lists of strings) are file or folder paths, anywhere in the config.
 PATH_KEYS = {
     "output",
+    "image_data",
     "annotations",
     "images",
     "root",

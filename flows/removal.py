@@ -15,7 +15,7 @@ from ieiw.flows.stage_runner import run_stage
 from ieiw.pipelines.inpaint import build_inpainter
 from ieiw.pipelines.removal import removal_stage
 from ieiw.pipelines.sources.demo import materialize_demo_images
-from ieiw.pipelines.sources.phrasecut import PhraseCutRecord, iter_records
+from ieiw.pipelines.sources.phrasecut import PhraseCutRecord, iter_records, load_image_data
 from ieiw.storage import fs
 from ieiw.storage.schema import Drop, Result
 from ieiw.storage.shards import ShardSpec
@@ -34,8 +34,9 @@ def removal_batch(records: list[PhraseCutRecord], config: RemovalConfig) -> list
 
 def removal_items(config: RemovalConfig) -> Iterator[PhraseCutRecord | Drop]:
     source = config.source
+    image_data = load_image_data(source.image_data) if source.image_data else None
     items = itertools.chain.from_iterable(
-        iter_records(a, source.images, source.dataset, source.license, source.url_template)
+        iter_records(a, source.images, source.dataset, source.license, source.url_template, image_data)
         for a in source.annotations
     )
     return itertools.islice(items, config.limit) if config.limit is not None else items

@@ -56,6 +56,7 @@ def write_phrasecut(
                     "phrase": kind,
                     "Polygons": [[polygon]],
                     "instance_boxes": [[min(xs), min(ys), max(xs) - min(xs), max(ys) - min(ys)]],
+                    "ann_ids": [1000 * image_id + n],
                     "phrase_structure": {
                         "name": kind.split()[1],
                         "attributes": [kind.split()[0]],
@@ -69,4 +70,18 @@ def write_phrasecut(
     path = os.path.join(root, "refer_test.json")
     with open(path, "w") as handle:
         json.dump(tasks, handle)
+    # the release's image list: Visual Genome's images are split between two folders
+    folders = ("VG_100K", "VG_100K_2")
+    image_data = [
+        {
+            "image_id": image_id,
+            "url": f"https://cs.stanford.edu/people/rak248/{folders[image_id % 2]}/{image_id}.jpg",
+            "width": size,
+            "height": size,
+            "split": "test",
+        }
+        for image_id in range(1, n_images + 1)
+    ]
+    with open(os.path.join(root, "image_data_split.json"), "w") as handle:
+        json.dump(image_data, handle)
     return path, image_dir

@@ -24,6 +24,7 @@ class CocoKeypointSource(_Strict):
 
     kind: Literal["coco_keypoints"] = "coco_keypoints"
     dataset: str = "coco"  # coco | crowdpose | aic | ...: recorded in provenance
+    license: str | None = None  # recorded in every sample; None: the dataset's known license
     annotations: str
     images: str
 
@@ -33,6 +34,7 @@ class MpiiSource(_Strict):
 
     kind: Literal["mpii"] = "mpii"
     dataset: str = "mpii"
+    license: str | None = None  # recorded in every sample; None: the dataset's known license
     annotations: str
     images: str
 
@@ -58,6 +60,7 @@ class CocoStuffSource(_Strict):
 
     kind: Literal["coco_stuff"] = "coco_stuff"
     dataset: str = "cocostuff"
+    license: str | None = None  # recorded in every sample; None: the dataset's known license
     root: str
     split: str = "train2017"
     labels: str  # text file, one ``<id>: <name>`` (or ``<id> <name>``) per line
@@ -69,6 +72,7 @@ class RefCocoSource(_Strict):
 
     kind: Literal["refcoco"] = "refcoco"
     dataset: str = "refcoco"
+    license: str | None = None  # recorded in every sample; None: the dataset's known license
     refs: str
     instances: str
     images: str
@@ -80,6 +84,7 @@ class GRefCocoSource(_Strict):
 
     kind: Literal["grefcoco"] = "grefcoco"
     dataset: str = "grefcoco"
+    license: str | None = None  # recorded in every sample; None: the dataset's known license
     refs: str
     instances: str
     images: str
@@ -91,6 +96,7 @@ class PhraseCutSegmentationSource(_Strict):
 
     kind: Literal["phrasecut"] = "phrasecut"
     dataset: str = "phrasecut"
+    license: str | None = None  # recorded in every sample; None: the dataset's known license
     annotations: str
     images: str
 
@@ -119,6 +125,7 @@ class PairSource(_Strict):
     root: str
     split: str = "train"  # gopro: train|test; reds: train|val; clwd: train|test; sidd: unused
     dataset: str | None = None  # defaults to ``kind``
+    license: str | None = None  # recorded in every sample; None: the dataset's known license
 
 
 Degradation = Literal["gaussian_blur", "motion_blur", "gaussian_noise", "poisson_noise", "jpeg", "watermark"]
@@ -129,6 +136,7 @@ class SyntheticSource(_Strict):
 
     kind: Literal["synthetic"] = "synthetic"
     dataset: str = "synthetic"
+    license: str | None = None  # recorded in every sample; None: the dataset's known license
     images: str  # a folder of clean photos
     degradations: list[Degradation] = Field(
         default_factory=lambda: [

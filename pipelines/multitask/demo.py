@@ -18,7 +18,7 @@ from ieiw.pipelines.multitask.config import (
     SegmentationConfig,
     SyntheticSource,
 )
-from ieiw.pipelines.sources.demo import demo_annotation_path
+from ieiw.pipelines.sources.demo import DEMO_LICENSE, demo_annotation_path
 
 
 def astronaut_keypoints_path() -> str:
@@ -36,7 +36,10 @@ def demo_multitask_config(
         keypoints=KeypointConfig(
             sources=[
                 CocoKeypointSource(
-                    dataset="demo_keypoints", annotations=astronaut_keypoints_path(), images=images_dir
+                    dataset="demo_keypoints",
+                    license=DEMO_LICENSE,
+                    annotations=astronaut_keypoints_path(),
+                    images=images_dir,
                 )
             ],
             per_person=4,
@@ -45,6 +48,7 @@ def demo_multitask_config(
             sources=[
                 PhraseCutSegmentationSource(
                     dataset="demo_phrasecut",
+                    license=DEMO_LICENSE,
                     annotations=phrasecut_annotations or demo_annotation_path(),
                     images=images_dir,
                 )
@@ -52,6 +56,10 @@ def demo_multitask_config(
         ),
         enhancement=EnhancementConfig(
             patch="resize",
-            sources=[SyntheticSource(dataset="demo_synthetic", images=images_dir, per_image=2)],
+            sources=[
+                SyntheticSource(
+                    dataset="demo_synthetic", license=DEMO_LICENSE, images=images_dir, per_image=2
+                )
+            ],
         ),
     )

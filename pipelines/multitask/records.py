@@ -31,9 +31,17 @@ def license_of(dataset: str) -> str | None:
     return LICENSES.get(dataset.lower())
 
 
-def provenance(dataset: str, image_id: str, region_id: str | None = None, **extra: Any) -> Provenance:
+def provenance(
+    dataset: str, image_id: str, region_id: str | None = None, license: str | None = None, **extra: Any
+) -> Provenance:
+    """A multi-task sample's provenance; ``license`` as configured for its source, else the known
+    license of ``dataset``."""
     return Provenance(
-        dataset=dataset, image_id=str(image_id), region_id=region_id, license=license_of(dataset), extra=extra
+        dataset=dataset,
+        image_id=str(image_id),
+        region_id=region_id,
+        license=license or license_of(dataset),
+        extra=extra,
     )
 
 
@@ -55,12 +63,15 @@ class KeypointRecord:
     area: float | None = None  # the person's area in image pixels (COCO ``area``), for OKS
     image_size: tuple[int, int] | None = None  # (width, height) when the annotation file says
     view: int = 0  # the n-th sample of this person (other joints, other colours)
+    license: str | None = None  # as configured for the source; None: the dataset's known one
 
     @property
     def provenance(self) -> Provenance:
         if self.view:
-            return provenance(self.dataset, self.image_id, self.person_id, view=self.view)
-        return provenance(self.dataset, self.image_id, self.person_id)
+            return provenance(
+                self.dataset, self.image_id, self.person_id, view=self.view, license=self.license
+            )
+        return provenance(self.dataset, self.image_id, self.person_id, license=self.license)
 
 
 @dataclass
@@ -73,10 +84,11 @@ class SemanticRecord:
     image_path: str
     label_path: str
     names: dict[int, str]  # pixel value -> class name (shared between records of one source)
+    license: str | None = None  # as configured for the source; None: the dataset's known one
 
     @property
     def provenance(self) -> Provenance:
-        return provenance(self.dataset, self.image_id)
+        return provenance(self.dataset, self.image_id, license=self.license)
 
 
 @dataclass
@@ -98,10 +110,11 @@ class ReferringRecord:
     image_size: tuple[int, int] | None = None  # (width, height) from instances.json
     category: str | None = None
     no_target: bool = False  # gRefCOCO: the expression names nothing in the image
+    license: str | None = None  # as configured for the source; None: the dataset's known one
 
     @property
     def provenance(self) -> Provenance:
-        return provenance(self.dataset, self.image_id, self.ref_id)
+        return provenance(self.dataset, self.image_id, self.ref_id, license=self.license)
 
 
 @dataclass
@@ -114,10 +127,11 @@ class PairRecord:
     image_id: str
     degraded_path: str
     clean_path: str
+    license: str | None = None  # as configured for the source; None: the dataset's known one
 
     @property
     def provenance(self) -> Provenance:
-        return provenance(self.dataset, self.image_id)
+        return provenance(self.dataset, self.image_id, license=self.license)
 
 
 @dataclass
@@ -129,10 +143,11 @@ class CleanImageRecord:
     image_id: str
     image_path: str
     degradation: str
+    license: str | None = None  # as configured for the source; None: the dataset's known one
 
     @property
     def provenance(self) -> Provenance:
-        return provenance(self.dataset, self.image_id, self.degradation, synthetic=True)
+        return provenance(self.dataset, self.image_id, self.degradation, synthetic=True, license=self.license)
 
 
 MultitaskRecord = KeypointRecord | SemanticRecord | ReferringRecord | PairRecord | CleanImageRecord

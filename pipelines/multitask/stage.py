@@ -81,6 +81,14 @@ def _views(items: Iterator[KeypointRecord | Drop], per_person: int) -> Iterator[
                 yield dataclasses.replace(item, record_id=f"{item.record_id}#{view}", view=view)
 
 
+def _licensed(items: Iterator, license: str | None) -> Iterator:
+    """The source's records with its configured license (drops pass through)."""
+    for item in items:
+        if license is not None and not isinstance(item, Drop):
+            item.license = license
+        yield item
+
+
 def iter_multitask_records(config: MultitaskConfig) -> Iterator[MultitaskRecord | Drop]:
     """Every configured source's records (and reader drops), task by task, each source up to its limit."""
     if config.keypoints:
@@ -91,7 +99,10 @@ def iter_multitask_records(config: MultitaskConfig) -> Iterator[MultitaskRecord 
                 )
             elif isinstance(source, MpiiSource):
                 items = iter_mpii(source.annotations, source.images, source.dataset)
-            yield from _views(_limited(items, config.keypoints.limit), config.keypoints.per_person)
+            yield from _views(
+                _limited(_licensed(items, source.license), config.keypoints.limit),
+                config.keypoints.per_person,
+            )
     if config.segmentation:
         for source in config.segmentation.sources:
             if isinstance(source, CocoStuffSource):
@@ -108,7 +119,7 @@ def iter_multitask_records(config: MultitaskConfig) -> Iterator[MultitaskRecord 
                 )
             elif isinstance(source, PhraseCutSegmentationSource):
                 items = iter_phrasecut_referring(source.annotations, source.images, source.dataset)
-            yield from _limited(items, config.segmentation.limit)
+            yield from _limited(_licensed(items, source.license), config.segmentation.limit)
     if config.enhancement:
         for source in config.enhancement.sources:
             if isinstance(source, PairSource):
@@ -117,4 +128,4 @@ def iter_multitask_records(config: MultitaskConfig) -> Iterator[MultitaskRecord 
                 items = iter_clean_images(
                     source.images, list(source.degradations), source.per_image, source.dataset
                 )
-            yield from _limited(items, config.enhancement.limit)
+            yield from _limited(_licensed(items, source.license), config.enhancement.limit)

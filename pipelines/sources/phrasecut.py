@@ -8,6 +8,10 @@ The annotation files (``refer_train.json`` and friends) are one JSON list of tas
 
 Images live as ``<image_dir>/<image_id>.jpg``. The file can run to hundreds of megabytes, so it
 is parsed as a stream (ijson) and never held in memory whole.
+
+Each image's public URL and size come from the release's ``image_data_split.json`` (or Visual
+Genome's ``image_data.json``) when it is given (:func:`load_image_data`): Visual Genome's images live
+under both ``VG_100K`` and ``VG_100K_2``, so a fixed URL template gets about half of them wrong.
 """
 
 from __future__ import annotations
@@ -27,7 +31,35 @@ from ieiw.storage.schema import Drop, Provenance
 
 DATASET = "phrasecut"
 LICENSE = "CC BY 4.0 (Visual Genome images and PhraseCut annotations)"
-VG_URL = "https://cs.stanford.edu/people/rak248/VG_100K/{image_id}.jpg"
+VG_URL = "https://cs.stanford.edu/people/rak248/VG_100K/{image_id}.jpg"  # right for part of VG only
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """What the release says of one Visual Genome image."""
+
+    url: str | None
+    width: int | None
+    height: int | None
+
+
+def load_image_data(path: str) -> dict[str, ImageInfo]:
+    """``image_id -> ImageInfo`` from ``image_data_split.json`` or ``image_data.json`` (streamed: a list
+    of objects with ``image_id``, ``url``, ``width``, ``height``; VG's own file spells it ``id`` in
+    some releases)."""
+    found: dict[str, ImageInfo] = {}
+    with open(path, "rb") as handle:
+        for entry in ijson.items(handle, "item", use_float=True):
+            if not isinstance(entry, dict):
+                continue
+            image_id = entry.get("image_id", entry.get("id"))
+            if image_id is None:
+                continue
+            width, height = entry.get("width"), entry.get("height")
+            found[str(image_id)] = ImageInfo(
+                entry.get("url"), int(width) if width else None, int(height) if height else None
+            )
+    return found
 
 
 @dataclass
@@ -42,18 +74,30 @@ class PhraseCutRecord:
     boxes: list[list[float]]
     image_path: str
     structure: dict[str, Any] = field(default_factory=dict)
+    ann_ids: list[int] = field(default_factory=list)
     dataset: str = DATASET
     license: str | None = LICENSE
-    url_template: str | None = VG_URL
+    url_template: str | None = None
+    image_info: ImageInfo | None = None
 
     @property
     def provenance(self) -> Provenance:
+        if self.image_info is not None and self.image_info.url:
+            url = self.image_info.url
+        else:
+            url = self.url_template.format(image_id=self.image_id) if self.url_template else None
+        extra: dict[str, Any] = {}
+        if self.ann_ids:
+            extra["ann_ids"] = list(self.ann_ids)
+        if self.image_info is not None and self.image_info.width:
+            extra["image_size"] = [self.image_info.width, self.image_info.height]
         return Provenance(
             dataset=self.dataset,
             image_id=self.image_id,
             region_id=self.task_id,
             license=self.license,
-            url=self.url_template.format(image_id=self.image_id) if self.url_template else None,
+            url=url,
+            extra=extra,
         )
 
 
@@ -83,12 +127,14 @@ def iter_records(
     image_dir: str,
     dataset: str = DATASET,
     license: str | None = LICENSE,
-    url_template: str | None = VG_URL,
+    url_template: str | None = None,
+    image_data: dict[str, ImageInfo] | None = None,
 ) -> Iterator[PhraseCutRecord | Drop]:
     """Stream the tasks of one ``refer_*.json`` file.
 
-    ``dataset``, ``license`` and ``url_template`` (with ``{image_id}``) go into each sample's
-    provenance: the defaults describe VGPhraseCut on Visual Genome.
+    ``dataset``, ``license`` and each image's URL go into each sample's provenance: the URL from
+    ``image_data`` (:func:`load_image_data`) when given, else from ``url_template`` (with
+    ``{image_id}``) if set; ``ann_ids`` and the recorded image size too.
 
     A task missing required fields becomes a ``bad_annotation`` drop; a file that ends early or
     is not valid JSON yields an ``annotation_file_truncated`` drop after the tasks read so far.
@@ -113,6 +159,7 @@ def iter_records(
             record = _parse_task(task, image_dir, name, count)
             if isinstance(record, PhraseCutRecord):
                 record.dataset, record.license, record.url_template = dataset, license, url_template
+                record.image_info = image_data.get(record.image_id) if image_data else None
             yield record
 
 
@@ -134,6 +181,9 @@ def _parse_task(task: Any, image_dir: str, name: str, index: int) -> PhraseCutRe
         boxes=task.get("instance_boxes") or [],
         image_path=os.path.join(image_dir, f"{image_id}.jpg"),
         structure=task.get("phrase_structure") or {},
+        ann_ids=[
+            int(a) for a in task.get("ann_ids") or [] if isinstance(a, (int, float, str)) and str(a).isdigit()
+        ],
     )
 
 
@@ -175,6 +225,14 @@ def load_region(record: PhraseCutRecord, settings: RegionSettings) -> LoadedRegi
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
         return _drop(record.record_id, "corrupt_image", f"{record.image_path}: {error}", prov)
     height, width = image.shape[:2]
+    info = record.image_info
+    if info is not None and info.width and (info.width, info.height) != (width, height):
+        return _drop(
+            record.record_id,
+            "image_size_mismatch",
+            f"{record.image_path} is {width}x{height}, the release says {info.width}x{info.height}",
+            prov,
+        )
     try:
         raw = rasterize(record.polygons, width, height)
     except (TypeError, ValueError, IndexError) as error:

@@ -170,8 +170,9 @@ def test_keys_travel_with_the_checkpoint_not_its_path(prefect_api, phrasecut, tm
 
 
 # One fixed expected key: a change to how keys are made (and so to every existing build's keys) must be
-# deliberate. The record is the first task of the PhraseCut fixture, removed with OpenCV at the defaults.
-GOLDEN_REMOVAL_KEY = "be1bffaacbcb46700323f890"
+# deliberate. The record is the first task of the PhraseCut fixture (with its ann_ids), removed with
+# OpenCV at the defaults.
+GOLDEN_REMOVAL_KEY = "7891c6055d626f954e156c4f"
 
 
 def test_golden_removal_key(phrasecut):

@@ -114,3 +114,24 @@ def test_multitask_demo_command(tmp_path, prefect_api):
     assert result.exit_code == 0, result.output
     assert "keypoint" in result.output and "segmentation" in result.output
     assert list((output / "multitask" / "shards").glob("*.tar"))
+
+
+def test_every_multitask_sample_carries_its_source_license(tmp_path):
+    """A configured license reaches every sample of its source; without one, the dataset's known one."""
+    from ieiw.pipelines.multitask.records import LICENSES
+    from ieiw.pipelines.multitask.stage import multitask_stage
+    from ieiw.pipelines.sources.demo import DEMO_LICENSE
+
+    images = str(tmp_path / "images")
+    materialize_demo_images(images)
+    config = demo_multitask_config(images, resolution=64)
+    from ieiw.pipelines.multitask.stage import iter_multitask_records
+
+    records = list(iter_multitask_records(config))
+    samples = multitask_stage(records[:12], config, {})
+    assert samples and {s.meta.provenance.license for s in samples} == {DEMO_LICENSE}
+    unconfigured = config.model_copy(deep=True)
+    unconfigured.keypoints.sources[0].license = None
+    unconfigured.keypoints.sources[0].dataset = "coco"
+    keypoint = next(r for r in iter_multitask_records(unconfigured) if r.dataset == "coco")
+    assert keypoint.provenance.license == LICENSES["coco"]

@@ -89,3 +89,29 @@ def test_rasterize_unions_instances():
     other = [[20, 20], [29, 20], [29, 29], [20, 29]]
     mask = rasterize([[square], [other]], 40, 40)
     assert mask[5, 5] == 255 and mask[25, 25] == 255 and mask[15, 15] == 0
+
+
+def test_urls_sizes_and_annotation_ids_come_from_the_release(phrasecut, tmp_path):
+    """With image_data_split.json each image's URL (VG_100K or VG_100K_2) and size come from it; an image
+    of another size than the release says is dropped, not silently mis-masked."""
+    import json
+    import os
+
+    from PIL import Image
+
+    from ieiw.pipelines.sources.phrasecut import load_image_data
+
+    annotations, images = phrasecut
+    image_data = load_image_data(os.path.join(os.path.dirname(annotations), "image_data_split.json"))
+    records = list(iter_records(annotations, images, image_data=image_data))
+    urls = {r.image_id: r.provenance.url for r in records}
+    assert urls["1"].endswith("/VG_100K_2/1.jpg") and urls["2"].endswith("/VG_100K/2.jpg")
+    assert records[0].provenance.extra == {"ann_ids": [1000], "image_size": [128, 128]}
+    assert all(r.provenance.url is None for r in iter_records(annotations, images))  # no guessing
+    with Image.open(os.path.join(images, "1.jpg")) as picture:
+        picture.resize((100, 90)).save(os.path.join(images, "1.jpg"))
+    loaded = load_region(records[0], RegionSettings())
+    assert isinstance(loaded, Drop) and loaded.reason == "image_size_mismatch" and "100x90" in loaded.detail
+    vg_style = tmp_path / "image_data.json"
+    vg_style.write_text(json.dumps([{"id": 7, "url": "https://x/VG_100K/7.jpg", "width": 10, "height": 20}]))
+    assert load_image_data(str(vg_style))["7"].height == 20

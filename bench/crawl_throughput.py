@@ -48,7 +48,7 @@ def crawl(base: str, tmp: str, concurrency: int, limit: int) -> tuple[float, int
                 "per_host_concurrency": concurrency,
                 "workers": 2 * concurrency,
                 "per_host_requests_per_second": 0,
-                "allowed_networks": ["127.0.0.1/32"],
+                "allowed_origins": [base],
                 "cache_dir": os.path.join(tmp, "cache"),
             },
             "max_posts": limit,

@@ -15,7 +15,8 @@ from ieiw.pipelines.web.images import ImageCache
 from ieiw.pipelines.web.state import CrawlState
 
 
-def _config(tmp_path, **overrides) -> DownloadConfig:
+def _config(tmp_path, origin: str | None = None, **overrides) -> DownloadConfig:
+    """Download settings for the tests; ``origin``: the one fixture server the crawler may reach."""
     values = dict(
         connect_timeout=1.0,
         read_timeout=0.5,
@@ -24,7 +25,7 @@ def _config(tmp_path, **overrides) -> DownloadConfig:
         backoff_seconds=0.05,
         max_bytes=5 * 1024 * 1024,
         per_host_requests_per_second=0,
-        allowed_networks=["127.0.0.1/32"],
+        allowed_origins=[origin] if origin else [],
         cache_dir=str(tmp_path / "cache"),
     )
     values.update(overrides)
@@ -38,7 +39,7 @@ def server():
 
 
 def test_every_misbehaviour_fails_with_its_reason_and_is_recorded(server, tmp_path):
-    fetcher = SafeFetcher(_config(tmp_path))
+    fetcher = SafeFetcher(_config(tmp_path, server.base))
     state = CrawlState(str(tmp_path / "state.sqlite"))
     downloader = ImageDownloader(fetcher, state, ImageCache(str(tmp_path / "cache")), fetcher.config)
     for path, reason in FAULT_REASONS.items():
@@ -64,7 +65,7 @@ def test_every_misbehaviour_fails_with_its_reason_and_is_recorded(server, tmp_pa
 
 
 def test_finished_downloads_are_never_fetched_again(server, tmp_path):
-    config = _config(tmp_path)
+    config = _config(tmp_path, server.base)
     state_path = str(tmp_path / "state.sqlite")
     url = server.base + "/img/astronaut.jpg"
     before = len(server.site.requests_to("/img/astronaut.jpg"))
@@ -88,7 +89,7 @@ def test_finished_downloads_are_never_fetched_again(server, tmp_path):
 
 
 def test_loopback_is_refused_when_private_addresses_are_not_allowed(server, tmp_path):
-    fetcher = SafeFetcher(_config(tmp_path, allowed_networks=[]))
+    fetcher = SafeFetcher(_config(tmp_path))
     before = len(server.site.log)
     with pytest.raises(FetchError) as refused:
         fetcher.get(server.base + "/img/astronaut.jpg")
@@ -106,7 +107,7 @@ def test_loopback_is_refused_when_private_addresses_are_not_allowed(server, tmp_
 )
 def test_only_http_and_https(url, tmp_path):
     with pytest.raises(FetchError) as refused:
-        SafeFetcher(_config(tmp_path, allow_private_addresses=True)).get(url)
+        SafeFetcher(_config(tmp_path)).get(url)
     assert refused.value.reason == "unsupported_scheme"
 
 
@@ -135,7 +136,7 @@ def test_non_public_addresses_are_refused(address):
 
 def test_public_addresses_pass_and_flags_open_the_gate():
     assert AddressPolicy().vetted_addresses("93.184.216.34", 80)
-    assert AddressPolicy(allowed_networks=["127.0.0.0/8"]).vetted_addresses("127.0.0.1", 80)
+    assert AddressPolicy(allowed_origins=["http://127.0.0.1:80"]).vetted_addresses("127.0.0.1", 80, "http")
     assert AddressPolicy(allow_private=True).vetted_addresses("10.0.0.1", 80)
 
 
@@ -146,7 +147,7 @@ def test_retry_after_parsing():
 
 
 def test_too_long_retry_after_fails_instead_of_waiting(server, tmp_path):
-    fetcher = SafeFetcher(_config(tmp_path, max_retry_after_seconds=0.5))
+    fetcher = SafeFetcher(_config(tmp_path, server.base, max_retry_after_seconds=0.5))
     path = "/r/PhotoshopRequest/comments/busy1/request.json"
     server.site.hits.pop(path, None)
     with pytest.raises(FetchError) as failed:

@@ -38,7 +38,7 @@ def _config(base: str, tmp_path, **overrides) -> dict:
             "max_bytes": 5 * 1024 * 1024,
             "per_host_requests_per_second": 0,
             "workers": 8,
-            "allowed_networks": ["127.0.0.1/32"],
+            "allowed_origins": [base],
             "cache_dir": str(tmp_path / "cache"),
         },
         "batch_size": 4,
@@ -157,7 +157,6 @@ def test_sigkill_mid_crawl_then_resume(prefect_api, tmp_path):
             tmp_path,
             source={"page_size": 10},
             batch_size=4,
-            max_posts_in_flight=4,
             download={"per_host_concurrency": 2, "workers": 4},
         )
         config_path = tmp_path / "crawl.yaml"

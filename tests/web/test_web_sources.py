@@ -18,10 +18,10 @@ from ieiw.pipelines.web.reddit_json import RedditSource, SourceError
 SKIP = ["AutoModerator", "[deleted]"]
 
 
-def _fetcher() -> SafeFetcher:
+def _fetcher(origin: str) -> SafeFetcher:
     return SafeFetcher(
         DownloadConfig(
-            allowed_networks=["127.0.0.1/32"],
+            allowed_origins=[origin],
             per_host_requests_per_second=0,
             max_retries=1,
             backoff_seconds=0.05,
@@ -48,7 +48,7 @@ def _check_posts(posts: dict, base: str) -> None:
 def test_reddit_json_listing_pages_and_comment_trees():
     site = fault_site()
     with FixtureServer(site) as server:
-        source = RedditSource(RedditSourceConfig(base_url=server.base, page_size=4), _fetcher(), SKIP)
+        source = RedditSource(RedditSourceConfig(base_url=server.base, page_size=4), _fetcher(server.base), SKIP)
         assert not source.authenticated
         listed = list(source.iter_posts())
         assert [p.post_id for p in listed] == [p.post_id for p in site.posts]  # 10 posts over 3 pages
@@ -76,7 +76,7 @@ def test_reddit_oauth_credentials_from_the_environment(monkeypatch):
             token_url=server.base + "/api/v1/access_token",
             page_size=20,
         )
-        source = RedditSource(config, _fetcher(), SKIP)
+        source = RedditSource(config, _fetcher(server.base), SKIP)
         assert source.authenticated and "my-secret" not in repr(source.token)
         posts = list(source.iter_posts())
         assert len(posts) == len(site.posts)
@@ -92,7 +92,7 @@ def test_reddit_oauth_refused_credentials_fail_clearly(monkeypatch):
             oauth_base_url=server.base, token_url=server.base + "/api/v1/access_token"
         )
         with pytest.raises(SourceError) as refused:
-            list(RedditSource(config, _fetcher(), SKIP).iter_posts())
+            list(RedditSource(config, _fetcher(server.base), SKIP).iter_posts())
         assert "http_401" in str(refused.value) and "wrong" not in str(refused.value)
 
 

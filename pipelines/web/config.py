@@ -148,6 +148,16 @@ class WebEditsConfig(BaseModel):
     max_posts: int | None = None  # the first posts of the (recorded) listing, like a limit
     batch_size: int = 32  # consecutive posts of the listing per batch: downloaded, paired, committed
 
+    @model_validator(mode="before")
+    @classmethod
+    def _no_posts_in_flight(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "max_posts_in_flight" in data:
+            raise ValueError(
+                "web_edits.max_posts_in_flight was removed: posts crawl inside their batch, so at most "
+                "batch_size x runner.max_in_flight are in flight (download.workers at once)"
+            )
+        return data
+
 
 def output_settings(model: BaseModel) -> dict[str, Any]:
     """The settings of a web config that shape the pairs (each model's ``OUTPUT_FIELDS``), as JSON.

@@ -184,12 +184,20 @@ KILL_POSTS = 24
 
 
 def _kill_config(base: str, tmp_path) -> dict:
+    # generous timeouts: the site has no faults, and a timeout on a loaded machine would defer a post
+    # in one run and not in the other
     return _config(
         base,
         tmp_path,
         source={"page_size": 10},
         batch_size=4,
-        download={"per_host_concurrency": 2, "workers": 4},
+        download={
+            "per_host_concurrency": 2,
+            "workers": 4,
+            "read_timeout": 10.0,
+            "deadline_seconds": 30.0,
+            "max_retries": 3,
+        },
     )
 
 
@@ -242,7 +250,9 @@ def test_sigkill_at_random_points_then_resume(prefect_api, tmp_path, seed, unint
         config_path = tmp_path / "crawl.yaml"
         config_path.write_text(yaml.safe_dump({"output": str(output), "web_edits": config}))
         for _ in range(2):
-            threshold, pause = rng.randint(0, 2 * KILL_POSTS - 1), rng.uniform(0.0, 0.4)
+            already = len(_ok_urls(state_path))  # the kill comes after some of what this run downloads
+            threshold = rng.randint(already, max(already, 2 * KILL_POSTS - 1))
+            pause = rng.uniform(0.0, 0.4)
             process = _run_cli(config_path, prefect_api)
             deadline = time.monotonic() + 120
             while len(_ok_urls(state_path)) < threshold and process.poll() is None:
@@ -252,7 +262,12 @@ def test_sigkill_at_random_points_then_resume(prefect_api, tmp_path, seed, unint
             killed_running.append(process.poll() is None)
             os.kill(process.pid, signal.SIGKILL)
             process.communicate(timeout=30)
-            _committed_view(stage)  # after each kill: what a reader sees is whole
+            keys, batches = _committed_view(stage)  # after each kill: what a reader sees is whole
+            print(
+                f"seed {seed}: killed after {threshold} downloads + {pause:.2f} s "
+                f"({'running' if killed_running[-1] else 'already done'}): "
+                f"{len(batches)} batches, {len(keys)} rows committed"
+            )
         done_before = _ok_urls(state_path)
         asked_before = len(site.log)
         committed = manifest.completed_record_ids(stage)

@@ -45,12 +45,15 @@ class CrawlSetup:
     crawler: Crawler
 
     def close(self) -> None:
+        self.crawler.close()
         self.state.close()
         self.fetcher.session.close()
 
     def stats(self) -> dict:
+        deferred = {f"posts_deferred_{r}": n for r, n in self.state.deferred_reasons().items()}
         return {
             **dict(self.crawler.counts),
+            **deferred,  # the posts waiting for the next run now, as the state says
             "downloads_fetched": self.downloader.fetched,
             "downloads_reused": self.downloader.reused,
             "requests_by_host": dict(self.fetcher.requests_made),
@@ -59,9 +62,12 @@ class CrawlSetup:
         }
 
 
-def build_crawl(config: WebEditsConfig, stage_dir: str) -> CrawlSetup:
+def build_crawl(config: WebEditsConfig, stage_dir: str, fingerprint: str | None = None) -> CrawlSetup:
+    """The crawl of ``config``; its state is bound to ``fingerprint`` (reset if made for another)."""
     fetcher = SafeFetcher(config.download)
     state = CrawlState(state_path(config, stage_dir))
+    if fingerprint is not None:
+        state.bind(fingerprint)
     downloader = ImageDownloader(fetcher, state, ImageCache(config.download.cache_dir), config.download)
     crawler = Crawler(build_source(config, fetcher), downloader, state, config)
     return CrawlSetup(fetcher, state, downloader, crawler)

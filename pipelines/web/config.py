@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from ieiw.pipelines.web.addresses import Origin
 
 DEFAULT_USER_AGENT = (
     "ieiw-builder/0.1 (research dataset crawler; +https://github.com/ieiw-builder/ieiw-builder)"
@@ -15,6 +17,9 @@ class DownloadConfig(BaseModel):
     """How every HTTP request is made: safety bounds, politeness and retries."""
 
     model_config = ConfigDict(extra="forbid")
+    # Which downloaded images are accepted, and so which pairs can exist: in the stage's fingerprint
+    # (:func:`output_settings`). Every other field says how safely, politely and quickly the crawl runs.
+    OUTPUT_FIELDS: ClassVar[tuple[str, ...]] = ("max_bytes", "max_pixels", "min_side")
 
     user_agent: str = DEFAULT_USER_AGENT
     connect_timeout: float = 5.0
@@ -33,16 +38,37 @@ class DownloadConfig(BaseModel):
     per_host_requests_per_second: float = 2.0  # 0 means unlimited
     workers: int = 16  # threads crawling posts in parallel (each host stays within its own limits)
     respect_robots: bool = True
-    allow_private_addresses: bool = False  # tests only: lets the crawler reach loopback/private hosts
-    allowed_networks: list[str] = Field(default_factory=list)  # CIDRs exempted from the address check
+    # Exact origins (scheme://host:port) exempted from the public-address check: a test server or an
+    # internal mirror. Only that scheme, host (as written) and port: not other names of its address.
+    allowed_origins: list[str] = Field(default_factory=list)
+    # Turns the address check off for every private network: a debugging switch, never the way to
+    # reach one server (allow its origin instead).
+    allow_private_addresses: bool = False
     cache_dir: str = ".ieiw/web_cache"  # content-addressed downloads (local folder)
     retry_failed_transient: bool = True  # a rerun retries timeouts and 5xx; permanent failures stay final
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_networks(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "allowed_networks" in data:
+            raise ValueError(
+                "download.allowed_networks was replaced by download.allowed_origins: list each server "
+                "the crawler may reach on a private address as scheme://host:port"
+            )
+        return data
+
+    @field_validator("allowed_origins")
+    @classmethod
+    def _origins(cls, value: list[str]) -> list[str]:
+        return [str(Origin.parse(v)) for v in value]
 
 
 class RedditSourceConfig(BaseModel):
     """Reddit's public JSON listings (or the OAuth API when credentials are in the environment)."""
 
     model_config = ConfigDict(extra="forbid")
+
+    OUTPUT_FIELDS: ClassVar[tuple[str, ...]] = ("kind", "subreddits", "sort", "time_filter")
 
     kind: Literal["reddit"] = "reddit"
     subreddits: list[str] = Field(default_factory=lambda: ["PhotoshopRequest"])
@@ -62,6 +88,8 @@ class DumpSourceConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
+    OUTPUT_FIELDS: ClassVar[tuple[str, ...]] = ("kind", "submissions", "comments", "subreddits")
+
     kind: Literal["reddit_dump"] = "reddit_dump"
     submissions: list[str]
     comments: list[str]
@@ -73,6 +101,16 @@ class PairingConfig(BaseModel):
     """Which edits become pairs: same-scene thresholds, size bounds and the choice among edits."""
 
     model_config = ConfigDict(extra="forbid")
+    OUTPUT_FIELDS: ClassVar[tuple[str, ...]] = (
+        "ssim_min",
+        "orb_inliers_min",
+        "orb_inlier_fraction_min",
+        "identical_max_change",
+        "max_aspect_change",
+        "max_side",
+        "max_edits_per_post",
+        "similarity_weight",
+    )
 
     ssim_min: float = 0.5  # SSIM of 128x128 grayscale versions at or above this: same scene
     orb_inliers_min: int = 40  # or: this many RANSAC-consistent ORB matches...
@@ -88,6 +126,14 @@ class WebEditsConfig(BaseModel):
     """The web-edits generator: where posts come from, how they are fetched, which pairs are kept."""
 
     model_config = ConfigDict(extra="forbid")
+    OUTPUT_FIELDS: ClassVar[tuple[str, ...]] = (
+        "source",
+        "download",
+        "pairing",
+        "drop_over_18",
+        "drop_nsfw_flair",
+        "skip_authors",
+    )
 
     source: RedditSourceConfig | DumpSourceConfig = Field(discriminator="kind")
     download: DownloadConfig = Field(default_factory=DownloadConfig)
@@ -99,6 +145,30 @@ class WebEditsConfig(BaseModel):
     defer_transient_posts: bool = (
         True  # a post whose answers/original hit a timeout or 5xx is retried next run
     )
-    max_posts: int | None = None
-    batch_size: int = 32
-    max_posts_in_flight: int = 64  # posts being crawled at once: bounds memory and open work
+    max_posts: int | None = None  # the first posts of the (recorded) listing, like a limit
+    batch_size: int = 32  # consecutive posts of the listing per batch: downloaded, paired, committed
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_posts_in_flight(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "max_posts_in_flight" in data:
+            raise ValueError(
+                "web_edits.max_posts_in_flight was removed: posts crawl inside their batch, so at most "
+                "batch_size x runner.max_in_flight are in flight (download.workers at once)"
+            )
+        return data
+
+
+def output_settings(model: BaseModel) -> dict[str, Any]:
+    """The settings of a web config that shape the pairs (each model's ``OUTPUT_FIELDS``), as JSON.
+
+    Endpoints, credentials' variable names, timeouts, retries, rate and concurrency limits, robots
+    manners, address allowances, paths and batch sizes are left out: they change how the crawl runs,
+    not which pairs a post gives.
+    """
+    dumped = model.model_dump(mode="json")
+    out: dict[str, Any] = {}
+    for name in type(model).OUTPUT_FIELDS:
+        value = getattr(model, name)
+        out[name] = output_settings(value) if isinstance(value, BaseModel) else dumped[name]
+    return out

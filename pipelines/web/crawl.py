@@ -1,7 +1,12 @@
-"""The crawl: list posts, drop the unusable ones early, fetch answers and images in parallel threads.
+"""The crawl in two steps: a numbered listing, then the downloads of one batch of it at a time.
 
-It yields one item per post: a :class:`CrawledPost` (original and edits downloaded, or failed with
-reasons) for the pairing stage, or a :class:`~storage.schema.Drop` for a post with nothing to pair.
+:meth:`Crawler.listing` is the stage's input: the posts in the order the crawl state first recorded
+them (then any new ones), so batches are cut from it before any download and a batch's name never
+depends on which download finished first. :meth:`Crawler.crawl_batch` fetches a batch's answers and
+images in the crawler's threads (per-host limits, robots.txt, ``Retry-After`` and byte bounds all
+apply in the fetcher) and gives one item per post, in the batch's order: a :class:`CrawledPost` for
+the pairing stage, a :class:`~storage.schema.Drop` for a post with nothing to pair, or nothing for a
+post deferred to the next run by a transient failure.
 """
 
 from __future__ import annotations
@@ -10,12 +15,13 @@ import logging
 import threading
 from collections import Counter
 from collections.abc import Iterable, Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from ieiw.pipelines.web.config import WebEditsConfig
 from ieiw.pipelines.web.downloader import ImageDownloader
 from ieiw.pipelines.web.fetcher import FetchError
+from ieiw.pipelines.web.hosts import link_problem, urls_in_text
 from ieiw.pipelines.web.posts import EditCandidate, PostSource, WebPost
 from ieiw.pipelines.web.state import CrawlState, DownloadRecord
 from ieiw.storage.schema import Drop, Provenance, Task, stable_key
@@ -56,8 +62,74 @@ def post_drop(post: WebPost, reason: str, detail: str = "") -> Drop:
     )
 
 
+def post_links(post: WebPost) -> list[str]:
+    """The links of a post besides its original: more gallery images, links in the title and body."""
+    found = [*post.extra_original_urls, *urls_in_text(f"{post.title}\n{post.body}")]
+    return [u for u in dict.fromkeys(found) if u != post.original_url]
+
+
+def post_link_drops(post: WebPost) -> list[Drop]:
+    """One row per link of the request that is not its original: the manifest accounts for every link.
+
+    They are never fetched (the request's other images and links are not edits), so each is a drop
+    ``post_link_not_used`` whose detail names the link and what it is.
+    """
+    drops = []
+    for index, url in enumerate(post_links(post)):
+        what = link_problem(url) or "image_link"
+        drops.append(
+            Drop(
+                key=stable_key("web_edits", post.record_id, "link", url),
+                reason="post_link_not_used",
+                detail=f"{url[:400]} ({what})",
+                record_id=post.record_id,
+                task=str(Task.WEB_EDIT),
+                provenance=Provenance(
+                    dataset=post.dataset,
+                    image_id=post.post_id,
+                    region_id=f"post~{index}",
+                    url=post.permalink,
+                    license=LICENSE,
+                    extra={"link": url[:2000], "link_kind": what},
+                ),
+            )
+        )
+    return drops
+
+
+def not_fetched(candidate: EditCandidate) -> DownloadRecord:
+    """The outcome of a link that is not fetched (``candidate.problem`` says why)."""
+    return DownloadRecord(url=candidate.url, ok=False, reason=candidate.problem, detail="not fetched")
+
+
+def candidate_drops(post: WebPost, because: str) -> list[Drop]:
+    """Rows for the answers of a post dropped as a whole (``because``): each link with its own reason
+    when it is not an image link, else ``edit_not_fetched``."""
+    drops = []
+    for candidate in post.candidates or []:
+        reason = f"edit_{candidate.problem}" if candidate.problem else "edit_not_fetched"
+        drops.append(
+            Drop(
+                key=stable_key("web_edits", post.record_id, "candidate", candidate.candidate_id),
+                reason=reason,
+                detail=f"{candidate.url[:400]} (post dropped: {because})",
+                record_id=post.record_id,
+                task=str(Task.WEB_EDIT),
+                provenance=Provenance(
+                    dataset=post.dataset,
+                    image_id=post.post_id,
+                    region_id=candidate.candidate_id,
+                    url=post.permalink,
+                    license=LICENSE,
+                    extra={"edit_author": candidate.author, "edit_url": candidate.url[:2000]},
+                ),
+            )
+        )
+    return drops
+
+
 class Crawler:
-    """Crawls posts of a source with bounded threads and bounded posts in flight."""
+    """Lists posts once, in a recorded order, and crawls them one batch at a time in shared threads."""
 
     def __init__(
         self, source: PostSource, downloader: ImageDownloader, state: CrawlState, config: WebEditsConfig
@@ -68,38 +140,77 @@ class Crawler:
         self.config = config
         self.counts: Counter = Counter()
         self._counts_lock = threading.Lock()
+        # one pool for every batch in flight: ``workers`` posts crawl at once, whatever the batches
+        self._pool = ThreadPoolExecutor(max(1, config.download.workers), thread_name_prefix="crawl")
 
-    def crawl(self, skip: Iterable[str] = ()) -> Iterator[CrawledPost | Drop]:
-        """Every post once (``skip``: record ids finished before), as soon as its downloads are done."""
-        skip = set(skip)
-        seen: set[str] = set()
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def _count(self, name: str, n: int = 1) -> None:
+        with self._counts_lock:
+            self.counts[name] += n
+
+    # -- the input ----------------------------------------------------------------------------------
+
+    def listing(self, done: Iterable[str] = ()) -> Iterator[WebPost]:
+        """Every post once, numbered: the recorded listing first, then what the source lists anew.
+
+        Each new post is recorded in the state before it is yielded, so a rerun yields the same
+        posts in the same order (up to ``max_posts``) and the batches cut from it are the same.
+        ``done``: record ids committed before (yielded too, only counted).
+        """
+        done = set(done)
         limit = self.config.max_posts
-        workers = max(1, self.config.download.workers)
-        in_flight: set[Future] = set()
-        with ThreadPoolExecutor(workers, thread_name_prefix="crawl") as pool:
-            for post in self.source.iter_posts():
-                if limit is not None and self.counts["posts_seen"] >= limit:
-                    break
-                if post.record_id in seen:
-                    continue
-                seen.add(post.record_id)
-                self.counts["posts_seen"] += 1
-                if post.record_id in skip:
-                    self.counts["posts_already_done"] += 1
-                    continue
-                early = self._early_drop(post)
-                if early is not None:
-                    self.state.record_post(post, "dropped", early.reason)
-                    self.counts["posts_dropped_early"] += 1
-                    yield early
-                    continue
-                in_flight.add(pool.submit(self._crawl_post, post))
-                while len(in_flight) >= self.config.max_posts_in_flight:
-                    done, in_flight = wait(in_flight, return_when=FIRST_COMPLETED)
-                    yield from _finished(done)
-            while in_flight:
-                done, in_flight = wait(in_flight, return_when=FIRST_COMPLETED)
-                yield from _finished(done)
+        seen: set[str] = set()
+
+        def take(post: WebPost) -> WebPost:
+            seen.add(post.record_id)
+            self._count("posts_seen")
+            if post.record_id in done:
+                self._count("posts_already_done")
+            return post
+
+        for post in self.state.listed():
+            if limit is not None and len(seen) >= limit:
+                return
+            self._count("posts_listed_before")
+            yield take(post)
+        if limit is not None and len(seen) >= limit:
+            return
+        for post in self.source.iter_posts():
+            if post.record_id in seen:
+                continue
+            self.state.record_listed(post)
+            yield take(post)
+            if limit is not None and len(seen) >= limit:
+                return
+
+    # -- one batch ----------------------------------------------------------------------------------
+
+    def crawl_batch(self, posts: list[WebPost]) -> list[CrawledPost | Drop]:
+        """Crawl ``posts`` concurrently; their results in the batch's order, none for a deferred post.
+
+        A post gives a :class:`CrawledPost` (to pair), or its drop with one row per answer link; every
+        post that is not deferred also gives a row per other link of its request.
+        """
+        futures = [self._pool.submit(self._crawl_one, post) for post in posts]
+        results: list[CrawledPost | Drop] = []
+        for future in futures:
+            results.extend(future.result())
+        return results
+
+    def _crawl_one(self, post: WebPost) -> list[CrawledPost | Drop]:
+        early = self._early_drop(post)
+        if early is not None:
+            self.state.record_post(post, "dropped", early.reason)
+            self._count("posts_dropped_early")
+            return [early, *post_link_drops(post)]
+        post, outcome = self._crawl_post(post)
+        if outcome is None:  # deferred: nothing of it is committed this run
+            return []
+        if isinstance(outcome, Drop):
+            return [outcome, *candidate_drops(post, outcome.reason), *post_link_drops(post)]
+        return [outcome, *post_link_drops(post)]
 
     def _early_drop(self, post: WebPost) -> Drop | None:
         """Posts dropped before any download: removed, over 18, NSFW flair, no image."""
@@ -116,11 +227,13 @@ class Crawler:
     def _defer(self, post: WebPost, reason: str) -> None:
         """A transient failure (timeout, 5xx, 429): recorded in the state, not committed, retried next run."""
         self.state.record_post(post, "deferred", reason)
-        with self._counts_lock:
-            self.counts[f"posts_deferred_{reason}"] += 1
+        self._count(f"posts_deferred_{reason}")
 
-    def _crawl_post(self, post: WebPost) -> CrawledPost | Drop | None:
-        """Answers, original, then edits of one post (in a worker thread); each outcome goes to the state."""
+    def _crawl_post(self, post: WebPost) -> tuple[WebPost, CrawledPost | Drop | None]:
+        """Answers, original, then edits of one post (in a worker thread); each outcome goes to the state.
+
+        Returns the post (with its answers once loaded) and its outcome: None when deferred.
+        """
         stored = self.state.post(post.record_id)
         if stored is not None and stored[0].candidates is not None:
             post = stored[0]  # the answers were fetched by an earlier run: no second comment-tree request
@@ -129,34 +242,29 @@ class Crawler:
                 post = self.source.load_candidates(post)
             except FetchError as error:
                 if error.transient and self.config.defer_transient_posts:
-                    return self._defer(post, f"comments_{error.reason}")
+                    return post, self._defer(post, f"comments_{error.reason}")
                 self.state.record_post(post, "dropped", f"comments_{error.reason}")
-                return post_drop(post, f"comments_{error.reason}", error.detail)
+                return post, post_drop(post, f"comments_{error.reason}", error.detail)
             except (
                 KeyError,
                 TypeError,
                 ValueError,
                 AttributeError,
             ) as error:  # a comment tree of the wrong shape
+                post.candidates = None
                 self.state.record_post(post, "dropped", "comments_bad_tree")
-                return post_drop(post, "comments_bad_tree", repr(error))
+                return post, post_drop(post, "comments_bad_tree", repr(error))
             self.state.record_post(post, "listed")
-        if not post.candidates:
+        if not any(c.problem is None for c in post.candidates or []):
             self.state.record_post(post, "dropped", "no_edits")
-            return post_drop(post, "no_edits")
+            return post, post_drop(post, "no_edits")
         original = self.downloader.download(str(post.original_url))
         if not original.ok and original.transient and self.config.defer_transient_posts:
-            return self._defer(post, f"original_{original.reason}")
+            return post, self._defer(post, f"original_{original.reason}")
         if not original.ok:
             self.state.record_post(post, "dropped", f"original_{original.reason}")
-            return post_drop(post, f"original_{original.reason}", f"{original.url}: {original.detail}")
-        edits = [(c, self.downloader.download(c.url)) for c in post.candidates]
+            return post, post_drop(post, f"original_{original.reason}", f"{original.url}: {original.detail}")
+        download = self.downloader.download
+        edits = [(c, not_fetched(c) if c.problem else download(c.url)) for c in post.candidates or []]
         self.state.record_post(post, "crawled")
-        return CrawledPost(post=post, original=original, edits=edits)
-
-
-def _finished(done: Iterable[Future]) -> Iterator[CrawledPost | Drop]:
-    for future in done:
-        result = future.result()
-        if result is not None:  # None: deferred to the next run
-            yield result
+        return post, CrawledPost(post=post, original=original, edits=edits)

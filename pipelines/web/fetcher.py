@@ -1,8 +1,9 @@
 """The safe, polite HTTP fetcher every request of the crawler goes through.
 
 Only http(s); every host (and every redirect hop) resolved and vetted by :class:`AddressPolicy`;
-robots.txt per host; per-host concurrency and rate; bounded retries with exponential backoff that
-honours ``Retry-After``; connect/read timeouts, a total deadline and a byte cap while streaming.
+robots.txt per origin, read by ``protego`` (RFC 9309: wildcards, ``$``, the longest match wins);
+per-host concurrency and rate; bounded retries with exponential backoff that honours ``Retry-After``;
+connect/read timeouts, a total deadline and a byte cap while streaming.
 Failures raise :class:`FetchError` with a short reason slug.
 """
 
@@ -18,11 +19,17 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urljoin, urlsplit
-from urllib.robotparser import RobotFileParser
 
 import requests
+from protego import Protego
 
-from ieiw.pipelines.web.addresses import ALLOWED_SCHEMES, AddressPolicy, BlockedAddress, DNSFailure
+from ieiw.pipelines.web.addresses import (
+    ALLOWED_SCHEMES,
+    DEFAULT_PORTS,
+    AddressPolicy,
+    BlockedAddress,
+    DNSFailure,
+)
 from ieiw.pipelines.web.config import DownloadConfig
 from ieiw.pipelines.web.limits import HostLimiter
 from ieiw.pipelines.web.session import make_session
@@ -94,7 +101,7 @@ class SafeFetcher:
 
     def __init__(self, config: DownloadConfig, session: requests.Session | None = None) -> None:
         self.config = config
-        self.policy = AddressPolicy(config.allow_private_addresses, config.allowed_networks)
+        self.policy = AddressPolicy(config.allow_private_addresses, config.allowed_origins)
         pool = max(config.per_host_concurrency, 4) * 2
         self.session = session or make_session(self.policy, config.user_agent, pool_maxsize=pool)
         self.limiter = HostLimiter(config.per_host_concurrency, config.per_host_requests_per_second)
@@ -139,17 +146,21 @@ class SafeFetcher:
 
     def check_url(self, url: str) -> tuple[str, int]:
         """Scheme and address checks for one URL; returns (host, port) or raises FetchError."""
-        parts = urlsplit(url)
-        if parts.scheme.lower() not in ALLOWED_SCHEMES:
+        try:
+            parts = urlsplit(url)
+        except ValueError as error:
+            raise FetchError("bad_url", f"{url[:200]}: {error}") from error
+        scheme = parts.scheme.lower()
+        if scheme not in ALLOWED_SCHEMES:
             raise FetchError("unsupported_scheme", f"{parts.scheme or 'no'} scheme in {url[:200]}")
         if not parts.hostname:
             raise FetchError("bad_url", url[:200])
         try:
-            port = parts.port or (443 if parts.scheme.lower() == "https" else 80)
+            port = parts.port or DEFAULT_PORTS[scheme]
         except ValueError as error:
             raise FetchError("bad_url", f"{url[:200]}: {error}") from error
         try:
-            self.policy.vetted_addresses(parts.hostname, port)
+            self.policy.vetted_addresses(parts.hostname, port, scheme)
         except BlockedAddress as error:
             raise FetchError("blocked_address", str(error)) from error
         except DNSFailure as error:
@@ -313,11 +324,15 @@ def _urllib3_errors() -> type[Exception]:
 
 
 class RobotsCache:
-    """robots.txt per host, fetched once through the same safe fetcher and kept for the run."""
+    """robots.txt per origin, fetched once through the same safe fetcher and kept for the run.
+
+    Parsed by ``protego`` as RFC 9309 says: ``*`` and ``$`` in paths, the most specific (longest)
+    matching rule decides, ``Allow`` wins a tie; the standard library's parser knows neither.
+    """
 
     def __init__(self, fetcher: SafeFetcher) -> None:
         self._fetcher = fetcher
-        self._rules: dict[str, RobotFileParser | str] = {}
+        self._rules: dict[str, Protego | str] = {}
         self._locks: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()
 
@@ -334,10 +349,10 @@ class RobotsCache:
             return
         if rules == "unavailable":
             raise FetchError("robots_unavailable", f"robots.txt of {key} could not be read")
-        if rules == "deny" or not rules.can_fetch(self._fetcher.config.user_agent, url):
+        if rules == "deny" or not rules.can_fetch(url, self._fetcher.config.user_agent):
             raise FetchError("robots_disallowed", url)
 
-    def _load(self, key: str) -> RobotFileParser | str:
+    def _load(self, key: str) -> Protego | str:
         """A parser, or "allow" (no robots.txt), "deny" (401/403) or "unavailable" (5xx, timeouts)."""
         robots_url = key + "/robots.txt"
         try:
@@ -351,8 +366,7 @@ class RobotsCache:
                 "robots.txt of %s unavailable (%s): not crawling that host this run", key, error.reason
             )
             return "unavailable"
-        parser = RobotFileParser(robots_url)
-        parser.parse(fetched.body.decode("utf-8", errors="replace").splitlines())
+        parser = Protego.parse(fetched.body.decode("utf-8", errors="replace"))
         delay = parser.crawl_delay(self._fetcher.config.user_agent)
         if delay:
             self._fetcher.limiter.slow_down(key, float(delay))

@@ -1,4 +1,5 @@
-"""Image links as people post them, resolved to the direct image (i.redd.it, preview.redd.it, imgur)."""
+"""Links as people post them: found in text (any scheme), classified (an image to fetch, or why not),
+and image links resolved to the direct image (i.redd.it, preview.redd.it, imgur)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,11 @@ from ieiw.pipelines.web.fetcher import FetchError, SafeFetcher
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
 VIDEO_HOSTS = ("v.redd.it", "youtube.com", "www.youtube.com", "youtu.be", "streamable.com")
 IMGUR_HOSTS = ("imgur.com", "www.imgur.com", "m.imgur.com")
-URL_PATTERN = re.compile(r"https?://[^\s<>\"'()\[\]]+", re.IGNORECASE)
+# Any scheme (file://, ftp://, ... are found so that they can be accounted for, never fetched); the
+# authority may be a bracketed IPv6 literal, which Markdown's own brackets around a link are not.
+URL_PATTERN = re.compile(
+    r"\b[a-z][a-z0-9+.\-]*://(?:\[[0-9a-z:.%\-]*\]|[^\s<>\"'()\[\]])[^\s<>\"'()\[\]]*", re.IGNORECASE
+)
 OG_IMAGE = re.compile(r"<meta[^>]+property=[\"']og:image[\"'][^>]+content=[\"']([^\"']+)[\"']", re.IGNORECASE)
 IMGUR_ID = re.compile(r"^[A-Za-z0-9]{5,10}$")
 
@@ -24,7 +29,7 @@ def clean_url(url: str) -> str:
 
 
 def urls_in_text(text: str) -> Iterator[str]:
-    """Every http(s) URL in a comment body (plain or in Markdown links), in order, without repeats."""
+    """Every URL in a text (plain or in Markdown links, any scheme), in order, without repeats."""
     seen: set[str] = set()
     for match in URL_PATTERN.finditer(text or ""):
         url = clean_url(match.group(0))
@@ -33,9 +38,31 @@ def urls_in_text(text: str) -> Iterator[str]:
             yield url
 
 
+def link_problem(url: str) -> str | None:
+    """Why a link found in a post or comment is not fetched as an image, or None to fetch it.
+
+    ``unsupported_scheme`` (file://, ftp://, ...), ``bad_url`` (unparseable), ``not_an_image_link``
+    (a page, a video, a link without an image extension, even one that would redirect to an image).
+    Address checks come at fetch time: a link to a blocked address is fetched and refused there.
+    """
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 (raises on a bad port)
+    except ValueError:
+        return "bad_url"
+    if parts.scheme.lower() not in ("http", "https"):
+        return "unsupported_scheme"
+    if not parts.hostname:
+        return "bad_url"
+    return None if is_probable_image(url) else "not_an_image_link"
+
+
 def is_probable_image(url: str) -> bool:
     """A link that points at an image (or an image host page we can resolve), not a web page or video."""
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return False
     host = (parts.hostname or "").lower()
     if host in VIDEO_HOSTS:
         return False
@@ -49,7 +76,10 @@ def is_probable_image(url: str) -> bool:
 def resolve_image_url(url: str, fetcher: SafeFetcher | None = None) -> str:
     """The direct image URL for ``url``; raises FetchError(unsupported_link) for what is not an image."""
     url = clean_url(url)
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError as error:
+        raise FetchError("bad_url", f"{url[:200]}: {error}") from error
     host = (parts.hostname or "").lower()
     if host in VIDEO_HOSTS:
         raise FetchError("unsupported_link", f"video link {url}")

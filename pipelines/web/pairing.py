@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 
 from ieiw.pipelines.web.config import PairingConfig
-from ieiw.pipelines.web.crawl import LICENSE, CrawledPost, post_drop
+from ieiw.pipelines.web.crawl import LICENSE, CrawledPost, Crawler, post_drop
 from ieiw.pipelines.web.images import load_rgb
 from ieiw.pipelines.web.instruction import InstructionRewriter, make_instruction
 from ieiw.pipelines.web.posts import EditCandidate, WebPost
@@ -25,8 +25,21 @@ from ieiw.storage.schema import Drop, GeneratorInfo, Provenance, Result, Sample,
 GENERATOR = "web_edits"
 
 
-def generator_info(settings: PairingConfig) -> GeneratorInfo:
-    return GeneratorInfo(name=GENERATOR, backend="ssim+orb", settings=settings.model_dump(mode="json"))
+CLEANED = "cleaned"  # the rule-based request cleaner (:func:`~ieiw.pipelines.web.instruction.clean_request`)
+
+
+def instruction_method(rewriter: InstructionRewriter | None) -> str:
+    """How instructions are written: the cleaner, or the named LLM rewriter on top of it."""
+    return f"llm:{rewriter.name}" if rewriter is not None else CLEANED
+
+
+def generator_info(settings: PairingConfig, rewriter: InstructionRewriter | None = None) -> GeneratorInfo:
+    """The generator of every web-edit sample: the pairing settings and the instruction method."""
+    return GeneratorInfo(
+        name=GENERATOR,
+        backend="ssim+orb",
+        settings={**settings.model_dump(mode="json"), "instruction": instruction_method(rewriter)},
+    )
 
 
 def pair_key(post: WebPost, candidate_id: str, generator: GeneratorInfo) -> str:
@@ -53,11 +66,27 @@ def web_edits_stage(
     posts: list[CrawledPost], settings: PairingConfig, rewriter: InstructionRewriter | None = None
 ) -> list[Result]:
     """Turn a batch of crawled posts into web_edit samples and drops."""
-    generator = generator_info(settings)
+    generator = generator_info(settings, rewriter)
     results: list[Result] = []
     for crawled in posts:
         results.extend(_pair_post(crawled, settings, generator, rewriter))
     return results
+
+
+def crawl_and_pair(
+    posts: list[WebPost],
+    crawler: Crawler,
+    settings: PairingConfig,
+    rewriter: InstructionRewriter | None = None,
+) -> list[Result]:
+    """One batch of the listing: its downloads (concurrently, in the crawler's threads), then pairing.
+
+    Drops of whole posts and of links come first, then each crawled post's samples and drops; a
+    deferred post gives nothing (it stays pending for the next run).
+    """
+    crawled = crawler.crawl_batch(posts)
+    drops = [item for item in crawled if isinstance(item, Drop)]
+    return [*drops, *web_edits_stage([c for c in crawled if isinstance(c, CrawledPost)], settings, rewriter)]
 
 
 def _pair_post(

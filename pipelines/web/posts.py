@@ -14,15 +14,21 @@ from typing import Any
 
 @dataclass
 class EditCandidate:
-    """An image someone posted as an answer to the request."""
+    """A link someone posted in an answer to the request: an image to fetch, or a link that is not one.
 
-    candidate_id: str  # the comment id, with "-<n>" when a comment holds several images
+    ``problem`` says why a link is not fetched (:func:`~ieiw.pipelines.web.hosts.link_problem`:
+    ``not_an_image_link``, ``unsupported_scheme``, ...); it stays a candidate so that the manifest
+    accounts for it with that reason.
+    """
+
+    candidate_id: str  # the comment id; "-<n>" when it holds several images; "~<n>" for its other links
     url: str
     author: str = ""
     score: int = 0
     created_utc: float = 0.0
     body: str = ""
     op_replied: bool = False  # the requester answered this comment
+    problem: str | None = None  # why the link is not fetched; None: an image link
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """Reddit offline: zstandard-compressed NDJSON dumps of submissions and comments (the public archives).
 
 Memory stays bounded however large the dumps are: one streaming pass indexes the wanted submissions
-into a small SQLite file, a second streams the comments and keeps the top-level ones with images of
+into a small SQLite file, a second streams the comments and keeps the top-level ones with links of
 those submissions (and which ones the requester answered), then posts are read back in order.
 """
 
@@ -20,7 +20,7 @@ import zstandard
 
 from ieiw.pipelines.web.config import DumpSourceConfig
 from ieiw.pipelines.web.posts import PostSource, WebPost
-from ieiw.pipelines.web.reddit_things import candidates_from_comments, comment_images, post_from_submission
+from ieiw.pipelines.web.reddit_things import candidates_from_comments, comment_links, post_from_submission
 
 log = logging.getLogger(__name__)
 MAX_WINDOW = 2**31  # the archives are compressed with a long window
@@ -115,7 +115,7 @@ class RedditDumpSource(PostSource):
                     continue
                 parent = str(data.get("parent_id") or "")
                 if parent.startswith("t3_"):
-                    if comment_images(data):
+                    if comment_links(data):  # every link is accounted for, images or not
                         db.execute(
                             "INSERT INTO comments (link_id, id, json) VALUES (?, ?, ?)",
                             (link, str(data["id"]), json.dumps(data)),

@@ -8,7 +8,13 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from ieiw.pipelines.web.hosts import clean_url, is_probable_image, reddit_media_url, urls_in_text
+from ieiw.pipelines.web.hosts import (
+    clean_url,
+    is_probable_image,
+    link_problem,
+    reddit_media_url,
+    urls_in_text,
+)
 from ieiw.pipelines.web.posts import EditCandidate, WebPost
 
 REMOVED_TEXTS = ("[removed]", "[deleted]")
@@ -64,15 +70,20 @@ def submission_images(data: dict[str, Any]) -> list[str]:
     return []
 
 
-def comment_images(data: dict[str, Any]) -> list[str]:
-    """Images of a t1 comment: uploaded images (``media_metadata``) and image links in its body."""
+def comment_links(data: dict[str, Any]) -> list[str]:
+    """Every link of a t1 comment: uploaded images (``media_metadata``), then the links in its body."""
     urls: list[str] = []
     for media_id, meta in (data.get("media_metadata") or {}).items():
         url = reddit_media_url({"id": media_id, **(meta or {})})
         if url:
             urls.append(url)
-    urls += [u for u in urls_in_text(str(data.get("body") or "")) if is_probable_image(u)]
+    urls += list(urls_in_text(str(data.get("body") or "")))
     return list(dict.fromkeys(urls))
+
+
+def comment_images(data: dict[str, Any]) -> list[str]:
+    """The image links of a t1 comment (the links :func:`link_problem` finds nothing wrong with)."""
+    return [u for u in comment_links(data) if link_problem(u) is None]
 
 
 def candidates_from_comments(
@@ -88,19 +99,28 @@ def candidates_from_comments(
         author = str(data.get("author") or "")
         if author in skip or data.get("body") in REMOVED_TEXTS:
             continue
-        images = comment_images(data)
+        links = [(url, link_problem(url)) for url in comment_links(data)]
+        images = [url for url, problem in links if problem is None]
         comment_id = str(data["id"])
         replied = comment_id in (op_replied_to or set()) or _op_replied(data, op)
-        for index, url in enumerate(images):
+        image_index = other_index = 0
+        for url, problem in links:
+            if problem is None:  # image ids as they always were: the comment id, or id-<n> of several
+                candidate_id = comment_id if len(images) == 1 else f"{comment_id}-{image_index}"
+                image_index += 1
+            else:
+                candidate_id = f"{comment_id}~{other_index}"
+                other_index += 1
             candidates.append(
                 EditCandidate(
-                    candidate_id=comment_id if len(images) == 1 else f"{comment_id}-{index}",
+                    candidate_id=candidate_id,
                     url=url,
                     author=author,
                     score=int(data.get("score") or 0),
                     created_utc=float(data.get("created_utc") or 0.0),
                     body=str(data.get("body") or "")[:2000],
                     op_replied=replied,
+                    problem=problem,
                 )
             )
     return candidates

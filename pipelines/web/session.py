@@ -19,10 +19,11 @@ from urllib3.util.timeout import _DEFAULT_TIMEOUT
 from ieiw.pipelines.web.addresses import AddressPolicy
 
 
-def _connect_vetted(conn: HTTPConnection, policy: AddressPolicy) -> socket.socket:
-    """Open a socket to the first reachable vetted address of ``conn.host``."""
+def _connect_vetted(conn: HTTPConnection, policy: AddressPolicy, scheme: str) -> socket.socket:
+    """Open a socket to the first reachable vetted address of ``conn.host`` (an allowed origin is
+    matched on the scheme, the host as the URL wrote it and the port)."""
     last: OSError | None = None
-    for family, ip in policy.vetted_addresses(conn._dns_host, conn.port):
+    for family, ip in policy.vetted_addresses(conn._dns_host, conn.port, scheme):
         sock = socket.socket(family, socket.SOCK_STREAM)
         try:
             for level, option, value in conn.socket_options or ():
@@ -43,11 +44,11 @@ def _connect_vetted(conn: HTTPConnection, policy: AddressPolicy) -> socket.socke
 def _vetted_classes(policy: AddressPolicy) -> dict[str, type]:
     class VettedHTTPConnection(HTTPConnection):
         def _new_conn(self) -> socket.socket:
-            return _connect_vetted(self, policy)
+            return _connect_vetted(self, policy, "http")
 
     class VettedHTTPSConnection(HTTPSConnection):
         def _new_conn(self) -> socket.socket:
-            return _connect_vetted(self, policy)
+            return _connect_vetted(self, policy, "https")
 
     class VettedHTTPPool(HTTPConnectionPool):
         ConnectionCls = VettedHTTPConnection

@@ -1,7 +1,15 @@
-"""The crawl state: posts seen and every download's outcome, in a small SQLite file (WAL mode).
+"""The crawl state: the listing as first seen, posts, and every download's outcome, in SQLite (WAL).
 
 Each outcome is committed as soon as it is known, so a killed crawl loses nothing it finished, and
 a rerun reads a finished download from the cache instead of fetching it again.
+
+The **listing** numbers the posts in the order the source first gave them: it is the stage's input,
+cut into batches before any download, so a rerun forms the same batches (with the same names) even
+when a live listing has moved on since; posts new to the source come after the recorded ones.
+
+The state is **bound** to the fingerprint of the settings that shape the pairs: opened for another
+one, it starts afresh, since a recorded outcome (an image refused as too small, a listing of other
+subreddits) may not hold under the new settings.
 """
 
 from __future__ import annotations
@@ -11,6 +19,7 @@ import os
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 
 from ieiw.pipelines.web.posts import WebPost
@@ -22,6 +31,16 @@ CREATE TABLE IF NOT EXISTS posts (
     status TEXT NOT NULL,            -- listed | crawled | dropped
     reason TEXT,
     updated_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS listing (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    record_id TEXT UNIQUE NOT NULL,
+    post_json TEXT NOT NULL,
+    listed_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS meta (
+    name TEXT PRIMARY KEY,
+    value TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS downloads (
     url TEXT PRIMARY KEY,
@@ -76,6 +95,52 @@ class CrawlState:
     def close(self) -> None:
         with self._lock:
             self._conn.close()
+
+    def bind(self, fingerprint: str) -> bool:
+        """Use the state for output made with ``fingerprint``; True when it was reset for it."""
+        with self._lock:
+            row = self._conn.execute("SELECT value FROM meta WHERE name = 'fingerprint'").fetchone()
+            if row is not None and row[0] == fingerprint:
+                return False
+            reset = row is not None
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                if reset:
+                    for table in ("listing", "posts", "downloads"):
+                        self._conn.execute(f"DELETE FROM {table}")  # noqa: S608 (fixed names)
+                self._conn.execute(
+                    "INSERT OR REPLACE INTO meta (name, value) VALUES ('fingerprint', ?)", (fingerprint,)
+                )
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+        return reset
+
+    # -- the listing --------------------------------------------------------------------------------
+
+    def listed(self, chunk: int = 256) -> Iterator[WebPost]:
+        """The recorded listing, in the order first seen."""
+        last = 0
+        while True:
+            with self._lock:
+                rows = self._conn.execute(
+                    "SELECT seq, post_json FROM listing WHERE seq > ? ORDER BY seq LIMIT ?", (last, chunk)
+                ).fetchall()
+            if not rows:
+                return
+            for seq, raw in rows:
+                last = seq
+                yield WebPost.from_json(json.loads(raw))
+
+    def record_listed(self, post: WebPost) -> bool:
+        """Append ``post`` to the listing; False if it was there already."""
+        with self._lock:
+            cursor = self._conn.execute(
+                "INSERT OR IGNORE INTO listing (record_id, post_json, listed_at) VALUES (?, ?, ?)",
+                (post.record_id, json.dumps(post.to_json()), time.time()),
+            )
+        return cursor.rowcount == 1
 
     # -- downloads ----------------------------------------------------------------------------------
 
@@ -133,3 +198,11 @@ class CrawlState:
         with self._lock:
             rows = self._conn.execute("SELECT status, COUNT(*) FROM posts GROUP BY status").fetchall()
         return {str(status): int(count) for status, count in rows}
+
+    def deferred_reasons(self) -> dict[str, int]:
+        """Posts now waiting for the next run (a transient failure), by reason."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT reason, COUNT(*) FROM posts WHERE status = 'deferred' GROUP BY reason"
+            ).fetchall()
+        return {str(reason): int(count) for reason, count in rows}

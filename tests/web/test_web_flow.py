@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import sqlite3
 import subprocess
 import sys
 import time
 
+import pytest
 import yaml
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 from web_fixture_server import FixtureServer
-from web_scenarios import FAULT_PATHS, FAULT_REASONS, GOOD_POSTS, bulk_site, fault_site
+from web_scenarios import FAULT_PATHS, FAULT_REASONS, GOOD_POSTS, LINK_REASONS, bulk_site, fault_site
 
 from ieiw.flows.web_edits import web_edits
 from ieiw.pipelines.web.config import WebEditsConfig
@@ -22,6 +24,7 @@ from ieiw.pipelines.web.pairing import generator_info, pair_key
 from ieiw.pipelines.web.posts import WebPost
 from ieiw.storage import manifest
 from ieiw.storage.shards import ShardSpec, expand_shard_urls, iter_samples
+from ieiw.storage.stage_folder import StageChanged
 
 HERE = os.path.dirname(__file__)
 
@@ -38,14 +41,14 @@ def _config(base: str, tmp_path, **overrides) -> dict:
             "max_bytes": 5 * 1024 * 1024,
             "per_host_requests_per_second": 0,
             "workers": 8,
-            "allowed_networks": ["127.0.0.1/32"],
+            "allowed_origins": [base],
             "cache_dir": str(tmp_path / "cache"),
         },
         "batch_size": 4,
     }
     for key, value in overrides.items():
         if isinstance(value, dict):
-            config[key].update(value)
+            config.setdefault(key, {}).update(value)
         else:
             config[key] = value
     return config
@@ -70,8 +73,9 @@ def test_flow_keeps_every_good_pair_and_records_every_bad_one(prefect_api, tmp_p
         "preview1": "v1",
         "faults1": "f12",
         "busy1": "b1",
+        "links1": "l2-0",
     }
-    assert set(GOOD_POSTS) == set(kept["image_id"]) and summary["kept"] == 5
+    assert set(GOOD_POSTS) == set(kept["image_id"]) and summary["kept"] == len(GOOD_POSTS)
     faults = frame[frame["image_id"] == "faults1"]
     reasons = dict(zip(faults["region_id"], faults["drop_reason"]))
     for index, path in enumerate(FAULT_PATHS):
@@ -85,6 +89,34 @@ def test_flow_keeps_every_good_pair_and_records_every_bad_one(prefect_api, tmp_p
     assert by_post["chat1"] == {"instruction_empty"}
     assert by_post["good1"] == {"kept", "edit_not_same_scene", "edit_not_chosen"}
     assert frame["key"].is_unique
+
+    # every link of a post or an answer has its row: fetched, or dropped with its reason
+    port = server.base.rsplit(":", 1)[1]
+    links = frame[frame["image_id"] == "links1"]
+    detail = links["drop_detail"].fillna("")
+    for link, reason in LINK_REASONS.items():
+        url = link.format(base=server.base, port=port)
+        rows = links[detail.str.startswith(url + ":") | detail.str.startswith(url + " (")]
+        assert list(rows["drop_reason"]) == [reason], (url, rows[["region_id", "drop_reason", "drop_detail"]])
+    post_links = links[links["drop_reason"] == "post_link_not_used"]
+    assert sorted(post_links["drop_detail"]) == [
+        "file:///tmp/x.png (unsupported_scheme)",
+        "https://example.org/about (not_an_image_link)",
+        "https://example.org/ref.jpg (image_link)",
+    ]
+    assert set(links["region_id"]) == {
+        *(f"l1-{i}" for i in range(4)),
+        "l1~0",
+        "l1~1",
+        *(f"l2-{i}" for i in range(4)),
+        "l2~0",
+        "l2~1",
+        "post~0",
+        "post~1",
+        "post~2",
+    }
+    # links without an image extension, to other origins or schemes are never asked for
+    assert not [p for p in first_run if p.startswith("/go/")]
 
     samples = list(iter_samples(expand_shard_urls([os.path.join(output, "web_edits", "shards")])))
     assert sorted(s.key for s in samples) == sorted(kept["key"])
@@ -110,6 +142,7 @@ def test_flow_keeps_every_good_pair_and_records_every_bad_one(prefect_api, tmp_p
 
     crawl = summary["crawl"]
     assert crawl["posts_seen"] == len(site.posts) and crawl["downloads_by_outcome"]["ok"] >= 14
+    assert again["crawl"]["posts_listed_before"] == len(site.posts)  # the rerun keeps the recorded order
     assert crawl["posts_deferred_original_http_500"] == 1 and crawl["posts_by_status"]["deferred"] == 1
     assert again["crawl"]["posts_deferred_original_http_500"] == 1  # retried by the rerun, failing again
     with get_client(sync_client=True) as client:
@@ -146,51 +179,154 @@ def _run_cli(config_path, prefect_api) -> subprocess.Popen:
     )
 
 
-def test_sigkill_mid_crawl_then_resume(prefect_api, tmp_path):
-    site = bulk_site(40)
+KILL_SEEDS = [3, 17, 2024]
+KILL_POSTS = 24
+
+
+def _kill_config(base: str, tmp_path) -> dict:
+    # generous timeouts: the site has no faults, and a timeout on a loaded machine would defer a post
+    # in one run and not in the other
+    return _config(
+        base,
+        tmp_path,
+        source={"page_size": 10},
+        batch_size=4,
+        download={
+            "per_host_concurrency": 2,
+            "workers": 4,
+            "read_timeout": 10.0,
+            "deadline_seconds": 30.0,
+            "max_retries": 3,
+        },
+    )
+
+
+def _kill_site():
+    site = bulk_site(KILL_POSTS)
     site.delay = 0.05
+    return site
+
+
+def _committed_view(stage: str) -> tuple[list[str], set[str]]:
+    """What readers see of a stage: the keys in its committed shards (each once) and its committed
+    batches; checks that no reader sees an uncommitted shard or a key twice."""
+    rows = manifest.read_table(stage, columns=["key", "kept", "shard", "batch"]).to_pylist()
+    keys = [r["key"] for r in rows]
+    assert len(keys) == len(set(keys)), "a key committed twice"
+    shard_names = {r["shard"] for r in rows if r["shard"]}
+    for urls in (manifest.reader_shards(stage), expand_shard_urls([os.path.join(stage, "shards")])):
+        assert {os.path.basename(u) for u in urls} == shard_names  # committed shards, nothing else
+        seen = [s.key for s in iter_samples(urls)]
+        assert len(seen) == len(set(seen)) and set(seen) == {r["key"] for r in rows if r["kept"]}
+    return keys, {r["batch"] for r in rows}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(prefect_api, tmp_path_factory) -> tuple[set[str], set[str], set[str]]:
+    """(keys, kept keys, batch names) of the kill scenario crawled once without interruption."""
+    tmp_path = tmp_path_factory.mktemp("uninterrupted")
+    with FixtureServer(_kill_site()) as server:
+        config = WebEditsConfig.model_validate(_kill_config(server.base, tmp_path))
+        web_edits(config, str(tmp_path / "out"))
+    stage = str(tmp_path / "out" / "web_edits")
+    keys, batches = _committed_view(stage)
+    frame = manifest.read_manifest(stage)
+    return set(keys), set(frame[frame["kept"]]["key"]), batches
+
+
+@pytest.mark.parametrize("seed", KILL_SEEDS)
+def test_sigkill_at_random_points_then_resume(prefect_api, tmp_path, seed, uninterrupted):
+    """Two SIGKILLs at points drawn from ``seed`` (after some downloads, then a random pause), then a
+    rerun: readers never see a duplicate or an uncommitted shard, and the end equals an uninterrupted
+    crawl, batch names included; nothing downloaded before a kill is downloaded again."""
+    rng = random.Random(seed)
+    site = _kill_site()
     output = tmp_path / "out"
-    state_path = str(output / "web_edits" / "crawl_state.sqlite")
+    stage = str(output / "web_edits")
+    state_path = os.path.join(stage, "crawl_state.sqlite")
+    killed_running = []
     with FixtureServer(site) as server:
-        config = _config(
-            server.base,
-            tmp_path,
-            source={"page_size": 10},
-            batch_size=4,
-            max_posts_in_flight=4,
-            download={"per_host_concurrency": 2, "workers": 4},
-        )
+        config = _kill_config(server.base, tmp_path)
         config_path = tmp_path / "crawl.yaml"
         config_path.write_text(yaml.safe_dump({"output": str(output), "web_edits": config}))
-
-        process = _run_cli(config_path, prefect_api)
-        deadline = time.monotonic() + 120
-        while len(_ok_urls(state_path)) < 30 and process.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.05)
-        os.kill(process.pid, signal.SIGKILL)
-        process.communicate(timeout=30)
-        done_before_kill = _ok_urls(state_path)
-        assert 30 <= len(done_before_kill) < 80, "the crawl should have been killed mid-way"
-        committed = manifest.completed_record_ids(str(output / "web_edits"))
+        for _ in range(2):
+            already = len(_ok_urls(state_path))  # the kill comes after some of what this run downloads
+            threshold = rng.randint(already, max(already, 2 * KILL_POSTS - 1))
+            pause = rng.uniform(0.0, 0.4)
+            process = _run_cli(config_path, prefect_api)
+            deadline = time.monotonic() + 120
+            while len(_ok_urls(state_path)) < threshold and process.poll() is None:
+                assert time.monotonic() < deadline, "the crawl made no progress"
+                time.sleep(0.02)
+            time.sleep(pause)
+            killed_running.append(process.poll() is None)
+            os.kill(process.pid, signal.SIGKILL)
+            process.communicate(timeout=30)
+            keys, batches = _committed_view(stage)  # after each kill: what a reader sees is whole
+            print(
+                f"seed {seed}: killed after {threshold} downloads + {pause:.2f} s "
+                f"({'running' if killed_running[-1] else 'already done'}): "
+                f"{len(batches)} batches, {len(keys)} rows committed"
+            )
+        done_before = _ok_urls(state_path)
+        asked_before = len(site.log)
+        committed = manifest.completed_record_ids(stage)
 
         process = _run_cli(config_path, prefect_api)
         stdout, stderr = process.communicate(timeout=180)
         assert process.returncode == 0, stderr[-3000:]
         summary = json.loads([line for line in stdout.splitlines() if line.startswith("{")][-1])
 
-    frame = manifest.read_manifest(str(output / "web_edits"))
+    assert any(killed_running), "no kill landed while the crawl ran"
+    keys, batches = _committed_view(stage)
+    expected_keys, expected_kept, expected_batches = uninterrupted
+    assert set(keys) == expected_keys and len(keys) == len(expected_keys)
+    assert batches == expected_batches  # the same batches, whatever was killed where
+    frame = manifest.read_manifest(stage)
     generator = generator_info(WebEditsConfig.model_validate(config).pairing)
-    expected = {pair_key(_post(p.post_id), p.comments[0].comment_id, generator) for p in site.posts}
-    assert frame["key"].is_unique and set(frame[frame["kept"]]["key"]) == expected
-    assert summary["resumed_records"] == len(committed) and summary["kept"] == 40 - len(committed)
-    samples = list(iter_samples(expand_shard_urls([str(output / "web_edits" / "shards")])))
-    assert sorted(s.key for s in samples) == sorted(expected)
-    for url in done_before_kill:  # finished before the kill: never downloaded again
+    assert (
+        set(frame[frame["kept"]]["key"])
+        == expected_kept
+        == {pair_key(_post(p.post_id), p.comments[0].comment_id, generator) for p in site.posts}
+    )
+    assert summary["resumed_records"] == len(committed)
+    assert summary["kept"] == KILL_POSTS - len(committed)
+    # the finished run left no shard that no part lists
+    on_disk = {os.path.basename(u) for u in os.listdir(os.path.join(stage, "shards")) if u.endswith(".tar")}
+    assert on_disk == {os.path.basename(u) for u in manifest.committed_shards(stage)}
+    for url in done_before:  # downloaded before the last kill: not asked again
         path = url.removeprefix(server.base)
-        assert len(site.requests_to(path, status=200)) == 1, path
-    for post in site.posts:  # everything else: at most once more (a download in flight at the kill)
+        assert not [e for e in site.log[asked_before:] if e.path == path], path
+    for post in site.posts:  # everything at most once more per kill (a download in flight)
         for path in (f"/img/{post.post_id}.jpg", f"/img/{post.post_id}_edit.jpg"):
-            assert 1 <= len(site.requests_to(path, status=200)) <= 2, path
+            assert 1 <= len(site.requests_to(path, status=200)) <= 3, path
+
+
+def test_a_changed_pairing_setting_stops_the_rerun_and_rebuild_redoes_it(prefect_api, tmp_path):
+    site = bulk_site(4)
+    output = str(tmp_path / "out")
+    stage = os.path.join(output, "web_edits")
+    with FixtureServer(site) as server:
+        config = _config(server.base, tmp_path, batch_size=2)
+        first = web_edits(WebEditsConfig.model_validate(config), output)
+        first_keys = set(manifest.read_manifest(stage)["key"])
+        faster = _config(
+            server.base, tmp_path, batch_size=3, download={"workers": 2, "per_host_concurrency": 1}
+        )
+        again = web_edits(WebEditsConfig.model_validate(faster), output)  # operational only: resumes
+        stricter = _config(server.base, tmp_path, batch_size=2, pairing={"max_edits_per_post": 2})
+        with pytest.raises(StageChanged) as changed:
+            web_edits(WebEditsConfig.model_validate(stricter), output)
+        rebuilt = web_edits(WebEditsConfig.model_validate(stricter), output, rebuild="yes")
+    assert first["kept"] == 4 and again["kept"] == 0 and again["resumed_records"] == 4
+    assert "web_edits.pairing.max_edits_per_post: 1 -> 2" in str(changed.value)
+    assert rebuilt["rebuilt"] and rebuilt["resumed_records"] == 0 and rebuilt["kept"] == 4
+    generator = generator_info(WebEditsConfig.model_validate(stricter).pairing)
+    frame = manifest.read_manifest(stage)
+    assert set(frame[frame["kept"]]["key"]) == {
+        pair_key(_post(p.post_id), p.comments[0].comment_id, generator) for p in site.posts
+    }
+    assert not first_keys & set(frame["key"])  # nothing of the first settings is left
 
 
 def _post(post_id: str) -> WebPost:

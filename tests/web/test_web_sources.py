@@ -7,21 +7,24 @@ import json
 import pytest
 import zstandard
 from web_fixture_server import SUBREDDIT, FixtureServer
-from web_scenarios import fault_site
+from web_scenarios import FAULT_PATHS, bulk_site, fault_site
 
-from ieiw.pipelines.web.config import DownloadConfig, DumpSourceConfig, RedditSourceConfig
+from ieiw.pipelines.web.build import build_crawl
+from ieiw.pipelines.web.config import DownloadConfig, DumpSourceConfig, RedditSourceConfig, WebEditsConfig
 from ieiw.pipelines.web.fetcher import FetchError, SafeFetcher
 from ieiw.pipelines.web.hosts import is_probable_image, resolve_image_url, urls_in_text
 from ieiw.pipelines.web.reddit_dump import RedditDumpSource
 from ieiw.pipelines.web.reddit_json import RedditSource, SourceError
+from ieiw.pipelines.web.reddit_things import candidates_from_comments
+from ieiw.pipelines.web.state import CrawlState, DownloadRecord
 
 SKIP = ["AutoModerator", "[deleted]"]
 
 
-def _fetcher() -> SafeFetcher:
+def _fetcher(origin: str) -> SafeFetcher:
     return SafeFetcher(
         DownloadConfig(
-            allowed_networks=["127.0.0.1/32"],
+            allowed_origins=[origin],
             per_host_requests_per_second=0,
             max_retries=1,
             backoff_seconds=0.05,
@@ -42,13 +45,15 @@ def _check_posts(posts: dict, base: str) -> None:
     assert posts["preview1"].original_url == base + "/img/chelsea.jpg?s=1&a=2"
     assert posts["nsfw1"].over_18 and posts["text1"].original_url is None
     assert [c.author for c in posts["noedits1"].candidates] == []  # the requester and bots are not editors
-    assert len(posts["faults1"].candidates) == 14
+    assert len(posts["faults1"].candidates) == len(FAULT_PATHS)
 
 
 def test_reddit_json_listing_pages_and_comment_trees():
     site = fault_site()
     with FixtureServer(site) as server:
-        source = RedditSource(RedditSourceConfig(base_url=server.base, page_size=4), _fetcher(), SKIP)
+        source = RedditSource(
+            RedditSourceConfig(base_url=server.base, page_size=4), _fetcher(server.base), SKIP
+        )
         assert not source.authenticated
         listed = list(source.iter_posts())
         assert [p.post_id for p in listed] == [p.post_id for p in site.posts]  # 10 posts over 3 pages
@@ -76,7 +81,7 @@ def test_reddit_oauth_credentials_from_the_environment(monkeypatch):
             token_url=server.base + "/api/v1/access_token",
             page_size=20,
         )
-        source = RedditSource(config, _fetcher(), SKIP)
+        source = RedditSource(config, _fetcher(server.base), SKIP)
         assert source.authenticated and "my-secret" not in repr(source.token)
         posts = list(source.iter_posts())
         assert len(posts) == len(site.posts)
@@ -92,7 +97,7 @@ def test_reddit_oauth_refused_credentials_fail_clearly(monkeypatch):
             oauth_base_url=server.base, token_url=server.base + "/api/v1/access_token"
         )
         with pytest.raises(SourceError) as refused:
-            list(RedditSource(config, _fetcher(), SKIP).iter_posts())
+            list(RedditSource(config, _fetcher(server.base), SKIP).iter_posts())
         assert "http_401" in str(refused.value) and "wrong" not in str(refused.value)
 
 
@@ -165,3 +170,68 @@ def test_imgur_album_resolves_to_its_first_image_through_the_fetcher(monkeypatch
     )
     with pytest.raises(FetchError):
         hosts.first_og_image("<html></html>", "https://imgur.com/a/abc")
+
+
+def test_every_link_of_an_answer_is_a_candidate_with_what_it_is():
+    body = (
+        "Done [v1](https://i.redd.it/aa.jpg), [v2](http://[::1]:8080/b.png), "
+        "file:///etc/passwd ftp://example.org/c.jpg https://example.org/tutorial https://youtu.be/x "
+        "https://example.org/short/abc"
+    )
+    candidates = candidates_from_comments(
+        [{"id": "k", "author": "ed", "body": body, "score": 3}], op="requester", skip_authors=SKIP
+    )
+    assert [(c.candidate_id, c.url, c.problem) for c in candidates] == [
+        ("k-0", "https://i.redd.it/aa.jpg", None),  # image ids as before: the comment's images in order
+        ("k-1", "http://[::1]:8080/b.png", None),  # fetched, and refused by the address check there
+        ("k~0", "file:///etc/passwd", "unsupported_scheme"),
+        ("k~1", "ftp://example.org/c.jpg", "unsupported_scheme"),
+        ("k~2", "https://example.org/tutorial", "not_an_image_link"),
+        ("k~3", "https://youtu.be/x", "not_an_image_link"),
+        ("k~4", "https://example.org/short/abc", "not_an_image_link"),
+    ]
+    one = candidates_from_comments(
+        [{"id": "j", "author": "ed", "body": "[x](https://i.redd.it/a.jpg)"}], "op", SKIP
+    )
+    assert [c.candidate_id for c in one] == ["j"]  # a single image keeps the bare comment id
+
+
+def test_the_listing_is_numbered_once_and_kept_when_the_live_listing_moves_on(tmp_path):
+    site = bulk_site(10)
+    site.page_size = 4
+    with FixtureServer(site) as server:
+        config = WebEditsConfig.model_validate(
+            {
+                "source": {"kind": "reddit", "base_url": server.base, "page_size": 4},
+                "download": {"allowed_origins": [server.base], "per_host_requests_per_second": 0},
+                "max_posts": 6,
+            }
+        )
+        setup = build_crawl(config, str(tmp_path / "web_edits"), fingerprint="f1")
+        first = [p.post_id for p in setup.crawler.listing()]
+        setup.close()
+        assert first == [f"p{i:04d}" for i in range(6)]
+        # two new posts arrive at the top of "new", and the old ones have moved down the pages
+        newer = bulk_site(12).posts[10:]
+        for post, name in zip(newer, ("n1", "n2")):
+            post.post_id = name
+        site.posts[:0] = newer
+        setup = build_crawl(config.model_copy(update={"max_posts": None}), str(tmp_path / "web_edits"), "f1")
+        again = [p.post_id for p in setup.crawler.listing(done={"reddit:p0001"})]
+        counts = dict(setup.crawler.counts)
+        setup.close()
+        assert again == first + ["n1", "n2"] + [f"p{i:04d}" for i in range(6, 10)]
+        assert counts["posts_listed_before"] == 6 and counts["posts_already_done"] == 1
+        # a crawl state made for other settings starts afresh: the new listing order is the input
+        setup = build_crawl(config, str(tmp_path / "web_edits"), fingerprint="f2")
+        assert [p.post_id for p in setup.crawler.listing()] == ["n1", "n2", *first[:4]]
+        setup.close()
+
+
+def test_the_crawl_state_is_bound_to_a_fingerprint(tmp_path):
+    state = CrawlState(str(tmp_path / "state.sqlite"))
+    assert state.bind("a") is False  # a new state
+    state.record_download(DownloadRecord(url="https://x/a.jpg", ok=False, reason="image_too_small"))
+    assert state.bind("a") is False and state.download("https://x/a.jpg") is not None
+    assert state.bind("b") is True and state.download("https://x/a.jpg") is None
+    state.close()

@@ -1,6 +1,8 @@
 """A real HTTP server on 127.0.0.1 that plays Reddit (listings, comment trees), an image host and a
-misbehaving web: hangs, slow bodies, 429 with Retry-After, 500s, redirect loops, redirects to private
-addresses, wrong content types, truncated JPEGs, decompression bombs, 200 MB bodies, HTML pages.
+misbehaving web: hangs, slow bodies, 429 with Retry-After, 500s, redirect loops and endless chains,
+redirects to private addresses (also spelled as another name of the server, 6to4 or NAT64), wrong
+content types, truncated JPEGs, decompression bombs, 200 MB bodies, HTML pages, short links without an
+image extension, and a robots.txt that only an RFC 9309 parser (wildcards, longest match) reads right.
 
 Every request is logged (method, path, status, time) so tests can assert what was and was not asked.
 """
@@ -17,7 +19,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
 SUBREDDIT = "PhotoshopRequest"
-ROBOTS = "User-agent: *\nDisallow: /private/\n"
+# /private/shared/ is allowed by the longer Allow rule (the standard library's parser takes the first
+# match, Disallow /private/); /img/hidden-*.jpg is disallowed only by a wildcard rule anchored with $.
+ROBOTS = "User-agent: *\nDisallow: /private/\nAllow: /private/shared/\nDisallow: /*/hidden-*.jpg$\n"
 
 
 @dataclass
@@ -28,6 +32,7 @@ class Comment:
     score: int = 1
     uploaded: bool = False  # as a Reddit comment upload (media_metadata) rather than a link in the body
     op_reply: bool = False
+    links: list[str] = field(default_factory=list)  # more links in the body; "{base}", "{port}" filled in
 
 
 @dataclass
@@ -189,6 +194,12 @@ class FixtureSite:
             data["body"] = "Here you go: " + " and ".join(
                 f"[edit]({self.url(p)})" for p in comment.image_paths
             )
+        if comment.links:
+            port = self.base.rsplit(":", 1)[-1]
+            data["body"] += " " + " ".join(
+                f"[link {i}]({link.format(base=self.base, port=port)})"
+                for i, link in enumerate(comment.links)
+            )
         if comment.op_reply:
             data["replies"] = {
                 "kind": "Listing",
@@ -327,8 +338,10 @@ class Handler(BaseHTTPRequestHandler):
             return self.send(200, json.dumps(tree).encode(), "application/json", path)
         if path in site.images:
             return self.send(200, site.images[path], "image/jpeg", path)
-        if path.startswith("/private/"):
+        if path.startswith(("/private/", "/img/hidden-")):
             return self.send(200, next(iter(site.images.values()), b""), "image/jpeg", path)
+        if path.startswith("/go/"):  # a short link without an image extension, redirecting to an image
+            return self.send(302, b"", "text/plain", path, headers={"Location": f"/img/{path[4:]}.jpg"})
         return self.fault(path, count)
 
     def fault(self, path: str, count: int) -> None:
@@ -354,6 +367,19 @@ class Handler(BaseHTTPRequestHandler):
         if name in ("loop-a.jpg", "loop-b.jpg"):
             other = "loop-b.jpg" if name == "loop-a.jpg" else "loop-a.jpg"
             return self.send(302, b"", "text/plain", path, headers={"Location": f"/fault/{other}"})
+        if name.startswith("chain-"):  # an endless chain of distinct redirects
+            step = int(name.removeprefix("chain-").removesuffix(".jpg"))
+            return self.send(
+                302, b"", "text/plain", path, headers={"Location": f"/fault/chain-{step + 1}.jpg"}
+            )
+        port = self.server.server_address[1]
+        other_names = {
+            "to-localhost.jpg": f"http://localhost:{port}/img/astronaut.jpg",  # this server, another name
+            "to-6to4.jpg": f"http://[2002:7f00:1::]:{port}/img/astronaut.jpg",  # 127.0.0.1 inside 6to4
+            "to-nat64.jpg": f"http://[64:ff9b::7f00:1]:{port}/img/astronaut.jpg",  # and inside NAT64
+        }
+        if name in other_names:
+            return self.send(302, b"", "text/plain", path, headers={"Location": other_names[name]})
         if name == "to-private.jpg":
             return self.send(302, b"", "text/plain", path, headers={"Location": "http://10.0.0.1/secret.jpg"})
         if name == "to-metadata.jpg":

@@ -20,6 +20,11 @@ FAULT_PATHS = [
     "/private/edit.jpg",
     "/fault/wrong-type.jpg",
     "/fault/ratelimited.jpg",
+    "/fault/chain-0.jpg",
+    "/fault/to-localhost.jpg",
+    "/fault/to-6to4.jpg",
+    "/fault/to-nat64.jpg",
+    "/img/hidden-edit.jpg",
 ]
 FAULT_REASONS = {
     "/fault/hang.jpg": "edit_timeout",
@@ -34,8 +39,37 @@ FAULT_REASONS = {
     "/fault/huge-unannounced.jpg": "edit_body_too_large",
     "/fault/page.jpg": "edit_not_an_image",
     "/private/edit.jpg": "edit_robots_disallowed",
+    "/fault/chain-0.jpg": "edit_too_many_redirects",
+    "/fault/to-localhost.jpg": "edit_blocked_address",
+    "/fault/to-6to4.jpg": "edit_blocked_address",
+    "/fault/to-nat64.jpg": "edit_blocked_address",
+    "/img/hidden-edit.jpg": "edit_robots_disallowed",
 }
-GOOD_POSTS = {"good1": "c1", "gallery1": "g1", "preview1": "v1", "faults1": None, "busy1": "b1"}
+# Links in the answers of the post "links1" that are not fetched, or refused, and their manifest reason.
+LINK_REASONS = {
+    "file:///etc/passwd": "edit_unsupported_scheme",
+    "ftp://127.0.0.1/pub/edit.jpg": "edit_unsupported_scheme",
+    "http://[::1]:{port}/img/a_removed.jpg": "edit_blocked_address",
+    "http://localhost:{port}/img/a_removed.jpg": "edit_blocked_address",
+    "http://127.1:{port}/img/a_removed.jpg": "edit_blocked_address",
+    "http://0x7f000001:{port}/img/a_removed.jpg": "edit_blocked_address",
+    "http://2130706433:{port}/img/a_removed.jpg": "edit_blocked_address",
+    "https://127.0.0.1:{port}/img/a_removed.jpg": "edit_blocked_address",
+    "{base}/go/a_removed": "edit_not_an_image_link",
+    "{base}/fault/chain-0.jpg": "edit_too_many_redirects",
+    "https://example.org/how-to-use-the-clone-tool": "edit_not_an_image_link",
+}
+LINKS_POST_BODY = (
+    "Reference: https://example.org/ref.jpg (see https://example.org/about) and file:///tmp/x.png"
+)
+GOOD_POSTS = {
+    "good1": "c1",
+    "gallery1": "g1",
+    "preview1": "v1",
+    "faults1": None,
+    "busy1": "b1",
+    "links1": "l2-0",
+}
 
 
 def _add(site: FixtureSite, path: str, image) -> str:
@@ -112,6 +146,18 @@ def fault_site() -> FixtureSite:
             "",
             _add(site, "/img/rocket.jpg", rocket),
             [Comment(f"f{i}", f"user{i}", [p], score=1) for i, p in enumerate(FAULT_PATHS)],
+        )
+    )
+    site.posts.append(
+        Post(
+            "links1",
+            "Remove the patch on his suit please",
+            LINKS_POST_BODY,
+            "/img/astronaut.jpg",
+            [
+                Comment("l1", "linker", [], links=list(LINK_REASONS)[:6]),
+                Comment("l2", "linker2", ["/img/a_removed.jpg"], links=list(LINK_REASONS)[6:], score=2),
+            ],
         )
     )
     site.posts.append(

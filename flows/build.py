@@ -10,7 +10,6 @@ from __future__ import annotations
 import itertools
 import time
 
-import yaml
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
@@ -133,10 +132,10 @@ def ieiw_build(
             fs.join(config.output, "DATA_CARD.md"),
             render_data_card(
                 config.name,
-                yaml.safe_dump(config.model_dump(mode="json", exclude_none=True), sort_keys=False),
                 {name: fs.join(config.output, name) for name in configured_generators(config)},
-                summaries,
-                finals,
+                {name: fs.join(config.output, "final", name) for name in configured_generators(config)}
+                if config.quality is not None
+                else {},
                 histograms,
             ),
         )

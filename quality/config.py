@@ -26,6 +26,7 @@ from ieiw.storage import fs
 from ieiw.storage.shards import ShardSpec
 
 SCORES_DIR = "quality/scores"
+EMBEDDINGS_DIR = "embeddings"
 
 
 class QualityConfig(BaseModel):
@@ -52,7 +53,12 @@ def default_scores_url(candidates_url: str) -> str:
     return fs.join(candidates_url, SCORES_DIR)
 
 
+def cache_root(config: QualityConfig, scores_url: str) -> str:
+    """Where embeddings are cached: ``scoring.cache_url`` (shared, never cleaned by a stage), or the
+    scores stage's own ``embeddings/`` folder (cleaned by that stage's lease holder)."""
+    return config.scoring.cache_url or fs.join(scores_url, EMBEDDINGS_DIR)
+
+
 def embedding_cache(config: QualityConfig, scores_url: str) -> EmbeddingCache:
-    """The embedding cache of the configured embedder (``scoring.cache_url`` or beside the scores)."""
-    root = config.scoring.cache_url or fs.join(scores_url, "embeddings")
-    return EmbeddingCache(root, config.scoring.embedder.identity())
+    """The embedding cache of the configured embedder, under its identity by content."""
+    return EmbeddingCache(cache_root(config, scores_url), config.scoring.embedder.identity())

@@ -84,10 +84,11 @@ def open_filter_stage(
     """The final stage, held by this run, valid for ``info["input"]``: a stage computed over another
     input (more committed candidate or score batches) with the same fingerprint is rebuilt."""
     current = info["input"]
-    with store_errors(f"stage {STAGE}", out_url):
-        writer = open_stage(out_url, fingerprint, rebuild=rebuild, run=current_run_id(), info=info)
-        writer.__enter__()
-    with writer:
+    with contextlib.ExitStack() as held:
+        with store_errors(f"stage {STAGE}", out_url):
+            writer = held.enter_context(
+                open_stage(out_url, fingerprint, rebuild=rebuild, run=current_run_id(), info=info)
+            )
         recorded = ((read_record(out_url) or {}).get("info") or {}).get("input")
         if writer.rebuilt or recorded == current:
             yield writer
@@ -101,10 +102,11 @@ def open_filter_stage(
         before.get("score_batches", "?"),
         current["score_batches"],
     )
-    with store_errors(f"stage {STAGE}", out_url):
-        writer = open_stage(out_url, fingerprint, rebuild="yes", run=current_run_id(), info=info)
-        writer.__enter__()
-    with writer:
+    with contextlib.ExitStack() as held:
+        with store_errors(f"stage {STAGE}", out_url):
+            writer = held.enter_context(
+                open_stage(out_url, fingerprint, rebuild="yes", run=current_run_id(), info=info)
+            )
         yield writer
 
 

@@ -37,6 +37,7 @@ class QualityConfig(BaseModel):
     scoring: ScoringConfig = Field(default_factory=ScoringConfig)
     policy: FilterPolicy = Field(default_factory=FilterPolicy)
     eval_set: list[str] = Field(default_factory=list)  # image or shard directories held out for evaluation
+    # bounds of the final shards; their images are the candidates' own bytes, so the encoding is theirs
     shard: ShardSpec = Field(default_factory=ShardSpec)
     report_images: int = 60
 

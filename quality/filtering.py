@@ -63,6 +63,8 @@ CORRUPT_IMAGE = "corrupt_image"
 FLAG_COLUMNS = ["key", "duplicate_of", "eval_leak", "missing_embedding"]
 SCORE_COLUMNS = [
     "key",
+    "record_id",
+    "task",
     "shard",
     "error",
     "error_detail",

@@ -11,7 +11,6 @@ import itertools
 import json
 import time
 
-import yaml
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
@@ -130,7 +129,12 @@ def ieiw_build(
                 histograms[name] = fs.list_files(report_url, ".png")
 
     with store_errors("gallery and data card", config.output):
-        published = published_state(config, finals)
+        final_urls = (
+            {name: fs.join(config.output, "final", name) for name in configured_generators(config)}
+            if config.quality is not None
+            else {}
+        )
+        published = published_state(config, final_urls)
         gallery, card = fs.join(config.output, "gallery.html"), fs.join(config.output, "DATA_CARD.md")
         if is_published(config.output, published, [gallery, card]):
             logger.info("nothing was committed since the gallery and the data card were written")
@@ -180,16 +184,16 @@ def mark_published(output: str, state: str) -> None:
 
 
 def write_pages(config: BuildConfig, summaries: dict, finals: dict, histograms: dict) -> tuple[str, str]:
-    """The gallery and the data card of the build."""
+    """The gallery and the data card of the build (the card from the stages' records)."""
     gallery = write_build_gallery(config)
     card = write_data_card(
         fs.join(config.output, "DATA_CARD.md"),
         render_data_card(
             config.name,
-            yaml.safe_dump(config.model_dump(mode="json", exclude_none=True), sort_keys=False),
             {name: fs.join(config.output, name) for name in configured_generators(config)},
-            summaries,
-            finals,
+            {name: fs.join(config.output, "final", name) for name in configured_generators(config)}
+            if config.quality is not None
+            else {},
             histograms,
         ),
     )

@@ -26,6 +26,7 @@ from ieiw.storage import fs
 from ieiw.storage.shards import ShardSpec
 
 SCORES_DIR = "quality/scores"
+EMBEDDINGS_DIR = "embeddings"
 
 
 class QualityConfig(BaseModel):
@@ -36,6 +37,7 @@ class QualityConfig(BaseModel):
     scoring: ScoringConfig = Field(default_factory=ScoringConfig)
     policy: FilterPolicy = Field(default_factory=FilterPolicy)
     eval_set: list[str] = Field(default_factory=list)  # image or shard directories held out for evaluation
+    # bounds of the final shards; their images are the candidates' own bytes, so the encoding is theirs
     shard: ShardSpec = Field(default_factory=ShardSpec)
     report_images: int = 60
 
@@ -52,7 +54,12 @@ def default_scores_url(candidates_url: str) -> str:
     return fs.join(candidates_url, SCORES_DIR)
 
 
+def cache_root(config: QualityConfig, scores_url: str) -> str:
+    """Where embeddings are cached: ``scoring.cache_url`` (shared, never cleaned by a stage), or the
+    scores stage's own ``embeddings/`` folder (cleaned by that stage's lease holder)."""
+    return config.scoring.cache_url or fs.join(scores_url, EMBEDDINGS_DIR)
+
+
 def embedding_cache(config: QualityConfig, scores_url: str) -> EmbeddingCache:
-    """The embedding cache of the configured embedder (``scoring.cache_url`` or beside the scores)."""
-    root = config.scoring.cache_url or fs.join(scores_url, "embeddings")
-    return EmbeddingCache(root, config.scoring.embedder.identity())
+    """The embedding cache of the configured embedder, under its identity by content."""
+    return EmbeddingCache(cache_root(config, scores_url), config.scoring.embedder.identity())

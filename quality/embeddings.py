@@ -1,4 +1,4 @@
-"""CLIP image and text embeddings through open_clip, and an on-disk cache keyed by sample key.
+"""CLIP image and text embeddings through open_clip, and an on-disk cache of them by image digest.
 
 The embedder is loaded once by its caller (a per-process cache in ``flows/``, or a loader the
 caller holds) and reused for every batch::
@@ -11,13 +11,20 @@ caller holds) and reused for every batch::
 (``.safetensors`` or a state dict loaded with ``torch.load(weights_only=True)``). A model that is
 not in open_clip's registry is described by a JSON model config (``model_config_file``), which is
 registered with open_clip before the model is built.
+
+:meth:`EmbedderConfig.identity` names the embedder by content (the checkpoint's and the model config's
+digests, or the open_clip name and release tag), never by a local path: the embedding cache is kept
+under it, so vectors of another CLIP model (or of another checkpoint at the same path) are never
+reused, and the same checkpoint moved elsewhere still finds its vectors.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import os
 import posixpath
+import re
 import threading
 import uuid
 from collections.abc import Callable, Sequence
@@ -32,6 +39,7 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict
 
 from ieiw.storage import fs
+from ieiw.storage.identity import file_digest, model_identity
 from ieiw.storage.schema import stable_key
 
 
@@ -47,9 +55,25 @@ class EmbedderConfig(BaseModel):
     precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
     batch_size: int = 64
 
+    def model_identities(self) -> dict[str, str | None]:
+        """What the embedder is, by content: the open_clip model name (or its config file's digest),
+        and the checkpoint's digest or the named release tag. A missing checkpoint file is an error."""
+        pretrained = self.pretrained
+        if pretrained and _looks_like_path(pretrained) and not os.path.isfile(pretrained):
+            raise FileNotFoundError(f"CLIP checkpoint {pretrained} does not exist")
+        config_file = self.model_config_file
+        if config_file and not os.path.isfile(config_file):
+            raise FileNotFoundError(f"open_clip model config {config_file} does not exist")
+        return {
+            "model": model_identity(self.model),
+            "pretrained": model_identity(pretrained) if pretrained else None,
+            "model_config_file": f"sha256:{file_digest(config_file)}" if config_file else None,
+        }
+
     def identity(self) -> str:
-        """A short name for caches: embeddings of different models never mix."""
-        return f"{self.model}-{stable_key(self.model, self.pretrained)[:10]}"
+        """The embedder's name for caches: ``<model>-<digest of its content identities>``."""
+        name = re.sub(r"[^A-Za-z0-9._-]+", "-", self.model).strip("-") or "clip"
+        return f"{name}-{stable_key('clip-embedder', self.model_identities())[:16]}"
 
 
 def resolve_device(device: str) -> torch.device:
@@ -182,10 +206,16 @@ def _rgb(array: np.ndarray) -> np.ndarray:
 class EmbeddingCache:
     """Embeddings by key on any fsspec URL, so nothing is embedded twice across stages and reruns.
 
-    Layout under ``<url>/<namespace>/``: parts ``<part>.npy`` (``(N, D)`` float32) and
+    Layout under ``<url>/<namespace>/``, the namespace being the embedder's
+    :meth:`~EmbedderConfig.identity`: parts ``<part>.npy`` (``(N, D)`` float32) and
     ``<part>.keys.parquet`` (the N keys in row order). The keys file is written after its vectors
-    and marks the part complete; a killed writer leaves at most an unreferenced ``.npy``. Only the
-    keys are held in memory; vectors are read per part (memory-mapped for local files).
+    and marks the part complete; a killed writer leaves at most an unreferenced ``.npy`` (and a
+    temporary file). Only the keys are held in memory; vectors are read per part (memory-mapped for
+    local files). An instance reads the index once: open a new one per run.
+
+    Cleaning what killed writers left (:meth:`remove_orphans`) is the job of the lease holder of the
+    stage whose folder holds the cache, before its workers start; a cache shared by several stages
+    (``scoring.cache_url``) is never cleaned, since another stage may be writing a part right then.
     """
 
     def __init__(self, url: str, namespace: str) -> None:
@@ -214,6 +244,21 @@ class EmbeddingCache:
     def __len__(self) -> int:
         self._load_index()
         return len(self._where)
+
+    def remove_orphans(self) -> int:
+        """Delete vectors no keys file references and temporary files (leftovers of killed writers);
+        only the holder of the stage that owns the cache's folder calls this. Returns how many."""
+        removed = 0
+        with self._lock:
+            marked = {u[: -len(".keys.parquet")] for u in fs.list_files(self.url, ".keys.parquet")}
+            for url in fs.list_files(self.url, ""):
+                name = posixpath.basename(url)
+                orphan = url.endswith(".npy") and url[: -len(".npy")] not in marked
+                if orphan or ".tmp-" in name:
+                    removed += int(fs.remove(url))
+            self._where.clear()
+            self._loaded = False
+        return removed
 
     def __contains__(self, key: str) -> bool:
         self._load_index()

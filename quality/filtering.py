@@ -1,14 +1,24 @@
 """The filter stage: apply the policy to scored candidate shards and write the final shards.
 
-Two passes:
+The final shards are a stage folder (:mod:`ieiw.storage.stage_folder`) whose fingerprint is the
+policy (with its duplicate settings), the evaluation set by content, and the digests of the score and
+candidates stages it reads. Two passes:
 
-1. :func:`compute_flags` reads the whole scores table once (keys, hashes and image digests, no
-   pixels) and flags duplicates across the build, evaluation-set leaks and pairs whose
-   embeddings are missing from the cache. The flags are stored at ``<out_url>/quality/flags.parquet``.
-2. :func:`run_filter_shard` streams one candidate shard, looks up each sample's scores and flags,
-   and commits kept samples (scores inside each sample's ``json``) and drops (with the rule that
-   dropped them as ``drop_reason``) with :func:`ieiw.storage.commit.commit_batch`. One batch per
-   candidate shard, named ``filter-<shard>``; a rerun skips committed batches.
+1. :func:`compute_flags` reads the scores of every committed candidate shard once (keys, hashes and
+   image digests, no pixels) and flags duplicates across the build, evaluation-set leaks and pairs
+   whose embeddings are missing from the cache. The stage's lease holder computes them
+   (:func:`prepare_flags`) and keeps them in the stage folder (``quality/flags.parquet``), tagged
+   with the stage's digest and the input they were computed over, so a rerun reuses only flags
+   that belong to the same settings and the same input.
+2. :func:`filter_shard` streams one candidate shard, looks up each sample's scores and flags, and
+   :func:`run_filter_shard` commits kept samples and drops (with the rule that dropped them as
+   ``drop_reason``) as one batch per candidate shard, named ``filter-<shard>``. Kept samples are
+   copied byte for byte (:class:`~ieiw.storage.schema.EncodedSample`): their image members are the
+   candidates' own bytes and only their ``json`` is rewritten, with the scores in it.
+
+Build-wide flags depend on the whole input, so a filter stage is only valid for the input it was
+computed over (:func:`filter_input`, recorded with the stage): when more candidate or score batches
+have been committed since, the ``filter`` flow rebuilds it.
 
 Every candidate sample becomes exactly one manifest row, so the final manifest's kept count and
 drop reasons add up to the number of candidates.
@@ -19,37 +29,83 @@ from __future__ import annotations
 import io
 import logging
 import math
+import posixpath
 from collections.abc import Iterator
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
-from PIL import UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 from pydantic import ValidationError
 from tqdm import tqdm
 
 from ieiw.quality.duplicates import EvalSet, PairFingerprints, find_duplicates
 from ieiw.quality.embeddings import EmbeddingCache
 from ieiw.quality.policy import FilterPolicy, evaluate
-from ieiw.quality.scoring import FLOAT_SCORES, iter_groups_safely, read_scores, shard_name
+from ieiw.quality.scoring import FLOAT_SCORES, iter_groups_safely, read_scores, score_batch_name, shard_name
+from ieiw.quality.stage_target import StageTarget
 from ieiw.storage import fs, manifest
-from ieiw.storage.commit import BatchReport, commit_batch
-from ieiw.storage.schema import Drop, Result, SampleMeta
+from ieiw.storage.commit import BatchReport
+from ieiw.storage.lease import check_holder
+from ieiw.storage.schema import Drop, EncodedSample, Result, SampleMeta, stable_key
 from ieiw.storage.shards import ShardSpec, decode_sample, expand_shard_urls
+from ieiw.storage.stage_folder import commit_samples
 
 log = logging.getLogger(__name__)
 
+STAGE = "filter"
 FLAGS_PATH = "quality/flags.parquet"
 MISSING_SCORES = "missing_scores"
 MISSING_EMBEDDING = "missing_embedding"
 CORRUPT_JSON = "corrupt_json"
 CORRUPT_IMAGE = "corrupt_image"
 FLAG_COLUMNS = ["key", "duplicate_of", "eval_leak", "missing_embedding"]
+SCORE_COLUMNS = [
+    "key",
+    "record_id",
+    "task",
+    "shard",
+    "error",
+    "error_detail",
+    *FLOAT_SCORES,
+    "phash_src",
+    "phash_tgt",
+    "digest_src",
+    "digest_tgt",
+    "fingerprint",
+]
+_FLAGS_FINGERPRINT = b"ieiw.fingerprint"
+_FLAGS_INPUT = b"ieiw.input"
 
 
-def batch_for(shard_url: str) -> str:
-    return f"filter-{shard_name(shard_url)}"
+def filter_batch_name(shard_url: str) -> str:
+    """The filter stage's batch of one candidate shard: fixed by the shard's name."""
+    return f"{STAGE}-{shard_name(shard_url)}"
+
+
+batch_for = filter_batch_name
+
+
+def filter_input(shard_urls: list[str], scores_url: str) -> dict:
+    """What a filter run computes over: the committed candidate shards and score batches, counted and
+    digested. Recorded with the filter stage; a different one means the stage must be rebuilt."""
+    shards = sorted(posixpath.basename(s) for s in shard_urls)
+    scored = sorted(manifest.completed_batches(scores_url))
+    return {
+        "candidate_shards": len(shards),
+        "score_batches": len(scored),
+        "digest": stable_key("filter-input", shards, scored),
+    }
+
+
+def scores_for(scores_url: str, shard_urls: list[str], score_batches: set[str] | None = None) -> pd.DataFrame:
+    """The committed scores of ``shard_urls`` (of the score batches in ``score_batches`` when given, so
+    a batch committed while the filter runs is not half-seen)."""
+    batches = manifest.completed_batches(scores_url) if score_batches is None else score_batches
+    wanted = {posixpath.basename(s) for s in shard_urls if score_batch_name(s) in batches}
+    scores = read_scores(scores_url, columns=SCORE_COLUMNS)
+    return scores[scores["shard"].isin(wanted)].reset_index(drop=True)
 
 
 def compute_flags(
@@ -122,19 +178,35 @@ def compute_flags(
     )
 
 
-def write_flags(out_url: str, flags: pd.DataFrame) -> str:
+def write_flags(target: StageTarget, flags: pd.DataFrame, input_digest: str) -> str:
+    """Keep the flags in the filter's stage folder, tagged with its digest and input (holder only)."""
+    check_holder(target.url, target.stage, target.holder)
+    table = pa.Table.from_pandas(flags, preserve_index=False)
+    table = table.replace_schema_metadata(
+        {_FLAGS_FINGERPRINT: target.digest.encode(), _FLAGS_INPUT: input_digest.encode()}
+    )
     buffer = io.BytesIO()
-    pq.write_table(pa.Table.from_pandas(flags, preserve_index=False), buffer)
-    url = fs.join(out_url, FLAGS_PATH)
+    pq.write_table(table, buffer)
+    url = fs.join(target.url, FLAGS_PATH)
     fs.write_bytes_atomic(url, buffer.getvalue())
     return url
 
 
-def read_flags(out_url: str) -> pd.DataFrame | None:
+def read_flags(
+    out_url: str, fingerprint: str | None = None, input_digest: str | None = None
+) -> pd.DataFrame | None:
+    """The flags kept in the filter stage, or None when there are none or (given ``fingerprint`` /
+    ``input_digest``) they were computed with other settings or over another input."""
     url = fs.join(out_url, FLAGS_PATH)
     if not fs.exists(url):
         return None
-    return pd.read_parquet(io.BytesIO(fs.read_bytes(url)))
+    table = pq.read_table(io.BytesIO(fs.read_bytes(url)))
+    meta = table.schema.metadata or {}
+    if fingerprint is not None and meta.get(_FLAGS_FINGERPRINT) != fingerprint.encode():
+        return None
+    if input_digest is not None and meta.get(_FLAGS_INPUT) != input_digest.encode():
+        return None
+    return table.replace_schema_metadata(None).to_pandas()
 
 
 def eval_set_from_urls(urls: list[str], embedder=None) -> EvalSet:
@@ -171,13 +243,33 @@ def _scores_of(row: pd.Series) -> dict[str, float]:
     return {name: float(row[name]) for name in FLOAT_SCORES if not math.isnan(float(row[name]))}
 
 
+def _member(members: dict[str, bytes], stem: str) -> bytes | None:
+    for name, data in members.items():
+        if name.split(".", 1)[0] == stem:
+            return data
+    return None
+
+
+def _copied(meta: SampleMeta, members: dict[str, bytes]) -> EncodedSample:
+    """The sample as its candidate's members, byte for byte, with ``meta`` as its new ``json``.
+    The target's size is read from its header; nothing is decoded."""
+    target = _member(members, "tgt")
+    if target is None or _member(members, "src") is None:
+        raise KeyError(f"sample has no src/tgt members (has {sorted(members)})")
+    with Image.open(io.BytesIO(target)) as image:
+        width, height = image.size
+    images = {name: data for name, data in members.items() if name != "json"}
+    return EncodedSample(meta=meta, members=images, width=int(width), height=int(height))
+
+
 def filter_shard(
     shard_url: str,
     scores: pd.DataFrame,
     flags: pd.DataFrame | None,
     policy: FilterPolicy,
 ) -> Iterator[Result]:
-    """One Sample or Drop per candidate in ``shard_url`` (``scores`` may be the shard's part only)."""
+    """One kept :class:`EncodedSample` or :class:`Drop` per candidate in ``shard_url`` (``scores`` may
+    be the shard's rows only)."""
     by_key = scores.set_index("key")
     flag_by_key = flags.set_index("key") if flags is not None and len(flags) else None
     for key, members in iter_groups_safely(shard_url):
@@ -221,29 +313,39 @@ def filter_shard(
         if not verdict.kept:
             yield Drop(reason=verdict.reason, detail=verdict.detail, scores=scores_dict, **base)
             continue
+        meta.scores = {**meta.scores, **scores_dict}
         try:
-            sample = decode_sample(members)
+            yield _copied(meta, members)
         except (KeyError, UnidentifiedImageError, OSError, ValueError) as error:
             yield Drop(reason=CORRUPT_IMAGE, detail=str(error)[:300], **base)
-            continue
-        sample.meta.scores = {**sample.meta.scores, **scores_dict}
-        yield sample
 
 
 def run_filter_shard(
     shard_url: str,
-    scores_url: str,
-    out_url: str,
-    policy: FilterPolicy,
+    scores: pd.DataFrame,
     flags: pd.DataFrame | None,
+    policy: FilterPolicy,
+    target: StageTarget,
     spec: ShardSpec | None = None,
 ) -> BatchReport:
-    """Filter one candidate shard into ``out_url`` unless its batch is already committed."""
-    batch = batch_for(shard_url)
-    if batch in manifest.completed_batches(out_url):
-        return BatchReport(batch=batch, skipped=True)
-    scores = read_scores(scores_url, shard_url)
-    return commit_batch(filter_shard(shard_url, scores, flags, policy), out_url, batch, spec)
+    """Filter one candidate shard and commit it as the filter stage's batch (if ``target`` still
+    holds the lease). ``scores`` and ``flags`` may be limited to the shard's keys."""
+    return commit_samples(
+        target.url,
+        filter_batch_name(shard_url),
+        filter_shard(shard_url, scores, flags, policy),
+        spec,
+        target.digest,
+        target.holder,
+        target.stage,
+    )
+
+
+def flags_for(flags: pd.DataFrame | None, keys) -> pd.DataFrame | None:
+    """The flag rows of ``keys`` (what one shard's task needs)."""
+    if flags is None:
+        return None
+    return flags[flags["key"].isin(set(keys))].reset_index(drop=True)
 
 
 def check_scores_cover_policy(scores: pd.DataFrame, policy: FilterPolicy) -> None:
@@ -257,36 +359,44 @@ def check_scores_cover_policy(scores: pd.DataFrame, policy: FilterPolicy) -> Non
         )
 
 
+def prepare_flags(
+    target: StageTarget,
+    scores: pd.DataFrame,
+    policy: FilterPolicy,
+    cache: EmbeddingCache | None,
+    eval_set: EvalSet | None,
+    input_digest: str,
+) -> pd.DataFrame:
+    """The build-wide flags of ``scores``: those the stage keeps when they were computed with this
+    digest over this input, else computed now (by the holder) and kept."""
+    flags = read_flags(target.url, target.digest, input_digest)
+    if flags is None:
+        flags = compute_flags(scores, policy, cache, eval_set)
+        write_flags(target, flags, input_digest)
+    return flags
+
+
 def filter_shards(
+    target: StageTarget,
     shard_urls: list[str],
     scores_url: str,
-    out_url: str,
     policy: FilterPolicy,
     cache: EmbeddingCache | None = None,
     eval_set: EvalSet | None = None,
     spec: ShardSpec | None = None,
 ) -> list[BatchReport]:
-    """Both passes over all shards, as plain Python (the ``filter`` flow maps the second pass)."""
-    flags = prepare_flags(scores_url, out_url, policy, cache, eval_set)
-    return [
-        run_filter_shard(url, scores_url, out_url, policy, flags, spec)
-        for url in tqdm(shard_urls, desc="filter", unit="shard")
-    ]
-
-
-def prepare_flags(
-    scores_url: str,
-    out_url: str,
-    policy: FilterPolicy,
-    cache: EmbeddingCache | None,
-    eval_set: EvalSet | None,
-) -> pd.DataFrame:
-    """Check the scores against the policy and compute the flags once (a rerun reads them back)."""
-    columns = ["key", "error", *FLOAT_SCORES, "phash_src", "phash_tgt", "digest_src", "digest_tgt"]
-    scores = read_scores(scores_url, columns=columns)
+    """Both passes over ``shard_urls`` in this process, skipping committed batches (the ``filter`` flow
+    maps the second pass over workers instead). ``target`` is the open filter stage."""
+    scores = scores_for(scores_url, shard_urls)
     check_scores_cover_policy(scores, policy)
-    flags = read_flags(out_url)
-    if flags is None:
-        flags = compute_flags(scores, policy, cache, eval_set)
-        write_flags(out_url, flags)
-    return flags
+    flags = prepare_flags(
+        target, scores, policy, cache, eval_set, filter_input(shard_urls, scores_url)["digest"]
+    )
+    committed = manifest.completed_batches(target.url)
+    reports = []
+    for url in tqdm(shard_urls, desc="filter", unit="shard"):
+        if filter_batch_name(url) in committed:
+            reports.append(BatchReport(batch=filter_batch_name(url), skipped=True))
+            continue
+        reports.append(run_filter_shard(url, scores, flags, policy, target, spec))
+    return reports

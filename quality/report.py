@@ -9,7 +9,10 @@
 - ``gallery.html``: kept samples with their scores (the storage gallery);
 - ``index.html``: all of the above on one page.
 
-Pages are self-contained HTML (thumbnails inlined as base64) so they open anywhere.
+Pages are self-contained HTML (thumbnails inlined as base64) so they open anywhere. Everything is
+read from committed data only: the final stage's manifest and committed shards, the candidate
+stage's committed shards (:func:`ieiw.storage.manifest.reader_shards`), and the committed scores the
+caller passes in.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from ieiw.quality.policy import RULES, FilterPolicy  # noqa: E402
 from ieiw.quality.scoring import FLOAT_SCORES, iter_groups_safely  # noqa: E402
 from ieiw.storage import fs, manifest  # noqa: E402
 from ieiw.storage.gallery import GALLERY_STYLE, sample_html, write_gallery  # noqa: E402
-from ieiw.storage.shards import decode_sample, expand_shard_urls, iter_samples  # noqa: E402
+from ieiw.storage.shards import decode_sample, iter_samples  # noqa: E402
 
 
 def _png(figure) -> bytes:
@@ -115,7 +118,7 @@ def dropped_page(
     scores = dict(zip(dropped["key"], dropped["scores"], strict=True))
     details = dict(zip(dropped["key"], dropped["drop_detail"], strict=True))
     shown: dict[str, list[str]] = {reason: [] for reason in counts.index}
-    for url in expand_shard_urls(list(candidate_shards)):
+    for url in manifest.resolve_shards(list(candidate_shards)):
         if len(wanted) == sum(len(v) for v in shown.values()):
             break
         for key, members in iter_groups_safely(url):
@@ -186,11 +189,11 @@ def write_report(
     if drops_png:
         fs.write_bytes_atomic(fs.join(report_url, "drops.png"), drops_png)
         written["drops_png"] = fs.join(report_url, "drops.png")
-    shards = expand_shard_urls([fs.join(candidates_url, manifest.SHARD_DIR)])
+    shards = manifest.reader_shards(candidates_url)
     written["dropped_html"] = fs.join(report_url, "dropped.html")
     fs.write_bytes_atomic(written["dropped_html"], dropped_page(shards, final, per_reason).encode())
     written["gallery_html"] = write_gallery(
-        iter_samples([fs.join(final_url, manifest.SHARD_DIR)]),
+        iter_samples(manifest.committed_shards(final_url)),
         fs.join(report_url, "gallery.html"),
         title="Kept samples with scores",
         limit=gallery_limit,

@@ -1,11 +1,16 @@
 """The score stage: embed and score the samples of candidate shards into a Parquet scores table.
 
-One scores part per candidate shard, ``<scores_url>/parts/<shard name>.parquet``, written when the
-shard is done: a rerun skips shards that have a part (resumable per shard). Within a shard,
-samples are decoded and scored ``batch_size`` at a time, so memory does not grow with shard size.
-CLIP image embeddings go through an :class:`~quality.embeddings.EmbeddingCache` keyed by the
-digest of the encoded image, so an image shared by many pairs (one photo, many removed objects)
-or seen by an earlier stage or run is embedded once.
+The scores table is a stage folder (:mod:`ieiw.storage.stage_folder`, default
+``<candidates>/quality/scores``): one batch per committed candidate shard, named
+``score-<shard name>`` (fixed by the shard, whatever finished first), whose manifest part *is* the
+shard's scores and commits them. A rerun skips committed batches; the stage's fingerprint (scoring
+settings, the models by content, the candidates' digest) is checked when it is opened, so parts
+made with another model or from other candidates are never mixed with new ones. Readers
+(:func:`read_scores`) see committed parts only. Within a shard, samples are decoded and scored
+``batch_size`` at a time, so memory does not grow with shard size. CLIP image embeddings go through
+an :class:`~quality.embeddings.EmbeddingCache` kept under the embedder's identity by content and
+keyed by the digest of the encoded image, so an image shared by many pairs (one photo, many removed
+objects) or seen by an earlier run is embedded once.
 
 Scores per sample (NaN when the model for it is not configured):
 
@@ -21,18 +26,17 @@ A sample whose json or image cannot be decoded gets a row with ``error`` set
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
 import posixpath
 import tarfile
-from collections.abc import Iterator
+import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 from PIL import UnidentifiedImageError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -41,14 +45,17 @@ from ieiw.quality.aesthetic import AestheticPredictor, load_aesthetic_predictor
 from ieiw.quality.duplicates import phash
 from ieiw.quality.embeddings import ClipEmbedder, EmbedderConfig, EmbeddingCache, embed_images_cached
 from ieiw.quality.giqa import GiqaConfig, KnnGiqa
-from ieiw.storage import fs
+from ieiw.quality.stage_target import StageTarget
+from ieiw.storage import manifest
 from ieiw.storage.images import decode_image
 from ieiw.storage.schema import SampleMeta
 from ieiw.storage.shards import iter_tar_groups
+from ieiw.storage.stage_folder import commit_files
 
 log = logging.getLogger(__name__)
 
-PARTS_DIR = "parts"
+STAGE = "score"
+SCORES_VERSION = 2  # of the scores table's columns and their meaning: part of the stage's fingerprint
 FLOAT_SCORES = (
     "aesthetic_src",
     "aesthetic_tgt",
@@ -72,6 +79,7 @@ SCORES_SCHEMA = pa.schema(
         ("phash_tgt", pa.uint64()),
         ("digest_src", pa.string()),
         ("digest_tgt", pa.string()),
+        ("fingerprint", pa.string()),  # the score stage's digest, set when the part is committed
     ]
 )
 
@@ -135,12 +143,9 @@ def shard_name(shard_url: str) -> str:
     return posixpath.basename(str(shard_url))[: -len(".tar")]
 
 
-def part_url(scores_url: str, shard_url: str) -> str:
-    return fs.join(scores_url, PARTS_DIR, f"{shard_name(shard_url)}.parquet")
-
-
-def is_scored(scores_url: str, shard_url: str) -> bool:
-    return fs.exists(part_url(scores_url, shard_url))
+def score_batch_name(shard_url: str) -> str:
+    """The score stage's batch of one candidate shard: fixed by the shard's name."""
+    return f"{STAGE}-{shard_name(shard_url)}"
 
 
 @dataclass
@@ -287,56 +292,73 @@ def score_shard(
     return rows
 
 
-def write_scores(scores_url: str, shard_url: str, rows: list[dict]) -> str:
-    """Write one shard's scores part atomically (the shard's completion marker)."""
-    buffer = io.BytesIO()
-    pq.write_table(pa.Table.from_pylist(rows, schema=SCORES_SCHEMA), buffer)
-    url = part_url(scores_url, shard_url)
-    fs.write_bytes_atomic(url, buffer.getvalue())
-    return url
+def commit_scores(target: StageTarget, shard_url: str, rows: list[dict]) -> str:
+    """Commit one candidate shard's scores as the score stage's batch (if ``target`` still holds the
+    stage's lease); returns the part's URL."""
+    table = pa.Table.from_pylist(rows, schema=SCORES_SCHEMA)
+    return commit_files(
+        target.url, score_batch_name(shard_url), table, None, target.digest, target.holder, target.stage
+    )
 
 
 def run_score_shard(
     shard_url: str,
-    scores_url: str,
+    target: StageTarget,
     models: ScoringModels,
     cache: EmbeddingCache | None,
     batch_size: int = 64,
 ) -> dict:
-    """Score one shard unless its part exists; returns a small summary for logs and artifacts."""
-    if is_scored(scores_url, shard_url):
-        return {"shard": shard_name(shard_url), "skipped": True, "samples": 0, "errors": 0}
+    """Score one candidate shard and commit its batch; returns a small summary for logs and the record."""
+    started = time.perf_counter()
     rows = score_shard(shard_url, models, cache, batch_size)
-    write_scores(scores_url, shard_url, rows)
+    commit_scores(target, shard_url, rows)
     return {
         "shard": shard_name(shard_url),
+        "batch": score_batch_name(shard_url),
         "skipped": False,
         "samples": len(rows),
         "errors": sum(1 for r in rows if r.get("error")),
+        "seconds": round(time.perf_counter() - started, 3),
     }
+
+
+def pending_shards(shard_urls: Iterable[str], committed: set[str]) -> list[str]:
+    """The candidate shards whose score batch is not committed yet, in order."""
+    return [s for s in shard_urls if score_batch_name(s) not in committed]
+
+
+def score_shards(
+    target: StageTarget,
+    shard_urls: list[str],
+    models: ScoringModels,
+    cache: EmbeddingCache | None,
+    batch_size: int = 64,
+) -> list[dict]:
+    """Score every shard of ``shard_urls`` not committed yet, in this process (the ``score`` flow maps
+    :func:`run_score_shard` over workers instead)."""
+    committed = manifest.completed_batches(target.url)
+    done = [
+        {"shard": shard_name(s), "batch": score_batch_name(s), "skipped": True, "samples": 0, "errors": 0}
+        for s in shard_urls
+        if score_batch_name(s) in committed
+    ]
+    return done + [
+        run_score_shard(s, target, models, cache, batch_size) for s in pending_shards(shard_urls, committed)
+    ]
 
 
 def read_scores(
     scores_url: str, shard_url: str | None = None, columns: list[str] | None = None
 ) -> pd.DataFrame:
-    """The scores table (all parts, or one shard's part) as a DataFrame."""
+    """The committed rows of the scores table (all, or one candidate shard's) as a DataFrame."""
+    wanted = columns if columns is None or shard_url is None or "shard" in columns else [*columns, "shard"]
+    table = manifest.read_table(scores_url, wanted, schema=SCORES_SCHEMA)
+    frame = table.to_pandas()
     if shard_url is not None:
-        urls = [part_url(scores_url, shard_url)] if is_scored(scores_url, shard_url) else []
-    else:
-        urls = [
-            u
-            for u in fs.list_files(fs.join(scores_url, PARTS_DIR), ".parquet")
-            if not posixpath.basename(u).startswith(".")
-        ]
-    tables = []
-    for url in urls:
-        filesystem, path = fs.get_fs(url)
-        with filesystem.open(path, "rb") as handle:
-            tables.append(pq.read_table(handle, columns=columns))
-    if not tables:
-        schema = SCORES_SCHEMA if columns is None else pa.schema([SCORES_SCHEMA.field(c) for c in columns])
-        return schema.empty_table().to_pandas()
-    return pa.concat_tables(tables).to_pandas()
+        frame = frame[frame["shard"] == posixpath.basename(str(shard_url))].reset_index(drop=True)
+        if columns is not None:
+            frame = frame[columns]
+    return frame
 
 
 def summary(scores: pd.DataFrame) -> dict:

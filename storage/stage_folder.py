@@ -163,7 +163,18 @@ class StageWriter:
         filesystem, path = fs.get_fs(self.url)
         filesystem.invalidate_cache(path)
         removed = {"temporaries": 0, "uncommitted_shards": 0}
-        for entry in filesystem.find(path):
+        entries = filesystem.find(path)
+        root = path.rstrip("/")
+        # A stage folder nested in this one (the scores under their candidates) is another stage's:
+        # only its own holder cleans it.
+        nested = [
+            posixpath.dirname(e) + "/"
+            for e in entries
+            if posixpath.basename(e) == STAGE_RECORD and posixpath.dirname(e).rstrip("/") != root
+        ]
+        for entry in entries:
+            if any(entry.startswith(prefix) for prefix in nested):
+                continue
             if ".tmp-" in posixpath.basename(entry):
                 filesystem.rm(entry)
                 removed["temporaries"] += 1

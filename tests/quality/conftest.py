@@ -1,23 +1,16 @@
 """Fixtures of the quality tests: a tiny open_clip model and aesthetic head saved as real
-checkpoints are, and a candidate stage written with storage's own writer."""
+checkpoints are, and a candidate stage written through storage's stage folder, as generators do."""
 
 from __future__ import annotations
 
-import io
 import json
-import tarfile
-from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from quality_helpers import TINY_CLIP, TINY_CLIP_CONFIG, picture  # noqa: F401  (re-exported for fixtures)
+from quality_helpers import TINY_CLIP, TINY_CLIP_CONFIG, candidate_samples, write_candidates
 
 from ieiw.quality.aesthetic import AestheticPredictor
 from ieiw.quality.embeddings import EmbedderConfig, register_model_config
-from ieiw.storage.commit import commit_batch
-from ieiw.storage.images import encode_image
-from ieiw.storage.schema import GeneratorInfo, Provenance, Sample, SampleMeta, Task, sample_key
 
 
 @pytest.fixture(scope="session")
@@ -65,72 +58,10 @@ def aesthetic_checkpoint(tmp_path_factory) -> str:
     return str(path)
 
 
-def make_sample(
-    n: int, task: Task, source: np.ndarray, target: np.ndarray, extra: dict | None = None
-) -> Sample:
-    provenance = Provenance(dataset="synthetic", image_id=f"img-{n}", region_id=f"r{n}", license="CC0")
-    generator = GeneratorInfo(name="test-generator", backend="numpy", settings={"n": n})
-    key = sample_key(task, provenance, generator)
-    meta = SampleMeta(
-        key=key,
-        task=task,
-        instruction=f"edit number {n}",
-        instruction_source="template",
-        provenance=provenance,
-        generator=generator,
-        record_id=f"rec-{n}",
-        extra=extra or {},
-    )
-    return Sample(meta=meta, source=source, target=target)
-
-
-def candidate_samples() -> list[Sample]:
-    """Pairs of three tasks; pair 1 repeats pair 0's images (a duplicate) and pair 2 shares only
-    pair 0's source (not a duplicate); pair 3 has captions for the directional similarity."""
-    samples = []
-    tasks = [Task.REMOVE, Task.ADD, Task.ENHANCEMENT]
-    for n in range(12):
-        task = tasks[n % 3]
-        samples.append(make_sample(n, task, picture(100 + n), picture(200 + n)))
-    samples[1] = make_sample(1, Task.ADD, picture(100), picture(200))
-    samples[2] = make_sample(2, Task.ENHANCEMENT, picture(100), picture(202))
-    samples[3] = make_sample(
-        3,
-        Task.REMOVE,
-        picture(103),
-        picture(203),
-        extra={"source_caption": "a red house", "target_caption": "a blue house"},
-    )
-    return samples
-
-
-def write_broken_shard(shard_dir: Path, good: Sample) -> dict[str, str]:
-    """A shard with one sample whose source is not an image and one whose json is not JSON."""
-    corrupt = make_sample(50, Task.REMOVE, picture(150), picture(250))
-    bad_json_key = "f" * 24
-    members = [
-        (f"{corrupt.key}.src.png", b"this is not a png"),
-        (f"{corrupt.key}.tgt.png", encode_image(corrupt.target)),
-        (f"{corrupt.key}.json", corrupt.meta.model_dump_json().encode()),
-        (f"{bad_json_key}.src.png", encode_image(good.source)),
-        (f"{bad_json_key}.tgt.png", encode_image(good.target)),
-        (f"{bad_json_key}.json", b"{not json"),
-    ]
-    shard_dir.mkdir(parents=True, exist_ok=True)
-    with tarfile.open(shard_dir / "broken-0000.tar", "w", format=tarfile.USTAR_FORMAT) as tar:
-        for name, data in members:
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return {"corrupt_image": corrupt.key, "corrupt_json": bad_json_key}
-
-
 @pytest.fixture()
 def candidates(tmp_path) -> dict:
-    """A candidate stage: two committed batches of pairs plus one broken shard."""
+    """A candidate stage: two committed batches of pairs plus one committed broken shard."""
     stage = tmp_path / "candidates"
     samples = candidate_samples()
-    commit_batch(samples[:7], str(stage), "gen-a")
-    commit_batch(samples[7:], str(stage), "gen-b")
-    broken = write_broken_shard(stage / "shards", samples[5])
+    broken = write_candidates(str(stage), {"gen-a": samples[:7], "gen-b": samples[7:]}, broken=samples[5])
     return {"url": str(stage), "samples": samples, "broken": broken, "total": len(samples) + 2}

@@ -87,6 +87,42 @@ def test_cache_embeds_nothing_twice_and_persists(tmp_path, embedder):
     assert len(EmbeddingCache(str(tmp_path / "cache"), embedder.name)) == 4
 
 
+def test_embedder_identity_is_its_content_never_its_path(tmp_path, clip_files, embedder_config):
+    """The cache namespace follows the checkpoint's bytes: a copy elsewhere finds the same vectors, other
+    weights at the same path never do; a named release is its name and tag."""
+    import shutil
+
+    import open_clip
+
+    here, there = tmp_path / "a" / "clip.pt", tmp_path / "b" / "moved.pt"
+    for path in (here, there):
+        path.parent.mkdir()
+        shutil.copy(clip_files["pt"], path)
+    at = {p: embedder_config.model_copy(update={"pretrained": str(p)}) for p in (here, there)}
+    assert at[here].identity() == at[there].identity() == embedder_config.identity()
+    assert at[here].identity().startswith(f"{TINY_CLIP}-")
+    torch.manual_seed(3)
+    torch.save(open_clip.create_model(TINY_CLIP).state_dict(), here)
+    changed = at[here].identity()
+    assert changed != at[there].identity()
+    assert at[here].model_identities()["pretrained"] != at[there].model_identities()["pretrained"]
+    named = EmbedderConfig(model="ViT-L-14", pretrained="openai").model_identities()
+    assert named == {"model": "ViT-L-14", "pretrained": "openai", "model_config_file": None}
+    with pytest.raises(FileNotFoundError):
+        embedder_config.model_copy(update={"pretrained": str(tmp_path / "gone.pt")}).identity()
+
+
+def test_cache_cleaning_removes_only_what_killed_writers_left(tmp_path):
+    cache = EmbeddingCache(str(tmp_path / "cache"), "clip")
+    cache.put(["a", "b"], np.eye(2, 8, dtype=np.float32))
+    folder = tmp_path / "cache" / "clip"
+    (folder / "part-orphan.npy").write_bytes(b"vectors whose keys file never came")
+    (folder / ".part-x.keys.parquet.tmp-0011aabb").write_bytes(b"half")
+    assert cache.remove_orphans() == 2
+    assert sorted(p.suffix for p in folder.iterdir()) == [".npy", ".parquet"]
+    assert set(cache.get(["a", "b"])) == {"a", "b"}
+
+
 def test_cache_on_fsspec_memory_filesystem(embedder):
     cache = EmbeddingCache("memory://quality-test-cache", "clip")
     vectors = np.eye(3, 768, dtype=np.float32)

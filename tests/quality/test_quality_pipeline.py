@@ -1,47 +1,79 @@
-"""Score and filter as plain functions over a real candidate stage: counts add up, every drop has a
-reason, corrupt inputs and missing embeddings are counted drops, reruns do nothing twice."""
+"""Score and filter as plain functions over real stage folders: counts add up, every drop has a reason,
+corrupt inputs and missing embeddings are counted drops, reruns do nothing twice, kept samples are
+the candidates' bytes."""
 
 from __future__ import annotations
 
 import io
 import json
 import shutil
+import tarfile
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
+from quality_helpers import candidate_samples, write_candidates
 
+from ieiw.flows.filter import filter_fingerprint
+from ieiw.flows.score import score_fingerprint
 from ieiw.quality.config import QualityConfig, default_scores_url, embedding_cache
 from ieiw.quality.duplicates import DuplicateSettings
-from ieiw.quality.filtering import eval_set_from_urls, filter_shards, read_flags
-from ieiw.quality.policy import FilterPolicy, TaskPolicy
+from ieiw.quality.filtering import (
+    eval_set_from_urls,
+    filter_input,
+    filter_shards,
+    read_flags,
+)
+from ieiw.quality.policy import FilterPolicy, TaskPolicy, evaluate
 from ieiw.quality.report import write_report
-from ieiw.quality.scoring import FLOAT_SCORES, ScoringConfig, ScoringModels, read_scores, run_score_shard
+from ieiw.quality.scoring import (
+    FLOAT_SCORES,
+    SCORES_SCHEMA,
+    ScoringConfig,
+    ScoringModels,
+    read_scores,
+    score_shards,
+)
+from ieiw.quality.stage_target import StageTarget
 from ieiw.storage import manifest
-from ieiw.storage.shards import expand_shard_urls, iter_samples
+from ieiw.storage.schema import SampleMeta
+from ieiw.storage.shards import ShardSpec, iter_samples, iter_tar_groups
+from ieiw.storage.stage_folder import open_stage
 
 
 @pytest.fixture(scope="module")
-def models(embedder_config, aesthetic_checkpoint):
-    return ScoringModels.load(
-        ScoringConfig(embedder=embedder_config, aesthetic_checkpoint=aesthetic_checkpoint)
-    )
+def scoring(embedder_config, aesthetic_checkpoint) -> ScoringConfig:
+    return ScoringConfig(embedder=embedder_config, aesthetic_checkpoint=aesthetic_checkpoint, batch_size=4)
 
 
-def score_all(candidates_url: str, models, config: QualityConfig) -> tuple[str, list[dict]]:
+@pytest.fixture(scope="module")
+def models(scoring):
+    return ScoringModels.load(scoring)
+
+
+def score_all(candidates_url: str, models, config: QualityConfig, shards: list[str] | None = None):
+    """The score stage over the committed candidate shards (or ``shards``), in this process."""
     scores_url = default_scores_url(candidates_url)
-    cache = embedding_cache(config, scores_url)
-    shards = expand_shard_urls([candidates_url + "/shards"])
-    return scores_url, [run_score_shard(s, scores_url, models, cache, batch_size=4) for s in shards]
+    shards = manifest.committed_shards(candidates_url) if shards is None else shards
+    with open_stage(scores_url, score_fingerprint(config.scoring, candidates_url)) as writer:
+        summaries = score_shards(
+            StageTarget.of(writer), shards, models, embedding_cache(config, scores_url), batch_size=4
+        )
+        writer.finish({"device": "cpu"}, schema=SCORES_SCHEMA)
+    return scores_url, summaries
 
 
-def filter_candidates(candidates: dict, scores_url: str, out: str, policy: FilterPolicy, **options):
-    """``filter_shards`` over every shard of the candidate stage."""
-    return filter_shards(
-        expand_shard_urls([candidates["url"] + "/shards"]), scores_url, out, policy, **options
-    )
+def filter_all(candidates_url: str, scores_url: str, out: str, config: QualityConfig, **options):
+    """The filter stage over every committed candidate shard, in this process."""
+    shards = manifest.committed_shards(candidates_url)
+    fingerprint = filter_fingerprint(config, candidates_url, scores_url)
+    info = {"input": filter_input(shards, scores_url)}
+    with open_stage(out, fingerprint, info=info, rebuild=options.pop("rebuild", "no")) as writer:
+        reports = filter_shards(StageTarget.of(writer), shards, scores_url, config.policy, **options)
+        writer.finish({"device": "cpu"})
+    return reports
 
 
 def median_policy(scores: pd.DataFrame) -> FilterPolicy:
@@ -56,53 +88,82 @@ def median_policy(scores: pd.DataFrame) -> FilterPolicy:
     )
 
 
-def test_score_then_filter_accounts_for_every_candidate(tmp_path, candidates, models, embedder_config):
-    config = QualityConfig(scoring=ScoringConfig(embedder=embedder_config))
+def expected_outcomes(scores: pd.DataFrame, policy: FilterPolicy, duplicates: dict[str, str]) -> dict:
+    """Every candidate's outcome (None when kept), worked out from the scores by the policy alone."""
+    out = {}
+    for row in scores.itertuples(index=False):
+        if isinstance(row.error, str):
+            out[row.key] = row.error
+            continue
+        values = {s: float(getattr(row, s)) for s in FLOAT_SCORES if not np.isnan(getattr(row, s))}
+        out[row.key] = evaluate(policy, row.task, values, duplicate_of=duplicates.get(row.key)).reason
+    return out
+
+
+def test_score_then_filter_accounts_for_every_candidate(tmp_path, candidates, models, scoring):
+    config = QualityConfig(scoring=scoring)
     scores_url, summaries = score_all(candidates["url"], models, config)
     scores = read_scores(scores_url)
-    assert len(scores) == candidates["total"] and scores["key"].is_unique
+    assert len(scores) == candidates["total"] == 14 and scores["key"].is_unique
+    assert set(scores["fingerprint"]) == {score_fingerprint(scoring, candidates["url"]).digest}
     errors = dict(zip(scores["key"], scores["error"], strict=True))
     assert errors[candidates["broken"]["corrupt_image"]] == "corrupt_image"
     assert errors[candidates["broken"]["corrupt_json"]] == "corrupt_json"
     ok = scores[scores["error"].isna()]
+    assert len(ok) == 12
     for name in ("aesthetic_src", "aesthetic_tgt", "aesthetic_diff", "clip_direction", "clip_img_sim"):
         assert ok[name].notna().all(), name
     assert ok["giqa_src"].isna().all()  # no reference index configured
     np.testing.assert_allclose(
         ok["aesthetic_diff"], (ok["aesthetic_src"] - ok["aesthetic_tgt"]).abs(), atol=1e-5
     )
+    assert [s["batch"] for s in summaries] == [
+        "score-broken-0000",
+        "score-gen-a-0000",
+        "score-gen-b-0000",
+    ]
 
     # a rerun scores nothing again
     _, again = score_all(candidates["url"], models, config)
     assert all(s["skipped"] for s in again) and not any(s["skipped"] for s in summaries)
 
     policy = median_policy(scores)
+    config = QualityConfig(scoring=scoring, policy=policy)
     out = str(tmp_path / "final")
-    reports = filter_candidates(candidates, scores_url, out, policy)
+    reports = filter_all(candidates["url"], scores_url, out, config)
     final = manifest.read_manifest(out)
-    assert len(final) == candidates["total"] and final["key"].is_unique
-    assert final["kept"].sum() + final["drop_reason"].notna().sum() == candidates["total"]
+    assert len(final) == 14 and final["key"].is_unique
+    samples = candidates["samples"]
+    first, second = sorted([samples[0].key, samples[1].key])  # pair 1 repeats pair 0: the later key goes
+    expected = expected_outcomes(scores, policy, {second: f"phash:{first}"})
+    assert expected[second] == "duplicate"
+    rows = zip(final["key"], final["kept"], final["drop_reason"], strict=True)
+    outcomes = {key: None if kept else reason for key, kept, reason in rows}
+    assert outcomes == expected
     reasons = final.loc[~final["kept"], "drop_reason"].value_counts().to_dict()
     assert reasons["duplicate"] == 1 and reasons["corrupt_image"] == 1 and reasons["corrupt_json"] == 1
     assert reasons.get("aesthetic_src_below_min", 0) >= 1 and reasons.get("clip_img_sim_below_min", 0) >= 1
-    assert 0 < final["kept"].sum() < candidates["total"]
-    assert sum(r.kept for r in reports) == final["kept"].sum()
+    kept_keys = {k for k, v in expected.items() if v is None}
+    assert 0 < len(kept_keys) < 14 and final["kept"].sum() == len(kept_keys)
+    assert sum(r.kept for r in reports) == len(kept_keys)
+    assert read_flags(out)["duplicate_of"].tolist() == [f"phash:{first}"]
 
     # kept samples carry their scores in their json, equal to the scores table
     by_key = scores.set_index("key")
-    kept = list(iter_samples([out + "/shards"]))
-    assert len(kept) == final["kept"].sum()
+    kept = list(iter_samples(out))
+    assert {s.key for s in kept} == kept_keys
     for sample in kept:
-        assert set(sample.meta.scores) >= {"aesthetic_src", "clip_img_sim"}
-        assert sample.meta.scores["aesthetic_src"] == pytest.approx(by_key.loc[sample.key, "aesthetic_src"])
+        assert set(sample.meta.scores) == set(FLOAT_SCORES) - {"giqa_src", "giqa_tgt", "giqa_diff"}
+        for name, value in sample.meta.scores.items():
+            assert value == pytest.approx(float(by_key.loc[sample.key, name]), rel=1e-6), name
         assert sample.meta.drop_reason is None
     # drops carry the score that dropped them in the manifest
     dropped = final[final["drop_reason"] == "aesthetic_src_below_min"]
     assert all("aesthetic_src" in json.loads(s) for s in dropped["scores"])
 
     # a rerun writes nothing twice
-    rerun = filter_candidates(candidates, scores_url, out, policy)
-    assert all(r.skipped for r in rerun) and len(manifest.read_manifest(out)) == candidates["total"]
+    rerun = filter_all(candidates["url"], scores_url, out, config)
+    assert all(r.skipped for r in rerun) and len(manifest.read_manifest(out)) == 14
 
     # the report a person looks at
     report = write_report(candidates["url"], scores, out, str(tmp_path / "report"), policy)
@@ -113,55 +174,101 @@ def test_score_then_filter_accounts_for_every_candidate(tmp_path, candidates, mo
     dropped_html = Path(files["dropped_html"]).read_text()
     for reason in reasons:
         assert f"<h2 id='{reason}'>{reason} ({reasons[reason]})</h2>" in dropped_html
-    assert dropped_html.count("data:image/jpeg;base64") >= 2 * (len(reasons) - 2)
+    assert dropped_html.count("data:image/jpeg;base64") == 2 * (sum(reasons.values()) - 2)
     gallery = Path(files["gallery_html"]).read_text()
-    assert gallery.count('class="pair"') == final["kept"].sum() and "aesthetic_src:" in gallery
+    assert gallery.count('class="pair"') == len(kept_keys) and "aesthetic_src:" in gallery
     counts = pd.read_csv(files["drops_csv"])
-    assert counts["count"].sum() == candidates["total"]
+    assert counts["count"].sum() == 14
 
 
-def test_missing_embeddings_and_scores_are_counted_drops(tmp_path, candidates, models, embedder_config):
-    config = QualityConfig(scoring=ScoringConfig(embedder=embedder_config))
-    scores_url, _ = score_all(candidates["url"], models, config)
-    cache = embedding_cache(config, scores_url)
-    # lose the cache and one shard's scores part
-    shutil.rmtree(cache.url)
-    parts = sorted(Path(scores_url, "parts").glob("gen-b-*.parquet"))
-    parts[0].unlink()
-    policy = FilterPolicy(default=TaskPolicy(), tasks={}, duplicates=DuplicateSettings(clip_min_cosine=0.999))
+def test_kept_samples_are_the_candidates_bytes(tmp_path, models, scoring):
+    """JPEG candidates stay the same JPEG bytes in the final shards; only the json changes (scores)."""
+    stage = str(tmp_path / "candidates")
+    samples = candidate_samples()[3:9]
+    write_candidates(stage, {"jpeg": samples}, ShardSpec(image_format="jpg", jpeg_quality=80, max_samples=4))
+    config = QualityConfig(
+        scoring=scoring, policy=FilterPolicy(default=TaskPolicy(), tasks={}, duplicates=DuplicateSettings())
+    )
+    scores_url, _ = score_all(stage, models, config)
     out = str(tmp_path / "final")
-    filter_candidates(candidates, scores_url, out, policy, cache=embedding_cache(config, scores_url))
+    filter_all(stage, scores_url, out, config)
+    before = {k: m for s in manifest.committed_shards(stage) for k, m in iter_tar_groups(s)}
+    after = {k: m for s in manifest.committed_shards(out) for k, m in iter_tar_groups(s)}
+    assert sorted(after) == sorted(s.key for s in samples)  # nothing dropped by this policy
+    for key, members in after.items():
+        assert sorted(members) == ["json", "src.jpg", "tgt.jpg"]
+        assert members["src.jpg"] == before[key]["src.jpg"] and members["tgt.jpg"] == before[key]["tgt.jpg"]
+        old = SampleMeta.model_validate_json(before[key]["json"])
+        new = SampleMeta.model_validate_json(members["json"])
+        assert old.scores == {} and set(new.scores) >= {"aesthetic_src", "clip_img_sim"}
+        assert new.model_copy(update={"scores": {}}) == old
+    widths = manifest.read_manifest(out).set_index("key")
+    for sample in samples:
+        assert (widths.loc[sample.key, "width"], widths.loc[sample.key, "height"]) == (48, 48)
+
+
+def test_missing_embeddings_and_scores_are_counted_drops(tmp_path, candidates, models, scoring):
+    config = QualityConfig(
+        scoring=scoring,
+        policy=FilterPolicy(
+            default=TaskPolicy(), tasks={}, duplicates=DuplicateSettings(clip_min_cosine=0.999)
+        ),
+    )
+    shards = manifest.committed_shards(candidates["url"])
+    scored = [s for s in shards if "gen-b" not in s]  # gen-b's 5 samples are never scored
+    scores_url, _ = score_all(candidates["url"], models, config, shards=scored)
+    shutil.rmtree(embedding_cache(config, scores_url).url)  # and the embeddings are lost
+    out = str(tmp_path / "final")
+    filter_all(candidates["url"], scores_url, out, config, cache=embedding_cache(config, scores_url))
     final = manifest.read_manifest(out)
     reasons = final["drop_reason"].value_counts().to_dict()
-    assert len(final) == candidates["total"]
-    assert reasons["missing_scores"] == 5  # the samples of the shard whose part is gone
-    assert reasons["missing_embedding"] == candidates["total"] - 5 - 2
-    assert read_flags(out)["missing_embedding"].sum() == reasons["missing_embedding"]
+    assert len(final) == 14 and final["kept"].sum() == 0
+    assert reasons == {"missing_scores": 5, "missing_embedding": 7, "corrupt_image": 1, "corrupt_json": 1}
+    assert read_flags(out)["missing_embedding"].sum() == 7
 
 
-def test_policy_on_an_unscored_model_fails_before_writing(tmp_path, candidates, models, embedder_config):
-    config = QualityConfig(scoring=ScoringConfig(embedder=embedder_config))
-    scores_url, _ = score_all(candidates["url"], models, config)
-    policy = FilterPolicy(default=TaskPolicy(giqa_src_min=1.0), tasks={})
+def test_policy_on_an_unscored_model_fails_before_writing(tmp_path, candidates, embedder_config):
+    scoring = ScoringConfig(embedder=embedder_config)  # no aesthetic head: no aesthetic scores
+    scores_url, _ = score_all(candidates["url"], ScoringModels.load(scoring), QualityConfig(scoring=scoring))
+    config = QualityConfig(
+        scoring=scoring, policy=FilterPolicy(default=TaskPolicy(giqa_src_min=1.0), tasks={})
+    )
     with pytest.raises(ValueError, match="giqa_src"):
-        filter_candidates(candidates, scores_url, str(tmp_path / "f"), policy)
-    assert not (tmp_path / "f" / "manifest").exists()
+        filter_all(candidates["url"], scores_url, str(tmp_path / "f"), config)
+    assert not (tmp_path / "f" / "manifest").exists() and not (tmp_path / "f" / "shards").exists()
 
 
-def test_eval_set_images_never_reach_the_final_shards(tmp_path, candidates, models, embedder_config):
-    config = QualityConfig(scoring=ScoringConfig(embedder=embedder_config))
-    scores_url, _ = score_all(candidates["url"], models, config)
+def test_eval_set_images_never_reach_the_final_shards(tmp_path, candidates, models, scoring):
     leaked = candidates["samples"][4]
     eval_dir = tmp_path / "eval"
     eval_dir.mkdir()
     Image.fromarray(leaked.target).save(eval_dir / "held-out.png")
-    policy = FilterPolicy(default=TaskPolicy(), tasks={}, duplicates=DuplicateSettings(clip_min_cosine=None))
+    config = QualityConfig(
+        scoring=scoring,
+        policy=FilterPolicy(
+            default=TaskPolicy(), tasks={}, duplicates=DuplicateSettings(clip_min_cosine=None)
+        ),
+        eval_set=[str(eval_dir)],
+    )
+    scores_url, _ = score_all(candidates["url"], models, config)
     out = str(tmp_path / "final")
-    filter_candidates(candidates, scores_url, out, policy, eval_set=eval_set_from_urls([str(eval_dir)]))
+    filter_all(candidates["url"], scores_url, out, config, eval_set=eval_set_from_urls([str(eval_dir)]))
     final = manifest.read_manifest(out).set_index("key")
     assert final.loc[leaked.key, "drop_reason"] == "eval_leak"
     assert final.loc[leaked.key, "drop_detail"] == "phash:image-0"
-    assert leaked.key not in {s.key for s in iter_samples([out + "/shards"])}
+    assert (final["drop_reason"] == "eval_leak").sum() == 1
+    assert leaked.key not in {s.key for s in iter_samples(out)}
+
+
+def test_uncommitted_candidate_shards_are_never_scored(tmp_path, candidates, models, scoring):
+    """A shard a killed generator left in shards/ without its manifest part does not exist for score."""
+    stray = Path(candidates["url"], "shards", "gen-c-0000.tar")
+    shutil.copy(Path(candidates["url"], "shards", "gen-a-0000.tar"), stray)
+    with tarfile.open(stray) as tar:
+        assert len(tar.getnames()) == 7 * 3
+    scores_url, summaries = score_all(candidates["url"], models, QualityConfig(scoring=scoring))
+    assert [s["shard"] for s in summaries] == ["broken-0000", "gen-a-0000", "gen-b-0000"]
+    assert len(read_scores(scores_url)) == 14 and read_scores(scores_url)["key"].is_unique
 
 
 def test_giqa_scores_with_a_reference_index(
@@ -183,5 +290,7 @@ def test_giqa_scores_with_a_reference_index(
     models = ScoringModels.load(scoring)
     scores_url, _ = score_all(candidates["url"], models, QualityConfig(scoring=scoring))
     ok = read_scores(scores_url).query("error.isna()")
-    assert ok["giqa_src"].gt(0).all() and ok["giqa_tgt"].gt(0).all()
+    assert len(ok) == 12 and ok["giqa_src"].gt(0).all() and ok["giqa_tgt"].gt(0).all()
     assert set(FLOAT_SCORES) <= set(ok.columns)
+    recorded = score_fingerprint(scoring, candidates["url"]).models["giqa.index"]
+    assert recorded.startswith("sha256-index:")

@@ -30,7 +30,7 @@ from ieiw.flows.storage_errors import store_errors
 from ieiw.pipelines.instructions.llm import InstructionWriter
 from ieiw.pipelines.replacement.captions import BlipCaptioner
 from ieiw.pipelines.replacement.config import ReplacementConfig
-from ieiw.pipelines.replacement.database import PART_SCHEMA, ObjectDatabase, write_part
+from ieiw.pipelines.replacement.database import PART_SCHEMA, ObjectDatabase, remove_uncommitted, write_part
 from ieiw.pipelines.replacement.index import (
     build_index,
     has_index,
@@ -233,6 +233,9 @@ def _fill_database(writer: StageWriter, config: ReplacementConfig, runner: Runne
         logger.warning("%s: rebuilding (%s)", DATABASE_STAGE, "; ".join(writer.changes) or "asked to")
     with store_errors(f"stage {DATABASE_STAGE}", db_url):
         done = writer.committed_batches()
+        orphans = remove_uncommitted(db_url)
+    if orphans:
+        logger.warning("%s: removed the vectors of %d parts that never committed", DATABASE_STAGE, orphans)
     target = PartTarget(db_url, writer.digest, writer.holder)
     worker = object_database_batch.with_options(tags=set(batch_tags(config, database_only=True)))
     totals: Counter = Counter()

@@ -110,7 +110,21 @@ def register(app: typer.Typer) -> None:
         ),
     ) -> None:
         """Object-replacement pairs: SAM/SA-1B/Open Images regions, CLIP+FAISS references, painting."""
-        summary = run_replacement(load_replacement_build(config), database_only, rebuild, rebuild_database)
+        from rich.markup import escape
+
+        from ieiw.storage.lease import StageBusy
+        from ieiw.storage.stage_folder import StageChanged
+
+        try:
+            summary = run_replacement(
+                load_replacement_build(config), database_only, rebuild, rebuild_database
+            )
+        except (StageChanged, StageBusy) as refused:
+            console.print(f"[bold red]Stopped:[/bold red] {escape(str(refused))}")
+            if isinstance(refused, StageChanged):
+                flag = "--rebuild-database" if refused.stage == "object_database" else "--rebuild"
+                console.print(f"With `ieiw replacement`, rebuild it with {flag}.")
+            raise typer.Exit(2) from None
         if database_only:
             console.print(
                 f"object database: {summary['objects']} objects ({summary['index']} index), "

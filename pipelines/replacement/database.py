@@ -105,6 +105,19 @@ def part_names(db_url: str) -> list[str]:
     return sorted(manifest.completed_batches(db_url))
 
 
+def remove_uncommitted(db_url: str) -> int:
+    """Delete the vectors of parts whose manifest part never committed (a killed run's); returns how
+    many. Only the holder of the database's lease calls this, before its workers start."""
+    committed = set(part_names(db_url))
+    removed = 0
+    for url in fs.list_files(fs.join(db_url, PARTS), ".npy"):
+        name = posixpath.basename(url)[: -len(".npy")]
+        if name not in committed and not name.startswith("."):
+            fs.remove(url)
+            removed += 1
+    return removed
+
+
 class ObjectDatabase:
     """Read access to the committed parts of a database; metadata is read per part when needed.
 

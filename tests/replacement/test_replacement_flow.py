@@ -185,3 +185,17 @@ def test_replacement_demo_photos_with_classical_backends_through_the_cli(tmp_pat
         assert meta.provenance.extra["reference"]["image_id"] != meta.provenance.image_id
         changed = (sample.source != sample.target).any(axis=2)
         assert changed.any() and not changed[sample.mask == 0].any()
+
+    # a changed proposer setting stops the command, naming it and the option that rebuilds
+    raw = yaml.safe_load(config_path.read_text())
+    raw["replacement"]["proposer"]["felzenszwalb_scale"] = 300.0
+    config_path.write_text(yaml.safe_dump(raw))
+    refused = cli.invoke(app, ["replacement", str(config_path)])
+    assert refused.exit_code == 2, refused.output
+    flat = " ".join(refused.output.split())
+    assert "object_database.proposer.felzenszwalb_scale: 400.0 -> 300.0" in flat
+    assert "--rebuild-database" in flat
+    rebuilt = cli.invoke(app, ["replacement", str(config_path), "--rebuild-database"])
+    assert rebuilt.exit_code == 0, rebuilt.output
+    for sample in iter_samples([str(tmp_path / "out/replacement/shards")]):
+        assert sample.meta.generator.settings["regions"]["scale"] == 300.0

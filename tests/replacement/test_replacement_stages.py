@@ -25,6 +25,7 @@ from ieiw.pipelines.replacement.index import (
     build_index,
     cache_folder,
     has_index,
+    index_info,
     index_key,
     index_url,
     open_index,
@@ -137,6 +138,16 @@ def test_replacement_refuses_a_changed_sam_setting_and_rebuild_database_rebuilds
     # a rerun with nothing changed reuses both
     again = replacement(config, output, spec, runner)
     assert again["kept"] == 0 and again["database"]["reused"] and not again["rebuilt"]
+    # what a killed database run leaves (vectors of a part that never committed, a temporary) is
+    # removed by the next run that holds the database; committed parts are kept
+    db_url = f"{output}/object_database"
+    committed = sorted(p.name for p in (tmp_path / "build/object_database/parts").iterdir())
+    (tmp_path / "build/object_database/parts/objects-killed.npy").write_bytes(b"partial")
+    (tmp_path / "build/object_database/parts/.objects-x.npy.tmp-1234").write_bytes(b"partial")
+    finished = object_database(config, output, spec, runner)
+    assert finished["batches_resumed"] == 3 and "batches" not in finished
+    assert sorted(p.name for p in (tmp_path / "build/object_database/parts").iterdir()) == committed
+    assert len(ObjectDatabase(db_url)) == first["database"]["objects"]
     keys = _summary_keys(output)
     database_record = read_record(f"{output}/object_database")
     pairs_record = read_record(f"{output}/replacement")
@@ -160,6 +171,18 @@ def test_replacement_refuses_a_changed_sam_setting_and_rebuild_database_rebuilds
     with pytest.raises(StageChanged, match=r"replacement\.min_change: 1\.0 -> 2\.0"):
         replacement(_config(tmp_path, clip_config, sam_config, min_change=2.0), output, spec, runner)
     assert read_record(f"{output}/object_database")["fingerprint"] == database_record["fingerprint"]
+
+    # another index: the pairs are rebuilt on a new index over the same parts (nothing re-embedded)
+    hnsw = _config(tmp_path, clip_config, sam_config, **{"database.index.kind": "hnsw"})
+    with pytest.raises(StageChanged, match=r'replacement\.index\.kind: "flat" -> "hnsw"'):
+        replacement(hnsw, output, spec, runner)
+    reindexed = replacement(hnsw, output, spec, runner, rebuild="yes")
+    assert reindexed["rebuilt"] and reindexed["database"]["reused"] and reindexed["kept"] == first["kept"]
+    assert reindexed["database"]["index_key"] != first["database"]["index_key"]
+    assert index_info(db_url, reindexed["database"]["index_key"])["kind"] == "hnsw"
+    assert read_record(db_url)["fingerprint"] == database_record["fingerprint"]
+    assert not has_index(db_url, first["database"]["index_key"])  # the stale index was removed
+    assert sorted(p.name for p in (tmp_path / "build/object_database/parts").iterdir()) == committed
 
     # rebuild_database rebuilds the database and, downstream of it, the pairs
     rebuilt = replacement(config, output, spec, runner, rebuild_database="yes")

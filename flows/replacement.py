@@ -23,7 +23,7 @@ from prefect.cache_policies import NO_CACHE
 from tqdm.auto import tqdm
 
 from ieiw.flows.config import RunnerConfig
-from ieiw.flows.fingerprints import model_paths
+from ieiw.flows.fingerprints import model_paths, with_shard_encoding
 from ieiw.flows.models import LOADS, cached_model, gpu_tags
 from ieiw.flows.stage_runner import artifact_key, open_stage_for, run_stage
 from ieiw.flows.storage_errors import store_errors
@@ -56,7 +56,13 @@ from ieiw.storage.commit import batch_name
 from ieiw.storage.fingerprint import Fingerprint
 from ieiw.storage.schema import Result
 from ieiw.storage.shards import ShardSpec
-from ieiw.storage.stage_folder import Rebuild, StageChanged, StageWriter, read_record
+from ieiw.storage.stage_folder import (
+    Rebuild,
+    StageChanged,
+    StageWriter,
+    read_record,
+    recorded_fingerprint,
+)
 
 STAGE = "replacement"
 DATABASE_STAGE = "object_database"  # also its folder under ``output`` and its --rebuild name
@@ -378,6 +384,33 @@ def ensure_database(
     return summary["fingerprint"], summary["index_key"], summary
 
 
+def _refuse_changes_first(
+    config: ReplacementConfig,
+    output: str,
+    shards: ShardSpec | None,
+    rebuild: Rebuild,
+    rebuild_database: Rebuild,
+) -> None:
+    """Stop before any work (the database's too) if the database or the pairs were made with other
+    settings and are not to be rebuilt: both fingerprints are known before anything runs."""
+    if rebuild_database not in ("no", False):
+        return
+    database = database_fingerprint(config)
+    db_url = database_url(config, output)
+    with store_errors(f"stage {DATABASE_STAGE}", db_url):
+        recorded = recorded_fingerprint(db_url)
+    if recorded is not None and recorded.digest != database.digest:
+        raise StageChanged(DATABASE_STAGE, db_url, database.changes(recorded))
+    if rebuild not in ("no", False):
+        return
+    stage_url = fs.join(output, STAGE)
+    pairs = with_shard_encoding(replacement_fingerprint(config, database.digest), shards or ShardSpec())
+    with store_errors(f"stage {STAGE}", stage_url):
+        recorded = recorded_fingerprint(stage_url)
+    if recorded is not None and recorded.digest != pairs.digest:
+        raise StageChanged(STAGE, stage_url, pairs.changes(recorded))
+
+
 @flow(name="replacement", log_prints=True)
 def replacement(
     config: ReplacementConfig,
@@ -395,6 +428,7 @@ def replacement(
     logger = get_run_logger()
     runner = runner or RunnerConfig()
     db_url = database_url(config, output)
+    _refuse_changes_first(config, output, shards, rebuild, rebuild_database)
     digest, key, database_summary = ensure_database(config, output, shards, runner, rebuild_database)
     if database_summary is not None and database_summary["rebuilt"]:
         rebuild = "yes"  # the pairs read the database: everything downstream of a rebuilt stage is rebuilt

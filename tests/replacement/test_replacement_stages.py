@@ -167,9 +167,14 @@ def test_replacement_refuses_a_changed_sam_setting_and_rebuild_database_rebuilds
     with pytest.raises(StageChanged, match="points_per_side: 4 -> 3"):
         object_database(changed, output, spec, runner)
 
-    # a changed pairs setting stops the pairs, naming it (the database stays as it is)
+    # a changed pairs setting stops the pairs, naming it, before any work: not even a database that
+    # would have to be built first (here a new one elsewhere, which the fingerprints do not depend on)
+    other = _config(
+        tmp_path, clip_config, sam_config, min_change=2.0, **{"database.url": str(tmp_path / "other-db")}
+    )
     with pytest.raises(StageChanged, match=r"replacement\.min_change: 1\.0 -> 2\.0"):
-        replacement(_config(tmp_path, clip_config, sam_config, min_change=2.0), output, spec, runner)
+        replacement(other, output, spec, runner)
+    assert not (tmp_path / "other-db").exists()
     assert read_record(f"{output}/object_database")["fingerprint"] == database_record["fingerprint"]
 
     # another index: the pairs are rebuilt on a new index over the same parts (nothing re-embedded)

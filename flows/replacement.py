@@ -1,17 +1,21 @@
 """The `object_database` and `replacement` flows: the paper's object-replacement pairs.
 
-``object_database`` selects regions of every source image, embeds their crops with CLIP and writes
-the database parts, then builds and saves the FAISS index. ``replacement`` (re)uses that index:
-regions -> retrieval -> generation -> captions -> instructions -> shards under
-``<output>/replacement``. Both resume: finished database parts and committed batches are skipped.
+Both are stage folders (:mod:`ieiw.storage.stage_folder`) on any fsspec store, each with its own
+fingerprint. ``object_database`` (``<output>/object_database`` unless ``database.url``) selects regions
+of every source image, embeds their crops with CLIP and commits them part by part, then builds the
+FAISS index over the committed parts. ``replacement`` (``<output>/replacement``) makes sure the
+database is complete and current, then runs regions -> retrieval -> generation -> captions ->
+instructions over the records; its fingerprint has the database's digest as upstream, so a rebuilt
+database rebuilds the pairs. Both resume: committed parts and batches are skipped.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
-import os
 from collections import Counter, deque
+from dataclasses import dataclass
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
@@ -19,32 +23,96 @@ from prefect.cache_policies import NO_CACHE
 from tqdm.auto import tqdm
 
 from ieiw.flows.config import RunnerConfig
-from ieiw.flows.fingerprints import model_paths, section_fingerprint
+from ieiw.flows.fingerprints import model_paths, with_shard_encoding
 from ieiw.flows.models import LOADS, cached_model, gpu_tags
-from ieiw.flows.stage_runner import artifact_key, run_stage
+from ieiw.flows.stage_runner import artifact_key, open_stage_for, run_stage
+from ieiw.flows.storage_errors import store_errors
 from ieiw.pipelines.instructions.llm import InstructionWriter
 from ieiw.pipelines.replacement.captions import BlipCaptioner
 from ieiw.pipelines.replacement.config import ReplacementConfig
-from ieiw.pipelines.replacement.database import ObjectDatabase, part_names, write_part
-from ieiw.pipelines.replacement.index import INDEX_DIR, ObjectIndex, build_index
+from ieiw.pipelines.replacement.database import PART_SCHEMA, ObjectDatabase, remove_uncommitted, write_part
+from ieiw.pipelines.replacement.index import (
+    build_index,
+    has_index,
+    index_info,
+    index_key,
+    open_index,
+    store_index,
+)
 from ieiw.pipelines.replacement.labels import ZeroShotLabeler
 from ieiw.pipelines.replacement.objects import object_batch
 from ieiw.pipelines.replacement.painting import build_painter
+from ieiw.pipelines.replacement.settings import (
+    database_models,
+    database_settings,
+    replacement_models,
+    replacement_settings,
+)
 from ieiw.pipelines.replacement.sources import build_proposer, iter_records
 from ieiw.pipelines.replacement.stage import ReplacementModels, replacement_stage
 from ieiw.quality.embeddings import ClipEmbedder
 from ieiw.storage import fs
 from ieiw.storage.commit import batch_name
+from ieiw.storage.fingerprint import Fingerprint
 from ieiw.storage.schema import Result
 from ieiw.storage.shards import ShardSpec
-from ieiw.storage.stage_folder import Rebuild
+from ieiw.storage.stage_folder import (
+    Rebuild,
+    StageChanged,
+    StageWriter,
+    read_record,
+    recorded_fingerprint,
+)
 
 STAGE = "replacement"
-DATABASE_STAGE = "object-database"
+DATABASE_STAGE = "object_database"  # also its folder under ``output`` and its --rebuild name
 
 
 def database_url(config: ReplacementConfig, output: str) -> str:
-    return config.database.url or fs.join(output, STAGE, "objects")
+    return config.database.url or fs.join(output, DATABASE_STAGE)
+
+
+def database_fingerprint(config: ReplacementConfig) -> Fingerprint:
+    """What the object database holds depends on (never its URL or a local path)."""
+    return Fingerprint(
+        stage=DATABASE_STAGE, settings=database_settings(config), models=database_models(config)
+    )
+
+
+def replacement_fingerprint(config: ReplacementConfig, database_digest: str) -> Fingerprint:
+    """What the pairs depend on: their settings, their models by content, and the database's digest."""
+    return Fingerprint(
+        stage=STAGE,
+        settings=replacement_settings(config),
+        models=replacement_models(config),
+        upstream={DATABASE_STAGE: database_digest},
+    )
+
+
+def recorded_paths(config: ReplacementConfig) -> dict:
+    """Where the models were found on this machine: recorded beside the fingerprints, for people."""
+    paths = model_paths(config)
+    if config.proposer.sam.checkpoint:
+        paths["proposer.sam.checkpoint"] = config.proposer.sam.checkpoint
+    return {"models": paths}
+
+
+@dataclass(frozen=True)
+class PairsSettings:
+    """What every replacement batch needs: the config and the database (and index) it reads."""
+
+    config: ReplacementConfig
+    database_url: str
+    index_key: str
+
+
+@dataclass(frozen=True)
+class PartTarget:
+    """Where an object-database batch commits, and on whose behalf (small enough for any worker)."""
+
+    url: str
+    fingerprint: str
+    holder: str
 
 
 def embedder(config: ReplacementConfig) -> ClipEmbedder:
@@ -76,32 +144,15 @@ def instruction_writer(config: ReplacementConfig) -> InstructionWriter | None:
     return cached_model(f"llm:{llm.model_dump_json()}", lambda: InstructionWriter(llm))
 
 
-def index_signature(db_url: str) -> str | None:
-    """The database signature the saved index was built from (None: no index)."""
-    info = os.path.join(db_url, INDEX_DIR, "index.json")
-    if not os.path.isfile(info):
-        return None
-    with open(info, encoding="utf-8") as handle:
-        return json.load(handle).get("signature")
-
-
-def index_is_current(db_url: str) -> bool:
-    signature = index_signature(db_url)
-    return signature is not None and signature == ObjectDatabase(db_url).signature()
-
-
-def load_models(config: ReplacementConfig) -> ReplacementModels:
+def load_models(settings: PairsSettings) -> ReplacementModels:
     """Every model of the stage, each loaded once per worker process."""
-    url = config.database.url or ""
-    signature = index_signature(url)
-    database = cached_model(f"objectdb:{url}:{signature}", lambda: ObjectDatabase(url))
-    index = cached_model(
-        f"objectindex:{url}:{signature}", lambda: ObjectIndex.load(url, config.database.index)
-    )
+    config, url, key = settings.config, settings.database_url, settings.index_key
+    database = cached_model(f"objectdb:{url}:{key}", lambda: ObjectDatabase(url))
+    index = cached_model(f"objectindex:{url}:{key}", lambda: open_index(url, key, config.database.index))
     if len(index) != len(database):
         raise ValueError(
-            f"object index under {url} holds {len(index)} objects, the database {len(database)}: "
-            "rebuild it with the object_database flow"
+            f"object index {key} of {url} holds {len(index)} objects, the database {len(database)}: "
+            "the database changed while this run read it; rerun to rebuild the index"
         )
     return ReplacementModels(
         embedder=embedder(config),
@@ -133,14 +184,14 @@ def batch_tags(config: ReplacementConfig, database_only: bool = False) -> list[s
     return sorted({tag for d in devices for tag in gpu_tags(True, None if d == "auto" else d)})
 
 
-def models_key(config: ReplacementConfig) -> str:
-    return f"replacement:{index_signature(config.database.url or '')}:{config.model_dump_json()}"
+def models_key(settings: PairsSettings) -> str:
+    return f"replacement:{settings.database_url}:{settings.index_key}:{settings.config.model_dump_json()}"
 
 
-def replacement_batch(records: list, config: ReplacementConfig) -> list[Result]:
-    """One batch through the replacement stage (``config.database.url`` already resolved)."""
-    models = cached_model(models_key(config), lambda: load_models(config))
-    return replacement_stage(records, models, config)
+def replacement_batch(records: list, settings: PairsSettings) -> list[Result]:
+    """One batch through the replacement stage."""
+    models = cached_model(models_key(settings), lambda: load_models(settings))
+    return replacement_stage(records, models, settings.config)
 
 
 @task(
@@ -150,29 +201,49 @@ def replacement_batch(records: list, config: ReplacementConfig) -> list[Result]:
     retries=2,
     retry_delay_seconds=5,
 )
-def object_database_batch(items: list, config: ReplacementConfig, db_url: str, part: str) -> dict:
-    """Select, crop, embed and name the regions of one batch of images; write them as one part."""
+def object_database_batch(items: list, config: ReplacementConfig, target: PartTarget, part: str) -> dict:
+    """Select, crop, embed and name the regions of one batch of images; commit them as one part."""
     batch = object_batch(items, embedder(config), proposer(config), labeler(config), config)
-    write_part(db_url, part, batch.vectors, batch.rows)
+    with store_errors(f"object database part {part}", target.url):
+        write_part(
+            target.url, part, batch.vectors, batch.rows, target.fingerprint, target.holder, DATABASE_STAGE
+        )
     return {"images": batch.images, "objects": len(batch.rows), "dropped": dict(batch.dropped)}
 
 
-@flow(name="object_database", log_prints=True)
-def object_database(
-    config: ReplacementConfig,
-    output: str,
-    shards: ShardSpec | None = None,
-    runner: RunnerConfig | None = None,
-) -> dict:
-    """Build (or finish) the object database and its FAISS index; ``shards`` is unused (no pairs)."""
+def _index(writer: StageWriter, config: ReplacementConfig) -> dict:
+    """The index of the database's committed parts: built and stored unless it already is."""
+    database = ObjectDatabase(writer.url)
+    key = index_key(writer.digest, database.signature(), config.database.index)
+    built = False
+    if not has_index(writer.url, key):
+        index = build_index(database, config.database.index)
+        writer.lease.check()
+        store_index(index, writer.url, key)
+        built = True
+    info = index_info(writer.url, key)
+    return {
+        "objects": len(database),
+        "index": info["kind"],
+        "index_key": key,
+        "index_built": built,
+        "signature": database.signature(),
+    }
+
+
+def _fill_database(writer: StageWriter, config: ReplacementConfig, runner: RunnerConfig) -> dict:
+    """Commit the parts of every batch of images not committed yet, then index the database."""
     logger = get_run_logger()
-    runner = runner or RunnerConfig()
-    db_url = database_url(config, output)
-    os.makedirs(db_url, exist_ok=True)
-    done = set(part_names(db_url))
-    worker = object_database_batch.with_options(
-        tags=set(batch_tags(config, database_only=True)),
-    )
+    db_url = writer.url
+    if writer.rebuilt:
+        logger.warning("%s: rebuilding (%s)", DATABASE_STAGE, "; ".join(writer.changes) or "asked to")
+    with store_errors(f"stage {DATABASE_STAGE}", db_url):
+        done = writer.committed_batches()
+        orphans = remove_uncommitted(db_url)
+    if orphans:
+        logger.warning("%s: removed the vectors of %d parts that never committed", DATABASE_STAGE, orphans)
+    target = PartTarget(db_url, writer.digest, writer.holder)
+    worker = object_database_batch.with_options(tags=set(batch_tags(config, database_only=True)))
     totals: Counter = Counter()
     dropped: Counter = Counter()
     in_flight: deque = deque()
@@ -180,7 +251,7 @@ def object_database(
 
     def collect() -> None:
         counts = in_flight.popleft().result()
-        totals.update(images=counts["images"], objects=counts["objects"], batches=1)
+        totals.update(images=counts["images"], objects_added=counts["objects"], batches=1)
         dropped.update(counts["dropped"])
         bar.update(counts["images"])
 
@@ -190,26 +261,56 @@ def object_database(
         if part in done:
             totals["batches_resumed"] += 1
             continue
-        in_flight.append(worker.submit(chunk, config, db_url, part))
+        in_flight.append(worker.submit(chunk, config, target, part))
         while len(in_flight) >= runner.max_in_flight:
             collect()
     while in_flight:
         collect()
     bar.close()
-    database = ObjectDatabase(db_url)
-    index = build_index(database, config.database.index)
-    index.save(db_url)
-    summary = {
-        "database": db_url,
-        "objects": len(database),
-        "index": index.kind,
-        **totals,
-        "dropped": dict(sorted(dropped.items())),
-    }
-    fs.write_bytes_atomic(fs.join(db_url, "summary.json"), json.dumps(summary, indent=2).encode("utf-8"))
+    with store_errors(f"stage {DATABASE_STAGE}", db_url):
+        indexed = _index(writer, config)
+        summary = {
+            "database": db_url,
+            **indexed,
+            **totals,
+            "dropped": dict(sorted(dropped.items())),
+            "fingerprint": writer.digest,
+            "rebuilt": writer.rebuilt,
+        }
+        fs.write_bytes_atomic(fs.join(db_url, "summary.json"), json.dumps(summary, indent=2).encode("utf-8"))
+        writer.finish({k: v for k, v in summary.items() if k != "database"}, schema=PART_SCHEMA)
+    return summary
+
+
+@flow(name="object_database", log_prints=True)
+def object_database(
+    config: ReplacementConfig,
+    output: str,
+    shards: ShardSpec | None = None,
+    runner: RunnerConfig | None = None,
+    rebuild: Rebuild = "no",
+) -> dict:
+    """Build (or finish) the object database and its FAISS index; ``shards`` is unused (no pairs).
+
+    A database made with other settings stops the run before any work (:class:`StageChanged`, naming
+    what changed) unless ``rebuild``.
+    """
+    logger = get_run_logger()
+    runner = runner or RunnerConfig()
+    db_url = database_url(config, output)
+    fingerprint = database_fingerprint(config)
+    with contextlib.ExitStack() as held:
+        with store_errors(f"stage {DATABASE_STAGE}", db_url):
+            writer = held.enter_context(
+                open_stage_for(DATABASE_STAGE, db_url, fingerprint, runner, rebuild, recorded_paths(config))
+            )
+        summary = _fill_database(writer, config, runner)
     publish_database_summary(summary)
     logger.info(
-        "object database: %d objects (%s index), dropped %s", len(database), index.kind, summary["dropped"]
+        "object database: %d objects (%s index), dropped %s",
+        summary["objects"],
+        summary["index"],
+        summary["dropped"],
     )
     return summary
 
@@ -225,7 +326,7 @@ def publish_database_summary(summary: dict) -> None:
     lines = ["# object database", "", "| | |", "|---|---|"]
     lines += [
         f"| {k} | {summary[k]} |"
-        for k in ("objects", "index", "images", "batches", "batches_resumed")
+        for k in ("objects", "index", "images", "batches", "batches_resumed", "rebuilt")
         if k in summary
     ]
     lines += [f"| dropped `{r}` | {n} |" for r, n in summary["dropped"].items()]
@@ -233,6 +334,81 @@ def publish_database_summary(summary: dict) -> None:
     create_markdown_artifact(
         "\n".join(lines), key=f"{artifact_key(DATABASE_STAGE)}-summary", description="object database summary"
     )
+
+
+def complete_database(db_url: str, fingerprint: Fingerprint) -> bool:
+    """Whether the database holds what ``fingerprint`` asks for, completely: made with it, and its last
+    finished run saw exactly the parts committed now (a killed or concurrent run adds others)."""
+    record = read_record(db_url)
+    if record is None or record["fingerprint"].get("digest") != fingerprint.digest or not record.get("runs"):
+        return False
+    return record["runs"][-1].get("signature") == ObjectDatabase(db_url).signature()
+
+
+def current_index(
+    config: ReplacementConfig, db_url: str, fingerprint: Fingerprint, runner: RunnerConfig
+) -> str:
+    """The key of the complete database's index for ``config``; built (holding the database's lease)
+    when only the index settings changed."""
+    key = index_key(fingerprint.digest, ObjectDatabase(db_url).signature(), config.database.index)
+    if has_index(db_url, key):
+        return key
+    with open_stage_for(DATABASE_STAGE, db_url, fingerprint, runner, "no", recorded_paths(config)) as writer:
+        indexed = _index(writer, config)
+        writer.finish(indexed, schema=PART_SCHEMA)
+    return indexed["index_key"]
+
+
+def ensure_database(
+    config: ReplacementConfig,
+    output: str,
+    shards: ShardSpec | None,
+    runner: RunnerConfig,
+    rebuild_database: Rebuild,
+) -> tuple[str, str, dict | None]:
+    """``(digest, index key, summary)`` of a complete, current database (``summary`` when it was built)."""
+    db_url = database_url(config, output)
+    fingerprint = database_fingerprint(config)
+    with store_errors(f"stage {DATABASE_STAGE}", db_url):
+        if rebuild_database not in ("yes", True) and complete_database(db_url, fingerprint):
+            return fingerprint.digest, current_index(config, db_url, fingerprint, runner), None
+        if not config.database.build_if_missing and rebuild_database in ("no", False):
+            record = read_record(db_url)
+            if record is not None and record["fingerprint"].get("digest") != fingerprint.digest:
+                changes = fingerprint.changes(Fingerprint.from_record(record["fingerprint"]))
+                raise StageChanged(DATABASE_STAGE, db_url, changes)
+            raise FileNotFoundError(
+                f"no complete object database under {db_url}; run the object_database flow"
+            )
+    summary = object_database(config, output, shards, runner, rebuild=rebuild_database)
+    return summary["fingerprint"], summary["index_key"], summary
+
+
+def _refuse_changes_first(
+    config: ReplacementConfig,
+    output: str,
+    shards: ShardSpec | None,
+    rebuild: Rebuild,
+    rebuild_database: Rebuild,
+) -> None:
+    """Stop before any work (the database's too) if the database or the pairs were made with other
+    settings and are not to be rebuilt: both fingerprints are known before anything runs."""
+    if rebuild_database not in ("no", False):
+        return
+    database = database_fingerprint(config)
+    db_url = database_url(config, output)
+    with store_errors(f"stage {DATABASE_STAGE}", db_url):
+        recorded = recorded_fingerprint(db_url)
+    if recorded is not None and recorded.digest != database.digest:
+        raise StageChanged(DATABASE_STAGE, db_url, database.changes(recorded))
+    if rebuild not in ("no", False):
+        return
+    stage_url = fs.join(output, STAGE)
+    pairs = with_shard_encoding(replacement_fingerprint(config, database.digest), shards or ShardSpec())
+    with store_errors(f"stage {STAGE}", stage_url):
+        recorded = recorded_fingerprint(stage_url)
+    if recorded is not None and recorded.digest != pairs.digest:
+        raise StageChanged(STAGE, stage_url, pairs.changes(recorded))
 
 
 @flow(name="replacement", log_prints=True)
@@ -244,33 +420,35 @@ def replacement(
     rebuild: Rebuild = "no",
     rebuild_database: Rebuild = "no",
 ) -> dict:
-    """Write replace pairs as shards under ``<output>/replacement``; builds the database first if needed."""
+    """Write replace pairs as shards under ``<output>/replacement``; builds the database first if needed.
+
+    The database is checked (and built, or finished) first: made with other settings it stops the run
+    naming what changed, unless ``rebuild_database``. A rebuilt database rebuilds the pairs too.
+    """
     logger = get_run_logger()
     runner = runner or RunnerConfig()
     db_url = database_url(config, output)
-    database_summary = None
-    if not index_is_current(db_url):
-        if not config.database.build_if_missing:
-            raise FileNotFoundError(f"no current object index under {db_url}; run the object_database flow")
-        database_summary = object_database(config, output, shards, runner)
-    resolved = config.model_copy(update={"database": config.database.model_copy(update={"url": db_url})})
-    stage_url = fs.join(output, STAGE)
+    _refuse_changes_first(config, output, shards, rebuild, rebuild_database)
+    digest, key, database_summary = ensure_database(config, output, shards, runner, rebuild_database)
+    if database_summary is not None and database_summary["rebuilt"]:
+        rebuild = "yes"  # the pairs read the database: everything downstream of a rebuilt stage is rebuilt
+    settings = PairsSettings(config, db_url, key)
     summary = run_stage(
         STAGE,
-        iter_records(resolved),
+        iter_records(config),
         replacement_batch,
-        resolved,
-        stage_url,
+        settings,
+        fs.join(output, STAGE),
         shards,
         batch_size=config.batch_size,
         runner=runner,
-        fingerprint=section_fingerprint(STAGE, resolved),
+        fingerprint=replacement_fingerprint(config, digest),
         rebuild=rebuild,
-        info={"models": model_paths(resolved)},
+        info=recorded_paths(config),
         tags=batch_tags(config),
     )
-    key = models_key(resolved)
-    timings = cached_model(key, lambda: load_models(resolved)).timings if key in LOADS else None
+    models = models_key(settings)
+    timings = cached_model(models, lambda: load_models(settings)).timings if models in LOADS else None
     if timings:
         total = sum(timings.values()) or 1.0
         create_markdown_artifact(
@@ -280,5 +458,5 @@ def replacement(
             description="seconds per step of the replacement stage",
         )
         logger.info("replacement step seconds: %s", {k: round(v, 2) for k, v in timings.items()})
-    summary["database"] = database_summary or {"database": db_url, "reused": True}
+    summary["database"] = database_summary or {"database": db_url, "reused": True, "index_key": key}
     return summary

@@ -178,8 +178,10 @@ class StageWriter:
             if ".tmp-" in posixpath.basename(entry):
                 filesystem.rm(entry)
                 removed["temporaries"] += 1
-        listed = {posixpath.basename(u) for u in manifest.committed_shards(self.url)}
-        for shard in fs.list_files(fs.join(self.url, manifest.SHARD_DIR), ""):
+        shards = fs.list_files(fs.join(self.url, manifest.SHARD_DIR), "")
+        # a stage of its own files (commit_files) has no shards, and its parts no ``shard`` column
+        listed = {posixpath.basename(u) for u in manifest.committed_shards(self.url)} if shards else set()
+        for shard in shards:
             if posixpath.basename(shard) not in listed and not posixpath.basename(shard).startswith("."):
                 fs.remove(shard)
                 removed["uncommitted_shards"] += 1

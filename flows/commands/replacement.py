@@ -58,8 +58,16 @@ def load_replacement_build(path: str | os.PathLike) -> ReplacementBuild:
     return build
 
 
-def run_replacement(build: ReplacementBuild, database_only: bool = False) -> dict:
-    """Run the flow against the configured (or a local) Prefect server, with the configured task runner."""
+def run_replacement(
+    build: ReplacementBuild,
+    database_only: bool = False,
+    rebuild: bool = False,
+    rebuild_database: bool = False,
+) -> dict:
+    """Run the flow against the configured (or a local) Prefect server, with the configured task runner.
+
+    A stage made with other settings stops the run, naming what changed, unless told to rebuild it:
+    ``rebuild`` the pairs, ``rebuild_database`` the object database (and so the pairs)."""
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     from ieiw.flows.replacement import object_database, replacement
@@ -68,10 +76,20 @@ def run_replacement(build: ReplacementBuild, database_only: bool = False) -> dic
 
     api_url = ensure_server()
     console.print(f"Prefect UI: [bold]{ui_url(api_url)}[/bold]")
-    chosen = object_database if database_only else replacement
+    task_runner = make_task_runner(build.runner)
+    database_mode = "yes" if rebuild_database else "no"
     with temporary_settings(updates={PREFECT_API_URL: api_url}):
-        return chosen.with_options(task_runner=make_task_runner(build.runner))(
-            build.replacement, build.output, build.shards, build.runner
+        if database_only:
+            return object_database.with_options(task_runner=task_runner)(
+                build.replacement, build.output, build.shards, build.runner, rebuild=database_mode
+            )
+        return replacement.with_options(task_runner=task_runner)(
+            build.replacement,
+            build.output,
+            build.shards,
+            build.runner,
+            rebuild="yes" if rebuild else "no",
+            rebuild_database=database_mode,
         )
 
 
@@ -84,9 +102,29 @@ def register(app: typer.Typer) -> None:
         database_only: bool = typer.Option(
             False, "--database-only", help="only build the object database + index"
         ),
+        rebuild: bool = typer.Option(
+            False, "--rebuild", help="rebuild the pairs even if they were made with other settings"
+        ),
+        rebuild_database: bool = typer.Option(
+            False, "--rebuild-database", help="rebuild the object database (and so the pairs)"
+        ),
     ) -> None:
         """Object-replacement pairs: SAM/SA-1B/Open Images regions, CLIP+FAISS references, painting."""
-        summary = run_replacement(load_replacement_build(config), database_only)
+        from rich.markup import escape
+
+        from ieiw.storage.lease import StageBusy
+        from ieiw.storage.stage_folder import StageChanged
+
+        try:
+            summary = run_replacement(
+                load_replacement_build(config), database_only, rebuild, rebuild_database
+            )
+        except (StageChanged, StageBusy) as refused:
+            console.print(f"[bold red]Stopped:[/bold red] {escape(str(refused))}")
+            if isinstance(refused, StageChanged):
+                flag = "--rebuild-database" if refused.stage == "object_database" else "--rebuild"
+                console.print(f"With `ieiw replacement`, rebuild it with {flag}.")
+            raise typer.Exit(2) from None
         if database_only:
             console.print(
                 f"object database: {summary['objects']} objects ({summary['index']} index), "

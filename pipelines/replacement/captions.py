@@ -14,6 +14,7 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict
 
 from ieiw.pipelines.instructions.templates import a_phrase
+from ieiw.storage.identity import model_identity
 
 
 class CaptionConfig(BaseModel):
@@ -46,7 +47,7 @@ class BlipCaptioner:
         if not config.model:
             raise ValueError("caption.backend 'blip' needs caption.model: a hub id or a local folder")
         self.config = config
-        self.model_name = config.model
+        self.model_name = model_identity(config.model)  # by content: never a local path in a sample
         use_cuda = config.device == "auto" and torch.cuda.is_available()
         self.device = torch.device(
             "cuda" if use_cuda else ("cpu" if config.device == "auto" else config.device)

@@ -67,7 +67,7 @@ class ProposerConfig(BaseModel):
 class DatabaseConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    url: str | None = None  # a local folder; None: <output>/replacement/objects
+    url: str | None = None  # a folder or fsspec URL (s3://...); None: <output>/object_database
     objects_per_image: int = 8  # best kept regions of each image stored
     batch_size: int = 16
     build_if_missing: bool = True  # the replacement flow builds the database first when absent

@@ -1,29 +1,35 @@
-"""The object database: CLIP embeddings of region crops and their metadata, as part files.
+"""The object database: CLIP embeddings of region crops and their metadata, a stage folder.
 
-Layout of a database folder (local or mounted, since vectors are memory-mapped)::
+The database is a stage folder (:mod:`ieiw.storage.stage_folder`) on any fsspec store (a local
+folder, ``s3://...``). One batch of images is one part::
 
-    parts/<name>.npy       (N, D) float32 unit rows
-    parts/<name>.parquet   N rows of metadata, written after the vectors: marks the part complete
-    index/                 the FAISS index over every part (see :mod:`.index`)
+    parts/<part>.npy            (N, D) float32 unit rows, written first
+    manifest/<part>.parquet     its N rows of metadata (:data:`COLUMNS`): commits the part
+    manifest.parquet            the committed rows in one file (when a run finishes)
+    index/<key>/                the FAISS index over the committed parts (see :mod:`.index`)
+    stage.json                  the fingerprint the database was made with, and its runs
 
 A row's metadata holds everything needed to cut the object out again (image path and the mask as
-a COCO RLE), so retrieval never needs the source datasets' annotation files.
+a COCO RLE), so retrieval never needs the source datasets' annotation files. A part exists for a
+reader only once its manifest part is committed; vectors of parts that never committed are
+invisible (and pruned by the next holder of the stage's lease).
 """
 
 from __future__ import annotations
 
 import io
-import os
+import posixpath
 import threading
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Iterator
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ieiw.storage import fs
+from ieiw.storage import fs, manifest
 from ieiw.storage.schema import stable_key
+from ieiw.storage.stage_folder import commit_files
 
 PARTS = "parts"
 COLUMNS = pa.schema(
@@ -45,6 +51,8 @@ COLUMNS = pa.schema(
         ("rle_counts", pa.string()),
     ]
 )
+# A committed part's table: the rows, the part they belong to, the stage fingerprint (added on commit).
+PART_SCHEMA = pa.schema([*COLUMNS, ("part", pa.string()), ("fingerprint", pa.string())])
 
 
 def image_key(dataset: str, image_id: str) -> int:
@@ -56,54 +64,93 @@ def object_id(dataset: str, image_id: str, region_id: str) -> str:
     return stable_key("object", dataset, image_id, region_id)
 
 
-def write_part(db_url: str, name: str, vectors: np.ndarray, rows: list[dict]) -> str:
-    """Write one part: the vectors first, then the metadata that marks it complete."""
+def vectors_path(part: str) -> str:
+    """Where a part's vectors lie, relative to the database."""
+    return posixpath.join(PARTS, f"{part}.npy")
+
+
+def part_table(part: str, rows: list[dict]) -> pa.Table:
+    table = pa.Table.from_pylist(rows, schema=COLUMNS)
+    return table.append_column("part", pa.array([part] * len(rows), pa.string()))
+
+
+def write_part(
+    db_url: str,
+    part: str,
+    vectors: np.ndarray,
+    rows: list[dict],
+    fingerprint: str = "",
+    holder: str | None = None,
+    stage: str = "object_database",
+) -> str:
+    """Commit one part: its vectors first, then its metadata as the manifest part that commits it
+    (if the stage's lease is still ``holder``'s; ``None`` skips the check)."""
     if len(vectors) != len(rows):
         raise ValueError(f"{len(rows)} rows for {len(vectors)} vectors")
-    base = os.path.join(db_url, PARTS, name)
     buffer = io.BytesIO()
     np.save(buffer, np.ascontiguousarray(vectors, dtype=np.float32))
-    fs.write_bytes_atomic(base + ".npy", buffer.getvalue())
-    buffer = io.BytesIO()
-    pq.write_table(pa.Table.from_pylist(rows, schema=COLUMNS), buffer)
-    fs.write_bytes_atomic(base + ".parquet", buffer.getvalue())
-    return base
-
-
-def part_names(db_url: str) -> list[str]:
-    """Names of the complete parts, sorted: their order is the database's row order."""
-    folder = os.path.join(db_url, PARTS)
-    if not os.path.isdir(folder):
-        return []
-    return sorted(
-        n[: -len(".parquet")] for n in os.listdir(folder) if n.endswith(".parquet") and not n.startswith(".")
+    return commit_files(
+        db_url,
+        part,
+        part_table(part, rows),
+        {vectors_path(part): buffer.getvalue()},
+        fingerprint,
+        holder,
+        stage,
     )
 
 
+def part_names(db_url: str) -> list[str]:
+    """Names of the committed parts, sorted: their order is the database's row order."""
+    return sorted(manifest.completed_batches(db_url))
+
+
+def remove_uncommitted(db_url: str) -> int:
+    """Delete the vectors of parts whose manifest part never committed (a killed run's); returns how
+    many. Only the holder of the database's lease calls this, before its workers start."""
+    committed = set(part_names(db_url))
+    removed = 0
+    for url in fs.list_files(fs.join(db_url, PARTS), ".npy"):
+        name = posixpath.basename(url)[: -len(".npy")]
+        if name not in committed and not name.startswith("."):
+            fs.remove(url)
+            removed += 1
+    return removed
+
+
 class ObjectDatabase:
-    """Read access to a database folder; vectors are memory-mapped, metadata read per part."""
+    """Read access to the committed parts of a database; metadata is read per part when needed.
+
+    Vectors are memory-mapped from a local database and read whole per part from an object store.
+    """
 
     def __init__(self, url: str, cached_parts: int = 4) -> None:
         self.url = url
         self.parts = part_names(url)
-        counts = [pq.read_metadata(self._path(p, ".parquet")).num_rows for p in self.parts]
-        self.offsets = np.concatenate([[0], np.cumsum(counts, dtype=np.int64)]).astype(np.int64)
+        counts: Counter = Counter()
+        if self.parts:
+            column = manifest.read_table(url, columns=["part"], schema=PART_SCHEMA).column("part")
+            counts.update(column.to_pylist())
+        self.offsets = np.concatenate([[0], np.cumsum([counts[p] for p in self.parts], dtype=np.int64)])
+        self.offsets = self.offsets.astype(np.int64)
         self._tables: OrderedDict[str, pa.Table] = OrderedDict()
         self._cached_parts = cached_parts
         self._lock = threading.Lock()  # batches in threads share one database
-
-    def _path(self, part: str, suffix: str) -> str:
-        return os.path.join(self.url, PARTS, part + suffix)
+        filesystem, _ = fs.get_fs(url)
+        self._local = fs.is_local(filesystem)
 
     def __len__(self) -> int:
         return int(self.offsets[-1])
 
     def signature(self) -> str:
-        """Changes whenever a part is added or removed: an index built before is then stale."""
+        """What the committed parts are: an index built from other parts is stale."""
         return stable_key(self.parts, self.offsets.tolist())
 
     def vectors(self, part: str) -> np.ndarray:
-        return np.load(self._path(part, ".npy"), mmap_mode="r", allow_pickle=False)
+        url = fs.join(self.url, vectors_path(part))
+        if self._local:
+            return np.load(fs.get_fs(url)[1], mmap_mode="r", allow_pickle=False)
+        return np.load(io.BytesIO(fs.read_bytes(url)), allow_pickle=False)
 
     @property
     def dim(self) -> int:
@@ -112,7 +159,7 @@ class ObjectDatabase:
         return int(self.vectors(self.parts[0]).shape[1])
 
     def iter_vectors(self, chunk_rows: int = 65536) -> Iterator[np.ndarray]:
-        """Every vector in row order, in chunks of at most ``chunk_rows`` (bounded memory)."""
+        """Every vector in row order, in chunks of at most ``chunk_rows`` (one part in memory)."""
         for part in self.parts:
             vectors = self.vectors(part)
             for start in range(0, len(vectors), chunk_rows):
@@ -120,12 +167,16 @@ class ObjectDatabase:
 
     def sample_vectors(self, count: int) -> np.ndarray:
         """About ``count`` vectors spread evenly over the database (for training an IVF index)."""
+        if len(self) == 0:
+            return np.zeros((0, self.dim), np.float32)
         rows = np.unique(np.linspace(0, len(self) - 1, num=min(count, len(self))).astype(np.int64))
-        return (
-            np.stack([self.vector(int(r)) for r in rows])
-            if len(rows)
-            else np.zeros((0, self.dim), np.float32)
-        )
+        picked = []
+        for index, part in enumerate(self.parts):
+            start, stop = int(self.offsets[index]), int(self.offsets[index + 1])
+            mine = rows[(rows >= start) & (rows < stop)] - start
+            if len(mine):
+                picked.append(np.asarray(self.vectors(part)[mine], dtype=np.float32))
+        return np.concatenate(picked)
 
     def locate(self, row: int) -> tuple[str, int]:
         if not 0 <= row < len(self):
@@ -137,9 +188,14 @@ class ObjectDatabase:
         part, local = self.locate(row)
         return np.array(self.vectors(part)[local], dtype=np.float32)
 
+    def _read_part(self, part: str, columns: list[str] | None = None) -> pa.Table:
+        filesystem, path = fs.get_fs(manifest.part_url(self.url, part))
+        with filesystem.open(path, "rb") as handle:
+            return pq.read_table(handle, columns=columns)
+
     def iter_column(self, name: str) -> Iterator[list]:
         for part in self.parts:
-            yield pq.read_table(self._path(part, ".parquet"), columns=[name]).column(name).to_pylist()
+            yield self._read_part(part, [name]).column(name).to_pylist()
 
     def row(self, row: int) -> dict:
         part, local = self.locate(row)
@@ -150,7 +206,7 @@ class ObjectDatabase:
             if part in self._tables:
                 self._tables.move_to_end(part)
             else:
-                self._tables[part] = pq.read_table(self._path(part, ".parquet"))
+                self._tables[part] = self._read_part(part)
                 while len(self._tables) > self._cached_parts:
                     self._tables.popitem(last=False)
             return self._tables[part]

@@ -1,9 +1,15 @@
 """A FAISS index over the object database: exact for small databases, IVF or HNSW for large ones.
 
 Vectors are unit rows, so inner product is cosine similarity. The index is built in chunks from
-the memory-mapped parts, saved under ``<database>/index/`` with per-row image keys and label ids,
-and loaded memory-mapped. GPU FAISS is used for flat and IVF indexes when it is installed and a
-GPU is visible.
+the database's committed parts and saved with per-row image keys and label ids. GPU FAISS is used
+for flat and IVF indexes when it is installed and a GPU is visible.
+
+In the database's stage folder an index lies under ``index/<key>/``, where the key
+(:func:`index_key`) hashes the database's fingerprint digest, its committed parts and the settings
+the index was built with; ``index.json`` is written last and marks it complete. FAISS reads and
+writes local files only, so for a database on an object store the index is built in, and loaded
+(memory-mapped) from, a local cache copy under ``$IEIW_CACHE/object-index/<key>/``, and uploaded
+to (or downloaded from) the stage folder; a local database's index is loaded where it lies.
 """
 
 from __future__ import annotations
@@ -11,6 +17,9 @@ from __future__ import annotations
 import json
 import math
 import os
+import posixpath
+import shutil
+import uuid
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
@@ -19,13 +28,19 @@ from tqdm.auto import tqdm
 
 from ieiw.pipelines.replacement.database import ObjectDatabase, image_key
 from ieiw.storage import fs
+from ieiw.storage.identity import cache_root
 from ieiw.storage.optional import import_faiss
+from ieiw.storage.schema import stable_key
 
 if TYPE_CHECKING:
     import faiss
 
 INDEX_DIR = "index"
 INDEX_FILE = "objects.faiss"
+INFO_FILE = "index.json"  # written last: marks a saved index complete
+FILES = (INDEX_FILE, "image_keys.npy", "label_ids.npy", INFO_FILE)
+OPERATIONAL = {"gpu", "chunk_rows"}
+QUERY_TIME = {"nprobe", "ef_search"}  # applied when the index is loaded, not when it is built
 
 
 class IndexConfig(BaseModel):
@@ -110,9 +125,9 @@ class ObjectIndex:
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         return self.index.search(queries, min(k, max(len(self), 1)))
 
-    def save(self, db_url: str) -> str:
+    def save(self, folder: str, key: str = "") -> str:
+        """Write the index into a local ``folder`` (``index.json`` last)."""
         faiss = import_faiss()
-        folder = os.path.join(db_url, INDEX_DIR)
         os.makedirs(folder, exist_ok=True)
         cpu = faiss.index_gpu_to_cpu(self.index) if hasattr(self.index, "getDevice") else self.index
         target = os.path.join(folder, INDEX_FILE)
@@ -122,17 +137,22 @@ class ObjectIndex:
         for name, array in (("image_keys.npy", self.image_keys), ("label_ids.npy", self.label_ids)):
             with fs.atomic_open(os.path.join(folder, name)) as handle:
                 np.save(handle, array)
-        info = {"kind": self.kind, "count": len(self), "labels": self.labels, "signature": self.signature}
-        fs.write_bytes_atomic(os.path.join(folder, "index.json"), json.dumps(info).encode("utf-8"))
+        info = {
+            "kind": self.kind,
+            "count": len(self),
+            "labels": self.labels,
+            "signature": self.signature,
+            "key": key,
+        }
+        fs.write_bytes_atomic(os.path.join(folder, INFO_FILE), json.dumps(info).encode("utf-8"))
         return folder
 
     @classmethod
-    def load(cls, db_url: str, config: IndexConfig | None = None) -> ObjectIndex:
+    def load(cls, folder: str, config: IndexConfig | None = None) -> ObjectIndex:
+        """Load an index saved in a local ``folder``, memory-mapped (moved to the GPU where that applies)."""
         faiss = import_faiss()
-        """Load a saved index memory-mapped (moved to the GPU where that applies)."""
         config = config or IndexConfig()
-        folder = os.path.join(db_url, INDEX_DIR)
-        info_path = os.path.join(folder, "index.json")
+        info_path = os.path.join(folder, INFO_FILE)
         if not os.path.isfile(info_path):
             raise FileNotFoundError(f"no object index under {folder}: build it with the object_database flow")
         with open(info_path, encoding="utf-8") as handle:
@@ -175,3 +195,112 @@ def build_index(db: ObjectDatabase, config: IndexConfig) -> ObjectIndex:
         ]
     )
     return ObjectIndex(index, kind, keys, label_ids, labels, db.signature())
+
+
+# ---------------------------------------------------------------------------- the index of a database
+
+
+def index_key(database_digest: str, signature: str, config: IndexConfig) -> str:
+    """What an index was built from: the database (fingerprint and committed parts) and the settings
+    that shape the built index (query-time and operational ones apart)."""
+    return stable_key(
+        "object-index", database_digest, signature, config.model_dump(exclude=OPERATIONAL | QUERY_TIME)
+    )
+
+
+def index_url(db_url: str, key: str) -> str:
+    return fs.join(db_url, INDEX_DIR, key)
+
+
+def cache_folder(key: str) -> str:
+    return str(cache_root() / "object-index" / key)
+
+
+def _is_local(url: str) -> bool:
+    return fs.is_local(fs.get_fs(url)[0])
+
+
+def _complete(url: str, key: str) -> bool:
+    try:
+        return json.loads(fs.read_bytes(fs.join(url, INFO_FILE))).get("key") == key
+    except (FileNotFoundError, ValueError):
+        return False
+
+
+def has_index(db_url: str, key: str) -> bool:
+    """Whether the database holds a complete index with this key."""
+    return _complete(index_url(db_url, key), key)
+
+
+def index_info(db_url: str, key: str) -> dict:
+    """What ``index.json`` of the database's index with this key says (kind, count, labels, key)."""
+    return json.loads(fs.read_bytes(fs.join(index_url(db_url, key), INFO_FILE)))
+
+
+def store_index(index: ObjectIndex, db_url: str, key: str) -> str:
+    """Save ``index`` in the database under ``index/<key>/`` and remove indexes of other keys.
+
+    The caller holds the database's lease. A local database gets the files directly; an object store
+    gets them uploaded from the local cache copy (each file one PUT or multipart upload, atomic there),
+    ``index.json`` last.
+    """
+    target = index_url(db_url, key)
+    if _is_local(db_url):
+        index.save(fs.get_fs(target)[1], key)
+    else:
+        local = cache_folder(key)
+        staging = f"{local}.tmp-{uuid.uuid4().hex[:8]}"
+        index.save(staging, key)
+        filesystem, path = fs.get_fs(target)
+        for name in FILES:
+            filesystem.put_file(os.path.join(staging, name), posixpath.join(path, name))
+        _settle(staging, local)
+    _prune(db_url, key)
+    return target
+
+
+def open_index(db_url: str, key: str, config: IndexConfig | None = None) -> ObjectIndex:
+    """Load the database's index with this key: in place for a local database, else from the local
+    cache copy (downloaded first if this machine has none)."""
+    source = index_url(db_url, key)
+    if _is_local(db_url):
+        folder = fs.get_fs(source)[1]
+        if not _complete(folder, key):
+            raise FileNotFoundError(
+                f"no object index {key} under {db_url}: build it with the object_database flow"
+            )
+        return ObjectIndex.load(folder, config)
+    local = cache_folder(key)
+    if not _complete(local, key):
+        if not _complete(source, key):
+            raise FileNotFoundError(
+                f"no object index {key} under {db_url}: build it with the object_database flow"
+            )
+        staging = f"{local}.tmp-{uuid.uuid4().hex[:8]}"
+        os.makedirs(staging)
+        filesystem, path = fs.get_fs(source)
+        for name in FILES:  # index.json last: a partial copy is never complete
+            filesystem.get_file(posixpath.join(path, name), os.path.join(staging, name))
+        _settle(staging, local)
+    return ObjectIndex.load(local, config)
+
+
+def _settle(staging: str, final: str) -> None:
+    """Move a complete local copy into place; another process that got there first wins."""
+    os.makedirs(os.path.dirname(final), exist_ok=True)
+    if os.path.isdir(final) and not os.path.isfile(os.path.join(final, INFO_FILE)):
+        shutil.rmtree(final, ignore_errors=True)  # a copy someone left incomplete by hand
+    try:
+        os.rename(staging, final)
+    except OSError:  # already there (a concurrent copy): keep that one
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _prune(db_url: str, keep: str) -> None:
+    filesystem, path = fs.get_fs(fs.join(db_url, INDEX_DIR))
+    filesystem.invalidate_cache(path)
+    if not filesystem.exists(path):
+        return
+    for entry in filesystem.ls(path, detail=False):
+        if posixpath.basename(entry.rstrip("/")) != keep:
+            filesystem.rm(entry, recursive=True)

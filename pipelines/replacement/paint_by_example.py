@@ -22,6 +22,7 @@ import torch
 from PIL import Image
 
 from ieiw.pipelines.replacement.painting import PaintConfig, Painted, PaintError, PaintJob, dilate
+from ieiw.storage.identity import model_identity
 
 
 def _model_index(model: str) -> dict:
@@ -91,7 +92,7 @@ class PaintByExamplePainter:
 
     def __init__(self, config: PaintConfig) -> None:
         self.config = config
-        self.model = config.model
+        self.model = model_identity(config.model)  # by content: samples' keys never hold a local path
         device = config.device
         self.device = torch.device(
             "cuda"

@@ -55,6 +55,9 @@ class Painted:
 
 
 class Painter(Protocol):
+    """``backend``, ``model`` (its identity by content or hub revision, never a path) and ``settings()``
+    go into each sample's key."""
+
     backend: str
     model: str | None
 

@@ -6,11 +6,13 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from ieiw.pipelines.replacement.records import Region
+from ieiw.pipelines.replacement.records import Region, mask_region_id, unique_regions
 
 
 class Proposer(Protocol):
-    """Proposes candidate regions for one image; ``name`` and ``settings()`` go into each sample."""
+    """Proposes candidate regions for one image; ``name`` and ``settings()`` go into each sample's key
+    (settings name models by content, never by path). Region ids derive from the masks' content
+    (:func:`~ieiw.pipelines.replacement.records.mask_region_id`)."""
 
     name: str
 
@@ -43,4 +45,5 @@ class FelzenszwalbProposer:
         segments = felzenszwalb(image, scale=self.scale, sigma=self.sigma, min_size=self.min_size)
         ids, counts = np.unique(segments, return_counts=True)
         largest = ids[np.argsort(-counts, kind="stable")][: self.max_regions]
-        return [Region(region_id=f"fz{int(i)}", mask_array=segments == i) for i in largest]
+        masks = [segments == i for i in largest]
+        return unique_regions([Region(region_id=mask_region_id("fz", m), mask_array=m) for m in masks])

@@ -11,7 +11,7 @@ from PIL import Image, UnidentifiedImageError
 from pycocotools import mask as mask_utils
 
 from ieiw.pipelines.sources.drops import keyed_drop
-from ieiw.storage.schema import Drop, Provenance
+from ieiw.storage.schema import Drop, Provenance, stable_key
 
 
 class RegionDecodeError(ValueError):
@@ -65,6 +65,24 @@ def encode_rle(mask: np.ndarray) -> dict:
     """A compact COCO RLE of a bool mask, JSON-ready (``counts`` as a string)."""
     encoded = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
     return {"size": [int(v) for v in encoded["size"]], "counts": encoded["counts"].decode("ascii")}
+
+
+def mask_region_id(prefix: str, mask: np.ndarray) -> str:
+    """A region id from the mask's content (a hash of its COCO RLE): the same mask has the same id on
+    every run and machine, whatever position a proposer returned it at."""
+    rle = encode_rle(np.asarray(mask).astype(bool))
+    return f"{prefix}-{stable_key('region', rle['size'], rle['counts'])[:16]}"
+
+
+def unique_regions(regions: list[Region]) -> list[Region]:
+    """``regions`` without repeats of a region id (a proposer that returned one mask twice)."""
+    seen: set[str] = set()
+    out = []
+    for region in regions:
+        if region.region_id not in seen:
+            seen.add(region.region_id)
+            out.append(region)
+    return out
 
 
 def _read_mask_png(path: str) -> np.ndarray:

@@ -16,7 +16,8 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from ieiw.pipelines.replacement.records import Region
+from ieiw.pipelines.replacement.records import Region, mask_region_id, unique_regions
+from ieiw.storage.identity import model_identity
 
 
 class SamArchitecture(BaseModel):
@@ -61,6 +62,17 @@ class SamConfig(BaseModel):
 
     def generator_settings(self) -> dict[str, Any]:
         return self.model_dump(exclude={"checkpoint", "model_type", "architecture", "device"})
+
+    def shaping_settings(self) -> dict[str, Any]:
+        """What shapes the masks SAM proposes, with the checkpoint by content (never its path):
+        for sample keys and the fingerprints of the stages that use SAM. ``points_per_batch`` only
+        cuts the prompts into batches and ``device`` says where they run: both left out."""
+        return {
+            "model_type": self.model_type,
+            "architecture": self.architecture.model_dump() if self.architecture else None,
+            "checkpoint": model_identity(self.checkpoint),
+            **{k: v for k, v in self.generator_settings().items() if k != "points_per_batch"},
+        }
 
 
 def build_custom_sam(arch: SamArchitecture):
@@ -140,25 +152,24 @@ class SamProposer:
             self.model, output_mode="binary_mask", **config.generator_settings()
         )
         self._lock = threading.Lock()  # the predictor holds the current image: batches in threads take turns
+        self._settings = config.shaping_settings()
 
     def settings(self) -> dict[str, Any]:
-        return {
-            "model_type": self.config.model_type,
-            "checkpoint": os.path.basename(self.config.checkpoint or ""),
-            **self.config.generator_settings(),
-        }
+        return self._settings
 
     @torch.inference_mode()
     def propose(self, image: np.ndarray) -> list[Region]:
         with self._lock:
             masks = self.generator.generate(image)
-        return [
-            Region(
-                region_id=f"sam{index}",
-                predicted_iou=float(m["predicted_iou"]),
-                stability_score=float(m["stability_score"]),
-                mask_array=m["segmentation"],
-                extra={"point_coords": m.get("point_coords"), "crop_box": m.get("crop_box")},
-            )
-            for index, m in enumerate(masks)
-        ]
+        return unique_regions(
+            [
+                Region(
+                    region_id=mask_region_id("sam", m["segmentation"]),
+                    predicted_iou=float(m["predicted_iou"]),
+                    stability_score=float(m["stability_score"]),
+                    mask_array=m["segmentation"],
+                    extra={"point_coords": m.get("point_coords"), "crop_box": m.get("crop_box")},
+                )
+                for m in masks
+            ]
+        )

@@ -28,6 +28,12 @@ from ieiw.pipelines.replacement.proposals import Proposer
 from ieiw.pipelines.replacement.records import RegionDecodeError, decode_rle, load_rgb, record_drop
 from ieiw.pipelines.replacement.retrieval import Match, retrieve
 from ieiw.pipelines.replacement.selection import SelectedRegion
+from ieiw.pipelines.replacement.settings import (
+    embedder_settings,
+    index_settings,
+    instruction_settings,
+    label_settings,
+)
 from ieiw.pipelines.replacement.sources import LoadedImage, load_image_regions
 from ieiw.pipelines.replacement.wording import write_instruction
 from ieiw.storage.schema import (
@@ -59,6 +65,15 @@ class ReplacementModels:
     writer: InstructionWriter | None = None
     timings: Counter = field(default_factory=Counter)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _key_settings: dict | None = None
+
+    def key_settings(self, config: ReplacementConfig) -> dict:
+        """The settings every sample of this run shares in its key, computed once (model identities
+        hash files, cached by path, size and time)."""
+        with self._lock:
+            if self._key_settings is None:
+                self._key_settings = shared_key_settings(self, config)
+            return self._key_settings
 
     @contextmanager
     def timed(self, step: str):
@@ -230,25 +245,46 @@ def _captions(done: list, captioner: BlipCaptioner | None) -> list[tuple[str, st
     return list(zip(texts[: len(done)], texts[len(done) :], strict=True))
 
 
+def _precision(embedder: object) -> str:
+    dtype = getattr(embedder, "autocast_dtype", None)
+    return str(dtype).removeprefix("torch.") if dtype is not None else "float32"
+
+
+def shared_key_settings(models: ReplacementModels, config: ReplacementConfig) -> dict:
+    """Every setting that shapes a sample, models by content (never a path): see :func:`_generator`."""
+    captioner = models.captioner
+    return {
+        "paint": models.painter.settings(),
+        "selection": config.selection.model_dump(),
+        "crop": config.crop.model_dump(),
+        "embedder": embedder_settings(config.embedder, _precision(models.embedder)),
+        "labels": label_settings(config.labels),
+        "database": {
+            "objects_per_image": config.database.objects_per_image,
+            "index": index_settings(config.database.index),
+        },
+        "retrieval": config.retrieval.model_dump(),
+        "caption": {"model": captioner.model_name, **captioner.settings()} if captioner else "class_names",
+        "instructions": instruction_settings(config.instructions),
+        "min_change": config.min_change,
+    }
+
+
 def _generator(
     candidate: Candidate, models: ReplacementModels, config: ReplacementConfig, seed: int
 ) -> GeneratorInfo:
-    regions = "annotations" if candidate.loaded.record.regions is not None else models.proposer.name
+    """What made the sample: its key hashes this with the provenance (query region and reference).
+    Regions from annotations need no proposer; proposed ones carry the proposer and its settings."""
+    if candidate.loaded.record.regions is not None:
+        regions: str | dict = "annotations"
+    else:
+        regions = {"proposer": models.proposer.name, **models.proposer.settings()}
     return GeneratorInfo(
         name=GENERATOR,
         backend=models.painter.backend,
         model=models.painter.model,
         seed=seed,
-        settings={
-            "paint": models.painter.settings(),
-            "regions": regions,
-            "embedder": getattr(models.embedder, "name", ""),
-            "selection": config.selection.model_dump(),
-            "retrieval": config.retrieval.model_dump(),
-            "caption": models.captioner.model_name if models.captioner else "class_names",
-            "instructions": config.instructions.backend,
-            "paraphrase": config.instructions.paraphrase,
-        },
+        settings={**models.key_settings(config), "regions": regions},
     )
 
 

@@ -20,6 +20,7 @@ from ieiw.flows.replacement import replacement
 from ieiw.pipelines.replacement.config import ReplacementConfig
 from ieiw.pipelines.sources.demo import DEMO_IMAGES, materialize_demo_images
 from ieiw.storage import manifest
+from ieiw.storage.identity import model_identity
 from ieiw.storage.shards import ShardSpec, iter_samples
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
@@ -88,7 +89,7 @@ def test_replacement_flow_with_tiny_models(tmp_path, clip_config, sam_config, pa
         assert database["objects"] == 4 * 2 + 3 * 2 and database["index"] == "flat"
         assert database["dropped"]["bad_annotation"] == 1
         assert database["dropped"]["touches_border"] == 4 and database["dropped"]["fragmented"] == 4
-        assert json.loads((tmp_path / "build/replacement/objects/summary.json").read_text())["objects"] == 14
+        assert json.loads((tmp_path / "build/object_database/summary.json").read_text())["objects"] == 14
         assert summary["kept"] == 4 * 2 + 3 * 2
         assert summary["dropped"] == {"bad_annotation": 1, "no_semantic_region": 1}  # SAM's random regions
 
@@ -97,10 +98,12 @@ def test_replacement_flow_with_tiny_models(tmp_path, clip_config, sam_config, pa
         for sample in samples:
             meta = sample.meta
             assert meta.task == "replace" and meta.instruction_source == "llm:tiny-llm"
-            assert meta.generator.backend == "paint_by_example" and meta.generator.model == str(
-                paint_by_example_dir
-            )
-            assert meta.generator.settings["caption"] == str(blip_dir)
+            # models by content, never by where they lie on this machine
+            assert meta.generator.backend == "paint_by_example"
+            assert meta.generator.model == model_identity(str(paint_by_example_dir))
+            assert meta.generator.model.startswith("sha256-tree:")
+            assert meta.generator.settings["caption"]["model"] == model_identity(str(blip_dir))
+            assert str(tmp_path) not in meta.generator.model_dump_json()
             reference = meta.provenance.extra["reference"]
             assert reference["image_id"] != meta.provenance.image_id
             assert meta.extra["similarity"] < 0.99999
@@ -172,10 +175,9 @@ def test_replacement_demo_photos_with_classical_backends_through_the_cli(tmp_pat
     assert len(samples) == frame["kept"].sum() >= len(DEMO_IMAGES)
     for sample in samples:
         meta = sample.meta
-        assert (
-            meta.generator.backend == "seamless_clone"
-            and meta.generator.settings["regions"] == "felzenszwalb"
-        )
+        assert meta.generator.backend == "seamless_clone" and meta.generator.model is None
+        assert meta.generator.settings["regions"]["proposer"] == "felzenszwalb"
+        assert re.fullmatch(r"fz-[0-9a-f]{16}", meta.provenance.region_id)
         assert meta.generator.settings["caption"] == "class_names"
         assert meta.instruction_source.startswith("template:replace#")
         assert meta.extra["source_caption"].startswith("a photo with ")
@@ -183,3 +185,17 @@ def test_replacement_demo_photos_with_classical_backends_through_the_cli(tmp_pat
         assert meta.provenance.extra["reference"]["image_id"] != meta.provenance.image_id
         changed = (sample.source != sample.target).any(axis=2)
         assert changed.any() and not changed[sample.mask == 0].any()
+
+    # a changed proposer setting stops the command, naming it and the option that rebuilds
+    raw = yaml.safe_load(config_path.read_text())
+    raw["replacement"]["proposer"]["felzenszwalb_scale"] = 300.0
+    config_path.write_text(yaml.safe_dump(raw))
+    refused = cli.invoke(app, ["replacement", str(config_path)])
+    assert refused.exit_code == 2, refused.output
+    flat = " ".join(refused.output.split())
+    assert "object_database.proposer.felzenszwalb_scale: 400.0 -> 300.0" in flat
+    assert "--rebuild-database" in flat
+    rebuilt = cli.invoke(app, ["replacement", str(config_path), "--rebuild-database"])
+    assert rebuilt.exit_code == 0, rebuilt.output
+    for sample in iter_samples([str(tmp_path / "out/replacement/shards")]):
+        assert sample.meta.generator.settings["regions"]["scale"] == 300.0

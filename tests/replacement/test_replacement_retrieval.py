@@ -103,15 +103,15 @@ def test_replacement_retrieval_says_why_nothing_qualified(synthetic):
     assert "near_duplicate: 1" in result.detail
 
 
-def test_replacement_index_saves_and_loads_memory_mapped(synthetic):
+def test_replacement_index_saves_and_loads_memory_mapped(synthetic, tmp_path):
     db_url, queries, rows = synthetic
     database = ObjectDatabase(db_url)
     assert part_names(db_url) == ["part-00", "part-01", "part-02"] and len(database) == len(rows)
     assert database.row(251)["object_id"] == rows[251]["object_id"]
     np.testing.assert_allclose(database.vector(0), queries[0], atol=1e-6)
     built = build_index(database, IndexConfig(kind="ivf", nlist=4, nprobe=4))
-    built.save(db_url)
-    loaded = ObjectIndex.load(db_url, IndexConfig(nprobe=4))
+    built.save(str(tmp_path / "index"))
+    loaded = ObjectIndex.load(str(tmp_path / "index"), IndexConfig(nprobe=4))
     assert (
         loaded.kind == "ivf" and loaded.labels == ["cat", "dog"] and loaded.signature == database.signature()
     )

@@ -81,11 +81,20 @@ def _process_alive(pid: int) -> bool:
     return True
 
 
+# Holders this process has open: a lease naming this process but another holder was left by a writer of
+# ours that ended without removing it (the store failed at that moment), so it is stale.
+_ACTIVE_HOLDERS: set[str] = set()
+
+
 def is_stale(record: LeaseRecord, now: float | None = None) -> bool:
     now = time.time() if now is None else now
     if record.expires < now:
         return True
-    return record.host == socket.gethostname() and not _process_alive(record.pid)
+    if record.host != socket.gethostname():
+        return False
+    if record.pid == os.getpid():
+        return record.holder not in _ACTIVE_HOLDERS
+    return not _process_alive(record.pid)
 
 
 class StageLease:
@@ -141,6 +150,7 @@ class StageLease:
             raise StageBusy(
                 f"stage {self.stage} at {self.stage_url}: another run took the lease at the same time"
             )
+        _ACTIVE_HOLDERS.add(self.holder)
         self._renewer = threading.Thread(target=self._renew_loop, name=f"lease-{self.stage}", daemon=True)
         self._renewer.start()
         return self
@@ -166,6 +176,7 @@ class StageLease:
         check_holder(self.stage_url, self.stage, self.holder)
 
     def release(self) -> None:
+        _ACTIVE_HOLDERS.discard(self.holder)
         self._stop.set()
         if self._renewer is not None:
             self._renewer.join(timeout=5)

@@ -26,6 +26,7 @@ lease is still the run's before committing.
 from __future__ import annotations
 
 import json
+import logging
 import posixpath
 import time
 from collections.abc import Iterable, Mapping
@@ -39,6 +40,8 @@ from ieiw.storage.fingerprint import Fingerprint
 from ieiw.storage.lease import DEFAULT_TTL, StageLease, check_holder
 from ieiw.storage.schema import Result
 from ieiw.storage.shards import ShardSpec
+
+log = logging.getLogger(__name__)
 
 STAGE_RECORD = "stage.json"
 # "no": a changed fingerprint stops the run (the default); "changed": a changed stage is rebuilt (the
@@ -124,8 +127,14 @@ class StageWriter:
         self._started = time.time()
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.lease.release()
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.lease.release()
+            return
+        try:  # leaving on an error (often the store itself failing): never hide it behind the release's
+            self.lease.release()
+        except Exception as release_error:  # noqa: BLE001 - the lease expires by itself within its ttl
+            log.warning("stage %s: could not release the lease after an error: %s", self.stage, release_error)
 
     def _open(self) -> None:
         record = read_record(self.url)

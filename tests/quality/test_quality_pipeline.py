@@ -196,8 +196,9 @@ def test_kept_samples_are_the_candidates_bytes(tmp_path, models, scoring):
     after = {k: m for s in manifest.committed_shards(out) for k, m in iter_tar_groups(s)}
     assert sorted(after) == sorted(s.key for s in samples)  # nothing dropped by this policy
     for key, members in after.items():
-        assert sorted(members) == ["json", "src.jpg", "tgt.jpg"]
-        assert members["src.jpg"] == before[key]["src.jpg"] and members["tgt.jpg"] == before[key]["tgt.jpg"]
+        assert sorted(members) == ["json", "mask.png", "src.jpg", "tgt.jpg"]
+        for member in ("src.jpg", "tgt.jpg", "mask.png"):
+            assert members[member] == before[key][member]
         old = SampleMeta.model_validate_json(before[key]["json"])
         new = SampleMeta.model_validate_json(members["json"])
         assert old.scores == {} and set(new.scores) >= {"aesthetic_src", "clip_img_sim"}
@@ -265,7 +266,7 @@ def test_uncommitted_candidate_shards_are_never_scored(tmp_path, candidates, mod
     stray = Path(candidates["url"], "shards", "gen-c-0000.tar")
     shutil.copy(Path(candidates["url"], "shards", "gen-a-0000.tar"), stray)
     with tarfile.open(stray) as tar:
-        assert len(tar.getnames()) == 7 * 3
+        assert len(tar.getnames()) == 7 * 4  # src, tgt, mask and json of seven samples
     scores_url, summaries = score_all(candidates["url"], models, QualityConfig(scoring=scoring))
     assert [s["shard"] for s in summaries] == ["broken-0000", "gen-a-0000", "gen-b-0000"]
     assert len(read_scores(scores_url)) == 14 and read_scores(scores_url)["key"].is_unique

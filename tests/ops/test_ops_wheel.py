@@ -143,6 +143,7 @@ def test_ieiw_demo_runs_from_the_wheel(installed_wheel, prefect_api):
         env={"PREFECT_API_URL": prefect_api, "TQDM_DISABLE": "1", "COLUMNS": "80"},
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert (out / "build" / "DATA_CARD.md").is_file()
+    card = (out / "build" / "DATA_CARD.md").read_text()
+    assert "| multitask |" in card and "unknown" not in card  # every configured source's license is known
     shards = list((out / "build" / "removal" / "shards").glob("*.tar"))
     assert shards, result.stdout

@@ -33,6 +33,7 @@ class Task(StrEnum):
     SEGMENTATION = "segmentation"
     ENHANCEMENT = "enhancement"
     ALIGNED = "aligned"  # human-picked edits for instruction tuning
+    PREFERENCE = "preference"  # a chosen and a rejected edit of one source (preference training)
 
 
 class Provenance(BaseModel):

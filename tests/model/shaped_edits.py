@@ -15,8 +15,9 @@ from ieiw.storage.shards import ShardSpec, ShardWriter
 SIZES = ((40, 20), (32, 32), (20, 40), (36, 28), (24, 44))  # (height, width)
 
 
-def shaped_sample(rng: np.random.Generator, index: int, height: int, width: int, session: str = "",
-                  turn: int = -1) -> Sample:
+def shaped_sample(
+    rng: np.random.Generator, index: int, height: int, width: int, session: str = "", turn: int = -1
+) -> Sample:
     background = rng.integers(90, 170, size=3)
     shape = SHAPES[rng.integers(len(SHAPES))]
     names = list(COLOURS)
@@ -33,15 +34,25 @@ def shaped_sample(rng: np.random.Generator, index: int, height: int, width: int,
     provenance = Provenance(dataset="shaped", image_id=str(index))
     generator = GeneratorInfo(name="shaped-recolour", backend="numpy", settings={"size": [height, width]})
     meta = SampleMeta(
-        key=sample_key(Task.REPLACE, provenance, generator), task=Task.REPLACE,
-        instruction=f"make the {shape} {names[goal]}", provenance=provenance, generator=generator,
-        session_id=session, turn=turn,
+        key=sample_key(Task.REPLACE, provenance, generator),
+        task=Task.REPLACE,
+        instruction=f"make the {shape} {names[goal]}",
+        provenance=provenance,
+        generator=generator,
+        session_id=session,
+        turn=turn,
     )
     return Sample(meta=meta, source=source, target=target, mask=(mask * 255).astype(np.uint8))
 
 
-def write_shaped_shards(directory: str, count: int, per_shard: int, seed: int = 0,
-                        sizes: tuple[tuple[int, int], ...] = SIZES, sessions: bool = False) -> list[str]:
+def write_shaped_shards(
+    directory: str,
+    count: int,
+    per_shard: int,
+    seed: int = 0,
+    sizes: tuple[tuple[int, int], ...] = SIZES,
+    sessions: bool = False,
+) -> list[str]:
     """``count`` samples cycling through ``sizes``; with ``sessions``, in sessions of two turns and a
     whole-session sample (turns 1, 2, 0), every fourth sample alone."""
     rng = np.random.default_rng(seed)

@@ -69,8 +69,14 @@ def shaped_shards(tmp_path_factory):
 
 
 def _settings(**overrides) -> StreamSettings:
-    values = {"resolution": 24, "batch_size": 4, "shuffle_buffer": 8, "shards_per_block": 2, "seed": 1,
-              "buckets": Buckets.make(24, 8)}
+    values = {
+        "resolution": 24,
+        "batch_size": 4,
+        "shuffle_buffer": 8,
+        "shards_per_block": 2,
+        "seed": 1,
+        "buckets": Buckets.make(24, 8),
+    }
     values.update(overrides)
     return StreamSettings(**values)
 
@@ -121,8 +127,9 @@ def test_the_latent_cache_is_keyed_by_the_buckets(tiny_base, shaped_shards, tmp_
     square = cache_fingerprint(str(tiny_base), 24)
     bucketed = cache_fingerprint(str(tiny_base), 24, buckets=buckets)
     assert square.digest != bucketed.digest and bucketed.settings["buckets"] == buckets.to_json()
-    result = build_latent_cache(models.vae, [str(shaped_shards)], str(tmp_path / "cache"), bucketed, "cpu",
-                                torch.float32)
+    result = build_latent_cache(
+        models.vae, [str(shaped_shards)], str(tmp_path / "cache"), bucketed, "cpu", torch.float32
+    )
     assert result.folder.rsplit("/", 1)[-1].startswith("b24-") and result.counts["cached"] == 60
     assert read_record(result.folder)["fingerprint"]["settings"]["buckets"] == buckets.to_json()
     settings = _settings(buckets=buckets)

@@ -66,8 +66,9 @@ def test_an_sdxl_base_brings_both_text_encoders_and_the_size_ids(sdxl_base, shap
 
     def recording_unet(model_input, timesteps, text, added_cond_kwargs, return_dict=False):
         seen.update(text=text.detach(), **{k: v.detach() for k, v in added_cond_kwargs.items()})
-        return models.unet(model_input, timesteps, text, added_cond_kwargs=added_cond_kwargs,
-                           return_dict=return_dict)
+        return models.unet(
+            model_input, timesteps, text, added_cond_kwargs=added_cond_kwargs, return_dict=return_dict
+        )
 
     null = null_conditioning(models, "cpu")
     loss = training_step(config, models, recording_unet, batch, null, torch.Generator().manual_seed(0), "cpu")
@@ -92,8 +93,9 @@ def test_a_dropped_text_is_what_the_sdxl_pipeline_gives_for_none(sdxl_base, shap
     def recording_unet(model_input, timesteps, text, added_cond_kwargs, return_dict=False):
         seen["text"], seen["pooled"] = text.detach(), added_cond_kwargs["text_embeds"].detach()
         seen["source"] = model_input[:, 4:].detach()
-        return models.unet(model_input, timesteps, text, added_cond_kwargs=added_cond_kwargs,
-                           return_dict=return_dict)
+        return models.unet(
+            model_input, timesteps, text, added_cond_kwargs=added_cond_kwargs, return_dict=return_dict
+        )
 
     generator = torch.Generator().manual_seed(0)
     training_step(config, models, recording_unet, _batch(shaped), null, generator, "cpu")
@@ -120,14 +122,25 @@ def test_sdxl_with_buckets_resumes_identically_and_opens_in_the_sdxl_pipeline(sd
     assert pipe.unet.config.in_channels == 8 and pipe.text_encoder_2 is not None
     opened = load_edit_pipeline(str(split), device="cpu")
     assert isinstance(opened, StableDiffusionXLInstructPix2PixPipeline)
-    edited = edit_image(opened, np.full((24, 40, 3), 120, np.uint8), "make the circle red",
-                        EditSettings(steps=2, resolution=32))
+    edited = edit_image(
+        opened,
+        np.full((24, 40, 3), 120, np.uint8),
+        "make the circle red",
+        EditSettings(steps=2, resolution=32),
+    )
     assert edited.shape == (20, 32, 3)  # the input's shape at the working size, not SDXL's 1024 px
 
 
 def test_sdxl_trains_from_a_bucketed_latent_cache(sdxl_base, shaped, tmp_path):
-    out = train(small_config(sdxl_base, shaped, tmp_path / "run", max_steps=2,
-                             data={"latent_cache": str(tmp_path / "cache"), **BUCKETS}))
+    out = train(
+        small_config(
+            sdxl_base,
+            shaped,
+            tmp_path / "run",
+            max_steps=2,
+            data={"latent_cache": str(tmp_path / "cache"), **BUCKETS},
+        )
+    )
     assert (out / "model_index.json").exists()
     caches = [p.name for p in (tmp_path / "cache").iterdir()]
     assert len(caches) == 1 and caches[0].startswith("b24-")
@@ -147,12 +160,47 @@ def test_ieiw_edit_and_evaluate_use_the_sdxl_pipeline(sdxl_model, shaped, tiny_c
 
     source = tmp_path / "in.png"
     Image.fromarray(np.full((40, 60, 3), 100, np.uint8)).save(source)
-    cli("edit", "--model", sdxl_model, "--image", source, "--instruction", "make the circle red",
-        "-o", tmp_path / "out.png", "--steps", 2, "--resolution", 32, "--device", "cpu")
+    cli(
+        "edit",
+        "--model",
+        sdxl_model,
+        "--image",
+        source,
+        "--instruction",
+        "make the circle red",
+        "-o",
+        tmp_path / "out.png",
+        "--steps",
+        2,
+        "--resolution",
+        32,
+        "--device",
+        "cpu",
+    )
     with Image.open(tmp_path / "out.png") as image:
         assert image.size == (32, 20)
     name, config_file, weights = tiny_clip
-    cli("evaluate", "--model", sdxl_model, "--shards", shaped, "-o", tmp_path / "eval", "--limit", 3,
-        "--clip-model", name, "--clip-pretrained", weights, "--clip-config-file", config_file,
-        "--steps", 2, "--resolution", 32, "--device", "cpu")
+    cli(
+        "evaluate",
+        "--model",
+        sdxl_model,
+        "--shards",
+        shaped,
+        "-o",
+        tmp_path / "eval",
+        "--limit",
+        3,
+        "--clip-model",
+        name,
+        "--clip-pretrained",
+        weights,
+        "--clip-config-file",
+        config_file,
+        "--steps",
+        2,
+        "--resolution",
+        32,
+        "--device",
+        "cpu",
+    )
     assert json.loads((tmp_path / "eval" / "summary.json").read_text())["samples"] == 3

@@ -93,6 +93,8 @@ def build_models(config: TrainConfig, frozen_dtype: torch.dtype = torch.float32)
         )
         text_encoder_2.requires_grad_(False)
     vae = AutoencoderKL.from_pretrained(base, subfolder="vae", dtype=frozen_dtype)
+    if family == SDXL and frozen_dtype == torch.float16 and vae.config.force_upcast:
+        vae.to(torch.float32)  # SDXL's VAE overflows in float16 (its config says so), as its pipelines know
     unet = widen_conv_in(UNet2DConditionModel.from_pretrained(base, subfolder="unet"))
     if family == SDXL and unet.config.addition_embed_type != "text_time":
         raise ValueError(f"{base}: an SDXL checkpoint's UNet needs addition_embed_type 'text_time'")

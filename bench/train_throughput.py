@@ -1,7 +1,8 @@
 """Training throughput of the bundled trainer's step against a plain reference loop, in one run.
 
 Both train the same randomly initialised UNet (Stable Diffusion 1.5's configuration with 8 input
-channels on a GPU; a tiny one on the CPU so the script stays tested) at 256 px on in-memory data:
+channels on a GPU, or SDXL's with ``--base sdxl``; a tiny one on the CPU so the script stays tested) at
+256 px (``--resolution``) on in-memory data:
 
 - baseline, as the common reference scripts are written: fp32 weights under fp16 autocast with a
   gradient scaler, the VAE encoding source and target on the fly every step, no compile;
@@ -12,54 +13,146 @@ Prints images per second, the ratio, and the model FLOPs utilisation (UNet train
 forward counted with ``torch.utils.flop_counter`` times 3 for forward + backward, over the GPU's
 dense bf16 peak). Data loading is outside the timed loop for both.
 
+With ``--buckets`` it measures aspect-ratio bucketing instead, against the same loop without it: the
+data stream (shards of photos of mixed shapes decoded, cropped and batched by :mod:`ieiw.model.data`,
+one bucket per batch, against square crops) and the trainer's step on batches that cycle through the
+buckets' shapes against square batches of ``resolution``.
+
     python bench/train_throughput.py                  # GPU: SD1.5 UNet; CPU: tiny UNet
     python bench/train_throughput.py --compile --batch-size 64
+    python bench/train_throughput.py --base sdxl --resolution 512 --buckets
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from torch.utils.flop_counter import FlopCounterMode
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
+from ieiw.model.buckets import Buckets
 from ieiw.model.build import Models
+from ieiw.model.conditioning import encode_prompts, null_conditioning, size_ids
 from ieiw.model.config import TrainConfig
-from ieiw.model.trainer import encode_text, training_step
+from ieiw.model.trainer import training_step
 
-PEAK_BF16_TFLOPS = {"H200": 989.0, "H100 SXM": 989.0, "H100 PCIe": 756.0, "H100": 989.0, "A100": 312.0,
-                    "L40S": 362.0, "L4": 121.0, "A10": 125.0, "4090": 165.0, "V100": 125.0}
+PEAK_BF16_TFLOPS = {
+    "H200": 989.0,
+    "H100 SXM": 989.0,
+    "H100 PCIe": 756.0,
+    "H100": 989.0,
+    "A100": 312.0,
+    "L40S": 362.0,
+    "L4": 121.0,
+    "A10": 125.0,
+    "4090": 165.0,
+    "V100": 125.0,
+}
 PROMPTS = ["make the sky pink", "remove the dog", "turn the car into a bus", "add a hat to the man"]
+PHOTO_SHAPES = ((3, 4), (4, 3), (1, 1), (9, 16), (2, 3), (16, 9))  # height : width of the bench's photos
 
 
-def sd15_models(tiny: bool):
-    """UNet (8 inputs), VAE and text encoder: Stable Diffusion 1.5's configs, or tiny ones."""
+def _text(vocab: int, hidden: int, layers: int, heads: int, projection: int | None = None) -> CLIPTextConfig:
+    extra = {"projection_dim": projection} if projection else {}
+    return CLIPTextConfig(
+        vocab_size=vocab,
+        hidden_size=hidden,
+        intermediate_size=4 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        max_position_embeddings=77,
+        bos_token_id=0,
+        eos_token_id=1,
+        pad_token_id=1,
+        **extra,
+    )
+
+
+def model_parts(base: str, tiny: bool):
+    """UNet (8 inputs), VAE and text encoder(s): Stable Diffusion 1.5's or SDXL's configs, or tiny ones."""
+    if tiny:
+        vae = AutoencoderKL(
+            block_out_channels=(32, 32, 32, 32),
+            down_block_types=("DownEncoderBlock2D",) * 4,
+            up_block_types=("UpDecoderBlock2D",) * 4,
+            layers_per_block=1,
+            latent_channels=4,
+        )
+    else:
+        vae = AutoencoderKL(
+            block_out_channels=(128, 256, 512, 512),
+            down_block_types=("DownEncoderBlock2D",) * 4,
+            up_block_types=("UpDecoderBlock2D",) * 4,
+            layers_per_block=2,
+            latent_channels=4,
+        )
+    if base == "sdxl":
+        if tiny:
+            unet = UNet2DConditionModel(
+                sample_size=32,
+                in_channels=8,
+                out_channels=4,
+                layers_per_block=1,
+                block_out_channels=(32, 64),
+                down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+                cross_attention_dim=64,
+                attention_head_dim=8,
+                addition_embed_type="text_time",
+                addition_time_embed_dim=8,
+                projection_class_embeddings_input_dim=6 * 8 + 32,
+            )
+            encoders = (
+                CLIPTextModel(_text(1000, 32, 2, 4)),
+                CLIPTextModelWithProjection(_text(1000, 32, 2, 4, projection=32)),
+            )
+        else:  # stabilityai/stable-diffusion-xl-base-1.0's UNet and text encoders, random weights
+            unet = UNet2DConditionModel(
+                sample_size=128,
+                in_channels=8,
+                out_channels=4,
+                layers_per_block=2,
+                block_out_channels=(320, 640, 1280),
+                down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+                up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+                transformer_layers_per_block=(1, 2, 10),
+                attention_head_dim=(5, 10, 20),
+                cross_attention_dim=2048,
+                use_linear_projection=True,
+                addition_embed_type="text_time",
+                addition_time_embed_dim=256,
+                projection_class_embeddings_input_dim=2816,
+            )
+            encoders = (
+                CLIPTextModel(_text(49408, 768, 12, 12)),
+                CLIPTextModelWithProjection(_text(49408, 1280, 32, 20, projection=1280)),
+            )
+        return unet, vae, encoders
     if tiny:
         unet = UNet2DConditionModel(
-            sample_size=32, in_channels=8, out_channels=4, layers_per_block=1, block_out_channels=(32, 64),
+            sample_size=32,
+            in_channels=8,
+            out_channels=4,
+            layers_per_block=1,
+            block_out_channels=(32, 64),
             down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=32, attention_head_dim=8)
-        vae = AutoencoderKL(block_out_channels=(32, 32, 32, 32), down_block_types=("DownEncoderBlock2D",) * 4,
-                            up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=1, latent_channels=4)
-        text = CLIPTextConfig(vocab_size=1000, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                              num_attention_heads=4, max_position_embeddings=77, bos_token_id=0,
-                              eos_token_id=1, pad_token_id=1)
-    else:
-        unet = UNet2DConditionModel(sample_size=64, in_channels=8, out_channels=4, cross_attention_dim=768)
-        vae = AutoencoderKL(block_out_channels=(128, 256, 512, 512),
-                            down_block_types=("DownEncoderBlock2D",) * 4,
-                            up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=2, latent_channels=4)
-        text = CLIPTextConfig(vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
-                              num_attention_heads=12, max_position_embeddings=77)
-    return unet, vae, CLIPTextModel(text)
+            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+            cross_attention_dim=32,
+            attention_head_dim=8,
+        )
+        return unet, vae, (CLIPTextModel(_text(1000, 32, 2, 4)),)
+    unet = UNet2DConditionModel(sample_size=64, in_channels=8, out_channels=4, cross_attention_dim=768)
+    return unet, vae, (CLIPTextModel(_text(49408, 768, 12, 12)),)
 
 
 def char_tokenizer(folder: Path) -> CLIPTokenizer:
@@ -73,13 +166,36 @@ def char_tokenizer(folder: Path) -> CLIPTokenizer:
     return CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=77)
 
 
-def unet_train_flops(unet, batch: int, latent: int, text_dim: int, device) -> float:
-    """Forward FLOPs of one batch, times 3 (backward is about twice the forward)."""
-    x = torch.randn(batch, 8, latent, latent, device=device)
+def as_models(unet, vae, encoders, tokenizer, scheduler) -> Models:
+    sdxl = len(encoders) == 2
+    return Models(
+        tokenizer,
+        encoders[0],
+        vae,
+        unet,
+        scheduler,
+        family="sdxl" if sdxl else "sd",
+        tokenizer_2=tokenizer if sdxl else None,
+        text_encoder_2=encoders[1] if sdxl else None,
+        force_zeros_for_empty_prompt=sdxl,
+    )
+
+
+def unet_train_flops(models: Models, batch: int, shape: tuple[int, int], device) -> float:
+    """Forward FLOPs of one batch at ``shape`` (latent height, width), times 3 (backward is about twice)."""
+    unet = models.unet
+    x = torch.randn(batch, 8, *shape, device=device)
     t = torch.randint(0, 1000, (batch,), device=device)
-    c = torch.randn(batch, 77, text_dim, device=device)
+    c = torch.randn(batch, 77, unet.config.cross_attention_dim, device=device)
+    extra = {}
+    if models.is_sdxl:
+        pooled = models.text_encoder_2.config.projection_dim
+        extra["added_cond_kwargs"] = {
+            "text_embeds": torch.randn(batch, pooled, device=device),
+            "time_ids": size_ids({}, x, models.vae_factor, device),
+        }
     with FlopCounterMode(display=False) as counter, torch.no_grad():
-        unet(x, t, c)
+        unet(x, t, c, **extra)
     return 3.0 * counter.get_total_flops()
 
 
@@ -109,12 +225,14 @@ def timed(step, warmup: int, steps: int, device) -> float:
 
 
 def baseline_loop(args, device, tokenizer):
-    """The reference-script step: fp16 autocast + GradScaler, VAE and text encoder every step."""
-    unet, vae, text_encoder = sd15_models(args.tiny)
+    """The reference-script step: fp16 autocast + GradScaler, VAE and text encoder(s) every step."""
+    unet, vae, encoders = model_parts(args.base, args.tiny)
     unet.to(device).train()
     vae.to(device).requires_grad_(False)
-    text_encoder.to(device).requires_grad_(False)
+    for encoder in encoders:
+        encoder.to(device).requires_grad_(False)
     scheduler = DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
+    models = as_models(unet, vae, encoders, tokenizer, scheduler)
     optimizer = torch.optim.AdamW(unet.parameters(), lr=1e-5)
     use_amp = device.type == "cuda"
     scaler = torch.amp.GradScaler(enabled=use_amp)
@@ -128,13 +246,15 @@ def baseline_loop(args, device, tokenizer):
             with torch.no_grad():
                 latents = vae.encode(tgt).latent_dist.sample() * vae.config.scaling_factor
                 source = vae.encode(src).latent_dist.mode()
-                ids = tokenizer(prompts, padding="max_length", max_length=77, truncation=True,
-                                return_tensors="pt").input_ids.to(device)
-                text = text_encoder(ids)[0]
+                text = encode_prompts(models, prompts, device)
             noise = torch.randn_like(latents)
             t = torch.randint(0, 1000, (b,), device=device)
             noisy = scheduler.add_noise(latents, noise, t)
-            pred = unet(torch.cat([noisy, source], 1), t, text).sample
+            extra = {}
+            if models.is_sdxl:
+                ids = size_ids({}, latents, models.vae_factor, device)
+                extra["added_cond_kwargs"] = {"text_embeds": text.pooled, "time_ids": ids}
+            pred = unet(torch.cat([noisy, source], 1), t, text.hidden, **extra).sample
             loss = F.mse_loss(pred.float(), noise.float())
         scaler.scale(loss).backward()
         scaler.unscale_(optimizer)
@@ -146,55 +266,156 @@ def baseline_loop(args, device, tokenizer):
     return timed(step, args.warmup, args.steps, device)
 
 
-def our_loop(args, device, tokenizer):
-    """The trainer's step: accelerate bf16, cached latents, fused AdamW, optional compile."""
+def our_loop(args, device, tokenizer, shapes: list[tuple[int, int]] | None = None):
+    """The trainer's step: accelerate bf16, cached latents, fused AdamW, optional compile; batches cycle
+    through ``shapes`` (pixel height, width; default the square of ``resolution``)."""
     precision = "bf16" if device.type == "cuda" else "no"
     accelerator = Accelerator(mixed_precision=precision, cpu=device.type == "cpu")
-    unet, vae, text_encoder = sd15_models(args.tiny)
+    unet, vae, encoders = model_parts(args.base, args.tiny)
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     vae.to(device, dtype=dtype).requires_grad_(False)
-    text_encoder.to(device, dtype=dtype).requires_grad_(False)
+    for encoder in encoders:
+        encoder.to(device, dtype=dtype).requires_grad_(False)
     unet.train()
     optimizer = torch.optim.AdamW(unet.parameters(), lr=1e-5, fused=device.type == "cuda")
     unet, optimizer = accelerator.prepare(unet, optimizer)
     model = torch.compile(unet) if args.compile else unet
     scheduler = DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
-    models = Models(tokenizer, text_encoder, vae, unet, scheduler)
-    config = TrainConfig.model_validate({"base_model": "-", "output_dir": "-",
-                                         "data": {"sets": [{"urls": []}]}})
-    b, size = args.batch_size, args.resolution // 8
-    batch = {"src_lat": torch.randn(b, 4, size, size, device=device),
-             "tgt_lat": torch.randn(b, 4, size, size, device=device),
-             "text": [PROMPTS[i % len(PROMPTS)] for i in range(b)]}
+    models = as_models(unet, vae, encoders, tokenizer, scheduler)
+    config = TrainConfig.model_validate(
+        {"base_model": "-", "output_dir": "-", "data": {"sets": [{"urls": []}]}}
+    )
+    b, factor = args.batch_size, models.vae_factor
+    shapes = shapes or [(args.resolution, args.resolution)]
+    batches = [
+        {
+            "src_lat": torch.randn(b, 4, h // factor, w // factor, device=device),
+            "tgt_lat": torch.randn(b, 4, h // factor, w // factor, device=device),
+            "text": [PROMPTS[i % len(PROMPTS)] for i in range(b)],
+        }
+        for h, w in shapes
+    ]
     with torch.no_grad():
-        null_text = encode_text(models, [""], device)
-    counter = [0]
+        null_text = null_conditioning(models, device)
+    counter = itertools.count()
 
     def step():
-        generator = torch.Generator(device=device).manual_seed(counter[0])
-        counter[0] += 1
-        loss = training_step(config, models, model, batch, null_text, generator, device)
+        n = next(counter)
+        generator = torch.Generator(device=device).manual_seed(n)
+        loss = training_step(config, models, model, batches[n % len(batches)], null_text, generator, device)
         accelerator.backward(loss)
         accelerator.clip_grad_norm_(unet.parameters(), 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    return timed(step, args.warmup + (3 if args.compile else 0), args.steps, device), unet
+    warmup = args.warmup + (3 if args.compile else 0)
+    warmup = max(warmup, len(shapes))  # every shape once before timing (a compile per shape)
+    seconds = timed(step, warmup, args.steps, device)
+    return seconds, models
 
 
-def main() -> None:
+def write_photo_shards(folder: Path, resolution: int, count: int) -> str:
+    """Shards of ``count`` photo-sized pairs of mixed shapes (about 1.5 times ``resolution``)."""
+    from ieiw.storage.schema import GeneratorInfo, Provenance, Sample, SampleMeta, Task, sample_key
+    from ieiw.storage.shards import ShardSpec, ShardWriter
+
+    rng = np.random.default_rng(0)
+    with ShardWriter(str(folder), prefix="photos", spec=ShardSpec(max_samples=max(1, count // 4))) as writer:
+        for i in range(count):
+            h, w = PHOTO_SHAPES[i % len(PHOTO_SHAPES)]
+            scale = 1.5 * resolution / (h * w) ** 0.5
+            size = (max(8, round(h * scale)), max(8, round(w * scale)))
+            source = rng.integers(0, 255, size=(*size, 3), dtype=np.uint8)
+            provenance = Provenance(dataset="bench", image_id=str(i))
+            generator = GeneratorInfo(name="bench", backend="numpy")
+            meta = SampleMeta(
+                key=sample_key(Task.REPLACE, provenance, generator),
+                task=Task.REPLACE,
+                instruction=PROMPTS[i % len(PROMPTS)],
+                provenance=provenance,
+                generator=generator,
+            )
+            writer.write(Sample(meta=meta, source=source, target=255 - source))
+    return str(folder)
+
+
+def stream_rate(
+    folder: str, resolution: int, batch_size: int, batches: int, buckets: Buckets | None
+) -> float:
+    """Images per second out of the training data stream (decode, crop, flip, batch), in this process."""
+    from ieiw.model.data import SourceSet, StreamSettings, StreamState, make_loader
+
+    urls = sorted(str(p) for p in Path(folder).glob("*.tar"))
+    settings = StreamSettings(
+        resolution=resolution, batch_size=batch_size, shuffle_buffer=16, shards_per_block=2, buckets=buckets
+    )
+    stream = iter(make_loader([SourceSet(urls)], settings, StreamState(0)))
+    next(stream)
+    images, start = 0, time.perf_counter()
+    for _ in range(batches):
+        images += len(next(stream)["key"])
+    return images / (time.perf_counter() - start)
+
+
+def describe(args, device, models: Models, flops: float) -> str:
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    unet = models.unet
+    which = (
+        "tiny"
+        if args.tiny
+        else ("SDXL base config" if args.base == "sdxl" else "Stable Diffusion 1.5 config")
+    )
+    return (
+        f"device: {name}; UNet: {which}, {sum(p.numel() for p in unet.parameters()) / 1e6:.1f} M parameters; "
+        f"{args.resolution} px, batch {args.batch_size}, {args.steps} timed steps; UNet training FLOPs per "
+        f"image {flops / args.batch_size / 1e9:.2f} GFLOP"
+    )
+
+
+def bench_buckets(args, device, tokenizer) -> None:
+    """Bucketed against square: the data stream, then the trainer's step."""
+    buckets = Buckets.make(args.resolution, args.bucket_step)
+    print(f"buckets (height x width): {', '.join(f'{h}x{w}' for h, w in buckets.shapes)}")
+    with tempfile.TemporaryDirectory() as folder:
+        shards = write_photo_shards(Path(folder), args.resolution, count=8 * args.batch_size)
+        square_stream = stream_rate(shards, args.resolution, args.batch_size, args.stream_batches, None)
+        bucket_stream = stream_rate(shards, args.resolution, args.batch_size, args.stream_batches, buckets)
+    square_seconds, models = our_loop(args, device, tokenizer)
+    flops = unet_train_flops(models, args.batch_size, (args.resolution // models.vae_factor,) * 2, device)
+    if device.type == "cuda":
+        del models
+        torch.cuda.empty_cache()
+    bucket_seconds, models = our_loop(args, device, tokenizer, list(buckets.shapes))
+    print(describe(args, device, models, flops))
+    images = args.batch_size * args.steps
+    print(f"{'data stream, square crops':48s} {square_stream:9.2f} images/s")
+    print(f"{'data stream, aspect-ratio buckets':48s} {bucket_stream:9.2f} images/s")
+    print(f"ratio buckets / square (stream): {bucket_stream / square_stream:.2f}x")
+    print(f"{'training step, square batches':48s} {images / square_seconds:9.2f} images/s")
+    print(f"{'training step, one bucket per batch':48s} {images / bucket_seconds:9.2f} images/s")
+    print(f"ratio buckets / square (step): {square_seconds / bucket_seconds:.2f}x")
+
+
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--base", choices=("sd15", "sdxl"), default="sd15")
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--resolution", type=int, default=256)
+    parser.add_argument("--buckets", action="store_true", help="bucketed against square, at --resolution")
+    parser.add_argument("--bucket-step", type=int, default=64)
+    parser.add_argument("--stream-batches", type=int, default=8)
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--compile", action="store_true")
     parser.add_argument("--tiny", action="store_true", help="tiny UNet (the default on the CPU)")
     parser.add_argument("--peak-tflops", type=float, default=None, help="the device's dense bf16 peak")
-    args = parser.parse_args()
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if args.device == "auto" else args.device))
+    args = parser.parse_args(argv)
+    device = torch.device(
+        "cuda"
+        if args.device == "auto" and torch.cuda.is_available()
+        else ("cpu" if args.device == "auto" else args.device)
+    )
     args.tiny = args.tiny or device.type == "cpu"
     args.batch_size = args.batch_size or (32 if device.type == "cuda" else 4)
     args.steps = args.steps or (20 if device.type == "cuda" else 5)
@@ -206,23 +427,23 @@ def main() -> None:
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as folder:
         tokenizer = char_tokenizer(Path(folder))
+    if args.buckets:
+        bench_buckets(args, device, tokenizer)
+        return
     images = args.batch_size * args.steps
     base_seconds = baseline_loop(args, device, tokenizer)
     if device.type == "cuda":
         torch.cuda.empty_cache()
-    our_seconds, unet = our_loop(args, device, tokenizer)
-    text_dim = unet.config.cross_attention_dim
-    flops = unet_train_flops(unet, args.batch_size, args.resolution // 8, text_dim, device)
+    our_seconds, models = our_loop(args, device, tokenizer)
+    flops = unet_train_flops(models, args.batch_size, (args.resolution // models.vae_factor,) * 2, device)
     peak = peak_flops(device, args.peak_tflops)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
-    print(f"device: {name}; UNet: {'tiny' if args.tiny else 'Stable Diffusion 1.5 config'}, "
-          f"{sum(p.numel() for p in unet.parameters()) / 1e6:.1f} M parameters; {args.resolution} px, "
-          f"batch {args.batch_size}, {args.steps} timed steps; UNet training FLOPs per image "
-          f"{flops / args.batch_size / 1e9:.2f} GFLOP")
+    print(describe(args, device, models, flops))
     gpu = device.type == "cuda"
     compiled = ", compile" if args.compile else ""
-    for label, seconds in ((f"baseline ({'fp16 autocast' if gpu else 'fp32'}, VAE on the fly)", base_seconds),
-                           (f"ours ({'bf16' if gpu else 'fp32'}, latent cache{compiled})", our_seconds)):
+    for label, seconds in (
+        (f"baseline ({'fp16 autocast' if gpu else 'fp32'}, VAE on the fly)", base_seconds),
+        (f"ours ({'bf16' if gpu else 'fp32'}, latent cache{compiled})", our_seconds),
+    ):
         rate = images / seconds
         mfu = f"{100 * flops / args.batch_size * rate / peak:.1f}%" if peak else "n/a (no known peak)"
         print(f"{label:48s} {rate:9.2f} images/s   MFU {mfu}")

@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ieiw.pipelines.inpaint.factory import InpaintConfig
 from ieiw.pipelines.multitask.config import MultitaskConfig
-from ieiw.pipelines.removal import RemovalSettings
+from ieiw.pipelines.removal import RemovalSettings, SessionSettings
 from ieiw.pipelines.replacement.config import ReplacementConfig
 from ieiw.pipelines.sources.phrasecut import RegionSettings
 from ieiw.pipelines.web.config import WebEditsConfig
@@ -51,6 +51,20 @@ class PhraseCutSource(BaseModel):
     url_template: str | None = None  # only without image_data; VG's images live under two folders
 
 
+class SessionsConfig(BaseModel):
+    """Multi-turn sessions of the removal generator: the phrases of one image removed one after another."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_turns: int = Field(default=3, ge=2)
+    max_overlap: float = Field(default=0.1, ge=0, le=1)  # more covered by earlier turns: an ordinary pair
+    whole_session: bool = True  # also the first source and the last target as one sample
+    window: int = Field(default=256, ge=1)  # images whose phrases are gathered at once from the stream
+
+    def settings(self) -> SessionSettings:
+        return SessionSettings(self.max_turns, self.max_overlap, self.whole_session)
+
+
 class RemovalConfig(BaseModel):
     """The object-removal generator (PhraseCut regions inpainted away, plus reversed add pairs)."""
 
@@ -63,6 +77,7 @@ class RemovalConfig(BaseModel):
     max_area_fraction: float = 0.5
     make_add_pairs: bool = True
     min_change: float = 1.0
+    sessions: SessionsConfig | None = None  # multi-turn sessions; None: every phrase is its own pair
     batch_size: int = 64  # records per task and per commit; larger batches amortise orchestration
     limit: int | None = None
 
@@ -71,7 +86,13 @@ class RemovalConfig(BaseModel):
             region=RegionSettings(self.dilation, self.min_area_fraction, self.max_area_fraction),
             make_add_pairs=self.make_add_pairs,
             min_change=self.min_change,
+            sessions=self.sessions.settings() if self.sessions is not None else None,
         )
+
+    def fingerprinted(self) -> dict:
+        """The section as its fingerprint sees it: without sessions it is what it was before they existed,
+        so builds made then keep their fingerprint."""
+        return self.model_dump(mode="json", exclude={"sessions"} if self.sessions is None else None)
 
 
 class GalleryConfig(BaseModel):

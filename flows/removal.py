@@ -15,7 +15,13 @@ from ieiw.flows.stage_runner import run_stage
 from ieiw.pipelines.inpaint import build_inpainter
 from ieiw.pipelines.removal import removal_stage
 from ieiw.pipelines.sources.demo import materialize_demo_images
-from ieiw.pipelines.sources.phrasecut import PhraseCutRecord, iter_records, load_image_data
+from ieiw.pipelines.sources.phrasecut import (
+    PhraseCutRecord,
+    PhraseCutSession,
+    group_sessions,
+    iter_records,
+    load_image_data,
+)
 from ieiw.storage import fs
 from ieiw.storage.schema import Drop, Result
 from ieiw.storage.shards import ShardSpec
@@ -24,7 +30,7 @@ from ieiw.storage.stage_folder import Rebuild
 STAGE = "removal"
 
 
-def removal_batch(records: list[PhraseCutRecord], config: RemovalConfig) -> list[Result]:
+def removal_batch(records: list[PhraseCutRecord | PhraseCutSession], config: RemovalConfig) -> list[Result]:
     """One batch through the removal stage, with the inpainter loaded once per process."""
     inpainter = cached_model(
         f"inpainter:{config.inpaint.model_dump_json()}", lambda: build_inpainter(config.inpaint)
@@ -32,14 +38,18 @@ def removal_batch(records: list[PhraseCutRecord], config: RemovalConfig) -> list
     return removal_stage(records, inpainter, config.settings())
 
 
-def removal_items(config: RemovalConfig) -> Iterator[PhraseCutRecord | Drop]:
+def removal_items(config: RemovalConfig) -> Iterator[PhraseCutRecord | PhraseCutSession | Drop]:
+    """The records to remove (``limit`` counts annotation tasks); with sessions, grouped by image."""
     source = config.source
     image_data = load_image_data(source.image_data) if source.image_data else None
     items = itertools.chain.from_iterable(
         iter_records(a, source.images, source.dataset, source.license, source.url_template, image_data)
         for a in source.annotations
     )
-    return itertools.islice(items, config.limit) if config.limit is not None else items
+    items = itertools.islice(items, config.limit) if config.limit is not None else items
+    if config.sessions is not None:
+        return group_sessions(items, config.sessions.max_turns, config.sessions.window)
+    return items
 
 
 def count_tasks(config: RemovalConfig) -> int | None:
@@ -76,10 +86,10 @@ def removal(
         shards,
         batch_size=config.batch_size,
         runner=runner,
-        fingerprint=section_fingerprint(STAGE, config),
+        fingerprint=section_fingerprint(STAGE, config.fingerprinted()),
         rebuild=rebuild,
         info={"models": model_paths(config)},
-        total=count_tasks(config),
+        total=count_tasks(config) if config.sessions is None else None,  # sessions: fewer records
         tags=gpu_tags(config.inpaint.backend == "lama", config.inpaint.device),
     )
     return summary

@@ -37,6 +37,7 @@ import pyarrow as pa
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
+from ieiw.model.family import size_kwargs
 from ieiw.model.inputs import input_identities
 from ieiw.storage import fs, manifest
 from ieiw.storage.commit import batch_name
@@ -336,6 +337,7 @@ def _run_pipeline(
         image_guidance_scale=setting.image_guidance,
         generator=generators,
         output_type="np",
+        **size_kwargs(pipe, *images[0].size),
     )
     return [(np.clip(a, 0, 1) * 255).round().astype(np.uint8) for a in output.images]
 
@@ -355,11 +357,11 @@ def generate_candidates(
 ) -> Iterator[CandidateSet]:
     """Make ``n`` candidate edits of each sample's source with a loaded pipeline, batched over samples.
 
-    ``pipe`` is a diffusers ``StableDiffusionInstructPix2PixPipeline`` (or a callable with its
-    signature), loaded once by the caller. Up to ``batch_size`` samples of the same working size go
-    through the pipeline together, once per candidate index, each with its own seeded generator, so
-    a candidate does not depend on which samples shared its batch. ``progress`` (optional) is called
-    with the number of samples finished.
+    ``pipe`` is a diffusers ``StableDiffusionInstructPix2PixPipeline`` or its SDXL counterpart (or a
+    callable with its signature), loaded once by the caller. Up to ``batch_size`` samples of the same
+    working size go through the pipeline together, once per candidate index, each with its own seeded
+    generator, so a candidate does not depend on which samples shared its batch. ``progress`` (optional)
+    is called with the number of samples finished.
     """
     chunk: list[Sample] = []
     for sample in samples:

@@ -16,12 +16,13 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from diffusers import EulerAncestralDiscreteScheduler, StableDiffusionInstructPix2PixPipeline
+from diffusers import EulerAncestralDiscreteScheduler
 from safetensors.torch import load_file, save_file
 
 from ieiw.model.build import Models
 from ieiw.model.config import TrainConfig
 from ieiw.model.data import StreamState
+from ieiw.model.family import edit_pipeline_class
 
 log = logging.getLogger(__name__)
 
@@ -119,21 +120,20 @@ def load_checkpoint(
 
 
 def save_pipeline(config: TrainConfig, accelerator: Accelerator, models: Models) -> None:
-    """Save the (EMA) UNet with the base's VAE, text encoder and tokenizer in diffusers layout."""
+    """Save the (EMA) UNet with the base's VAE, text encoder(s) and tokenizer(s) in diffusers layout, as
+    the InstructPix2Pix pipeline of the base's family (SD or SDXL)."""
     unet = accelerator.unwrap_model(models.unet)
     if models.ema is not None:
         models.ema.store(unet.parameters())
         models.ema.copy_to(unet.parameters())
     scheduler = EulerAncestralDiscreteScheduler.from_config(models.noise_scheduler.config)
-    pipe = StableDiffusionInstructPix2PixPipeline.from_pretrained(
-        config.base_model,
-        unet=unet,
-        scheduler=scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-        dtype=torch.float32,
-    )  # VAE and text encoder reloaded in full precision, not the training copies cast to bf16
+    if models.is_sdxl:
+        parts = {"add_watermarker": False}
+    else:
+        parts = {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
+    pipe = edit_pipeline_class(models.family).from_pretrained(
+        config.base_model, unet=unet, scheduler=scheduler, dtype=torch.float32, **parts
+    )  # VAE and text encoders reloaded in full precision, not the training copies cast to bf16
     pipe.save_pretrained(config.output_dir)
     if models.ema is not None:
         models.ema.restore(unet.parameters())

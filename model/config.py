@@ -38,13 +38,25 @@ def _unique_names(sets: list[ShardSet]) -> None:
         raise ValueError(f"shard set names must be unique, got {names}")
 
 
+class BucketConfig(BaseModel):
+    """Aspect-ratio buckets (:mod:`ieiw.model.buckets`): shapes of about ``resolution``² pixels."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    step: int = Field(default=64, gt=0)  # sides are multiples of this (of the model's downsampling too)
+    max_aspect: float = Field(default=2.0, ge=1)
+
+
 class DataConfig(BaseModel):
-    """How shards become batches: sampling, shuffling, workers, crop and flip, latent cache."""
+    """How shards become batches: sampling, shuffling, workers, crop and flip, buckets, latent cache."""
 
     model_config = ConfigDict(extra="forbid")
 
     sets: list[ShardSet] = Field(default_factory=list)  # empty only when the stages list theirs
-    resolution: int = 256
+    resolution: int = 256  # the square crop's side, or with buckets the side of their area
+    buckets: BucketConfig | None = None  # None: square crops
+    # multi-turn sessions: every sample, single turns only (no whole-session sample) or whole sessions only
+    sessions: Literal["all", "turns", "whole"] = "all"
     random_flip: bool = True
     shuffle_buffer: int = 1000
     shards_per_block: int = 4  # shards read interleaved per block; a resume replays at most one block

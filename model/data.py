@@ -14,7 +14,16 @@ samples still make up their weight's share of what the trainer sees. Every sampl
 name and :class:`StreamState` counts them, so the trainer logs the shares actually seen.
 
 Two sample layouts are read: images (``src.*``, ``tgt.*``) and cached latents
-(``lat.safetensors``, written by :mod:`ieiw.model.latent_cache`). A set's shards come from
+(``lat.safetensors``, written by :mod:`ieiw.model.latent_cache`). Every item carries SDXL's six size
+and crop ids (``size_cond``, :mod:`ieiw.model.conditioning`).
+
+With aspect-ratio buckets (``StreamSettings.buckets``, :mod:`ieiw.model.buckets`) each sample is cropped
+to the bucket nearest its shape and a batch holds one bucket: within a block, a bucket's batch is emitted
+when it is full, and what is left in each bucket at the block's end is emitted as smaller batches. A
+bucketed position is ``(block, batches of the block consumed)``: a resume reads the block again, sorting
+samples into buckets from their image headers (or cached latents) without decoding, and skips that many
+batches. Multi-turn sessions: ``StreamSettings.sessions`` keeps ``all`` samples, single ``turns`` (no
+whole-session sample) or ``whole`` sessions (no single turn of a session). A set's shards come from
 :func:`ieiw.storage.shards.expand_shard_urls`: a stage folder (or its ``shards/``) means the shards its
 committed manifest parts list, never what lies in the folder.
 """
@@ -40,6 +49,8 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from webdataset.filters import _shuffle
 from webdataset.tariterators import group_by_keys, tar_file_expander
 
+from ieiw.model.buckets import Buckets, Shape, crop_pair, image_size
+from ieiw.model.conditioning import SIZE_COND
 from ieiw.storage import fs
 from ieiw.storage.images import decode_image
 from ieiw.storage.schema import SampleMeta
@@ -76,6 +87,8 @@ class StreamSettings:
     batch_size: int = 4
     seed: int = 0
     rank: int = 0
+    buckets: Buckets | None = None  # aspect-ratio buckets; None: square crops of ``resolution``
+    sessions: str = "all"  # which samples of multi-turn sessions: all, turns or whole
 
 
 @dataclass
@@ -136,6 +149,9 @@ class ShardStream(IterableDataset):
         yield from self._batches(logical)
 
     def _batches(self, worker: int) -> Iterator[dict]:
+        if self.settings.buckets is not None:
+            yield from self._bucket_batches(worker)
+            return
         size = self.settings.batch_size
         drops: Counter = Counter()
         pending: list[dict] = []
@@ -144,6 +160,49 @@ class ShardStream(IterableDataset):
             if len(pending) == size:
                 yield collate(pending, (worker, block, offset + 1), drops)
                 pending = []
+
+    def _bucket_batches(self, worker: int) -> Iterator[dict]:
+        """Batches of one bucket each; positions count the batches of a block (module docstring)."""
+        s = self.settings
+        drops: Counter = Counter()
+        block, skip = self.state.positions[worker]
+        empty = 0
+        while True:
+            pending: dict[Shape, list[tuple[int, dict]]] = {}
+            made, seen = 0, 0
+            for offset, raw in enumerate(self._block(worker, block, drops)):
+                seen += 1
+                shape = bucket_of(raw, s, drops)
+                if shape is None:
+                    continue
+                group = pending.setdefault(shape, [])
+                group.append((offset, raw))
+                if len(group) == s.batch_size:
+                    del pending[shape]
+                    made += 1
+                    if made > skip:
+                        position = (worker, block, made)
+                        yield from self._bucket_batch(worker, block, group, shape, position, drops)
+            leftovers = list(pending.items())  # what the block left in each bucket: smaller batches
+            for i, (shape, group) in enumerate(leftovers):
+                made += 1
+                position = (worker, block + 1, 0) if i == len(leftovers) - 1 else (worker, block, made)
+                if made > skip:
+                    yield from self._bucket_batch(worker, block, group, shape, position, drops)
+            empty = empty + 1 if seen == 0 else 0
+            if empty >= MAX_EMPTY_BLOCKS:
+                raise RuntimeError(f"{MAX_EMPTY_BLOCKS} blocks in a row held no samples: "
+                                   "are the shards empty?")
+            block, skip = block + 1, 0
+
+    def _bucket_batch(self, worker: int, block: int, group: list[tuple[int, dict]], shape: Shape,
+                      position: tuple[int, int, int], drops: Counter) -> Iterator[dict]:
+        """The batch of one bucket's samples (none when not one of them could be decoded)."""
+        items = [decode_item(raw, self._sample_rng(worker, block, offset), self.settings, drops, shape)
+                 for offset, raw in group]
+        items = [i for i in items if i is not None]
+        if items:
+            yield collate(items, position, drops)
 
     def _samples(self, worker: int, drops: Counter) -> Iterator[tuple[int, int, dict]]:
         block, skip = self.state.positions[worker]
@@ -252,18 +311,61 @@ def interleave(streams: list[Iterator[dict]]) -> Iterator[dict]:
                 active.remove(stream)
 
 
-def decode_item(raw: dict, rng: random.Random, s: StreamSettings, drops: Counter) -> dict | None:
-    """Decode one raw sample and apply the same random crop and flip to source and target."""
+def keep_session_sample(meta: SampleMeta, sessions: str) -> bool:
+    """Whether ``sessions`` (``all``, ``turns`` or ``whole``) keeps this sample: ``turns`` leaves out the
+    whole-session samples (turn 0), ``whole`` the single turns of sessions; others are always kept."""
+    if sessions == "turns":
+        return meta.turn != 0
+    if sessions == "whole":
+        return meta.turn <= 0
+    return True
+
+
+def _latents(raw: dict) -> dict[str, torch.Tensor]:
+    if "__latents__" not in raw:
+        raw["__latents__"] = load_safetensors(raw[LATENT_MEMBER])
+    return raw["__latents__"]
+
+
+def bucket_of(raw: dict, s: StreamSettings, drops: Counter) -> Shape | None:
+    """The bucket of one raw sample, read without decoding its images; None when it is not used."""
     try:
         meta = SampleMeta.model_validate_json(raw["json"])
+        if not keep_session_sample(meta, s.sessions):
+            return None
+        if LATENT_MEMBER in raw:
+            tensors = _latents(raw)
+            if "bucket" not in tensors:
+                drops["latents-without-bucket"] += 1
+                return None
+            return tuple(int(v) for v in tensors["bucket"].tolist())
+        width, height = image_size(find_member(raw, "src"))
+    except KeyError:
+        drops["missing-member"] += 1
+        return None
+    except (ValueError, OSError, UnidentifiedImageError):
+        drops["undecodable"] += 1
+        return None
+    assert s.buckets is not None
+    return s.buckets.closest(width, height)
+
+
+def decode_item(raw: dict, rng: random.Random, s: StreamSettings, drops: Counter,
+                shape: Shape | None = None) -> dict | None:
+    """Decode one raw sample and apply the same random crop and flip to source and target (to
+    ``shape``, a bucket, or a square of ``s.resolution``)."""
+    try:
+        meta = SampleMeta.model_validate_json(raw["json"])
+        if not keep_session_sample(meta, s.sessions):
+            return None
         text = getattr(meta, raw["__text_field__"])
         if not text:
             drops["missing-text"] += 1
             return None
         if LATENT_MEMBER in raw:
-            src, tgt = crop_latents(load_safetensors(raw[LATENT_MEMBER]), s, rng)
+            src, tgt, ids = crop_latents(_latents(raw), s, rng, shape)
             return {"src_lat": src, "tgt_lat": tgt, "text": text, "key": meta.key,
-                    "source": raw.get("__source__", "")}
+                    "source": raw.get("__source__", ""), SIZE_COND: torch.tensor(ids)}
         src_img = decode_image(find_member(raw, "src"))
         tgt_img = decode_image(find_member(raw, "tgt"))
     except KeyError as exc:
@@ -274,9 +376,9 @@ def decode_item(raw: dict, rng: random.Random, s: StreamSettings, drops: Counter
         drops["undecodable"] += 1
         log.warning("sample %s cannot be decoded: %s", raw.get("__key__"), exc)
         return None
-    src, tgt = crop_and_flip(src_img, tgt_img, s.resolution, s.random_flip, rng)
+    src, tgt, ids = crop_pair(src_img, tgt_img, shape or (s.resolution, s.resolution), s.random_flip, rng)
     return {"src": to_tensor(src), "tgt": to_tensor(tgt), "text": text, "key": meta.key,
-            "source": raw.get("__source__", "")}
+            "source": raw.get("__source__", ""), SIZE_COND: torch.tensor(ids)}
 
 
 def find_member(raw: dict, stem: str) -> bytes:
@@ -301,28 +403,32 @@ def crop_and_flip(
     src: np.ndarray, tgt: np.ndarray, resolution: int, flip: bool, rng: random.Random
 ) -> tuple[np.ndarray, np.ndarray]:
     """Resize both to the source's short side ``resolution``, then one random crop and flip for both."""
-    src = resize_short_side(src, resolution)
-    tgt = resize_short_side(tgt, resolution, like=(src.shape[1], src.shape[0]))
-    h, w = src.shape[:2]
-    top, left = rng.randint(0, h - resolution), rng.randint(0, w - resolution)
-    src = src[top : top + resolution, left : left + resolution]
-    tgt = tgt[top : top + resolution, left : left + resolution]
-    if flip and rng.random() < 0.5:
-        src, tgt = src[:, ::-1], tgt[:, ::-1]
+    src, tgt, _ = crop_pair(src, tgt, (resolution, resolution), flip, rng)
     return src, tgt
 
 
-def crop_latents(tensors: dict[str, torch.Tensor], s: StreamSettings, rng: random.Random):
-    """The cached-latent counterpart of :func:`crop_and_flip` (flips use the cached flipped latents)."""
+def crop_latents(tensors: dict[str, torch.Tensor], s: StreamSettings, rng: random.Random,
+                 shape: Shape | None = None):
+    """The cached-latent counterpart of :func:`crop_and_flip` (flips use the cached flipped latents), to
+    ``shape`` (a bucket) or a square of ``s.resolution``; also returns the crop's SDXL size ids."""
     flipped = s.random_flip and rng.random() < 0.5
     src = tensors["src_flip" if flipped else "src"].float()
     tgt = tensors["tgt_flip" if flipped else "tgt"].float()
-    size = s.resolution // int(tensors["factor"].item())
+    factor = int(tensors["factor"].item())
+    height, width = shape or (s.resolution, s.resolution)
+    size_h, size_w = height // factor, width // factor
     h, w = src.shape[-2:]
-    if h < size or w < size:
-        raise ValueError(f"cached latents {h}x{w} are smaller than the crop {size}")
-    top, left = rng.randint(0, h - size), rng.randint(0, w - size)
-    return src[:, top : top + size, left : left + size], tgt[:, top : top + size, left : left + size]
+    if h < size_h or w < size_w:
+        raise ValueError(f"cached latents {h}x{w} are smaller than the crop {size_h}x{size_w}")
+    top, left = rng.randint(0, h - size_h), rng.randint(0, w - size_w)
+    if "origin" in tensors:  # (original h, w; resized h, w; the cached crop's top, left in the resized)
+        oh, ow, _, rw, ctop, cleft = (int(v) for v in tensors["origin"].tolist())
+        cleft = rw - cleft - w * factor if flipped else cleft
+        ids = [oh, ow, ctop + top * factor, cleft + left * factor, height, width]
+    else:
+        ids = [h * factor, w * factor, top * factor, left * factor, height, width]
+    crop = (slice(None), slice(top, top + size_h), slice(left, left + size_w))
+    return src[crop], tgt[crop], ids
 
 
 def to_tensor(image: np.ndarray) -> torch.Tensor:
@@ -333,7 +439,7 @@ def to_tensor(image: np.ndarray) -> torch.Tensor:
 def collate(items: list[dict], position: tuple[int, int, int], drops: Counter) -> dict:
     batch: dict = {"text": [i["text"] for i in items], "key": [i["key"] for i in items],
                    "source": [i["source"] for i in items]}
-    for name in ("src", "tgt", "src_lat", "tgt_lat"):
+    for name in ("src", "tgt", "src_lat", "tgt_lat", SIZE_COND):
         if name in items[0]:
             batch[name] = torch.stack([i[name] for i in items])
     batch["position"] = position

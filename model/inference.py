@@ -1,6 +1,7 @@
 """Edit images with a trained model: one image, a folder, or the samples of shards.
 
-The pipeline is loaded once by the caller (:func:`load_edit_pipeline`) and reused for every image.
+The pipeline is loaded once by the caller (:func:`load_edit_pipeline`: the SD or the SDXL InstructPix2Pix
+pipeline, whichever the checkpoint is) and reused for every image.
 """
 
 from __future__ import annotations
@@ -13,11 +14,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from diffusers import StableDiffusionInstructPix2PixPipeline
 from PIL import Image, UnidentifiedImageError
 from pydantic import BaseModel, ConfigDict, Field
 from tqdm.auto import tqdm
 
+from ieiw.model.family import SDXL, edit_pipeline_class, model_family, size_kwargs
 from ieiw.storage.shards import iter_samples
 
 log = logging.getLogger(__name__)
@@ -44,14 +45,18 @@ def resolve_device(device: str = "auto") -> torch.device:
 
 
 def load_edit_pipeline(model: str, device: str = "auto", half: bool | None = None):
-    """Open a trained model folder (or hub id) in diffusers layout, once per process."""
+    """Open a trained model folder (or hub id) in diffusers layout, once per process, in the
+    InstructPix2Pix pipeline of its family (its ``model_index.json`` says SD or SDXL)."""
     torch_device = resolve_device(device)
     if half is None:
         half = torch_device.type == "cuda"
     dtype = torch.float16 if half else torch.float32
-    pipe = StableDiffusionInstructPix2PixPipeline.from_pretrained(
-        model, dtype=dtype, safety_checker=None, requires_safety_checker=False
-    )
+    family = model_family(model)
+    if family == SDXL:
+        extra = {"add_watermarker": False}
+    else:
+        extra = {"safety_checker": None, "requires_safety_checker": False}
+    pipe = edit_pipeline_class(family).from_pretrained(model, dtype=dtype, **extra)
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(torch_device)
 
@@ -65,8 +70,10 @@ def size_multiple(pipe) -> int:
 def fit_size(width: int, height: int, long_side: int, multiple: int) -> tuple[int, int]:
     """Scale so the long side is ``long_side``; round both sides to ``multiple``."""
     scale = long_side / max(width, height)
-    return (max(multiple, round(width * scale / multiple) * multiple),
-            max(multiple, round(height * scale / multiple) * multiple))
+    return (
+        max(multiple, round(width * scale / multiple) * multiple),
+        max(multiple, round(height * scale / multiple) * multiple),
+    )
 
 
 def edit_image(pipe, image: np.ndarray | Image.Image, instruction: str, settings: EditSettings) -> np.ndarray:
@@ -84,9 +91,14 @@ def edit_images(pipe, images: list, instructions: list[str], settings: EditSetti
     pil = [i.resize(size, Image.Resampling.BICUBIC) for i in pil]
     generator = torch.Generator(device="cpu").manual_seed(settings.seed)
     result = pipe(
-        list(instructions), image=pil, num_inference_steps=settings.steps,
-        guidance_scale=settings.text_guidance, image_guidance_scale=settings.image_guidance,
-        generator=generator, output_type="np",
+        list(instructions),
+        image=pil,
+        num_inference_steps=settings.steps,
+        guidance_scale=settings.text_guidance,
+        image_guidance_scale=settings.image_guidance,
+        generator=generator,
+        output_type="np",
+        **size_kwargs(pipe, *size),
     )
     return [(np.clip(a, 0, 1) * 255).round().astype(np.uint8) for a in result.images]
 
@@ -118,8 +130,9 @@ def edit_folder(pipe, folder: str, instruction: str, out_dir: str, settings: Edi
     return report
 
 
-def edit_shards(pipe, shard_urls: Iterable[str], out_dir: str, settings: EditSettings,
-                limit: int | None = None) -> BatchReport:
+def edit_shards(
+    pipe, shard_urls: Iterable[str], out_dir: str, settings: EditSettings, limit: int | None = None
+) -> BatchReport:
     """Edit each sample's source with its own instruction; writes ``<out_dir>/<key>.png``."""
     report = BatchReport()
     Path(out_dir).mkdir(parents=True, exist_ok=True)

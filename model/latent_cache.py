@@ -2,15 +2,19 @@
 
 Each input shard becomes one cache shard of the same samples with ``<key>.json`` and
 ``<key>.lat.safetensors`` (``src``, ``tgt`` and the latents of the horizontally flipped images
-``src_flip``, ``tgt_flip``, float16, plus ``factor``, the VAE's downsampling). Images are resized to
-the short side ``resolution`` and centre-cropped on the long side to at most ``max_aspect`` times
-that, so the trainer still takes a random crop, in latent space. Latents are the distribution's
-mean (a sample is drawn on the fly otherwise).
+``src_flip``, ``tgt_flip``, float16, plus ``factor``, the VAE's downsampling, and ``origin``: the
+original size, the resized size and where the cached crop lies in it, for SDXL's size ids). Images are
+resized to the short side ``resolution`` and centre-cropped on the long side to at most ``max_aspect``
+times that, so the trainer still takes a random crop, in latent space. With aspect-ratio buckets
+(:mod:`ieiw.model.buckets`) each sample is instead resized to cover its bucket (stored as ``bucket``)
+and the trainer crops the bucket's shape out of it. Latents are the distribution's mean (a sample is
+drawn on the fly otherwise).
 
 The cache is a stage folder (:mod:`ieiw.storage.stage_folder`) under the configured root, one per
 *encoder* fingerprint (:func:`cache_fingerprint`: the VAE by content, the dtype it encodes in, the
-resolution, ``max_aspect`` and the crop), named ``r<resolution>-<digest>``, so another VAE or another
-resolution gets another cache. Each input shard is one batch whose name is the digest of the encoder
+resolution, ``max_aspect``, the crop and the bucket shapes), named ``r<resolution>-<digest>`` (``b`` for
+buckets instead of ``r``), so another VAE, resolution or set of buckets gets another cache. Each input
+shard is one batch whose name is the digest of the encoder
 fingerprint plus the input shard's identity (:func:`ieiw.model.inputs.shard_identity`: a stage's
 digest and the shard's name, or a foreign shard's name, size and modification time), so a changed
 input shard is encoded again and a cache batch is reused only when everything that made its latents
@@ -44,6 +48,7 @@ import torch
 from safetensors.torch import save as save_safetensors
 from tqdm.auto import tqdm
 
+from ieiw.model.buckets import Buckets, cover_size, resize
 from ieiw.model.data import LATENT_MEMBER, find_member, read_shard, resize_short_side, to_tensor
 from ieiw.model.inputs import shard_identities
 from ieiw.storage import fs, manifest
@@ -85,11 +90,15 @@ def vae_identity(model: str) -> str | None:
 
 
 def cache_fingerprint(
-    vae_model: str, resolution: int, max_aspect: float = 2.0, dtype: torch.dtype | str = torch.float32
+    vae_model: str,
+    resolution: int,
+    max_aspect: float = 2.0,
+    dtype: torch.dtype | str = torch.float32,
+    buckets: Buckets | None = None,
 ) -> Fingerprint:
     """Everything that determines the latents of a given input shard (the shard itself goes into each
-    batch's name)."""
-    settings = {
+    batch's name); with ``buckets``, their shapes."""
+    settings: dict = {
         "resolution": int(resolution),
         "max_aspect": float(max_aspect),
         "crop": CROP,
@@ -97,13 +106,26 @@ def cache_fingerprint(
         "latent": "mode",
         "stored_as": "float16",
         "encode_dtype": str(dtype).removeprefix("torch."),
+        "origin": True,  # each sample's size ids are stored with its latents
     }
+    if buckets is not None:
+        settings["buckets"] = buckets.to_json()
+        settings["bucket_step"] = buckets.step
     return Fingerprint(stage=STAGE, settings=settings, models={"vae": vae_identity(vae_model)})
 
 
 def cache_folder(root: str, fingerprint: Fingerprint) -> str:
     """The cache of one encoder fingerprint: another VAE, resolution or crop gets its own folder."""
-    return fs.join(root, f"r{fingerprint.settings['resolution']}-{fingerprint.digest[:12]}")
+    kind = "b" if "buckets" in fingerprint.settings else "r"
+    return fs.join(root, f"{kind}{fingerprint.settings['resolution']}-{fingerprint.digest[:12]}")
+
+
+def buckets_of(fingerprint: Fingerprint) -> Buckets | None:
+    """The buckets a cache fingerprint was made for (None: square crops)."""
+    shapes = fingerprint.settings.get("buckets")
+    if not shapes:
+        return None
+    return Buckets(tuple(tuple(int(v) for v in s) for s in shapes), int(fingerprint.settings["bucket_step"]))
 
 
 def batch_for(fingerprint: Fingerprint, identity: str) -> tuple[str, str]:
@@ -181,16 +203,45 @@ def encode_latents(vae, images: list[np.ndarray], device, dtype) -> list[torch.T
     return [t.contiguous() for t in vae.encode(batch).latent_dist.mode().to(torch.float16).cpu()]
 
 
-def centre_crop(image: np.ndarray, resolution: int, factor: int, max_aspect: float) -> np.ndarray:
-    h, w = image.shape[:2]
-    th = min(h, int(resolution * max_aspect)) // factor * factor
-    tw = min(w, int(resolution * max_aspect)) // factor * factor
-    top, left = (h - th) // 2, (w - tw) // 2
-    return image[top : top + th, left : left + tw]
+def centre_box(h: int, w: int, limit_h: int, limit_w: int, factor: int) -> tuple[int, int, int, int]:
+    """``(top, left, height, width)`` of the centred crop of at most ``limit_h`` x ``limit_w``, sides
+    multiples of ``factor``."""
+    th, tw = min(h, limit_h) // factor * factor, min(w, limit_w) // factor * factor
+    return (h - th) // 2, (w - tw) // 2, th, tw
+
+
+def cache_crop(
+    src: np.ndarray, tgt: np.ndarray, resolution: int, factor: int, max_aspect: float, buckets: Buckets | None
+) -> tuple[np.ndarray, np.ndarray, dict[str, torch.Tensor]]:
+    """What is cached of one pair (source and target resized and cropped alike), and the tensors that say
+    where it came from (``origin``; with buckets, ``bucket``)."""
+    h, w = src.shape[:2]
+    extra: dict[str, torch.Tensor] = {}
+    if buckets is None:
+        src = resize_short_side(src, resolution)
+        limit = int(resolution * max_aspect)
+        top, left, th, tw = centre_box(*src.shape[:2], limit, limit, factor)
+    else:
+        shape = buckets.closest(w, h)
+        src = resize(src, cover_size(w, h, shape))
+        top, left, th, tw = centre_box(*src.shape[:2], src.shape[0], src.shape[1], factor)
+        extra["bucket"] = torch.tensor(shape)
+    rh, rw = src.shape[:2]
+    tgt = resize(tgt, (rw, rh))
+    extra["origin"] = torch.tensor([h, w, rh, rw, top, left])
+    box = (slice(top, top + th), slice(left, left + tw))
+    return src[box], tgt[box], extra
 
 
 def cache_shard(
-    vae, url: str, out_url: str, resolution: int, device, dtype, max_aspect: float = 2.0
+    vae,
+    url: str,
+    out_url: str,
+    resolution: int,
+    device,
+    dtype,
+    max_aspect: float = 2.0,
+    buckets: Buckets | None = None,
 ) -> Counter:
     """Encode one shard's samples into ``out_url``; returns counts (``cached`` and drop reasons).
 
@@ -210,12 +261,12 @@ def cache_shard(
                     except (ValueError, OSError):
                         counts["undecodable"] += 1
                         continue
-                    src = centre_crop(resize_short_side(src, resolution), resolution, factor, max_aspect)
-                    tgt = resize_short_side(tgt, resolution, like=(src.shape[1], src.shape[0]))
+                    src, tgt, extra = cache_crop(src, tgt, resolution, factor, max_aspect, buckets)
                     pair = [src, tgt, src[:, ::-1], tgt[:, ::-1]]
                     latents = encode_latents(vae, [np.ascontiguousarray(p) for p in pair], device, dtype)
                     tensors = dict(zip(("src", "tgt", "src_flip", "tgt_flip"), latents, strict=True))
                     tensors["factor"] = torch.tensor([factor])
+                    tensors.update(extra)
                     key = raw["__key__"]
                     _add(tar, f"{key}.json", raw["json"])
                     _add(tar, f"{key}.{LATENT_MEMBER}", save_safetensors(tensors))
@@ -283,13 +334,14 @@ def _encode_batches(
     max_aspect: float,
     rank: int,
     show: bool,
+    buckets: Buckets | None = None,
 ) -> Counter:
     url, digest, holder = writer_info["url"], writer_info["digest"], writer_info["holder"]
     totals: Counter = Counter()
     for item in tqdm(mine, desc="caching latents", unit="shard", disable=not show):
         name = f"{item.batch}.tar"
         out = fs.join(url, manifest.SHARD_DIR, name)
-        counts = cache_shard(vae, item.url, out, resolution, device, dtype, max_aspect)
+        counts = cache_shard(vae, item.url, out, resolution, device, dtype, max_aspect, buckets)
         cached = counts.pop("cached", 0)
         if not cached:
             name = None  # no sample of the input could be cached: no cache shard
@@ -369,7 +421,16 @@ def build_latent_cache(
         mine = payload["pending"][ranks.rank :: ranks.world]
         try:
             counts: Counter | str = _encode_batches(
-                vae, payload, mine, resolution, device, dtype, max_aspect, ranks.rank, show=ranks.rank == 0
+                vae,
+                payload,
+                mine,
+                resolution,
+                device,
+                dtype,
+                max_aspect,
+                ranks.rank,
+                show=ranks.rank == 0,
+                buckets=buckets_of(fingerprint),
             )
         except Exception:  # noqa: BLE001 - reported to every rank below
             counts = traceback.format_exc(limit=8)

@@ -5,7 +5,9 @@ base checkpoint's UNet widened from 4 to 8 input channels), build the data (seed
 stream, with an optional latent-cache pass), then the loop of training steps with
 classifier-free-guidance dropout, EMA, checkpoints and resume (:mod:`ieiw.model.checkpoints`), and at the
 end the pipeline saved in diffusers layout so
-``StableDiffusionInstructPix2PixPipeline.from_pretrained(output_dir)`` opens it. The samples seen
+``StableDiffusionInstructPix2PixPipeline.from_pretrained(output_dir)`` opens it (or
+``StableDiffusionXLInstructPix2PixPipeline`` for an SDXL base: both text encoders, the pooled text and the
+size ids, :mod:`ieiw.model.conditioning`). The samples seen
 per shard set are counted and written (``mix.json``, ``mix.csv``, TensorBoard ``mix/*``) so a run
 shows that its data mix matched the configured weights.
 
@@ -32,8 +34,10 @@ from accelerate.utils import ProjectConfiguration
 from diffusers.optimization import get_scheduler
 from tqdm.auto import tqdm
 
+from ieiw.model.buckets import Buckets
 from ieiw.model.build import Models, build_models
 from ieiw.model.checkpoints import find_resume_checkpoint, load_checkpoint, save_checkpoint, save_pipeline
+from ieiw.model.conditioning import TextConditioning, encode_prompts, null_conditioning, size_ids
 from ieiw.model.config import TrainConfig, load_train_config
 from ieiw.model.data import (
     SourceSet,
@@ -63,8 +67,9 @@ def build_data(
 ):
     """The batch loader of this process and its sets; runs the latent-cache pass first when configured."""
     sets = expand_sets(config.data.sets) if sets is None else sets
+    buckets = run_buckets(config, models)
     if config.data.latent_cache:
-        sets = cache_latents(config, models, accelerator, sets)
+        sets = cache_latents(config, models, accelerator, sets, buckets)
     settings = StreamSettings(
         resolution=config.data.resolution,
         random_flip=config.data.random_flip,
@@ -73,9 +78,23 @@ def build_data(
         batch_size=config.train_batch_size,
         seed=config.seed,
         rank=accelerator.process_index,
+        buckets=buckets,
+        sessions=config.data.sessions,
     )
     loader = make_loader(sets, settings, state)
     return loader, loader.dataset.sets
+
+
+def run_buckets(config: TrainConfig, models: Models) -> Buckets | None:
+    """The run's aspect-ratio buckets (None: square crops); their sides must suit the model."""
+    if config.data.buckets is None:
+        return None
+    multiple, step = models.size_multiple, config.data.buckets.step
+    if step % multiple:
+        raise ValueError(
+            f"data.buckets.step {step} is not a multiple of the model's downsampling, {multiple}"
+        )
+    return Buckets.make(config.data.resolution, step, config.data.buckets.max_aspect)
 
 
 def steps_for_epochs(config: TrainConfig, sets: list[SourceSet], num_processes: int) -> int:
@@ -84,10 +103,16 @@ def steps_for_epochs(config: TrainConfig, sets: list[SourceSet], num_processes: 
     return max(1, math.ceil(config.epochs * estimated_samples(sets) / per_step))
 
 
-def cache_latents(config: TrainConfig, models: Models, accelerator: Accelerator, sets: list[SourceSet]):
+def cache_latents(
+    config: TrainConfig,
+    models: Models,
+    accelerator: Accelerator,
+    sets: list[SourceSet],
+    buckets: Buckets | None = None,
+):
     """Encode every shard once (split across processes); return the sets over the cache shards."""
     vae_from = config.latent_cache_model or config.base_model  # every curriculum stage has the same VAE
-    fingerprint = cache_fingerprint(vae_from, config.data.resolution, dtype=models.vae.dtype)
+    fingerprint = cache_fingerprint(vae_from, config.data.resolution, dtype=models.vae.dtype, buckets=buckets)
     result = build_latent_cache(
         models.vae,
         [u for s in sets for u in s.urls],
@@ -118,14 +143,8 @@ def step_generator(seed: int, rank: int, step: int, micro: int, device: torch.de
 
 
 def encode_text(models: Models, texts: list[str], device) -> torch.Tensor:
-    tokens = models.tokenizer(
-        texts,
-        padding="max_length",
-        max_length=models.tokenizer.model_max_length,
-        truncation=True,
-        return_tensors="pt",
-    )
-    return models.text_encoder(tokens.input_ids.to(device), return_dict=False)[0]
+    """The text encoder(s)' hidden states of ``texts`` (SDXL: both, side by side)."""
+    return encode_prompts(models, texts, device).hidden
 
 
 def batch_latents(models: Models, batch: dict, generator: torch.Generator, device, source: bool = True):
@@ -157,14 +176,15 @@ def training_step(
     models: Models,
     unet,
     batch: dict,
-    null_text: torch.Tensor,
+    null_text: torch.Tensor | TextConditioning,
     generator: torch.Generator,
     device,
 ) -> torch.Tensor:
     """The diffusion loss of one batch: noise the target latent, predict from it + source + text.
 
     With ``config.image_conditioning`` off (caption pre-training) the source latent is always zeros,
-    the input classifier-free training gives when it drops the image.
+    the input classifier-free training gives when it drops the image. ``null_text`` is the conditioning
+    of a dropped text (:func:`ieiw.model.conditioning.null_conditioning`; a tensor for SD's hidden states).
     """
     latents, source_latents = batch_latents(models, batch, generator, device, config.image_conditioning)
     bsz = latents.shape[0]
@@ -174,16 +194,21 @@ def training_step(
     )
     noisy = models.noise_scheduler.add_noise(latents, noise, timesteps)
     with torch.no_grad():
-        text = encode_text(models, batch["text"], device).float()
+        text = encode_prompts(models, batch["text"], device).float()
+    null = null_text if isinstance(null_text, TextConditioning) else TextConditioning(null_text)
     drop_text, drop_image = cfg_masks(config, bsz, generator, device)
-    text = torch.where(drop_text[:, None, None], null_text.float(), text)
+    text = text.where(drop_text, null.float())
     source_latents = source_latents * (~drop_image).float()[:, None, None, None]
     if models.noise_scheduler.config.prediction_type == "v_prediction":
         target = models.noise_scheduler.get_velocity(latents, noise, timesteps)
     else:
         target = noise
     model_input = torch.cat([noisy, source_latents], dim=1)
-    pred = unet(model_input, timesteps, text, return_dict=False)[0]
+    if models.is_sdxl:
+        added = {"text_embeds": text.pooled, "time_ids": size_ids(batch, latents, models.vae_factor, device)}
+        pred = unet(model_input, timesteps, text.hidden, added_cond_kwargs=added, return_dict=False)[0]
+    else:
+        pred = unet(model_input, timesteps, text.hidden, return_dict=False)[0]
     return F.mse_loss(pred.float(), target.float(), reduction="mean")
 
 
@@ -217,7 +242,8 @@ def train(config: TrainConfig, keep_process_group: bool = False) -> Path:
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(config.mixed_precision, torch.float32)
     models = build_models(config, weight_dtype)
     models.vae.to(device)
-    models.text_encoder.to(device)
+    for encoder in models.text_encoders:
+        encoder.to(device)
     if models.ema is not None:
         models.ema.to(device)
 
@@ -256,7 +282,7 @@ def train(config: TrainConfig, keep_process_group: bool = False) -> Path:
     loader, sets = build_data(config, models, accelerator, stream, sets)
     names, weights = [x.name for x in sets], [x.weight for x in sets]
     with torch.no_grad():
-        null_text = encode_text(models, [""], device)
+        null_text = null_conditioning(models, device)
     drops: dict[int, dict] = {}
     progress = tqdm(
         total=config.max_steps,

@@ -176,6 +176,7 @@ def render_data_card(
                 after = int((final_kept["task"] == task).sum()) if final_kept is not None else 0
             counts.append({"stage": stage, "task": task, "candidates": len(group), "final": after})
     out += ["## Samples per task", "", _table(pd.DataFrame(counts))]
+    out += _sessions_section(frames, final_frames)
 
     drops = []
     for stage, frame in [*frames.items(), *((f"{s} (filter)", f) for s, f in final_frames.items())]:
@@ -264,6 +265,46 @@ def render_data_card(
     for stage in stages:
         out += _settings_section(stage)
     return "\n".join(out)
+
+
+def session_lengths(frame: pd.DataFrame) -> pd.DataFrame:
+    """Kept multi-turn sessions of a manifest by task and number of turns (``task, turns, sessions``)."""
+    if not len(frame) or "session_id" not in frame.columns:
+        return pd.DataFrame(columns=["task", "turns", "sessions"])
+    turns = frame[frame["kept"] & frame["session_id"].notna() & (frame["turn"].fillna(-1) >= 1)]
+    per_session = turns.groupby(["task", "session_id"]).size().reset_index(name="turns")
+    return per_session.groupby(["task", "turns"]).size().reset_index(name="sessions")
+
+
+def _sessions_section(
+    frames: Mapping[str, pd.DataFrame], final_frames: Mapping[str, pd.DataFrame]
+) -> list[str]:
+    """Sessions counted by length, before and after the filter (which may shorten or break a session)."""
+    tables = []
+    for stage, frame in frames.items():
+        made = session_lengths(frame)
+        if not len(made):
+            continue
+        if stage in final_frames:
+            final = session_lengths(final_frames[stage]).rename(columns={"sessions": "final"})
+            made = made.merge(final, on=["task", "turns"], how="outer").fillna(0)
+        else:
+            made["final"] = "not filtered"
+        made.insert(0, "stage", stage)
+        tables.append(made.astype({"turns": int, "sessions": int}))
+    if not tables:
+        return []
+    rows = pd.concat(tables).sort_values(["stage", "task", "turns"])
+    if rows["final"].map(lambda v: isinstance(v, float)).any():
+        rows["final"] = rows["final"].map(lambda v: int(v) if isinstance(v, float) else v)
+    return [
+        "## Multi-turn sessions",
+        "",
+        "Successive edits of one image, counted by their number of turns: each turn is a sample "
+        "(`session_id`, `turn` in its `json`), and the whole session one more (`turn` 0).",
+        "",
+        _table(rows),
+    ]
 
 
 def _cost(stage: RecordedStage) -> dict[str, Any]:

@@ -54,6 +54,9 @@ MANIFEST_SCHEMA = pa.schema(
         ("height", pa.int32()),
         ("scores", pa.string()),
         ("fingerprint", pa.string()),
+        # multi-turn sessions (SampleMeta.session_id / turn): null for samples of no session and drops
+        ("session_id", pa.string()),
+        ("turn", pa.int32()),
     ]
 )
 COVERED_BATCHES = b"ieiw.batches"  # consolidated file metadata: the batches it holds, as JSON
@@ -92,6 +95,8 @@ def sample_row(
         "height": int(height),
         "scores": json.dumps(meta.scores, sort_keys=True),
         "fingerprint": fingerprint,
+        "session_id": meta.session_id or None,
+        "turn": meta.turn if meta.session_id else None,
     }
 
 

@@ -33,6 +33,7 @@ class Task(StrEnum):
     SEGMENTATION = "segmentation"
     ENHANCEMENT = "enhancement"
     ALIGNED = "aligned"  # human-picked edits for instruction tuning
+    PREFERENCE = "preference"  # a chosen and a rejected edit of one source (preference training)
 
 
 class Provenance(BaseModel):
@@ -77,6 +78,10 @@ class SampleMeta(BaseModel):
     drop_reason: str | None = None
     extra: dict[str, Any] = Field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
+    # A multi-turn edit session (successive edits of one image): its id, and the sample's turn in it
+    # (1, 2, ...; 0 for the sample of the whole session). "" and -1 for a sample of no session.
+    session_id: str = ""
+    turn: int = -1
 
     @model_validator(mode="before")
     @classmethod
@@ -119,6 +124,8 @@ class SampleMeta(BaseModel):
             "drop_reason": self.drop_reason or "",
             "extra": _dumps(self.extra),
             "mask_kind": mask_kind,
+            "session_id": self.session_id,
+            "turn": int(self.turn),
         }
 
     def to_json_bytes(self, mask_kind: str = "given") -> bytes:
@@ -165,6 +172,8 @@ def record_to_nested(record: dict[str, Any]) -> dict[str, Any]:
         "drop_reason": text("drop_reason"),
         "extra": json.loads(record.get("extra") or "{}"),
         "schema_version": int(record.get("schema_version", SCHEMA_VERSION)),
+        "session_id": record.get("session_id") or "",
+        "turn": int(record.get("turn", -1)),
     }
 
 

@@ -4,7 +4,7 @@ from collections.abc import Callable
 
 import typer
 
-from ieiw.flows.commands import model, multitask, ops, quality, replacement, review, web
+from ieiw.flows.commands import model, multitask, ops, preferences, quality, replacement, review, web
 
 AREAS: list[Callable[[typer.Typer], None]] = [
     ops.register,
@@ -12,6 +12,7 @@ AREAS: list[Callable[[typer.Typer], None]] = [
     web.register,
     multitask.register,
     review.register,
+    preferences.register,
     quality.register,
     model.register,
 ]

@@ -17,7 +17,8 @@ under both ``VG_100K`` and ``VG_100K_2``, so a fixed URL template gets about hal
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections import OrderedDict
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -116,6 +117,56 @@ class LoadedRegion:
     image: np.ndarray  # HxWx3 uint8
     mask: np.ndarray  # HxW uint8, 0 or 255, already dilated
     area_fraction: float
+    raw_mask: np.ndarray | None = None  # HxW uint8, the polygons before dilation
+
+
+@dataclass
+class PhraseCutSession:
+    """Several phrases of one image, in input order: the turns of a multi-turn removal session."""
+
+    records: list[PhraseCutRecord]
+
+    @property
+    def record_id(self) -> str:
+        first = self.records[0]
+        return f"{first.dataset}:session:{first.image_id}:" + "+".join(r.task_id for r in self.records)
+
+    @property
+    def image_id(self) -> str:
+        return self.records[0].image_id
+
+
+def group_sessions(
+    items: Iterable[PhraseCutRecord | Drop], max_turns: int, window: int = 256
+) -> Iterator[PhraseCutRecord | PhraseCutSession | Drop]:
+    """The phrases of each image grouped into sessions of at most ``max_turns``, in a fixed order.
+
+    An image's tasks need not be adjacent in the annotation file: a group stays open while fewer than
+    ``window`` other images have open groups (so memory stays bounded on a file of any size). A group
+    is emitted when it is full, when it is the oldest of too many open groups, or at the end; a group
+    of one phrase is that plain record. Drops pass straight through. The same input gives the same
+    output, so batches (and their names) are the same on every run.
+    """
+    if max_turns < 2:
+        raise ValueError("a session has at least 2 turns (max_turns >= 2)")
+    open_groups: OrderedDict[str, list[PhraseCutRecord]] = OrderedDict()
+
+    def emit(group: list[PhraseCutRecord]) -> PhraseCutRecord | PhraseCutSession:
+        return group[0] if len(group) == 1 else PhraseCutSession(group)
+
+    for item in items:
+        if isinstance(item, Drop):
+            yield item
+            continue
+        image = f"{item.dataset}:{item.image_id}"
+        group = open_groups.setdefault(image, [])
+        group.append(item)
+        if len(group) >= max_turns:
+            yield emit(open_groups.pop(image))
+        elif len(open_groups) > window:
+            yield emit(open_groups.popitem(last=False)[1])
+    while open_groups:
+        yield emit(open_groups.popitem(last=False)[1])
 
 
 def _drop(record_id: str, reason: str, detail: str, prov: Provenance | None = None) -> Drop:
@@ -213,17 +264,21 @@ def load_image(path: str) -> np.ndarray:
         return np.asarray(image.convert("RGB"))
 
 
-def load_region(record: PhraseCutRecord, settings: RegionSettings) -> LoadedRegion | Drop:
-    """Read the image and build the dilated mask, or say why this record is unusable."""
+def load_region(
+    record: PhraseCutRecord, settings: RegionSettings, image: np.ndarray | None = None
+) -> LoadedRegion | Drop:
+    """Read the image (unless given, already read) and build the dilated mask, or say why this record
+    is unusable."""
     prov = record.provenance
     if not record.phrase:
         return _drop(record.record_id, "empty_phrase", f"task {record.task_id} has no phrase", prov)
-    if not os.path.exists(record.image_path):
-        return _drop(record.record_id, "missing_image", record.image_path, prov)
-    try:
-        image = load_image(record.image_path)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
-        return _drop(record.record_id, "corrupt_image", f"{record.image_path}: {error}", prov)
+    if image is None:
+        if not os.path.exists(record.image_path):
+            return _drop(record.record_id, "missing_image", record.image_path, prov)
+        try:
+            image = load_image(record.image_path)
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+            return _drop(record.record_id, "corrupt_image", f"{record.image_path}: {error}", prov)
     height, width = image.shape[:2]
     info = record.image_info
     if info is not None and info.width and (info.width, info.height) != (width, height):
@@ -254,4 +309,4 @@ def load_region(record: PhraseCutRecord, settings: RegionSettings) -> LoadedRegi
             f"task {record.task_id}: {raw_fraction:.3f} > {settings.max_area_fraction}",
             prov,
         )
-    return LoadedRegion(record, image, dilate(raw, settings.dilation), raw_fraction)
+    return LoadedRegion(record, image, dilate(raw, settings.dilation), raw_fraction, raw)

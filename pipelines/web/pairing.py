@@ -106,16 +106,19 @@ def _pair_post(
     results: list[Result] = []
     accepted: list[_Accepted] = []
     report: list[dict] = []
+    follow_ups = [(c, r) for c, r in crawled.edits if c.follows]
     for candidate, record in crawled.edits:
+        if candidate.follows:
+            continue
         key = pair_key(post, candidate.candidate_id, generator)
-        outcome = _check_edit(original, record, settings)
+        outcome = check_edit(original, record, settings)
         entry = {
             "comment": candidate.candidate_id,
             "author": candidate.author,
             "score": candidate.score,
             "url": candidate.url,
         }
-        if isinstance(outcome, _Rejected):
+        if isinstance(outcome, Rejected):
             reason, detail, scores = outcome.reason, outcome.detail, outcome.scores
             entry.update(outcome=reason, **(scores.as_dict() if scores else {}))
             results.append(
@@ -125,7 +128,7 @@ def _pair_post(
                     detail=detail[:500],
                     record_id=post.record_id,
                     task=str(Task.WEB_EDIT),
-                    provenance=_provenance(post, candidate),
+                    provenance=edit_provenance(post, candidate),
                     scores=scores.as_dict() if scores else {},
                 )
             )
@@ -147,7 +150,7 @@ def _pair_post(
                     detail=f"rank {position + 1} of {len(accepted)} same-scene edits",
                     record_id=post.record_id,
                     task=str(Task.WEB_EDIT),
-                    provenance=_provenance(post, item.candidate),
+                    provenance=edit_provenance(post, item.candidate),
                     scores=item.scores.as_dict(),
                 )
             )
@@ -162,7 +165,7 @@ def _pair_post(
             task=Task.WEB_EDIT,
             instruction=instruction.instruction,
             instruction_source=instruction.source,
-            provenance=_provenance(post, item.candidate),
+            provenance=edit_provenance(post, item.candidate),
             generator=generator,
             record_id=post.record_id,
             scores=scores,
@@ -176,43 +179,50 @@ def _pair_post(
             },
         )
         results.append(Sample(meta=meta, source=original, target=item.target))
+    if follow_ups:
+        from ieiw.pipelines.web.sessions import follow_up_results  # it builds on this module
+
+        made = {r.meta.provenance.region_id: r for r in results if isinstance(r, Sample)}
+        results += follow_up_results(
+            post, original, made, follow_ups, instruction, settings, generator, rewriter
+        )
     return results
 
 
 @dataclass
-class _Rejected:
+class Rejected:
     reason: str
     detail: str
     scores: SceneScores | None = None
 
 
-def _check_edit(
+def check_edit(
     original: np.ndarray, record: DownloadRecord, settings: PairingConfig
-) -> tuple[np.ndarray, SceneScores] | _Rejected:
+) -> tuple[np.ndarray, SceneScores] | Rejected:
     """(aligned edit, scores) if it is a usable edit, else why not."""
     if not record.ok:
-        return _Rejected(f"edit_{record.reason}", f"{record.url}: {record.detail}")
+        return Rejected(f"edit_{record.reason}", f"{record.url}: {record.detail}")
     try:
         edit = load_rgb(str(record.path), settings.max_side)
     except OSError as error:
-        return _Rejected("edit_unreadable", str(error))
+        return Rejected("edit_unreadable", str(error))
     oh, ow = original.shape[:2]
     eh, ew = edit.shape[:2]
     change = abs((ew / eh) / (ow / oh) - 1.0)
     if change > settings.max_aspect_change:
-        return _Rejected("edit_aspect_mismatch", f"original {ow}x{oh}, edit {ew}x{eh}")
+        return Rejected("edit_aspect_mismatch", f"original {ow}x{oh}, edit {ew}x{eh}")
     aligned = cv2.resize(edit, (ow, oh), interpolation=cv2.INTER_AREA if ew > ow else cv2.INTER_CUBIC)
     scores = scene_scores(original, aligned)
     if not same_scene(scores, settings.ssim_min, settings.orb_inliers_min, settings.orb_inlier_fraction_min):
-        return _Rejected(
+        return Rejected(
             "edit_not_same_scene", f"ssim {scores.ssim:.3f}, orb inliers {scores.orb_inliers}", scores
         )
     if scores.mean_abs_diff < settings.identical_max_change:
-        return _Rejected("edit_unchanged", f"mean change {scores.mean_abs_diff:.2f}", scores)
+        return Rejected("edit_unchanged", f"mean change {scores.mean_abs_diff:.2f}", scores)
     return aligned, scores
 
 
-def _provenance(post: WebPost, candidate: EditCandidate) -> Provenance:
+def edit_provenance(post: WebPost, candidate: EditCandidate) -> Provenance:
     return Provenance(
         dataset=post.dataset,
         image_id=post.post_id,

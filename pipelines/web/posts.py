@@ -29,6 +29,10 @@ class EditCandidate:
     body: str = ""
     op_replied: bool = False  # the requester answered this comment
     problem: str | None = None  # why the link is not fetched; None: an image link
+    # a follow-up edit: the candidate it continues (the requester asked for more under that edit, and this
+    # answers it), and the requester's follow-up request; "" for an answer to the post itself
+    follows: str = ""
+    request: str = ""
 
 
 @dataclass

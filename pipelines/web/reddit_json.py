@@ -123,7 +123,8 @@ class RedditSource(PostSource):
     def comments_url(self, post: WebPost) -> str:
         path = urlsplit(post.permalink).path.rstrip("/") or f"/comments/{post.post_id}"
         suffix = "" if self.token else ".json"
-        query = urlencode({"raw_json": 1, "sort": "top", "depth": 2, "limit": 500})
+        # depth 3: answers, the requester's replies to them, and edits answering those (follow-up edits)
+        query = urlencode({"raw_json": 1, "sort": "top", "depth": 3, "limit": 500})
         return f"{self.base_url}{path}{suffix}?{query}"
 
     def load_candidates(self, post: WebPost) -> WebPost:

@@ -15,6 +15,7 @@ from ieiw.pipelines.web.hosts import (
     reddit_media_url,
     urls_in_text,
 )
+from ieiw.pipelines.web.instruction import clean_request
 from ieiw.pipelines.web.posts import EditCandidate, WebPost
 
 REMOVED_TEXTS = ("[removed]", "[deleted]")
@@ -123,7 +124,46 @@ def candidates_from_comments(
                     problem=problem,
                 )
             )
+        if len(images) == 1:
+            candidates += follow_up_candidates(data, comment_id, op, skip)
     return candidates
+
+
+def _replies(data: dict[str, Any]) -> list[dict[str, Any]]:
+    replies = data.get("replies")
+    if not isinstance(replies, dict):
+        return []
+    children = (replies.get("data") or {}).get("children") or []
+    return [c["data"] for c in children if c.get("kind") == "t1" and isinstance(c.get("data"), dict)]
+
+
+def follow_up_candidates(data: dict[str, Any], edit_id: str, op: str, skip: set[str]) -> list[EditCandidate]:
+    """Edits made on an edit: where the requester answered edit ``edit_id`` asking for another edit (a
+    reply with an edit verb, :func:`clean_request`) and someone answered that with an image, the thread
+    is a two-turn session; the answer's first image is a candidate that ``follows`` the edit."""
+    found: list[EditCandidate] = []
+    for reply in _replies(data):
+        request = str(reply.get("body") or "")
+        if reply.get("author") != op or clean_request("", request) is None:
+            continue
+        for answer in _replies(reply):
+            author = str(answer.get("author") or "")
+            images = comment_images(answer)
+            if author in skip or not images or answer.get("body") in REMOVED_TEXTS:
+                continue
+            found.append(
+                EditCandidate(
+                    candidate_id=f"{edit_id}>{answer['id']}",
+                    url=images[0],
+                    author=author,
+                    score=int(answer.get("score") or 0),
+                    created_utc=float(answer.get("created_utc") or 0.0),
+                    body=str(answer.get("body") or "")[:2000],
+                    follows=edit_id,
+                    request=request[:2000],
+                )
+            )
+    return found
 
 
 def _op_replied(data: dict[str, Any], op: str) -> bool:

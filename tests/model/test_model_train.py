@@ -162,4 +162,5 @@ def test_example_configs_parse(path):
     config = load_train_config(path)
     assert Path(config.output_dir).is_absolute()
     assert all(Path(u).is_absolute() for s in config.data.sets for u in s.urls)
-    assert config.base_model == "stable-diffusion-v1-5/stable-diffusion-v1-5"  # a hub id stays one
+    hub_ids = ("stable-diffusion-v1-5/stable-diffusion-v1-5", "stabilityai/stable-diffusion-xl-base-1.0")
+    assert config.base_model in hub_ids  # a hub id stays one

@@ -1,0 +1,79 @@
+"""`ieiw export-preferences`: preference pairs (source, instruction, chosen edit, rejected edit) for
+preference training, from the review app's picks and from scored candidates (a judge's JSON lines)."""
+
+from __future__ import annotations
+
+import typer
+from rich.console import Console
+
+from ieiw.flows.commands.review import DB_OPTION
+
+console = Console()
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("export-preferences")
+    def export_preferences(
+        candidates: str = typer.Option(..., help="candidates folder (what `ieiw candidates --out` wrote)"),
+        out: str = typer.Option(..., "-o", "--out", help="output stage folder (shards/ and manifest/)"),
+        db: str = DB_OPTION,
+        hf: str = typer.Option(
+            None, help="also write a Hugging Face dataset here, in diffusers' Diffusion-DPO column layout"
+        ),
+        picks: bool = typer.Option(True, help="pairs from the review app's picks"),
+        min_net_votes: int = typer.Option(1, help="picks: reviewers for a pair minus those against it"),
+        max_pairs_per_sample: int = typer.Option(0, help="at most this many pairs per candidate set; 0: all"),
+        scores: str = typer.Option(
+            None,
+            help='JSON lines {"key", "scores": {"<position>": score}, "scorer"}: pairs from scored '
+            "candidates (a judge's or a reward model's)",
+        ),
+        margin: float = typer.Option(1.0, help="scores: the least score difference that makes a pair"),
+        overwrite: bool = typer.Option(False, help="replace a previous export in --out of other pairs"),
+    ) -> None:
+        """Write preference pairs with who or what chose them, as shards (task `preference`) and optionally
+        as a Hugging Face dataset that diffusers' train_diffusion_dpo.py reads."""
+        from ieiw.model.candidates import CandidateIndex
+        from ieiw.model.preferences import export_preferences as run_export
+        from ieiw.model.preferences import human_pairs, read_scored, scored_pairs
+        from ieiw.model.review.store import ReviewStore
+        from ieiw.storage.lease import StageBusy
+
+        cap = max_pairs_per_sample or None
+        pairs, settings = [], {}
+        if picks:
+            store = ReviewStore(db, create=False)
+            try:
+                pairs += human_pairs(*store.votes(), min_net_votes=min_net_votes, max_pairs_per_sample=cap)
+            finally:
+                store.close()
+            settings["picks"] = {"min_net_votes": min_net_votes, "max_pairs_per_sample": cap}
+        if scores:
+            try:
+                pairs += scored_pairs(read_scored(scores), margin=margin, max_pairs_per_sample=cap)
+            except (OSError, ValueError) as bad:
+                raise typer.BadParameter(str(bad), param_hint="--scores") from bad
+            settings["scores"] = {"margin": margin, "max_pairs_per_sample": cap}
+        if not pairs:
+            console.print("[yellow]no preference pairs: no finished review with picks, no scores[/yellow]")
+            raise typer.Exit(1)
+        try:
+            index = CandidateIndex.build(candidates)
+            result = run_export(pairs, index, out, overwrite=overwrite, settings=settings, hf_dir=hf)
+        except FileExistsError as exists:
+            raise typer.BadParameter(str(exists), param_hint="--out") from exists
+        except ValueError as bad:
+            console.print(f"[red]{bad}[/red]")
+            raise typer.Exit(1) from bad
+        except StageBusy as busy:
+            console.print(f"[red]{busy}[/red]")
+            raise typer.Exit(1) from busy
+        report = result.report
+        state = "already held" if report.skipped else "exported"
+        console.print(
+            f"{state} {report.kept} preference pairs in [bold]{out}[/bold] (by {dict(result.by_chooser)}; "
+            f"dropped {dict(report.dropped) or 'none'})"
+        )
+        if result.hf:
+            console.print(f"Hugging Face dataset: {result.hf['rows']} rows in [bold]{hf}[/bold]")
+            console.print(result.hf["train_command"])

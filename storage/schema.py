@@ -76,6 +76,10 @@ class SampleMeta(BaseModel):
     scores: dict[str, float] = Field(default_factory=dict)
     drop_reason: str | None = None
     extra: dict[str, Any] = Field(default_factory=dict)
+    # the quality judge's verdict ({"model", "rubric", "scores", "reasons"}) when one judged the pair
+    judge: dict[str, Any] = Field(default_factory=dict)
+    # other wordings of the edit beside ``instruction``, each {"text", "source"} (e.g. the judge's)
+    instruction_alternatives: list[dict[str, str]] = Field(default_factory=list)
     schema_version: int = SCHEMA_VERSION
 
     @model_validator(mode="before")
@@ -90,7 +94,8 @@ class SampleMeta(BaseModel):
         """The shard's ``json``: every key always present with one type, whatever the task.
 
         Free-form parts (generator settings, provenance extras, task parameters, scores) are JSON
-        strings, absent values are ``""`` (strings) or ``-1`` (the seed), so a reader that infers its
+        strings (``judge`` ``"{}"`` and ``instruction_alternatives`` ``"[]"`` when there are none),
+        absent values are ``""`` (strings) or ``-1`` (the seed), so a reader that infers its
         columns from the first few samples (Hugging Face ``datasets``) reads every later one too.
         ``mask_kind`` says where ``mask.png`` came from: ``given`` by the generator, or ``difference``
         (the pixels where target and source differ, for tasks without a region of their own).
@@ -119,6 +124,8 @@ class SampleMeta(BaseModel):
             "drop_reason": self.drop_reason or "",
             "extra": _dumps(self.extra),
             "mask_kind": mask_kind,
+            "judge": _dumps(self.judge),
+            "instruction_alternatives": _dumps(self.instruction_alternatives),
         }
 
     def to_json_bytes(self, mask_kind: str = "given") -> bytes:
@@ -164,6 +171,8 @@ def record_to_nested(record: dict[str, Any]) -> dict[str, Any]:
         "scores": json.loads(record.get("scores") or "{}"),
         "drop_reason": text("drop_reason"),
         "extra": json.loads(record.get("extra") or "{}"),
+        "judge": json.loads(record.get("judge") or "{}"),
+        "instruction_alternatives": json.loads(record.get("instruction_alternatives") or "[]"),
         "schema_version": int(record.get("schema_version", SCHEMA_VERSION)),
     }
 

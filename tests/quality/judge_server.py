@@ -4,7 +4,8 @@
 decode), the rubric with its version, the instruction and the answer format. :func:`judge_answer`
 scores a pair from its instruction, so a test knows each pair's scores: ``... number N`` gets
 ``overall`` N mod 10 (``compliance`` 9, ``preservation`` 8, ``realism`` 7), and, when the rubric asks
-for one, the instruction ``make edit N``.
+for one, the instruction ``make edit N``. An instruction with ``garbled`` in it gets prose, never a
+verdict (a malformed answer, every time).
 """
 
 from __future__ import annotations
@@ -63,6 +64,8 @@ def pair_number(body: dict) -> int:
 
 
 def judge_answer(body: dict) -> str:
+    if "garbled" in user_text(body):
+        return "This edit looks quite nice, I would give it an eight."
     n = pair_number(body)
     answer = {
         "compliance": {"score": 9, "reason": "the edit does what is asked"},

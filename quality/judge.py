@@ -30,6 +30,7 @@ import hashlib
 import io
 import json
 import logging
+import math
 import posixpath
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -45,6 +46,16 @@ from ieiw.storage.answer_cache import PromptCache
 from ieiw.storage.identity import model_identity
 
 log = logging.getLogger(__name__)
+# the judge as table columns (the score stage's and the candidate judgements'): scores, then words
+JUDGE_SCORES = tuple(f"judge_{name}" for name in CRITERIA)
+JUDGE_COLUMNS = (
+    "judge_error",
+    "judge_detail",
+    "judge_reasons",
+    "judge_instruction",
+    "judge_rubric",
+    "judge_model",
+)
 
 JUDGE_MALFORMED = "judge_malformed_answer"
 JUDGE_UNAVAILABLE = "judge_unavailable"
@@ -196,6 +207,19 @@ class Judgement:
     def record(self) -> dict:
         """The part kept with a sample (its ``judge`` field): model, rubric, scores, reasons."""
         return {"model": self.model, "rubric": self.rubric, "scores": self.scores, "reasons": self.reasons}
+
+    def columns(self) -> dict:
+        """As table columns (:data:`JUDGE_SCORES`, NaN on failure, and :data:`JUDGE_COLUMNS`)."""
+        out: dict = {f"judge_{c}": float(self.scores.get(c, math.nan)) for c in CRITERIA}
+        out.update(
+            judge_error=self.error,
+            judge_detail=self.detail or None,
+            judge_reasons=json.dumps(self.reasons, sort_keys=True) if self.ok else None,
+            judge_instruction=self.instruction or None,
+            judge_rubric=self.rubric or None,
+            judge_model=self.model or None,
+        )
+        return out
 
 
 def judge_key(

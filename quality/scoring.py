@@ -38,7 +38,6 @@ import hashlib
 import io
 import json
 import logging
-import math
 import posixpath
 import tarfile
 import time
@@ -56,8 +55,7 @@ from ieiw.quality.aesthetic import AestheticPredictor, load_aesthetic_predictor
 from ieiw.quality.duplicates import phash
 from ieiw.quality.embeddings import ClipEmbedder, EmbedderConfig, EmbeddingCache, embed_images_cached
 from ieiw.quality.giqa import GiqaConfig, KnnGiqa
-from ieiw.quality.judge import Judge, JudgeConfig, Judgement, JudgeRequest
-from ieiw.quality.judge_rubrics import CRITERIA
+from ieiw.quality.judge import JUDGE_COLUMNS, JUDGE_SCORES, Judge, JudgeConfig, Judgement, JudgeRequest
 from ieiw.quality.stage_target import StageTarget
 from ieiw.quality.verifier import VERIFY_SCORES, ObjectVerifier, Verification, VerifierConfig, VerifyItem
 from ieiw.storage import manifest
@@ -70,7 +68,6 @@ log = logging.getLogger(__name__)
 
 STAGE = "score"
 SCORES_VERSION = 3  # of the scores table's columns and their meaning: part of the stage's fingerprint
-JUDGE_SCORES = tuple(f"judge_{name}" for name in CRITERIA)
 FLOAT_SCORES = (
     "aesthetic_src",
     "aesthetic_tgt",
@@ -83,15 +80,7 @@ FLOAT_SCORES = (
     *VERIFY_SCORES,
     *JUDGE_SCORES,
 )
-# the judge's and the verifier's words beside their scores (strings; null when not asked)
-JUDGE_COLUMNS = (
-    "judge_error",
-    "judge_detail",
-    "judge_reasons",
-    "judge_instruction",
-    "judge_rubric",
-    "judge_model",
-)
+# beside their scores, the judge's and the verifier's words (strings; null when not asked)
 VERIFY_COLUMNS = ("verify_error", "verify_queries")
 SCORES_SCHEMA = pa.schema(
     [
@@ -284,7 +273,7 @@ def score_batch(
         }
         row.update({name: float(scores[name][i]) for name in FLOAT_SCORES})
         if judged is not None:
-            row.update(judgement_columns(judged[i]))
+            row.update(judged[i].columns())
         if verified is not None:
             row.update(verification_columns(verified[i]))
         rows.append(row)
@@ -296,20 +285,6 @@ def _judge(decoded: list[_Decoded], judge: Judge) -> list[Judgement]:
         JudgeRequest(d.key, str(d.meta.task), d.meta.instruction, d.src_bytes, d.tgt_bytes) for d in decoded
     ]
     return judge.judge(requests)
-
-
-def judgement_columns(judgement: Judgement) -> dict:
-    """A judgement as score-table columns: the scores (NaN on failure) and the judge's words."""
-    out: dict = {f"judge_{c}": float(judgement.scores.get(c, math.nan)) for c in CRITERIA}
-    out.update(
-        judge_error=judgement.error,
-        judge_detail=judgement.detail or None,
-        judge_reasons=json.dumps(judgement.reasons, sort_keys=True) if judgement.ok else None,
-        judge_instruction=judgement.instruction or None,
-        judge_rubric=judgement.rubric or None,
-        judge_model=judgement.model or None,
-    )
-    return out
 
 
 def _verify(decoded: list[_Decoded], verifier: ObjectVerifier) -> list[Verification]:

@@ -32,8 +32,9 @@ import json
 import logging
 import math
 import posixpath
+import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
@@ -177,12 +178,20 @@ class JudgeFailure:
     detail: str
 
 
+Answered = Callable[[int, "ParsedAnswer | JudgeFailure"], None]
+
+
 class JudgeBackend(Protocol):
-    """Answers prepared pairs, in order: a parsed answer or a failure for each, never an exception."""
+    """Answers prepared pairs, in order: a parsed answer or a failure for each, never an exception;
+    ``answered(i, answer)`` is called as soon as pair ``i`` has its answer (from any thread). A
+    backend that answers pairs one by one (a server) also has ``answer_one(pair)`` and
+    ``submit(fn, pair) -> Future`` (its own bounded pool), which :meth:`Judge.submit` uses."""
 
     calls: int
 
-    def answer(self, pairs: Sequence[PreparedPair]) -> list[ParsedAnswer | JudgeFailure]: ...
+    def answer(
+        self, pairs: Sequence[PreparedPair], answered: Answered | None = None
+    ) -> list[ParsedAnswer | JudgeFailure]: ...
 
 
 @dataclass
@@ -244,6 +253,7 @@ class Judge:
         self.cache = cache
         self.model = config.identity()
         self.cache_hits = 0
+        self._lock = threading.Lock()
 
     @classmethod
     def from_config(cls, config: JudgeConfig, cache_url: str | None = None) -> Judge:
@@ -281,58 +291,100 @@ class Judge:
         )
         return PreparedPair(request, source, target, rubric, rewrite, key)
 
+    def _cached(self, pair: PreparedPair) -> Judgement | None:
+        hit = self.cache.get(pair.cache_key) if self.cache is not None else None
+        if not (isinstance(hit, dict) and _valid_cached(hit)):
+            return None
+        with self._lock:
+            self.cache_hits += 1
+        return Judgement(
+            pair.request.key,
+            hit["scores"],
+            hit["reasons"],
+            hit.get("instruction", ""),
+            pair.rubric.identity(pair.rewrite),
+            self.model,
+            cached=True,
+        )
+
+    def _keep(self, pair: PreparedPair, answer: ParsedAnswer | JudgeFailure) -> None:
+        """Cache a valid answer as soon as it comes, in the thread that got it (failures are asked again)."""
+        if self.cache is not None and not isinstance(answer, JudgeFailure):
+            entry = {"scores": answer.scores, "reasons": answer.reasons, "instruction": answer.instruction}
+            self.cache.put(pair.cache_key, entry)
+
+    def _judgement(self, pair: PreparedPair, answer: ParsedAnswer | JudgeFailure) -> Judgement:
+        rubric = pair.rubric.identity(pair.rewrite)
+        if isinstance(answer, JudgeFailure):
+            log.warning("judge: %s: %s (%s)", pair.request.key, answer.reason, answer.detail)
+            return Judgement(
+                pair.request.key,
+                rubric=rubric,
+                model=self.model,
+                error=answer.reason,
+                detail=answer.detail[:500],
+            )
+        return Judgement(
+            pair.request.key, answer.scores, answer.reasons, answer.instruction, rubric, self.model
+        )
+
+    def _one(self, pair: PreparedPair) -> Judgement:
+        """One pair, in a worker thread: from the cache, or asked and then cached."""
+        cached = self._cached(pair)
+        if cached is not None:
+            return cached
+        answer = self.backend.answer_one(pair)
+        self._keep(pair, answer)
+        return self._judgement(pair, answer)
+
+    def submit(self, requests: Sequence[JudgeRequest]) -> PendingJudgements:
+        """Start judging ``requests`` and return at once: a caller can go on working (embed the next
+        batch, send the next pairs) while they are in flight. A backend that answers whole batches (the
+        local model) judges them now."""
+        if not hasattr(self.backend, "submit"):
+            return PendingJudgements(list(self.judge(requests)))
+        items: list[Judgement | Future] = []
+        for request in requests:
+            prepared = self.prepare(request)
+            items.append(
+                prepared if isinstance(prepared, Judgement) else self.backend.submit(self._one, prepared)
+            )
+        return PendingJudgements(items)
+
     def judge(
         self, requests: Sequence[JudgeRequest], progress: Callable[[int], None] | None = None
     ) -> list[Judgement]:
-        """One :class:`Judgement` per request, in order (cached answers first, the rest asked at once)."""
+        """One :class:`Judgement` per request, in order: cached answers where there are, the rest asked
+        (up to ``max_in_flight`` at once), each cached as it comes."""
+        if hasattr(self.backend, "submit"):
+            return self.submit(requests).result(progress)
         prepared = [self.prepare(r) for r in requests]
-        out: list[Judgement | None] = [p if isinstance(p, Judgement) else None for p in prepared]
-        pending = [(i, p) for i, p in enumerate(prepared) if isinstance(p, PreparedPair)]
-        if self.cache is not None and pending:
-            with ThreadPoolExecutor(min(self.config.max_in_flight, len(pending))) as pool:
-                found = list(pool.map(lambda item: self.cache.get(item[1].cache_key), pending))
-            asked = []
-            for (i, pair), hit in zip(pending, found, strict=True):
-                if isinstance(hit, dict) and _valid_cached(hit):
-                    out[i] = Judgement(
-                        pair.request.key,
-                        hit["scores"],
-                        hit["reasons"],
-                        hit.get("instruction", ""),
-                        pair.rubric.identity(pair.rewrite),
-                        self.model,
-                        cached=True,
-                    )
-                    self.cache_hits += 1
-                else:
-                    asked.append((i, pair))
-            pending = asked
-            if progress is not None and len(requests) > len(pending):
-                progress(len(requests) - len(pending))
-        answers = self.backend.answer([p for _, p in pending]) if pending else []
-        for (i, pair), answer in zip(pending, answers, strict=True):
-            rubric = pair.rubric.identity(pair.rewrite)
-            if isinstance(answer, JudgeFailure):
-                log.warning("judge: %s: %s (%s)", pair.request.key, answer.reason, answer.detail)
-                out[i] = Judgement(
-                    pair.request.key,
-                    rubric=rubric,
-                    model=self.model,
-                    error=answer.reason,
-                    detail=answer.detail[:500],
-                )
-                continue
-            out[i] = Judgement(
-                pair.request.key, answer.scores, answer.reasons, answer.instruction, rubric, self.model
-            )
-            if self.cache is not None:
-                self.cache.put(
-                    pair.cache_key,
-                    {"scores": answer.scores, "reasons": answer.reasons, "instruction": answer.instruction},
-                )
-        if progress is not None and pending:
-            progress(len(pending))
+        out: list[Judgement | None] = [p if isinstance(p, Judgement) else self._cached(p) for p in prepared]
+        asked = [(i, p) for i, p in enumerate(prepared) if out[i] is None and isinstance(p, PreparedPair)]
+        if progress is not None and len(requests) > len(asked):
+            progress(len(requests) - len(asked))
+        pairs = [p for _, p in asked]
+        answers = self.backend.answer(pairs, lambda n, answer: self._keep(pairs[n], answer)) if pairs else []
+        for (i, pair), answer in zip(asked, answers, strict=True):
+            out[i] = self._judgement(pair, answer)
+        if progress is not None and asked:
+            progress(len(asked))
         return [j for j in out if j is not None]
+
+
+class PendingJudgements:
+    """Judgements on their way: :meth:`result` waits for them, in the order they were asked."""
+
+    def __init__(self, items: list[Judgement | Future]) -> None:
+        self.items = items
+
+    def result(self, progress: Callable[[int], None] | None = None) -> list[Judgement]:
+        out = []
+        for item in self.items:
+            out.append(item.result() if isinstance(item, Future) else item)
+            if progress is not None:
+                progress(1)
+        return out
 
 
 def _valid_cached(entry: dict) -> bool:

@@ -19,13 +19,14 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, TypeVar
 
 from ieiw.quality.judge import (
     JUDGE_MALFORMED,
     JUDGE_REFUSED,
     JUDGE_UNAVAILABLE,
+    Answered,
     JudgeConfig,
     JudgeFailure,
     PreparedPair,
@@ -33,6 +34,7 @@ from ieiw.quality.judge import (
 from ieiw.quality.judge_rubrics import SYSTEM, ParsedAnswer, parse_answer, user_texts
 from ieiw.storage.chat import ChatFailed, InvalidAnswer, RateGate, RetryPolicy, ask_chat, openai_client
 
+T = TypeVar("T")
 FAILURES = {"invalid": JUDGE_MALFORMED, "unavailable": JUDGE_UNAVAILABLE, "refused": JUDGE_REFUSED}
 
 
@@ -68,6 +70,7 @@ class OpenAIJudge:
         self.slots = threading.BoundedSemaphore(config.max_in_flight)
         self.gate = RateGate()
         self._count_lock = threading.Lock()
+        self._pool: ThreadPoolExecutor | None = None
         self.calls = 0  # requests sent (cache hits send none)
 
     def _count(self) -> None:
@@ -92,11 +95,27 @@ class OpenAIJudge:
         except ChatFailed as failed:
             return JudgeFailure(FAILURES[failed.kind], str(failed))
 
-    def answer(self, pairs: Sequence[PreparedPair]) -> list[ParsedAnswer | JudgeFailure]:
-        if not pairs:
-            return []
-        with ThreadPoolExecutor(min(self.config.max_in_flight, len(pairs))) as pool:
-            return list(pool.map(self.answer_one, pairs))
+    def submit(self, fn: Callable[[PreparedPair], T], pair: PreparedPair) -> Future:
+        """Run ``fn(pair)`` in this judge's pool: ``max_in_flight`` threads shared by every caller in the
+        process, so requests stay in flight across batches and never exceed the bound."""
+        with self._count_lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self.config.max_in_flight, thread_name_prefix="ieiw-judge")
+        return self._pool.submit(fn, pair)
+
+    def answer(
+        self, pairs: Sequence[PreparedPair], answered: Answered | None = None
+    ) -> list[ParsedAnswer | JudgeFailure]:
+        def one(pair: PreparedPair) -> ParsedAnswer | JudgeFailure:
+            return self.answer_one(pair)
+
+        futures = [self.submit(one, pair) for pair in pairs]
+        results = []
+        for n, future in enumerate(futures):
+            results.append(future.result())
+            if answered is not None:
+                answered(n, results[-1])
+        return results
 
 
 class TransformersJudge:
@@ -163,7 +182,9 @@ class TransformersJudge:
         new = output[:, inputs["input_ids"].shape[1] :]
         return self.processor.batch_decode(new, skip_special_tokens=True)
 
-    def answer(self, pairs: Sequence[PreparedPair]) -> list[ParsedAnswer | JudgeFailure]:
+    def answer(
+        self, pairs: Sequence[PreparedPair], answered: Answered | None = None
+    ) -> list[ParsedAnswer | JudgeFailure]:
         results: list[ParsedAnswer | JudgeFailure | None] = [None] * len(pairs)
         problems: list[list[str]] = [[] for _ in pairs]
         todo = list(range(len(pairs)))
@@ -177,6 +198,8 @@ class TransformersJudge:
                 for i, text in zip(chunk, texts, strict=True):
                     try:
                         results[i] = parse_answer(text, pairs[i].rewrite)
+                        if answered is not None:
+                            answered(i, results[i])
                     except InvalidAnswer as error:
                         problems[i].append(f"invalid:{error.reason}")
                         still.append(i)

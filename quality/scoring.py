@@ -41,6 +41,7 @@ import logging
 import posixpath
 import tarfile
 import time
+from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
@@ -55,7 +56,14 @@ from ieiw.quality.aesthetic import AestheticPredictor, load_aesthetic_predictor
 from ieiw.quality.duplicates import phash
 from ieiw.quality.embeddings import ClipEmbedder, EmbedderConfig, EmbeddingCache, embed_images_cached
 from ieiw.quality.giqa import GiqaConfig, KnnGiqa
-from ieiw.quality.judge import JUDGE_COLUMNS, JUDGE_SCORES, Judge, JudgeConfig, Judgement, JudgeRequest
+from ieiw.quality.judge import (
+    JUDGE_COLUMNS,
+    JUDGE_SCORES,
+    Judge,
+    JudgeConfig,
+    JudgeRequest,
+    PendingJudgements,
+)
 from ieiw.quality.stage_target import StageTarget
 from ieiw.quality.verifier import VERIFY_SCORES, ObjectVerifier, Verification, VerifierConfig, VerifyItem
 from ieiw.storage import manifest
@@ -82,6 +90,9 @@ FLOAT_SCORES = (
 )
 # beside their scores, the judge's and the verifier's words (strings; null when not asked)
 VERIFY_COLUMNS = ("verify_error", "verify_queries")
+# scoring batches whose judgements may still be in flight while the next ones are scored: the judge's
+# requests flow across batches (its pool never drains at a batch's end); memory holds their encoded images
+JUDGE_BACKLOG = 4
 SCORES_SCHEMA = pa.schema(
     [
         ("key", pa.string()),
@@ -227,9 +238,30 @@ def score_batch(
 ) -> list[dict]:
     """Score rows of decoded samples (one embedding call for all their images; one judge and one
     verifier call for all their pairs). ``judge`` (default ``models.judge``) carries its answer cache."""
+    rows, judging = _score_batch(decoded, models, cache, shard, judge or models.judge)
+    return _judged(rows, judging)
+
+
+def _judged(rows: list[dict], judging: PendingJudgements | None) -> list[dict]:
+    """``rows`` with the judge's columns, once its judgements are in."""
+    if judging is not None:
+        for row, judgement in zip(rows, judging.result(), strict=True):
+            row.update(judgement.columns())
+    return rows
+
+
+def _score_batch(
+    decoded: list[_Decoded],
+    models: ScoringModels,
+    cache: EmbeddingCache | None,
+    shard: str,
+    judge: Judge | None,
+) -> tuple[list[dict], PendingJudgements | None]:
+    """The rows of a batch without the judge's columns, and the judgements on their way (sent first,
+    so they are in flight while the batch is embedded and scored)."""
     if not decoded:
-        return []
-    judge = judge or models.judge
+        return [], None
+    judging = judge.submit(_judge_requests(decoded)) if judge is not None else None
     images = {d.digest_src: d.source for d in decoded} | {d.digest_tgt: d.target for d in decoded}
     keys = list(images)
     vectors = embed_images_cached(models.embedder, cache, keys, lambda ks: [images[k] for k in ks])
@@ -255,7 +287,6 @@ def score_batch(
         scores["giqa_src"] = models.giqa.score(g_src)
         scores["giqa_tgt"] = models.giqa.score(g_tgt)
         scores["giqa_diff"] = np.abs(scores["giqa_src"] - scores["giqa_tgt"])
-    judged = _judge(decoded, judge) if judge is not None else None
     verified = _verify(decoded, models.verifier) if models.verifier is not None else None
     rows = []
     for i, d in enumerate(decoded):
@@ -272,19 +303,16 @@ def score_batch(
             "digest_tgt": d.digest_tgt,
         }
         row.update({name: float(scores[name][i]) for name in FLOAT_SCORES})
-        if judged is not None:
-            row.update(judged[i].columns())
         if verified is not None:
             row.update(verification_columns(verified[i]))
         rows.append(row)
-    return rows
+    return rows, judging
 
 
-def _judge(decoded: list[_Decoded], judge: Judge) -> list[Judgement]:
-    requests = [
+def _judge_requests(decoded: list[_Decoded]) -> list[JudgeRequest]:
+    return [
         JudgeRequest(d.key, str(d.meta.task), d.meta.instruction, d.src_bytes, d.tgt_bytes) for d in decoded
     ]
-    return judge.judge(requests)
 
 
 def _verify(decoded: list[_Decoded], verifier: ObjectVerifier) -> list[Verification]:
@@ -356,6 +384,13 @@ def score_shard(
     judge = models.judge.with_cache(judge_cache_url) if models.judge is not None else None
     rows: list[dict] = []
     pending: list[_Decoded] = []
+    waiting: deque[tuple[list[dict], PendingJudgements | None]] = deque()  # batches the judge still has
+
+    def scored(batch: list[_Decoded]) -> None:
+        waiting.append(_score_batch(batch, models, cache, shard, judge))
+        while len(waiting) > JUDGE_BACKLOG:
+            rows.extend(_judged(*waiting.popleft()))
+
     for key, members in iter_groups_safely(shard_url):
         decoded = _decode(key, members, shard)
         if isinstance(decoded, dict):
@@ -364,9 +399,11 @@ def score_shard(
             continue
         pending.append(decoded)
         if len(pending) >= batch_size:
-            rows.extend(score_batch(pending, models, cache, shard, judge))
+            scored(pending)
             pending = []
-    rows.extend(score_batch(pending, models, cache, shard, judge))
+    scored(pending)
+    while waiting:
+        rows.extend(_judged(*waiting.popleft()))
     return rows
 
 

@@ -94,6 +94,17 @@ def retry_after(error: Any) -> float | None:
         return None
 
 
+def _create(client: Any, model: str, messages: list[dict[str, Any]], params: dict[str, Any]) -> Any:
+    """``chat.completions.create`` of plain-JSON messages, posted as they are: the SDK's request-type
+    transform walks every message part (milliseconds of CPU per request, under the GIL, which a pool of
+    many requests in flight cannot afford); ``client.post`` is its documented route for a raw body."""
+    from openai.types.chat import ChatCompletion
+
+    return client.post(
+        "/chat/completions", body={"model": model, "messages": messages, **params}, cast_to=ChatCompletion
+    )
+
+
 def ask_chat(
     client: Any,
     model: str,
@@ -124,7 +135,7 @@ def ask_chat(
             if on_request is not None:
                 on_request()
             with slot if slot is not None else nullcontext():
-                response = client.chat.completions.create(model=model, messages=messages, **params)
+                response = _create(client, model, messages, params)
             answer = (response.choices[0].message.content or "") if response.choices else ""
             return parse(answer)
         except InvalidAnswer as error:

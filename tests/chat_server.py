@@ -44,6 +44,8 @@ class ChatServer:
         server = self
 
         class Handler(BaseHTTPRequestHandler):
+            disable_nagle_algorithm = True  # headers and body are two writes: no 40 ms delayed-ACK stall
+
             def log_message(self, *args) -> None:  # keep test output quiet
                 return
 

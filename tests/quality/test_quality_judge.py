@@ -259,3 +259,28 @@ def test_local_judge_turns_noise_into_a_drop_reason_after_retries(tiny_judge_dir
     for judgement in out:  # a random model's text is no verdict: retried with sampling, then dropped
         assert judgement.error == JUDGE_MALFORMED and judgement.detail.count("invalid:") == 2
     assert judge.requests_sent == 6
+
+
+def test_judge_bench_runs_and_its_rerun_asks_nothing():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    bench = Path(__file__).resolve().parents[2] / "bench" / "judge.py"
+    args = [
+        "--pairs",
+        "24",
+        "--latency",
+        "0.02",
+        "--concurrency",
+        "4",
+        "--baseline-pairs",
+        "4",
+        "--batch",
+        "8",
+    ]
+    done = subprocess.run([sys.executable, str(bench), *args], capture_output=True, text=True, timeout=300)
+    assert "ratio to ideal:" in done.stdout, done.stderr[-2000:]
+    assert "rerun from the cache: 0 requests" in done.stdout
+    assert "failed judgements: 0; malformed requests: 0; requests sent: 24" in done.stdout
+    assert "most requests in flight at the server: " in done.stdout and "(bound 4)" in done.stdout

@@ -298,6 +298,7 @@ def judge_section(finals: Mapping[str, RecordedStage], candidates: Mapping[str, 
     from ieiw.quality.verifier import VERIFY_SCORES
 
     histograms, rules, failures, rewritten = [], [], [], []
+    used = False  # a judge or a verifier scored some stage's pairs
     for generator, final in finals.items():
         made = candidates.get(generator)
         scores_url = final.info.get("scores_url") or (default_scores_url(made.url) if made else None)
@@ -321,6 +322,7 @@ def judge_section(finals: Mapping[str, RecordedStage], candidates: Mapping[str, 
         verified = ok[ok[list(VERIFY_SCORES)].notna().any(axis=1) | ok[VERIFY_COLUMNS[0]].notna()]
         if judged.empty and verified.empty:
             continue
+        used = True
         table = _judge_histograms(judged)
         if len(table):
             histograms.append(table.assign(stage=generator))
@@ -338,7 +340,7 @@ def judge_section(finals: Mapping[str, RecordedStage], candidates: Mapping[str, 
                     "rewritten and kept": int((with_text & group["key"].isin(kept)).sum()),
                 }
             )
-    if not (histograms or rules):
+    if not used:
         return []
     out = [
         "## Judge and object checks",

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import random
+from collections import Counter
 
 import pandas as pd
 import pytest
@@ -18,7 +20,8 @@ from quality_helpers import write_candidates
 
 from ieiw.flows.filter import filter_fingerprint
 from ieiw.flows.score import judge_cache_url, score_fingerprint
-from ieiw.model.data import sample_text
+from ieiw.model.config import ShardSet
+from ieiw.model.data import StreamSettings, decode_item, read_shard, sample_text
 from ieiw.quality import judge_rubrics
 from ieiw.quality.config import QualityConfig, default_scores_url
 from ieiw.quality.data_card import render_data_card
@@ -237,6 +240,15 @@ def test_kept_samples_carry_the_verdict_and_the_rewritten_instruction(built):
     for record in records:  # flat records of fixed types: JSON strings
         assert isinstance(record["judge"], str) and isinstance(record["instruction_alternatives"], str)
     assert sample_text(sample.meta, "rewritten_instruction") == "make edit 9"
+    trained = {}  # what the trainer's stream reads from the final shards with each text field
+    for field in ("instruction", "rewritten_instruction"):
+        ShardSet(urls=[built["final"]], text_field=field)  # a training config may name it
+        for url in manifest.committed_shards(built["final"]):
+            for raw in read_shard(url, field, Counter()):
+                item = decode_item(raw, random.Random(0), StreamSettings(resolution=32), Counter())
+                trained[(field, item["key"])] = item["text"]
+    assert trained[("rewritten_instruction", built["keys"][9])] == "make edit 9"
+    assert trained[("instruction", built["keys"][9])] == "remove the red square number 9"
     assert sample_text(sample.meta, "instruction") == "remove the red square number 9"
     plain = SampleMeta.model_validate(json.loads(pair(2).meta.to_json_bytes()))
     assert plain.judge == {} and plain.instruction_alternatives == []

@@ -1,8 +1,9 @@
 """The ``score`` flow: embed and score committed candidate shards into the scores stage.
 
 Thin: it opens the scores stage folder with the stage's fingerprint (:func:`score_fingerprint`: the
-scoring settings, the CLIP embedder, the aesthetic head and the GIQA reference index by content, and
-the candidates' digest), so a changed model or setting stops before any work with
+scoring settings, the CLIP embedder, the aesthetic head and the GIQA reference index by content, the
+judge model's identity with its rubrics' versions, the object detector by content, and the
+candidates' digest), so a changed model or setting stops before any work with
 :class:`~ieiw.storage.stage_folder.StageChanged` unless ``rebuild``; maps
 :func:`ieiw.quality.scoring.run_score_shard` over the committed candidate shards whose batch is not
 committed yet, with the models loaded once per worker process; records the run in the stage and
@@ -28,6 +29,7 @@ from ieiw.flows.storage_errors import store_errors
 from ieiw.quality.config import QualityConfig, cache_root, default_scores_url
 from ieiw.quality.embeddings import EmbeddingCache
 from ieiw.quality.identities import reference_index_identity
+from ieiw.quality.judge import default_cache_url
 from ieiw.quality.report import score_histograms
 from ieiw.quality.scoring import (
     SCORES_SCHEMA,
@@ -69,7 +71,7 @@ def score_fingerprint(scoring: ScoringConfig, candidates_url: str) -> Fingerprin
     """What determines the scores: the scoring settings (batch sizes, devices and cache locations left
     out), the models by content and the candidates' digest."""
     tree = scoring.model_dump(mode="json")
-    for key in ("cache_url", "aesthetic_checkpoint"):
+    for key in ("cache_url", "aesthetic_checkpoint", "judge", "verifier"):
         tree.pop(key)
     tree["embedder"].pop("model_config_file")
     if tree.get("giqa"):
@@ -81,6 +83,11 @@ def score_fingerprint(scoring: ScoringConfig, candidates_url: str) -> Fingerprin
         upstream={"candidates": upstream_digest(candidates_url)},
         extra={"scores_version": SCORES_VERSION},
     )
+    settings = dict(base.settings)
+    if scoring.judge is not None:  # its rubrics' versions are among its settings
+        settings["judge"] = scoring.judge.fingerprint_settings()
+    if scoring.verifier is not None:
+        settings["verifier"] = scoring.verifier.fingerprint_settings()
     identities = scoring.embedder.model_identities()  # also refuses a missing checkpoint up front
     giqa = scoring.giqa
     models = {
@@ -93,8 +100,10 @@ def score_fingerprint(scoring: ScoringConfig, candidates_url: str) -> Fingerprin
         "giqa.inception_checkpoint": _checkpoint_identity(giqa.inception_checkpoint, "inception checkpoint")
         if giqa and giqa.inception_checkpoint
         else None,
+        "judge.model": scoring.judge.identity() if scoring.judge else None,
+        "verifier.model": scoring.verifier.identity() if scoring.verifier else None,
     }
-    return Fingerprint(stage=STAGE, settings=base.settings, models=models, upstream=base.upstream)
+    return Fingerprint(stage=STAGE, settings=settings, models=models, upstream=base.upstream)
 
 
 def score_info(scoring: ScoringConfig, candidates_url: str, cache_url: str) -> dict:
@@ -106,7 +115,21 @@ def score_info(scoring: ScoringConfig, candidates_url: str, cache_url: str) -> d
         paths["aesthetic_checkpoint"] = scoring.aesthetic_checkpoint
     if scoring.giqa is not None:
         paths["giqa.index_dir"] = scoring.giqa.index_dir
+    if scoring.judge is not None:
+        paths["judge.model"] = scoring.judge.model
+        if scoring.judge.base_url:
+            paths["judge.base_url"] = scoring.judge.base_url
+    if scoring.verifier is not None:
+        paths["verifier.model"] = scoring.verifier.model
     return {"models": paths, "candidates_url": candidates_url, "embedding_cache": cache_url}
+
+
+def judge_cache_url(scoring: ScoringConfig, scores_url: str) -> str | None:
+    """Where the judge's answers are cached: ``judge.cache_url``, or ``judge-cache/`` beside the scores
+    (outside the stage folder, so a rebuild of the scores asks the judge nothing it answered before)."""
+    if scoring.judge is None:
+        return None
+    return scoring.judge.cache_url or default_cache_url(scores_url)
 
 
 def scoring_models(config: QualityConfig, identities: str = "") -> ScoringModels:
@@ -137,6 +160,7 @@ class ScoreJob:
     identities: str
     cache_url: str
     namespace: str
+    judge_cache_url: str | None = None
 
 
 @task(name="score-shard", cache_policy=NONE)
@@ -145,7 +169,9 @@ def score_shard_task(shard_url: str, job: ScoreJob) -> dict:
     models = scoring_models(config, job.identities)
     cache = run_cache(job.cache_url, job.namespace, job.target.holder)
     with store_errors(f"score batch of {shard_url}", job.target.url):
-        return run_score_shard(shard_url, job.target, models, cache, config.scoring.batch_size)
+        return run_score_shard(
+            shard_url, job.target, models, cache, config.scoring.batch_size, job.judge_cache_url
+        )
 
 
 def candidate_shards(candidates_url: str) -> list[str]:
@@ -196,6 +222,7 @@ def score_flow(
             repr(sorted(fingerprint.models.items())),
             cache_url,
             namespace,
+            judge_cache_url(quality.scoring, scores_url),
         )
         results = []
         for start in range(0, len(pending), shards_per_wave):
@@ -208,6 +235,7 @@ def score_flow(
                     "batches": len(shards),
                     "scored": len(results),
                     "samples": sum(r["samples"] for r in results),
+                    "judge_errors": sum(r.get("judge_errors", 0) for r in results),
                     "compute_seconds": round(sum(r["seconds"] for r in results), 3),
                     "device": runner_device(),
                 },

@@ -1,7 +1,8 @@
 """The training config: one YAML file says what to train from, on which shards, and how.
 
 The data section is a list of shard sets, each with a sampling weight and the metadata field its
-text comes from (``instruction`` or ``pretrain_caption``). A config may instead list ``stages``
+text comes from (``instruction``, ``pretrain_caption``, or ``rewritten_instruction``: the judge's
+wording of the pair where it wrote one). A config may instead list ``stages``
 (the paper's curriculum: caption pre-training, the weighted task mix, instruction tuning), each
 with its own shard sets and a few overrides; :mod:`ieiw.model.curriculum` turns every stage into a
 plain single-stage config of this same shape. A config without ``stages`` is one stage.
@@ -18,7 +19,8 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_vali
 
 from ieiw.storage.fs import resolve_path
 
-TextField = Literal["instruction", "pretrain_caption"]
+# rewritten_instruction: the quality judge's wording of the pair when it wrote one (model.data.sample_text)
+TextField = Literal["instruction", "pretrain_caption", "rewritten_instruction"]
 
 
 class ShardSet(BaseModel):

@@ -13,6 +13,11 @@ mean samples per shard (measured on a few of its shards), so sets whose shards h
 samples still make up their weight's share of what the trainer sees. Every sample carries its set's
 name and :class:`StreamState` counts them, so the trainer logs the shares actually seen.
 
+A set's ``text_field`` says what a sample is trained on: its ``instruction``, its ``pretrain_caption``,
+or ``rewritten_instruction``: the wording the quality judge wrote from the pair it saw (the latest
+of the sample's ``instruction_alternatives`` from a ``judge:`` source), or its instruction when it has
+none (:func:`sample_text`).
+
 Two sample layouts are read: images (``src.*``, ``tgt.*``) and cached latents
 (``lat.safetensors``, written by :mod:`ieiw.model.latent_cache`). Every item carries SDXL's six size
 and crop ids (``size_cond``, :mod:`ieiw.model.conditioning`).
@@ -350,6 +355,18 @@ def bucket_of(raw: dict, s: StreamSettings, drops: Counter) -> Shape | None:
     return s.buckets.closest(width, height)
 
 
+REWRITTEN = "rewritten_instruction"
+
+
+def sample_text(meta: SampleMeta, text_field: str) -> str | None:
+    """The text a sample trains on for ``text_field`` (see the module docstring)."""
+    if text_field == REWRITTEN:
+        alternatives = meta.instruction_alternatives
+        judged = [a["text"] for a in alternatives if a.get("source", "").startswith("judge:")]
+        return judged[-1] if judged and judged[-1] else meta.instruction
+    return getattr(meta, text_field)
+
+
 def decode_item(raw: dict, rng: random.Random, s: StreamSettings, drops: Counter,
                 shape: Shape | None = None) -> dict | None:
     """Decode one raw sample and apply the same random crop and flip to source and target (to
@@ -358,7 +375,7 @@ def decode_item(raw: dict, rng: random.Random, s: StreamSettings, drops: Counter
         meta = SampleMeta.model_validate_json(raw["json"])
         if not keep_session_sample(meta, s.sessions):
             return None
-        text = getattr(meta, raw["__text_field__"])
+        text = sample_text(meta, raw["__text_field__"])
         if not text:
             drops["missing-text"] += 1
             return None

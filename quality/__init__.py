@@ -8,6 +8,9 @@ points, as modules of ``ieiw.quality``:
 - ``similarity`` (directional, image-image and image-text CLIP similarity)
 - ``aesthetic``, ``giqa`` (scores) with ``giqa_index`` (the reference index) and ``giqa_references``
   (reference embeddings), ``inception``, ``duplicates``
+- ``judge`` (a VLM judge's scores and reasons) with ``judge_rubrics`` (the versioned rubrics and the
+  answer parser) and ``judge_backends`` (an OpenAI-compatible endpoint, a local transformers model),
+  ``verifier`` (open-vocabulary object checks), ``agreement`` (the judge against human picks)
 - ``policy`` (the declarative filter policy), ``scoring``, ``filtering``
 - ``report`` (histograms, drop counts, HTML pages)
 - ``config`` (the ``quality:`` section of a build config)

@@ -14,7 +14,9 @@ candidates stages it reads. Two passes:
    :func:`run_filter_shard` commits kept samples and drops (with the rule that dropped them as
    ``drop_reason``) as one batch per candidate shard, named ``filter-<shard>``. Kept samples are
    copied byte for byte (:class:`~ieiw.storage.schema.EncodedSample`): their image members are the
-   candidates' own bytes and only their ``json`` is rewritten, with the scores in it.
+   candidates' own bytes and only their ``json`` is rewritten, with the scores in it, the judge's
+verdict (``judge``: model, rubric, scores, reasons) and, when the judge wrote one, its wording of the
+instruction among ``instruction_alternatives`` (its ``source`` says which judge and rubric).
 
 Build-wide flags depend on the whole input, so a filter stage is only valid for the input it was
 computed over (:func:`filter_input`, recorded with the stage): when more candidate or score batches
@@ -27,6 +29,7 @@ drop reasons add up to the number of candidates.
 from __future__ import annotations
 
 import io
+import json
 import logging
 import math
 import posixpath
@@ -43,8 +46,18 @@ from tqdm import tqdm
 from ieiw.quality.duplicates import EvalSet, PairFingerprints, find_duplicates
 from ieiw.quality.embeddings import EmbeddingCache
 from ieiw.quality.policy import FilterPolicy, evaluate
-from ieiw.quality.scoring import FLOAT_SCORES, iter_groups_safely, read_scores, score_batch_name, shard_name
+from ieiw.quality.scoring import (
+    FLOAT_SCORES,
+    JUDGE_COLUMNS,
+    JUDGE_SCORES,
+    VERIFY_COLUMNS,
+    iter_groups_safely,
+    read_scores,
+    score_batch_name,
+    shard_name,
+)
 from ieiw.quality.stage_target import StageTarget
+from ieiw.quality.verifier import VERIFY_SCORES
 from ieiw.storage import fs, manifest
 from ieiw.storage.commit import BatchReport
 from ieiw.storage.lease import check_holder
@@ -73,6 +86,8 @@ SCORE_COLUMNS = [
     "phash_tgt",
     "digest_src",
     "digest_tgt",
+    *JUDGE_COLUMNS,
+    *VERIFY_COLUMNS,
     "fingerprint",
 ]
 _FLAGS_FINGERPRINT = b"ieiw.fingerprint"
@@ -243,6 +258,40 @@ def _scores_of(row: pd.Series) -> dict[str, float]:
     return {name: float(row[name]) for name in FLOAT_SCORES if not math.isnan(float(row[name]))}
 
 
+def _text(row: pd.Series, column: str) -> str | None:
+    value = row.get(column)
+    return value if isinstance(value, str) and value else None
+
+
+def _unscored(row: pd.Series) -> dict[str, tuple[str, str]]:
+    """The scores the judge or the verifier could not give this sample, with why (its drop reason)."""
+    out: dict[str, tuple[str, str]] = {}
+    for error, detail, names in (
+        ("judge_error", "judge_detail", JUDGE_SCORES),
+        ("verify_error", None, VERIFY_SCORES),
+    ):
+        reason = _text(row, error)
+        if reason:
+            out.update(dict.fromkeys(names, (reason, (_text(row, detail) if detail else None) or reason)))
+    return out
+
+
+def judged_meta(meta: SampleMeta, row: pd.Series) -> SampleMeta:
+    """``meta`` with the judge's verdict and its instruction (an alternative wording), when it judged."""
+    rubric, model = _text(row, "judge_rubric"), _text(row, "judge_model")
+    reasons = _text(row, "judge_reasons")
+    if reasons is None or _text(row, "judge_error"):
+        return meta
+    scores = {c.removeprefix("judge_"): float(row[c]) for c in JUDGE_SCORES if not math.isnan(float(row[c]))}
+    meta.judge = {"model": model, "rubric": rubric, "scores": scores, "reasons": json.loads(reasons)}
+    rewritten = _text(row, "judge_instruction")
+    if rewritten:
+        source = f"judge:{model}#{rubric}"
+        others = [a for a in meta.instruction_alternatives if a.get("source") != source]
+        meta.instruction_alternatives = [*others, {"text": rewritten, "source": source}]
+    return meta
+
+
 def _member(members: dict[str, bytes], stem: str) -> bytes | None:
     for name, data in members.items():
         if name.split(".", 1)[0] == stem:
@@ -309,11 +358,13 @@ def filter_shard(
             if flag is not None and isinstance(flag["duplicate_of"], str)
             else None,
             eval_leak=flag["eval_leak"] if flag is not None and isinstance(flag["eval_leak"], str) else None,
+            unscored=_unscored(row),
         )
         if not verdict.kept:
             yield Drop(reason=verdict.reason, detail=verdict.detail, scores=scores_dict, **base)
             continue
         meta.scores = {**meta.scores, **scores_dict}
+        meta = judged_meta(meta, row)
         try:
             yield _copied(meta, members)
         except (KeyError, UnidentifiedImageError, OSError, ValueError) as error:
@@ -349,9 +400,17 @@ def flags_for(flags: pd.DataFrame | None, keys) -> pd.DataFrame | None:
 
 
 def check_scores_cover_policy(scores: pd.DataFrame, policy: FilterPolicy) -> None:
-    """Fail before writing anything if the policy bounds a score that was never computed."""
+    """Fail before writing anything if the policy bounds a score that was never computed (a judge or
+    verifier that was asked but failed on every sample is computed: its samples drop with its reason)."""
     ok = scores[scores["error"].isna()]
-    absent = sorted(s for s in policy.required_scores() if s not in ok or (len(ok) and ok[s].isna().all()))
+
+    def computed(score: str) -> bool:
+        if score not in ok:
+            return False
+        error = "judge_error" if score in JUDGE_SCORES else "verify_error" if score in VERIFY_SCORES else None
+        return not len(ok) or ok[score].notna().any() or (error in ok and ok[error].notna().any())
+
+    absent = sorted(s for s in policy.required_scores() if not computed(s))
     if absent:
         raise ValueError(
             f"the policy bounds {absent} but the scores table has no values for them: configure the "

@@ -13,6 +13,16 @@ Embedded in a YAML build config as::
         web_edit: {clip_img_sim_min: 0.4}
       duplicates: {phash_max_hamming: 4, clip_min_cosine: 0.97}
 
+The judge's scores (0 to 10, :mod:`ieiw.quality.judge`) and the object verifier's confidences
+(:mod:`ieiw.quality.verifier`) are bounded the same way, per task, e.g. OmniEdit's bar and
+AnyEdit's checks::
+
+      default: {judge_overall_min: 9}
+      tasks:
+        remove: {verify_removed_src_min: 0.3, verify_removed_tgt_max: 0.1}   # object_still_present
+        add: {verify_added_tgt_min: 0.3, verify_added_src_max: 0.1}
+        replace: {verify_added_tgt_min: 0.3, verify_removed_tgt_max: 0.1}
+
 A task's policy is the default with the task's *set* fields on top (``null`` switches a rule off).
 A rule whose bound is ``None`` never drops. Rules run in :data:`RULE_ORDER`; the first that fails
 names the drop (``aesthetic_src_below_min``, ``giqa_diff_above_max``, ...). A rule whose score is
@@ -47,6 +57,14 @@ class TaskPolicy(BaseModel):
     clip_direction_max: float | None = None
     clip_img_sim_min: float | None = None
     clip_img_sim_max: float | None = None
+    verify_removed_src_min: float | None = None
+    verify_removed_tgt_max: float | None = None
+    verify_added_src_max: float | None = None
+    verify_added_tgt_min: float | None = None
+    judge_compliance_min: float | None = None
+    judge_preservation_min: float | None = None
+    judge_realism_min: float | None = None
+    judge_overall_min: float | None = None
     drop_duplicates: bool = True
     drop_eval_leaks: bool = True
 
@@ -72,6 +90,14 @@ RULES: tuple[Rule, ...] = (
     Rule("clip_direction_above_max", "clip_direction_max", "clip_direction", "max"),
     Rule("clip_img_sim_below_min", "clip_img_sim_min", "clip_img_sim", "min"),
     Rule("clip_img_sim_above_max", "clip_img_sim_max", "clip_img_sim", "max"),
+    Rule("object_missing_in_source", "verify_removed_src_min", "verify_removed_src", "min"),
+    Rule("object_still_present", "verify_removed_tgt_max", "verify_removed_tgt", "max"),
+    Rule("object_already_present", "verify_added_src_max", "verify_added_src", "max"),
+    Rule("object_missing_in_target", "verify_added_tgt_min", "verify_added_tgt", "min"),
+    Rule("judge_compliance_below_min", "judge_compliance_min", "judge_compliance", "min"),
+    Rule("judge_preservation_below_min", "judge_preservation_min", "judge_preservation", "min"),
+    Rule("judge_realism_below_min", "judge_realism_min", "judge_realism", "min"),
+    Rule("judge_overall_below_min", "judge_overall_min", "judge_overall", "min"),
 )
 RULE_ORDER: tuple[str, ...] = (EVAL_LEAK, DUPLICATE) + tuple(r.name for r in RULES)
 
@@ -133,8 +159,13 @@ def evaluate(
     scores: Mapping[str, float],
     duplicate_of: str | None = None,
     eval_leak: str | None = None,
+    unscored: Mapping[str, tuple[str, str]] | None = None,
 ) -> Verdict:
-    """Apply the task's rules in :data:`RULE_ORDER`; the first that fails names the drop."""
+    """Apply the task's rules in :data:`RULE_ORDER`; the first that fails names the drop.
+
+    ``unscored`` maps a score that could not be computed for this sample to why (a reason and its
+    detail, e.g. ``judge_malformed_answer``): a rule that needs it drops the sample for that reason
+    rather than as ``missing_<score>``."""
     rules = policy.for_task(task)
     if eval_leak and rules.drop_eval_leaks:
         return Verdict(EVAL_LEAK, eval_leak)
@@ -146,6 +177,8 @@ def evaluate(
             continue
         value = scores.get(rule.score)
         if value is None or (isinstance(value, float) and math.isnan(value)):
+            if unscored and rule.score in unscored:
+                return Verdict(*unscored[rule.score])
             return Verdict(f"missing_{rule.score}", f"{rule.name} needs {rule.score}")
         if (rule.kind == "min" and value < bound) or (rule.kind == "max" and value > bound):
             return Verdict(

@@ -65,11 +65,11 @@ def score_histograms(
                 edges = np.histogram_bin_edges(values, bins=bins)
                 axis.hist(values, bins=edges, color="#bbb", label=f"before ({len(values)})")
                 axis.hist(kept, bins=edges, color="#2a6fdb", alpha=0.8, label=f"after ({len(kept)})")
+                axis.legend(fontsize=7)
             if policy is not None:
                 _bounds(axis, policy, task, score)
             axis.set_title(f"{task}", fontsize=10)
             axis.set_xlabel(score, fontsize=9)
-            axis.legend(fontsize=7)
         figure.suptitle(f"{score} per task, before and after filtering", fontsize=11)
         out[score] = _png(figure)
     return out

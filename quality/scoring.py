@@ -19,6 +19,15 @@ Scores per sample (NaN when the model for it is not configured):
 ``source_caption``/``target_caption``, else the instruction's), ``clip_img_sim``, plus the perceptual
 hashes ``phash_src``/``phash_tgt`` and the image digests used as cache keys.
 
+With ``scoring.judge`` (:mod:`ieiw.quality.judge`), the judge's scores ``judge_compliance``,
+``judge_preservation``, ``judge_realism``, ``judge_overall`` (0 to 10), its reasons
+(``judge_reasons``, JSON), its own wording of the instruction (``judge_instruction``, with
+``rewrite_instruction``), its model and rubric identities, or ``judge_error`` (a drop reason) when
+it gave no usable answer. With ``scoring.verifier`` (:mod:`ieiw.quality.verifier`), the object
+checks ``verify_removed_src``, ``verify_removed_tgt``, ``verify_added_src``, ``verify_added_tgt``,
+the queries asked (``verify_queries``) or ``verify_error``. Both are asked once per scoring batch,
+for all its pairs at once.
+
 A sample whose json or image cannot be decoded gets a row with ``error`` set
 (``corrupt_json``, ``corrupt_image``, ``missing_image``); the filter turns it into a counted drop.
 """
@@ -26,18 +35,20 @@ A sample whose json or image cannot be decoded gets a row with ``error`` set
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import posixpath
 import tarfile
 import time
+from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-from PIL import UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ieiw.quality import similarity
@@ -45,7 +56,16 @@ from ieiw.quality.aesthetic import AestheticPredictor, load_aesthetic_predictor
 from ieiw.quality.duplicates import phash
 from ieiw.quality.embeddings import ClipEmbedder, EmbedderConfig, EmbeddingCache, embed_images_cached
 from ieiw.quality.giqa import GiqaConfig, KnnGiqa
+from ieiw.quality.judge import (
+    JUDGE_COLUMNS,
+    JUDGE_SCORES,
+    Judge,
+    JudgeConfig,
+    JudgeRequest,
+    PendingJudgements,
+)
 from ieiw.quality.stage_target import StageTarget
+from ieiw.quality.verifier import VERIFY_SCORES, ObjectVerifier, Verification, VerifierConfig, VerifyItem
 from ieiw.storage import manifest
 from ieiw.storage.images import decode_image
 from ieiw.storage.schema import SampleMeta
@@ -55,7 +75,7 @@ from ieiw.storage.stage_folder import commit_files
 log = logging.getLogger(__name__)
 
 STAGE = "score"
-SCORES_VERSION = 2  # of the scores table's columns and their meaning: part of the stage's fingerprint
+SCORES_VERSION = 3  # of the scores table's columns and their meaning: part of the stage's fingerprint
 FLOAT_SCORES = (
     "aesthetic_src",
     "aesthetic_tgt",
@@ -65,7 +85,14 @@ FLOAT_SCORES = (
     "giqa_diff",
     "clip_direction",
     "clip_img_sim",
+    *VERIFY_SCORES,
+    *JUDGE_SCORES,
 )
+# beside their scores, the judge's and the verifier's words (strings; null when not asked)
+VERIFY_COLUMNS = ("verify_error", "verify_queries")
+# scoring batches whose judgements may still be in flight while the next ones are scored: the judge's
+# requests flow across batches (its pool never drains at a batch's end); memory holds their encoded images
+JUDGE_BACKLOG = 4
 SCORES_SCHEMA = pa.schema(
     [
         ("key", pa.string()),
@@ -79,6 +106,7 @@ SCORES_SCHEMA = pa.schema(
         ("phash_tgt", pa.uint64()),
         ("digest_src", pa.string()),
         ("digest_tgt", pa.string()),
+        *[(name, pa.string()) for name in JUDGE_COLUMNS + VERIFY_COLUMNS],
         ("fingerprint", pa.string()),  # the score stage's digest, set when the part is committed
     ]
 )
@@ -94,6 +122,8 @@ class ScoringConfig(BaseModel):
     giqa: GiqaConfig | None = None
     cache_url: str | None = None  # default: <scores_url>/embeddings
     batch_size: int = 64
+    judge: JudgeConfig | None = None  # a VLM judge's scores and reasons (quality.judge)
+    verifier: VerifierConfig | None = None  # open-vocabulary object checks (quality.verifier)
 
 
 @dataclass
@@ -104,6 +134,8 @@ class ScoringModels:
     aesthetic: AestheticPredictor | None = None
     giqa: KnnGiqa | None = None
     giqa_features: object | None = None  # InceptionFeatures when the index holds inception features
+    judge: Judge | None = None  # without a cache: callers give theirs (Judge.with_cache)
+    verifier: ObjectVerifier | None = None
 
     @classmethod
     def load(cls, config: ScoringConfig) -> ScoringModels:
@@ -131,7 +163,9 @@ class ScoringModels:
                     f"the GIQA index holds {giqa.reference.meta.dim}-d features, "
                     f"the embedder gives {embedder.dim}-d"
                 )
-        return cls(embedder, aesthetic, giqa, features)
+        judge = Judge.from_config(config.judge) if config.judge is not None else None
+        verifier = ObjectVerifier.from_config(config.verifier) if config.verifier is not None else None
+        return cls(embedder, aesthetic, giqa, features, judge, verifier)
 
 
 def digest(data: bytes) -> str:
@@ -156,6 +190,9 @@ class _Decoded:
     target: np.ndarray
     digest_src: str
     digest_tgt: str
+    src_bytes: bytes
+    tgt_bytes: bytes
+    mask_bytes: bytes | None
 
 
 def _member(members: dict[str, bytes], stem: str) -> bytes | None:
@@ -180,7 +217,7 @@ def _decode(key: str, members: dict[str, bytes], shard: str) -> _Decoded | dict:
         source, target = decode_image(src), decode_image(tgt)
     except (UnidentifiedImageError, OSError, ValueError) as error:
         return {**row, "error": "corrupt_image", "error_detail": str(error)[:300]}
-    return _Decoded(key, meta, source, target, digest(src), digest(tgt))
+    return _Decoded(key, meta, source, target, digest(src), digest(tgt), src, tgt, _member(members, "mask"))
 
 
 def _captions(meta: SampleMeta) -> tuple[str, str] | None:
@@ -193,11 +230,38 @@ def _captions(meta: SampleMeta) -> tuple[str, str] | None:
 
 
 def score_batch(
-    decoded: list[_Decoded], models: ScoringModels, cache: EmbeddingCache | None, shard: str
+    decoded: list[_Decoded],
+    models: ScoringModels,
+    cache: EmbeddingCache | None,
+    shard: str,
+    judge: Judge | None = None,
 ) -> list[dict]:
-    """Score rows of decoded samples (one embedding call for all their images)."""
+    """Score rows of decoded samples (one embedding call for all their images; one judge and one
+    verifier call for all their pairs). ``judge`` (default ``models.judge``) carries its answer cache."""
+    rows, judging = _score_batch(decoded, models, cache, shard, judge or models.judge)
+    return _judged(rows, judging)
+
+
+def _judged(rows: list[dict], judging: PendingJudgements | None) -> list[dict]:
+    """``rows`` with the judge's columns, once its judgements are in."""
+    if judging is not None:
+        for row, judgement in zip(rows, judging.result(), strict=True):
+            row.update(judgement.columns())
+    return rows
+
+
+def _score_batch(
+    decoded: list[_Decoded],
+    models: ScoringModels,
+    cache: EmbeddingCache | None,
+    shard: str,
+    judge: Judge | None,
+) -> tuple[list[dict], PendingJudgements | None]:
+    """The rows of a batch without the judge's columns, and the judgements on their way (sent first,
+    so they are in flight while the batch is embedded and scored)."""
     if not decoded:
-        return []
+        return [], None
+    judging = judge.submit(_judge_requests(decoded)) if judge is not None else None
     images = {d.digest_src: d.source for d in decoded} | {d.digest_tgt: d.target for d in decoded}
     keys = list(images)
     vectors = embed_images_cached(models.embedder, cache, keys, lambda ks: [images[k] for k in ks])
@@ -223,6 +287,7 @@ def score_batch(
         scores["giqa_src"] = models.giqa.score(g_src)
         scores["giqa_tgt"] = models.giqa.score(g_tgt)
         scores["giqa_diff"] = np.abs(scores["giqa_src"] - scores["giqa_tgt"])
+    verified = _verify(decoded, models.verifier) if models.verifier is not None else None
     rows = []
     for i, d in enumerate(decoded):
         row = {
@@ -238,8 +303,43 @@ def score_batch(
             "digest_tgt": d.digest_tgt,
         }
         row.update({name: float(scores[name][i]) for name in FLOAT_SCORES})
+        if verified is not None:
+            row.update(verification_columns(verified[i]))
         rows.append(row)
-    return rows
+    return rows, judging
+
+
+def _judge_requests(decoded: list[_Decoded]) -> list[JudgeRequest]:
+    return [
+        JudgeRequest(d.key, str(d.meta.task), d.meta.instruction, d.src_bytes, d.tgt_bytes) for d in decoded
+    ]
+
+
+def _verify(decoded: list[_Decoded], verifier: ObjectVerifier) -> list[Verification]:
+    items = []
+    for d in decoded:
+        mask = None
+        if d.mask_bytes is not None:
+            try:
+                mask = decode_mask(d.mask_bytes)
+            except (UnidentifiedImageError, OSError, ValueError):
+                mask = None  # an unreadable mask: the pair cannot be checked (verify_no_mask)
+        items.append(VerifyItem(d.key, str(d.meta.task), d.meta.extra, d.source, d.target, mask))
+    return verifier.verify(items)
+
+
+def verification_columns(verification: Verification) -> dict:
+    return {
+        **{name: float(verification.scores[name]) for name in VERIFY_SCORES},
+        "verify_error": verification.error,
+        "verify_queries": json.dumps(verification.queries, sort_keys=True) if verification.queries else None,
+    }
+
+
+def decode_mask(data: bytes) -> np.ndarray:
+    """A mask member as HxW ``uint8`` (nonzero inside)."""
+    with Image.open(io.BytesIO(data)) as image:
+        return np.asarray(image.convert("L"))
 
 
 def _directions(
@@ -272,12 +372,25 @@ def iter_groups_safely(shard_url: str) -> Iterator[tuple[str, dict[str, bytes]]]
 
 
 def score_shard(
-    shard_url: str, models: ScoringModels, cache: EmbeddingCache | None, batch_size: int = 64
+    shard_url: str,
+    models: ScoringModels,
+    cache: EmbeddingCache | None,
+    batch_size: int = 64,
+    judge_cache_url: str | None = None,
 ) -> list[dict]:
-    """Score rows of every sample in one candidate shard, streaming ``batch_size`` samples at a time."""
+    """Score rows of every sample in one candidate shard, streaming ``batch_size`` samples at a time
+    (the judge answers through the cache at ``judge_cache_url``)."""
     shard = posixpath.basename(str(shard_url))
+    judge = models.judge.with_cache(judge_cache_url) if models.judge is not None else None
     rows: list[dict] = []
     pending: list[_Decoded] = []
+    waiting: deque[tuple[list[dict], PendingJudgements | None]] = deque()  # batches the judge still has
+
+    def scored(batch: list[_Decoded]) -> None:
+        waiting.append(_score_batch(batch, models, cache, shard, judge))
+        while len(waiting) > JUDGE_BACKLOG:
+            rows.extend(_judged(*waiting.popleft()))
+
     for key, members in iter_groups_safely(shard_url):
         decoded = _decode(key, members, shard)
         if isinstance(decoded, dict):
@@ -286,9 +399,11 @@ def score_shard(
             continue
         pending.append(decoded)
         if len(pending) >= batch_size:
-            rows.extend(score_batch(pending, models, cache, shard))
+            scored(pending)
             pending = []
-    rows.extend(score_batch(pending, models, cache, shard))
+    scored(pending)
+    while waiting:
+        rows.extend(_judged(*waiting.popleft()))
     return rows
 
 
@@ -307,10 +422,11 @@ def run_score_shard(
     models: ScoringModels,
     cache: EmbeddingCache | None,
     batch_size: int = 64,
+    judge_cache_url: str | None = None,
 ) -> dict:
     """Score one candidate shard and commit its batch; returns a small summary for logs and the record."""
     started = time.perf_counter()
-    rows = score_shard(shard_url, models, cache, batch_size)
+    rows = score_shard(shard_url, models, cache, batch_size, judge_cache_url)
     commit_scores(target, shard_url, rows)
     return {
         "shard": shard_name(shard_url),
@@ -318,6 +434,7 @@ def run_score_shard(
         "skipped": False,
         "samples": len(rows),
         "errors": sum(1 for r in rows if r.get("error")),
+        "judge_errors": sum(1 for r in rows if r.get("judge_error")),
         "seconds": round(time.perf_counter() - started, 3),
     }
 
@@ -333,6 +450,7 @@ def score_shards(
     models: ScoringModels,
     cache: EmbeddingCache | None,
     batch_size: int = 64,
+    judge_cache_url: str | None = None,
 ) -> list[dict]:
     """Score every shard of ``shard_urls`` not committed yet, in this process (the ``score`` flow maps
     :func:`run_score_shard` over workers instead)."""
@@ -343,7 +461,8 @@ def score_shards(
         if score_batch_name(s) in committed
     ]
     return done + [
-        run_score_shard(s, target, models, cache, batch_size) for s in pending_shards(shard_urls, committed)
+        run_score_shard(s, target, models, cache, batch_size, judge_cache_url)
+        for s in pending_shards(shard_urls, committed)
     ]
 
 
@@ -364,6 +483,8 @@ def read_scores(
 def summary(scores: pd.DataFrame) -> dict:
     """Counts and score means per task, for artifacts."""
     out = {"samples": int(len(scores)), "errors": json.loads(scores["error"].value_counts().to_json())}
+    if "judge_error" in scores and scores["judge_error"].notna().any():
+        out["judge_errors"] = json.loads(scores["judge_error"].value_counts().to_json())
     ok = scores[scores["error"].isna()]
     present = [c for c in FLOAT_SCORES if ok[c].notna().any()]
     out["mean_by_task"] = json.loads(ok.groupby("task")[present].mean().round(4).to_json(orient="index"))

@@ -1,4 +1,8 @@
-"""A self-contained HTML page of samples (source | target | instruction) to open in a browser."""
+"""A self-contained HTML page of samples (source | target | instruction) to open in a browser.
+
+Beside each pair: its scores, the judge's verdict when a judge scored it (each criterion's score with
+its reason, the judge model and rubric) and any other wording of its instruction (the judge's own,
+with where it came from)."""
 
 from __future__ import annotations
 
@@ -23,7 +27,31 @@ h1{font-size:20px} .meta{color:#666;font-size:12px}
 figcaption{font-size:11px;color:#666;text-align:center}
 .text{max-width:380px} .instruction{font-size:16px;font-weight:600;margin-bottom:6px}
 .scores{font-family:monospace;font-size:12px;white-space:pre}
+.judge{font-size:12px;margin-top:6px} .judge b{font-family:monospace}
+.judge .low{color:#b22} .alt{font-size:13px;font-style:italic;margin:4px 0}
 """
+
+
+def judge_html(verdict: dict, low: float = 5.0) -> str:
+    """The judge's verdict (``SampleMeta.judge``): score and reason per criterion, model and rubric."""
+    if not verdict:
+        return ""
+    scores, reasons = verdict.get("scores") or {}, verdict.get("reasons") or {}
+    rows = "".join(
+        f"<div class='{'low' if float(value) < low else ''}'><b>{html.escape(name)} {float(value):g}</b> "
+        f"{html.escape(str(reasons.get(name, '')))}</div>"
+        for name, value in scores.items()
+    )
+    source = f"{verdict.get('model', '')} · {verdict.get('rubric', '')}"
+    return f"<div class='judge'>judge <span class='meta'>{html.escape(source)}</span>{rows}</div>"
+
+
+def alternatives_html(alternatives: list[dict]) -> str:
+    return "".join(
+        f"<div class='alt'>{html.escape(a.get('text', ''))} "
+        f"<span class='meta'>({html.escape(a.get('source', ''))})</span></div>"
+        for a in alternatives
+    )
 
 
 def thumbnail_data_uri(image: np.ndarray, size: int = 256, quality: int = 85) -> str:
@@ -49,12 +77,13 @@ def sample_html(sample: Sample, size: int = 256) -> str:
     return (
         f'<div class="pair" data-key="{meta.key}">{cells}<div class="text">'
         f'<div class="instruction">{html.escape(meta.instruction)}</div>'
+        f"{alternatives_html(meta.instruction_alternatives)}"
         f'<div class="meta">task {html.escape(str(meta.task))} · {html.escape(meta.instruction_source)}<br>'
         f"{html.escape(prov.dataset)} image {html.escape(prov.image_id)}"
         f"{' region ' + html.escape(prov.region_id) if prov.region_id else ''}<br>"
         f"{html.escape(meta.generator.name)} / {html.escape(meta.generator.backend)}"
         f"{' / ' + html.escape(meta.generator.model) if meta.generator.model else ''}<br>key {meta.key}</div>"
-        f'<div class="scores">{html.escape(scores)}</div></div></div>'
+        f'<div class="scores">{html.escape(scores)}</div>{judge_html(meta.judge)}</div></div>'
     )
 
 

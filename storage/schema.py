@@ -17,8 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 # 2: the shard ``json`` is one flat record of fixed keys and types (see SampleMeta.to_record), so a
 # WebDataset reader that infers columns from the first samples (Hugging Face ``datasets``) loads any mix
-# of tasks without losing a field.
-SCHEMA_VERSION = 2
+# of tasks without losing a field. 3: session_id, turn, judge and instruction_alternatives.
+SCHEMA_VERSION = 3
 KEY_LENGTH = 24  # hex characters of the SHA-256 digest: 96 bits, no collision in practice
 
 
@@ -77,6 +77,10 @@ class SampleMeta(BaseModel):
     scores: dict[str, float] = Field(default_factory=dict)
     drop_reason: str | None = None
     extra: dict[str, Any] = Field(default_factory=dict)
+    # the quality judge's verdict ({"model", "rubric", "scores", "reasons"}) when one judged the pair
+    judge: dict[str, Any] = Field(default_factory=dict)
+    # other wordings of the edit beside ``instruction``, each {"text", "source"} (e.g. the judge's)
+    instruction_alternatives: list[dict[str, str]] = Field(default_factory=list)
     schema_version: int = SCHEMA_VERSION
     # A multi-turn edit session (successive edits of one image): its id, and the sample's turn in it
     # (1, 2, ...; 0 for the sample of the whole session). "" and -1 for a sample of no session.
@@ -95,7 +99,8 @@ class SampleMeta(BaseModel):
         """The shard's ``json``: every key always present with one type, whatever the task.
 
         Free-form parts (generator settings, provenance extras, task parameters, scores) are JSON
-        strings, absent values are ``""`` (strings) or ``-1`` (the seed), so a reader that infers its
+        strings (``judge`` ``"{}"`` and ``instruction_alternatives`` ``"[]"`` when there are none),
+        absent values are ``""`` (strings) or ``-1`` (the seed), so a reader that infers its
         columns from the first few samples (Hugging Face ``datasets``) reads every later one too.
         ``mask_kind`` says where ``mask.png`` came from: ``given`` by the generator, or ``difference``
         (the pixels where target and source differ, for tasks without a region of their own).
@@ -126,6 +131,8 @@ class SampleMeta(BaseModel):
             "mask_kind": mask_kind,
             "session_id": self.session_id,
             "turn": int(self.turn),
+            "judge": _dumps(self.judge),
+            "instruction_alternatives": _dumps(self.instruction_alternatives),
         }
 
     def to_json_bytes(self, mask_kind: str = "given") -> bytes:
@@ -171,6 +178,8 @@ def record_to_nested(record: dict[str, Any]) -> dict[str, Any]:
         "scores": json.loads(record.get("scores") or "{}"),
         "drop_reason": text("drop_reason"),
         "extra": json.loads(record.get("extra") or "{}"),
+        "judge": json.loads(record.get("judge") or "{}"),
+        "instruction_alternatives": json.loads(record.get("instruction_alternatives") or "[]"),
         "schema_version": int(record.get("schema_version", SCHEMA_VERSION)),
         "session_id": record.get("session_id") or "",
         "turn": int(record.get("turn", -1)),

@@ -1,4 +1,5 @@
-"""``ieiw`` quality commands: score, filter, build-giqa-index, quality-report.
+"""``ieiw`` quality commands: score, filter, build-giqa-index, quality-report, judge-candidates,
+judge-agreement.
 
 Registered by ``flows/cli.py`` with ``register(app)``. ``--config`` is a YAML build config whose
 ``quality:`` section is a :class:`ieiw.quality.config.QualityConfig` (or a file that is only that section).
@@ -110,6 +111,99 @@ def register(app: typer.Typer) -> None:
             quality.report_images,
         )
         typer.echo(json.dumps(report["files"], indent=2))
+
+    register_judge(app)
+
+
+def _judge_config(path: Path | None):
+    judge = _config(path).scoring.judge
+    if judge is None:
+        raise typer.BadParameter("the config has no quality.scoring.judge section", param_hint="--config")
+    return judge
+
+
+def register_judge(app: typer.Typer) -> None:
+    @app.command("judge-candidates")
+    def judge_candidates_command(
+        candidates: Annotated[
+            str, typer.Argument(help="candidates folder (what `ieiw candidates --out` wrote)")
+        ],
+        config: ConfigOption = None,
+        out: Annotated[
+            str | None, typer.Option(help="judgements stage URL [<candidates>/quality/judgements]")
+        ] = None,
+        rebuild: Annotated[bool, typer.Option(help="replace judgements made with another judge")] = False,
+    ) -> None:
+        """Judge every review candidate with the config's quality.scoring.judge (cached; resumable), for
+        the review app and `ieiw judge-agreement`."""
+        from tqdm.auto import tqdm
+
+        from ieiw.model.review.judging import judge_candidates
+        from ieiw.quality.judge import Judge
+
+        judge = Judge.from_config(_judge_config(config))
+        with tqdm(desc="judge", unit="candidate") as bar:
+            result = judge_candidates(judge, candidates, out, "yes" if rebuild else "no", bar.update)
+        typer.echo(json.dumps(result, indent=2, default=str))
+
+    @app.command("judge-agreement")
+    def judge_agreement_command(
+        candidates: Annotated[str, typer.Argument(help="candidates folder the review was made from")],
+        db: Annotated[
+            str,
+            typer.Option("--db", envvar="IEIW_REVIEW_DB", help="review database URL, or $IEIW_REVIEW_DB"),
+        ] = "sqlite:///ieiw-review.sqlite",
+        judgements: Annotated[
+            str | None, typer.Option(help="judgements stage [<candidates>/quality/judgements]")
+        ] = None,
+        as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of a table")] = False,
+    ) -> None:
+        """How the judge's scores rank the edits reviewers picked against those they rejected (AUC,
+        within-sample AUC, Spearman): whether to trust the judge on this data."""
+        from rich.console import Console
+        from rich.table import Table
+
+        from ieiw.model.review.judging import default_judgements_url, judge_agreement_report
+        from ieiw.model.review.store import ReviewStore
+        from ieiw.storage import manifest
+
+        url = judgements or default_judgements_url(candidates)
+        if not manifest.is_stage_folder(url):
+            raise typer.BadParameter(
+                f"no judgements at {url}: run `ieiw judge-candidates {candidates}` first"
+            )
+        store = ReviewStore(db, create=False)
+        try:
+            report = judge_agreement_report(store, url)
+        finally:
+            store.close()
+        if as_json:
+            typer.echo(json.dumps([r.as_dict() for r in report], indent=2))
+            return
+
+        def fmt(value: float | None) -> str:
+            return "n/a" if value is None else f"{value:.3f}"
+
+        table = Table(
+            "score", "picked", "rejected", "unscored", "samples", "AUC", "AUC within samples", "Spearman"
+        )
+        for row in report:
+            table.add_row(
+                row.score,
+                str(row.picked),
+                str(row.rejected),
+                str(row.unscored),
+                str(row.samples),
+                fmt(row.auc),
+                fmt(row.auc_within),
+                fmt(row.spearman),
+            )
+        console = Console()
+        console.print(table)
+        console.print(
+            "AUC: how often a picked edit scores above a rejected one (0.5 is chance); Spearman: the score "
+            "against the share of reviewers who picked the edit."
+        )
 
 
 def _embed_reference_images(inputs, out_dir: Path, features: str, inception_checkpoint, quality) -> str:

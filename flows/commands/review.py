@@ -143,6 +143,12 @@ def register(app: typer.Typer) -> None:
         prefect: bool = typer.Option(False, help="run as the `ieiw_review` flow, with progress artifacts"),
         poll_seconds: float = typer.Option(30.0, help="with --prefect: how often to update the artifacts"),
         stop_when_done: bool = typer.Option(True, help="with --prefect: end the flow once all is reviewed"),
+        judgements: str = typer.Option(
+            None, help="judge's verdicts to show per candidate [<candidates>/quality/judgements if there]"
+        ),
+        show_judge: bool = typer.Option(
+            True, help="show the judge's scores (--no-show-judge: a blind review, to measure the judge)"
+        ),
     ) -> None:
         """Import candidates, assign samples to the reviewers and serve the review app."""
         if prefect:
@@ -168,11 +174,16 @@ def register(app: typer.Typer) -> None:
 
         from ieiw.model.candidates import CandidateIndex
         from ieiw.model.review.app import create_app
+        from ieiw.model.review.judging import candidate_judgements, default_judgements_url
         from ieiw.model.review.serve import serve
         from ieiw.model.review.store import ReviewStore
 
         store = ReviewStore(db)
         index = CandidateIndex.build(candidates)
+        found = judgements or default_judgements_url(candidates)
+        verdicts = candidate_judgements(found) if show_judge else {}
+        if verdicts:
+            console.print(f"showing the judge's verdicts on {len(verdicts)} candidates")
         prepared = store.prepare(index.headers.values(), per_sample)
         if not prepared["reviewers"]:
             console.print("[yellow]no reviewers yet: add them (`ieiw review-token NAME`), restart[/yellow]")
@@ -188,7 +199,7 @@ def register(app: typer.Typer) -> None:
         console.print(_progress_table(store))
         console.print(f"Review app: [bold]http://{host}:{port}[/bold] (Ctrl-C to stop)")
         try:
-            serve(create_app(store, index), host=host, port=port)
+            serve(create_app(store, index, judgements=verdicts), host=host, port=port)
         finally:
             store.close()
 

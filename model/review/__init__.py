@@ -7,4 +7,6 @@
 - :mod:`ieiw.model.review.agreement`: agreement between reviewers who saw the same sample.
 - :mod:`ieiw.model.review.app`: the FastAPI app and its page (token sign-in, grid, mouse and keyboard).
 - :mod:`ieiw.model.review.export`: the picks as instruction-tuning shards (``Task.ALIGNED``).
+- :mod:`ieiw.model.review.judging`: the quality judge's verdicts on the candidates, and their agreement
+  with the picks.
 """

@@ -8,11 +8,16 @@ anything. Requests authenticated by cookie that change state must carry the ``X-
 header the page sends, which a cross-site form cannot.
 
 ``create_app(store, index)`` takes an open :class:`ReviewStore` and the :class:`CandidateIndex`
-of the candidate shards, both owned by the caller.
+of the candidate shards, both owned by the caller. Given ``judgements`` (what
+:func:`ieiw.model.review.judging.candidate_judgements` reads from ``ieiw judge-candidates``), each
+candidate of a sample comes with the quality judge's scores and reasons (``judge``), shown under it
+on the page (a reviewer can hide them). A review meant to measure the judge (``ieiw
+judge-agreement``) should not show them: leave ``judgements`` out.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from importlib.resources import files
 
 from fastapi import Depends, FastAPI, HTTPException, Request, Response
@@ -39,8 +44,14 @@ def page_html() -> str:
     return files("ieiw.model.review").joinpath("review.html").read_text(encoding="utf-8")
 
 
-def create_app(store: ReviewStore, index: CandidateIndex, title: str = "IEIW review") -> FastAPI:
+def create_app(
+    store: ReviewStore,
+    index: CandidateIndex,
+    title: str = "IEIW review",
+    judgements: Mapping[tuple[str, int], dict] | None = None,
+) -> FastAPI:
     app = FastAPI(title=title, docs_url=None, redoc_url=None, openapi_url=None)
+    verdicts = dict(judgements or {})
     page = page_html().replace("{{title}}", title)
 
     @app.exception_handler(ReviewError)
@@ -112,6 +123,8 @@ def create_app(store: ReviewStore, index: CandidateIndex, title: str = "IEIW rev
         view = store.sample_view(person.id, key)
         for candidate in view["candidates"]:
             candidate["image"] = f"/api/samples/{key}/images/{candidate['position']}.png"
+            if verdicts:
+                candidate["judge"] = verdicts.get((key, candidate["position"]))
         view["source"] = f"/api/samples/{key}/images/src.png"
         return view
 

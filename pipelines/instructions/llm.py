@@ -14,7 +14,6 @@ so the caller falls back to a template and records why.
 
 from __future__ import annotations
 
-import os
 import re
 import time
 from collections.abc import Callable, Sequence
@@ -22,7 +21,10 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
-from ieiw.pipelines.instructions.cache import PromptCache, prompt_key
+from ieiw.storage.answer_cache import PromptCache, prompt_key
+from ieiw.storage.chat import ChatFailed, InvalidAnswer, RetryPolicy, ask_chat, openai_client
+
+__all__ = ["InstructionWriter", "InvalidAnswer", "LLMConfig", "LLMError", "validate_instruction"]
 
 T = TypeVar("T")
 
@@ -64,14 +66,6 @@ class LLMError(RuntimeError):
     """The LLM gave no usable answer within the attempts allowed (or refused the request)."""
 
 
-class InvalidAnswer(ValueError):
-    """An answer that fails validation; ``reason`` is a short slug."""
-
-    def __init__(self, reason: str, answer: str) -> None:
-        super().__init__(f"{reason}: {answer[:200]!r}")
-        self.reason = reason
-
-
 def _words(text: str) -> set[str]:
     out = set()
     for word in re.findall(r"[a-z0-9]+", text.lower()):
@@ -102,17 +96,6 @@ def validate_instruction(answer: str, must_mention: Sequence[str] = (), max_word
     return body[0].lower() + body[1:] if body[:2] != body[:2].upper() else body
 
 
-def _client(config: LLMConfig):
-    from openai import OpenAI
-
-    return OpenAI(
-        base_url=config.base_url,
-        api_key=os.environ.get(config.api_key_env) or "not-needed",
-        timeout=config.timeout,
-        max_retries=0,
-    )
-
-
 class InstructionWriter:
     """Writes and paraphrases instructions; one per process, shared by every batch."""
 
@@ -120,7 +103,7 @@ class InstructionWriter:
         self, config: LLMConfig, client: Any | None = None, sleep: Callable[[float], None] = time.sleep
     ) -> None:
         self.config = config
-        self.client = client or _client(config)
+        self.client = client or openai_client(config.base_url, config.api_key_env, config.timeout)
         self.cache = PromptCache(config.cache_dir) if config.cache_dir else None
         self.sleep = sleep
         self.calls = 0  # requests sent (cache hits send none)
@@ -165,57 +148,24 @@ class InstructionWriter:
 
     def ask(self, messages: list[dict[str, str]], parse: Callable[[str], T]) -> T:
         """Send ``messages`` (or answer from the cache), parse the reply, retry within the bound."""
-        import openai
-
         params = {"temperature": self.config.temperature, "max_tokens": self.config.max_tokens}
         key = prompt_key(self.config.model, messages, params)
         if self.cache is not None:
             cached = self.cache.get(key)
             if cached is not None:
                 return cached
-        problems: list[str] = []
-        for attempt in range(self.config.max_attempts):
-            if attempt:
-                self.sleep(self._delay(attempt, problems))
-            try:
-                self.calls += 1
-                response = self.client.chat.completions.create(
-                    model=self.config.model, messages=messages, **params
-                )
-                answer = (response.choices[0].message.content or "") if response.choices else ""
-                parsed = parse(answer)
-            except InvalidAnswer as error:
-                problems.append(f"invalid:{error.reason}")
-                continue
-            except openai.RateLimitError as error:
-                problems.append(f"rate_limited:{_retry_after(error)}")
-                continue
-            except (openai.APITimeoutError, openai.APIConnectionError, openai.InternalServerError) as error:
-                problems.append(type(error).__name__)
-                continue
-            except openai.APIStatusError as error:
-                raise LLMError(f"{self.config.model}: HTTP {error.status_code}, not retried") from error
-            if self.cache is not None:
-                self.cache.put(key, parsed)
-            return parsed
-        raise LLMError(
-            f"{self.config.model}: no valid answer in {self.config.max_attempts} attempts "
-            f"({', '.join(problems)})"
+        policy = RetryPolicy(
+            self.config.max_attempts, self.config.backoff_seconds, self.config.max_backoff_seconds
         )
+        try:
+            parsed = ask_chat(
+                self.client, self.config.model, messages, params, parse, policy, self.sleep, self._count
+            )
+        except ChatFailed as failed:
+            raise LLMError(str(failed)) from failed
+        if self.cache is not None:
+            self.cache.put(key, parsed)
+        return parsed
 
-    def _delay(self, attempt: int, problems: list[str]) -> float:
-        delay = self.config.backoff_seconds * 2 ** (attempt - 1)
-        last = problems[-1] if problems else ""
-        if last.startswith("rate_limited:") and last.split(":", 1)[1] not in ("", "None"):
-            delay = max(delay, float(last.split(":", 1)[1]))
-        return min(delay, self.config.max_backoff_seconds)
-
-
-def _retry_after(error: Any) -> float | None:
-    """The server's ``Retry-After`` seconds of a 429, when it sent one."""
-    response = getattr(error, "response", None)
-    value = response.headers.get("retry-after") if response is not None else None
-    try:
-        return float(value) if value is not None else None
-    except ValueError:
-        return None
+    def _count(self) -> None:
+        self.calls += 1

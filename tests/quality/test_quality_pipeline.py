@@ -30,6 +30,7 @@ from ieiw.quality.policy import FilterPolicy, TaskPolicy, evaluate
 from ieiw.quality.report import write_report
 from ieiw.quality.scoring import (
     FLOAT_SCORES,
+    JUDGE_SCORES,
     SCORES_SCHEMA,
     ScoringConfig,
     ScoringModels,
@@ -37,6 +38,7 @@ from ieiw.quality.scoring import (
     score_shards,
 )
 from ieiw.quality.stage_target import StageTarget
+from ieiw.quality.verifier import VERIFY_SCORES
 from ieiw.storage import manifest
 from ieiw.storage.schema import SampleMeta
 from ieiw.storage.shards import ShardSpec, iter_samples, iter_tar_groups
@@ -153,7 +155,9 @@ def test_score_then_filter_accounts_for_every_candidate(tmp_path, candidates, mo
     kept = list(iter_samples(out))
     assert {s.key for s in kept} == kept_keys
     for sample in kept:
-        assert set(sample.meta.scores) == set(FLOAT_SCORES) - {"giqa_src", "giqa_tgt", "giqa_diff"}
+        assert set(sample.meta.scores) == set(FLOAT_SCORES) - {"giqa_src", "giqa_tgt", "giqa_diff"} - set(
+            JUDGE_SCORES + VERIFY_SCORES
+        )  # no judge or verifier configured
         for name, value in sample.meta.scores.items():
             assert value == pytest.approx(float(by_key.loc[sample.key, name]), rel=1e-6), name
         assert sample.meta.drop_reason is None

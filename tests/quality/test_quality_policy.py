@@ -19,6 +19,14 @@ GOOD = {
     "giqa_diff": 0.0,
     "clip_direction": 0.2,
     "clip_img_sim": 0.8,
+    "verify_removed_src": 0.5,
+    "verify_removed_tgt": 0.5,
+    "verify_added_src": 0.5,
+    "verify_added_tgt": 0.5,
+    "judge_compliance": 8.0,
+    "judge_preservation": 8.0,
+    "judge_realism": 8.0,
+    "judge_overall": 8.0,
 }
 
 

@@ -1,0 +1,183 @@
+"""The quality judge on review candidates: judged once into a stage of their own, shown next to each
+candidate by the review app, and compared with what reviewers picked (`ieiw judge-agreement`)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import typer
+import yaml
+from chat_server import ChatServer
+from fastapi.testclient import TestClient
+from judge_server import check_judge_request, images
+from review_fixtures import write_candidate_shards
+from typer.testing import CliRunner
+
+from ieiw.model.candidates import CandidateIndex
+from ieiw.model.review.app import create_app
+from ieiw.model.review.judging import (
+    candidate_judgements,
+    default_judgements_url,
+    judge_agreement_report,
+    judge_candidates,
+    read_judgements,
+)
+from ieiw.model.review.store import ReviewStore
+from ieiw.quality.judge import Judge, JudgeConfig
+
+N_SAMPLES, N_CANDIDATES = 4, 6
+
+
+def brightness_answer(body: dict) -> str:
+    """A verdict from the candidate itself: ``overall`` is its mean brightness on a 0-10 scale, so the
+    brighter of two candidates always scores higher; the other scores are constant."""
+    target = np.asarray(images(body)[1].convert("RGB"), dtype=float)
+    overall = round(target.mean() / 25.5, 3)
+    return json.dumps(
+        {
+            "compliance": {"score": 8, "reason": "the circle is handled"},
+            "preservation": {"score": 8, "reason": "the background is kept"},
+            "realism": {"score": 6, "reason": "flat colours"},
+            "overall": {"score": overall, "reason": f"brightness {overall}"},
+        }
+    )
+
+
+@pytest.fixture(scope="module")
+def server():
+    with ChatServer(default=brightness_answer, check=check_judge_request) as running:
+        yield running
+
+
+@pytest.fixture
+def candidates(tmp_path) -> str:
+    folder = tmp_path / "candidates"
+    write_candidate_shards(str(folder), n_samples=N_SAMPLES, n_candidates=N_CANDIDATES, per_shard=3)
+    return str(folder)
+
+
+def judge_config(server: ChatServer) -> JudgeConfig:
+    return JudgeConfig(model="review-judge", base_url=server.base_url, max_in_flight=4, backoff_seconds=0.01)
+
+
+@pytest.fixture
+def judged(candidates, server) -> str:
+    judge_candidates(Judge.from_config(judge_config(server)), candidates)
+    return default_judgements_url(candidates)
+
+
+def brightness_order(index: CandidateIndex, key: str) -> list[int]:
+    """The sample's candidate positions, brightest first."""
+    header = index.headers[key]
+    means = [index.image(key, f"cand_{p:02d}.png").mean() for p in range(len(header.settings))]
+    return list(np.argsort(means)[::-1])
+
+
+def test_every_candidate_is_judged_once(candidates, server):
+    before = len(server.requests)
+    first = judge_candidates(Judge.from_config(judge_config(server)), candidates)
+    assert first["judged"] == N_SAMPLES * N_CANDIDATES == first["requests"] and first["failed"] == 0
+    assert len(server.requests) - before == N_SAMPLES * N_CANDIDATES and server.problems == []
+    table = read_judgements(default_judgements_url(candidates))
+    assert len(table) == N_SAMPLES * N_CANDIDATES and table["record_id"].is_unique
+    assert set(table["task"]) == {"remove"} and set(table["judge_rubric"]) == {"remove@1"}
+    again = judge_candidates(Judge.from_config(judge_config(server)), candidates)
+    assert again["judged"] == 0 and again["requests"] == 0  # every batch is committed
+    rebuilt = judge_candidates(Judge.from_config(judge_config(server)), candidates, rebuild="yes")
+    assert rebuilt["rebuilt"] and rebuilt["judged"] == N_SAMPLES * N_CANDIDATES
+    assert (
+        rebuilt["requests"] == 0 and rebuilt["cache_hits"] == N_SAMPLES * N_CANDIDATES
+    )  # the cache answered
+    assert len(server.requests) - before == N_SAMPLES * N_CANDIDATES
+
+
+def test_review_app_shows_the_judge_next_to_each_candidate(candidates, judged, tmp_path):
+    index = CandidateIndex.build(candidates)
+    store = ReviewStore(f"sqlite:///{tmp_path / 'review.sqlite'}")
+    store.import_candidates(index.headers.values())
+    token = store.add_reviewer("alice")
+    store.assign(per_sample=1)
+    headers = {"Authorization": f"Bearer {token}"}
+    try:
+        with TestClient(create_app(store, index, judgements=candidate_judgements(judged))) as client:
+            key = client.get("/api/me", headers=headers).json()["next"]
+            view = client.get(f"/api/samples/{key}", headers=headers).json()
+            page = client.get("/").text
+        assert "judgeBlock" in page and "show-judge" in page
+        for candidate in view["candidates"]:
+            verdict = candidate["judge"]
+            assert verdict["model"] == "api:review-judge" and verdict["rubric"] == "remove@1"
+            assert verdict["scores"]["realism"] == 6.0
+            assert verdict["reasons"]["overall"] == f"brightness {verdict['scores']['overall']:g}"
+        best = brightness_order(index, key)[0]
+        overall = {c["position"]: c["judge"]["scores"]["overall"] for c in view["candidates"]}
+        assert max(overall, key=overall.get) == best
+        with TestClient(create_app(store, index)) as blind:  # no judgements: nothing of the judge shown
+            plain = blind.get(f"/api/samples/{key}", headers=headers).json()
+        assert all("judge" not in c for c in plain["candidates"])
+    finally:
+        store.close()
+
+
+def review(store: ReviewStore, index: CandidateIndex, pick: str) -> None:
+    """One reviewer who picks the two brightest (or darkest) candidates of every sample."""
+    token = store.add_reviewer(f"picks-{pick}")
+    person = store.reviewer_by_token(token)
+    store.assign(per_sample=1, reviewers=[person.name])
+    for item in store.queue(person.id):
+        order = brightness_order(index, item["key"])
+        chosen = order[:2] if pick == "brightest" else order[-2:]
+        view = store.sample_view(person.id, item["key"])
+        by_position = {c["position"]: c["id"] for c in view["candidates"]}
+        for position in chosen:
+            store.add_pick(person.id, item["key"], by_position[int(position)])
+        store.finish(person.id, item["key"])
+
+
+@pytest.mark.parametrize(("pick", "expected"), [("brightest", 1.0), ("darkest", 0.0)])
+def test_judge_agreement_ranks_picked_against_rejected(candidates, judged, tmp_path, pick, expected):
+    index = CandidateIndex.build(candidates)
+    store = ReviewStore(f"sqlite:///{tmp_path / 'review.sqlite'}")
+    store.import_candidates(index.headers.values())
+    try:
+        review(store, index, pick)
+        report = {row.score: row for row in judge_agreement_report(store, judged)}
+    finally:
+        store.close()
+    overall = report["judge_overall"]
+    assert (overall.picked, overall.rejected, overall.samples) == (2 * N_SAMPLES, 4 * N_SAMPLES, N_SAMPLES)
+    assert overall.auc == expected and overall.auc_within == expected
+    assert (overall.spearman > 0.5) if expected else (overall.spearman < -0.5)
+    constant = report["judge_compliance"]  # the same score for every candidate: no better than chance
+    assert constant.auc == 0.5 and constant.spearman is None
+
+
+def test_judge_candidates_and_judge_agreement_commands(candidates, server, tmp_path):
+    from ieiw.flows.commands.quality import register
+
+    app = typer.Typer()
+    register(app)
+    runner = CliRunner()
+    config = tmp_path / "build.yaml"
+    embedder = {"model": "ViT-B-32"}
+    judge = judge_config(server).model_dump(mode="json")
+    config.write_text(yaml.safe_dump({"quality": {"scoring": {"embedder": embedder, "judge": judge}}}))
+    db = f"sqlite:///{tmp_path / 'review.sqlite'}"
+    missing = runner.invoke(app, ["judge-agreement", candidates, "--db", db])
+    assert missing.exit_code != 0 and "judge-candidates" in missing.output
+    made = runner.invoke(app, ["judge-candidates", candidates, "--config", str(config)])
+    assert made.exit_code == 0, made.output
+    assert json.loads(made.output[made.output.index("{") :])["judged"] == N_SAMPLES * N_CANDIDATES
+    index = CandidateIndex.build(candidates)
+    store = ReviewStore(db)
+    store.import_candidates(index.headers.values())
+    review(store, index, "brightest")
+    store.close()
+    shown = runner.invoke(app, ["judge-agreement", candidates, "--db", db, "--json"])
+    assert shown.exit_code == 0, shown.output
+    rows = {row["score"]: row for row in json.loads(shown.output)}
+    assert rows["judge_overall"]["auc"] == 1.0 and rows["judge_overall"]["picked"] == 2 * N_SAMPLES
+    table = runner.invoke(app, ["judge-agreement", candidates, "--db", db], env={"COLUMNS": "160"})
+    assert table.exit_code == 0 and "judge_overall" in table.output and "1.000" in table.output

@@ -33,8 +33,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ieiw.model.candidates import CandidateHeader, CandidateIndex, candidate_member
-from ieiw.storage import manifest
-from ieiw.storage.commit import BatchReport, batch_name
+from ieiw.storage.commit import BatchReport, batch_name, committed_batch_report
 from ieiw.storage.fingerprint import Fingerprint
 from ieiw.storage.images import decode_image, encode_image
 from ieiw.storage.schema import (
@@ -293,16 +292,6 @@ def preferences_fingerprint(
     )
 
 
-def _committed(out_url: str, batch: str) -> BatchReport:
-    frame = manifest.read_manifest(out_url)
-    rows = frame[frame["batch"] == batch]
-    report = BatchReport(batch=batch, skipped=True, kept=int(rows["kept"].sum()))
-    report.dropped = Counter(rows.loc[~rows["kept"], "drop_reason"].tolist())
-    report.by_task = Counter(rows.loc[rows["kept"], "task"].tolist())
-    report.shards = manifest.committed_shards(out_url)
-    return report
-
-
 def export_preferences(
     pairs: list[PreferencePair],
     index: CandidateIndex,
@@ -325,7 +314,7 @@ def export_preferences(
     try:
         with open_stage(out_url, fingerprint, rebuild="changed" if overwrite else "no") as writer:
             if name in writer.committed_batches():
-                report = _committed(out_url, name)
+                report = committed_batch_report(out_url, name)
             else:
                 report = writer.commit(name, (preference_sample(p, index) for p in pairs), spec)
                 writer.finish({"kept": report.kept, "pairs": len(pairs), "by_chooser": dict(by_chooser)})

@@ -119,3 +119,14 @@ def merge_reports(reports: Iterable[BatchReport]) -> dict:
         "shards": shards,
         "seconds": round(seconds, 3),
     }
+
+
+def committed_batch_report(stage_url: str, batch: str) -> BatchReport:
+    """The report of a batch committed earlier (a rerun that skips it reports what it holds)."""
+    frame = manifest.read_manifest(stage_url)
+    rows = frame[frame["batch"] == batch]
+    report = BatchReport(batch=batch, skipped=True, kept=int(rows["kept"].sum()))
+    report.dropped = Counter(rows.loc[~rows["kept"], "drop_reason"].tolist())
+    report.by_task = Counter(rows.loc[rows["kept"], "task"].tolist())
+    report.shards = manifest.committed_shards(stage_url)
+    return report

@@ -236,26 +236,10 @@ class StageWriter:
         return consolidated
 
 
-def open_stage(
-    stage_url: str,
-    fingerprint: Fingerprint,
-    *,
-    rebuild: Rebuild = "no",
-    lease_ttl: float = DEFAULT_TTL,
-    lease_wait: float = 0.0,
-    run: str = "",
-    info: Mapping[str, Any] | None = None,
-) -> StageWriter:
-    """A :class:`StageWriter` for ``stage_url``; use it as a context manager."""
-    return StageWriter(
-        stage_url,
-        fingerprint,
-        rebuild=rebuild,
-        lease_ttl=lease_ttl,
-        lease_wait=lease_wait,
-        run=run,
-        info=info,
-    )
+def open_stage(stage_url: str, fingerprint: Fingerprint, **options: Any) -> StageWriter:
+    """A :class:`StageWriter` for ``stage_url`` (options as its constructor's); use it as a context
+    manager."""
+    return StageWriter(stage_url, fingerprint, **options)
 
 
 def commit_samples(

@@ -13,14 +13,12 @@ other picks or settings replace a previous export only when asked (``overwrite``
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Iterator
 
 from ieiw.model.candidates import CandidateIndex, candidate_member
 from ieiw.model.review.reports import PickedCandidate
 from ieiw.model.review.store import ReviewStore
-from ieiw.storage import manifest
-from ieiw.storage.commit import BatchReport, batch_name
+from ieiw.storage.commit import BatchReport, batch_name, committed_batch_report
 from ieiw.storage.fingerprint import Fingerprint
 from ieiw.storage.schema import (
     Drop,
@@ -124,16 +122,6 @@ def export_fingerprint(
     )
 
 
-def _committed_report(out_url: str, batch: str) -> BatchReport:
-    frame = manifest.read_manifest(out_url)
-    rows = frame[frame["batch"] == batch]
-    report = BatchReport(batch=batch, skipped=True, kept=int(rows["kept"].sum()))
-    report.dropped = Counter(rows.loc[~rows["kept"], "drop_reason"].tolist())
-    report.by_task = Counter(rows.loc[rows["kept"], "task"].tolist())
-    report.shards = manifest.committed_shards(out_url)
-    return report
-
-
 def export_picks(
     store: ReviewStore,
     index: CandidateIndex,
@@ -156,7 +144,7 @@ def export_picks(
         writer = open_stage(out_url, fingerprint, rebuild="changed" if overwrite else "no")
         with writer:
             if name in writer.committed_batches():
-                return _committed_report(out_url, name)
+                return committed_batch_report(out_url, name)
 
             def results() -> Iterator[Result]:
                 for item in picked:

@@ -4,6 +4,10 @@ The model is called as ``model(image, mask)`` with ``image`` a float RGB batch i
 (N x 3 x H x W) and ``mask`` a binary float batch (N x 1 x H x W), both padded to a multiple of 8
 with symmetric padding; it returns the inpainted RGB batch in [0, 1]. We reproduce that processing
 rather than depend on lama-cleaner, whose pins conflict with this stack.
+
+Two strategies: ``whole`` (each image at its own padded size; only equal sizes share a batch) and
+``crop`` (a square window around each mask resized to one size, windows of any images batched together,
+pasted back inside the mask: :mod:`ieiw.pipelines.inpaint.crops`).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import requests
 import torch
 
 from ieiw.pipelines.inpaint.base import InpaintError, composite
+from ieiw.pipelines.inpaint.crops import cut_window, mask_window, paste_window
 from ieiw.storage.identity import model_identity
 
 BIG_LAMA_URL = "https://github.com/Sanster/models/releases/download/add_big_lama/big-lama.pt"
@@ -88,7 +93,7 @@ def pad_to_modulo(array: np.ndarray, modulo: int) -> np.ndarray:
 
 
 class LamaInpainter:
-    """Batched LaMa: images of the same padded size run through the network together."""
+    """Batched LaMa: whole images of the same padded size, or equal-size windows of any images."""
 
     backend = "lama"
 
@@ -98,17 +103,37 @@ class LamaInpainter:
         device: str | None = None,
         batch_size: int = 4,
         pad_modulo: int = 8,
+        strategy: str = "whole",
+        crop_margin: int = 128,
+        window: int = 512,
     ) -> None:
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        auto = device in (None, "", "auto")
+        self.device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if auto else device)
         self.module = load_lama(checkpoint, self.device)
         self.model = model_identity(checkpoint)  # by content: the same file anywhere gives the same keys
         self.batch_size = batch_size
         self.pad_modulo = pad_modulo
+        if strategy not in ("whole", "crop"):
+            raise ValueError(f"unknown LaMa strategy {strategy!r}: whole or crop")
+        self.strategy, self.crop_margin, self.window = strategy, crop_margin, window
 
     def settings(self) -> dict[str, Any]:
-        return {"pad_modulo": self.pad_modulo}
+        if self.strategy == "whole":
+            return {"pad_modulo": self.pad_modulo}  # as before the strategies: the same keys
+        return {
+            "pad_modulo": self.pad_modulo,
+            "strategy": self.strategy,
+            "crop_margin": self.crop_margin,
+            "window": self.window,
+        }
 
     def inpaint(self, images: list[np.ndarray], masks: list[np.ndarray]) -> list[np.ndarray]:
+        if self.strategy == "crop":
+            return self.inpaint_windows(images, masks)
+        return self.inpaint_whole(images, masks)
+
+    def inpaint_whole(self, images: list[np.ndarray], masks: list[np.ndarray]) -> list[np.ndarray]:
+        """Each image at its own size, padded to a multiple of ``pad_modulo``; equal sizes batched."""
         padded = [
             (pad_to_modulo(i, self.pad_modulo), pad_to_modulo(m, self.pad_modulo))
             for i, m in zip(images, masks, strict=True)
@@ -126,6 +151,21 @@ class LamaInpainter:
                     outputs[i] = composite(images[i], result[:height, :width], masks[i])
         assert all(o is not None for o in outputs)
         return outputs  # type: ignore[return-value]
+
+    def inpaint_windows(self, images: list[np.ndarray], masks: list[np.ndarray]) -> list[np.ndarray]:
+        """A ``window`` x ``window`` crop around each mask; ``batch_size`` windows per network call."""
+        outputs: list[np.ndarray] = [image.copy() for image in images]  # an empty mask changes nothing
+        jobs = []
+        for index, (image, mask) in enumerate(zip(images, masks, strict=True)):
+            win = mask_window(mask, self.crop_margin, self.window)
+            if win is not None:
+                jobs.append((index, win, *cut_window(image, mask, win, self.window)))
+        for start in range(0, len(jobs), self.batch_size):
+            chunk = jobs[start : start + self.batch_size]
+            filled = self._run([job[2] for job in chunk], [job[3] for job in chunk])
+            for (index, win, _, _), result in zip(chunk, filled, strict=True):
+                outputs[index] = paste_window(images[index], masks[index], win, result)
+        return outputs
 
     @torch.inference_mode()
     def _run(self, images: list[np.ndarray], masks: list[np.ndarray]) -> np.ndarray:

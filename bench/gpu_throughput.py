@@ -125,7 +125,13 @@ def bench_train(args, device: torch.device) -> list[dict]:
     base_seconds = tt.baseline_loop(options, device, tokenizer)
     if device.type == "cuda":
         torch.cuda.empty_cache()
-    our_seconds, unet = tt.our_loop(options, device, tokenizer)
+    try:
+        project_path(args)
+        our_seconds, unet = tt.our_loop(options, device, tokenizer)
+        path = "ieiw.model.trainer.training_step"
+    except ImportError as error:
+        our_seconds, unet = library_train_loop(options, device, tokenizer)
+        path = f"the script's copy of the trainer's step ({missing(error)})"
     flops = tt.unet_train_flops(
         unet, options.batch_size, options.resolution // 8, unet.config.cross_attention_dim, device
     )
@@ -148,19 +154,52 @@ def bench_train(args, device: torch.device) -> list[dict]:
             precision="bf16" if device.type == "cuda" else "fp32",
             mfu_percent=mfu,
             mosaicml_sd2_256_per_a100=MOSAIC_SD2_256_PER_A100,
+            path=path,
         )
     ]
+
+
+def library_train_loop(options, device: torch.device, tokenizer):
+    """The trainer's step (bf16 autocast, cached latents, fused AdamW) from the libraries alone, for a
+    machine without the project's data dependencies: noise the target latent, predict it from the
+    noisy latent, the source latent and the text, mean squared error, as ``training_step`` does."""
+    import torch.nn.functional as F
+    import train_throughput as tt
+    from diffusers import DDPMScheduler
+
+    unet, _, text_encoder = tt.sd15_models(options.tiny)
+    bf16 = device.type == "cuda"
+    text_encoder.to(device, dtype=torch.bfloat16 if bf16 else torch.float32).requires_grad_(False)
+    unet.to(device).train()
+    optimizer = torch.optim.AdamW(unet.parameters(), lr=1e-5, fused=device.type == "cuda")
+    scheduler = DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
+    b, size = options.batch_size, options.resolution // 8
+    source, target = (torch.randn(b, 4, size, size, device=device) for _ in range(2))
+    prompts = [tt.PROMPTS[i % len(tt.PROMPTS)] for i in range(b)]
+    ids = tokenizer(prompts, padding="max_length", max_length=77, truncation=True, return_tensors="pt")
+    ids = ids.input_ids.to(device)
+
+    def step() -> None:
+        with torch.no_grad():
+            text = text_encoder(ids)[0].float()
+        noise = torch.randn_like(target)
+        t = torch.randint(0, 1000, (b,), device=device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            pred = unet(torch.cat([scheduler.add_noise(target, noise, t), source], 1), t, text).sample
+        F.mse_loss(pred.float(), noise).backward()
+        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return tt.timed(step, options.warmup, options.steps, device), unet
 
 
 # --------------------------------------------------------------------------------- Paint-by-Example
 
 
-def paint_by_example_folder(folder: Path, tiny: bool, device: torch.device) -> Path:
-    """A Paint-by-Example pipeline of the published sizes (random weights), saved as the hub's is."""
-    if tiny:
-        from replacement_tiny_models import tiny_paint_by_example
-
-        return tiny_paint_by_example(folder)
+def paint_by_example_pipeline(tiny: bool, device: torch.device):
+    """A ``PaintByExamplePipeline`` of the published sizes (SD 1.x's UNet with 9 input channels, SD's
+    VAE, a CLIP ViT-L/14 image encoder), or of the tests' tiny sizes, with random weights."""
     from diffusers import AutoencoderKL, PNDMScheduler, UNet2DConditionModel
     from diffusers.pipelines.deprecated.paint_by_example import (
         PaintByExampleImageEncoder,
@@ -168,26 +207,60 @@ def paint_by_example_folder(folder: Path, tiny: bool, device: torch.device) -> P
     )
     from transformers import CLIPImageProcessor, CLIPVisionConfig
 
+    torch.manual_seed(0)
     with torch.device(device):  # random initialisation on the GPU: seconds instead of minutes
-        unet = UNet2DConditionModel(sample_size=64, in_channels=9, out_channels=4, cross_attention_dim=768)
-        vae = AutoencoderKL(
-            block_out_channels=(128, 256, 512, 512),
-            down_block_types=("DownEncoderBlock2D",) * 4,
-            up_block_types=("UpDecoderBlock2D",) * 4,
-            layers_per_block=2,
-            latent_channels=4,
-            sample_size=512,
-        )
-        vision = CLIPVisionConfig(
-            hidden_size=1024,
-            intermediate_size=4096,
-            num_hidden_layers=24,
-            num_attention_heads=16,
-            image_size=224,
-            patch_size=14,
-            projection_dim=768,
-        )
-        encoder = PaintByExampleImageEncoder(vision, proj_size=768)
+        if tiny:
+            unet = UNet2DConditionModel(
+                sample_size=16,
+                in_channels=9,
+                out_channels=4,
+                layers_per_block=1,
+                block_out_channels=(32, 64),
+                down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+                cross_attention_dim=32,
+                attention_head_dim=8,
+            )
+            vae = AutoencoderKL(
+                block_out_channels=(32, 32),
+                down_block_types=("DownEncoderBlock2D",) * 2,
+                up_block_types=("UpDecoderBlock2D",) * 2,
+                layers_per_block=1,
+                latent_channels=4,
+                sample_size=32,
+            )
+            vision = CLIPVisionConfig(
+                hidden_size=32,
+                image_size=32,
+                patch_size=8,
+                num_hidden_layers=1,
+                num_attention_heads=2,
+                intermediate_size=64,
+                projection_dim=32,
+            )
+            encoder, crop = PaintByExampleImageEncoder(vision, proj_size=32), 32
+        else:
+            unet = UNet2DConditionModel(
+                sample_size=64, in_channels=9, out_channels=4, cross_attention_dim=768
+            )
+            vae = AutoencoderKL(
+                block_out_channels=(128, 256, 512, 512),
+                down_block_types=("DownEncoderBlock2D",) * 4,
+                up_block_types=("UpDecoderBlock2D",) * 4,
+                layers_per_block=2,
+                latent_channels=4,
+                sample_size=512,
+            )
+            vision = CLIPVisionConfig(
+                hidden_size=1024,
+                intermediate_size=4096,
+                num_hidden_layers=24,
+                num_attention_heads=16,
+                image_size=224,
+                patch_size=14,
+                projection_dim=768,
+            )
+            encoder, crop = PaintByExampleImageEncoder(vision, proj_size=768), 224
     pipe = PaintByExamplePipeline(
         vae=vae,
         image_encoder=encoder,
@@ -196,46 +269,38 @@ def paint_by_example_folder(folder: Path, tiny: bool, device: torch.device) -> P
             beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", skip_prk_steps=True
         ),
         safety_checker=None,
-        feature_extractor=CLIPImageProcessor(size={"shortest_edge": 224}, crop_size=224),
+        feature_extractor=CLIPImageProcessor(
+            size={"shortest_edge": crop}, crop_size={"height": crop, "width": crop}
+        ),
         requires_safety_checker=False,
     )
-    pipe.to(torch.float16).save_pretrained(folder)
-    del pipe, unet, vae, encoder
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-    return folder
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
 
 
 def bench_pbe(args, device: torch.device) -> list[dict]:
-    from diffusers import DPMSolverMultistepScheduler
-
-    from ieiw.pipelines.replacement.paint_by_example import PaintByExamplePainter
-    from ieiw.pipelines.replacement.painting import PaintConfig, PaintJob
-
     steps, fast_steps = (6, 3) if args.tiny else (50, 20)
     batch, count = (2, 4) if args.tiny else (8, 16)
-    with tempfile.TemporaryDirectory() as folder:
-        model = paint_by_example_folder(Path(folder) / "paint-by-example", args.tiny, device)
-        config = PaintConfig(
-            backend="paint_by_example",
-            model=str(model),
-            device=str(device),
-            resolution=32 if args.tiny else 512,
-            steps=steps,
-            batch_size=batch,
-        )
-        painter = PaintByExamplePainter(config)
+    resolution = 32 if args.tiny else 512
     rng = np.random.default_rng(1)
-    jobs = []
-    for image in vg_images(count, (96, 128) if args.tiny else (500, 640, 800)):
-        mask, box = box_mask(image, rng)
-        reference = vg_images(1, (48,) if args.tiny else (224,), seed=int(rng.integers(1 << 30)))[0]
-        jobs.append(PaintJob(image, mask, box, reference, np.ones(reference.shape[:2], bool), 0))
-    default = rate(lambda: len(painter.paint(jobs)), device, lambda: painter.paint(jobs[:batch]))
-    painter.pipe.scheduler = DPMSolverMultistepScheduler.from_config(painter.pipe.scheduler.config)
-    painter.config = config.model_copy(update={"steps": fast_steps})
-    fast = rate(lambda: len(painter.paint(jobs)), device, lambda: painter.paint(jobs[:batch]))
-    common = {"batch": batch, "resolution": config.resolution, "precision": str(painter.dtype)}
+    images = vg_images(count, (96, 128) if args.tiny else (500, 640, 800))
+    boxes = [box_mask(image, rng) for image in images]
+    references = [vg_images(1, (48,) if args.tiny else (224,), seed=n)[0] for n in range(count)]
+    try:
+        project_path(args)
+        paint, pipe, precision = project_painter(
+            args, device, steps, batch, resolution, images, boxes, references
+        )
+        path = "PaintByExamplePainter"
+    except ImportError as error:
+        paint, pipe, precision = library_painter(args, device, batch, resolution, images, boxes, references)
+        path = f"diffusers' pipeline called as the painter calls it ({missing(error)})"
+    from diffusers import DPMSolverMultistepScheduler
+
+    default = rate(lambda: paint(steps), device, lambda: paint(steps, batch))
+    pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)
+    fast = rate(lambda: paint(fast_steps), device, lambda: paint(fast_steps, batch))
+    common = {"batch": batch, "resolution": resolution, "precision": precision, "path": path}
     return [
         figure(
             "pbe_pairs",
@@ -260,49 +325,140 @@ def bench_pbe(args, device: torch.device) -> list[dict]:
     ]
 
 
+def project_painter(args, device, steps, batch, resolution, images, boxes, references):
+    """The project's painter, loaded through its loader from a folder saved as the hub's is."""
+    from ieiw.pipelines.replacement.paint_by_example import PaintByExamplePainter
+    from ieiw.pipelines.replacement.painting import PaintConfig, PaintJob
+
+    with tempfile.TemporaryDirectory() as folder:
+        pipe = paint_by_example_pipeline(args.tiny, device)
+        (pipe if args.tiny else pipe.to(torch.float16)).save_pretrained(folder)
+        del pipe
+        config = PaintConfig(
+            backend="paint_by_example",
+            model=folder,
+            device=str(device),
+            resolution=resolution,
+            steps=steps,
+            batch_size=batch,
+        )
+        painter = PaintByExamplePainter(config)
+    jobs = [
+        PaintJob(image, mask, box, ref, np.ones(ref.shape[:2], bool), 0)
+        for image, (mask, box), ref in zip(images, boxes, references, strict=True)
+    ]
+
+    def paint(steps: int, count: int | None = None) -> int:
+        painter.config = config.model_copy(update={"steps": steps})
+        return len(painter.paint(jobs[:count]))
+
+    return paint, painter.pipe, str(painter.dtype).removeprefix("torch.")
+
+
+def library_painter(args, device, batch, resolution, images, boxes, references):
+    """``PaintByExamplePipeline`` called on square windows around the regions, as the painter calls it."""
+    from PIL import Image
+
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    pipe = paint_by_example_pipeline(args.tiny, device).to(device, dtype)
+    windows, masks = [], []
+    for image, (mask, (x, y, w, h)) in zip(images, boxes, strict=True):
+        side = min(max(w, h) * 2, *image.shape[:2])
+        x0 = int(np.clip(x + w / 2 - side / 2, 0, image.shape[1] - side))
+        y0 = int(np.clip(y + h / 2 - side / 2, 0, image.shape[0] - side))
+        windows.append(Image.fromarray(image[y0 : y0 + side, x0 : x0 + side]).resize((resolution,) * 2))
+        region = mask[y0 : y0 + side, x0 : x0 + side].astype(np.uint8) * 255
+        masks.append(Image.fromarray(region).resize((resolution,) * 2))
+    examples = [Image.fromarray(r) for r in references]
+
+    def paint(steps: int, count: int | None = None) -> int:
+        count = count or len(windows)
+        for start in range(0, count, batch):
+            part = slice(start, min(start + batch, count))
+            pipe(
+                example_image=examples[part],
+                image=windows[part],
+                mask_image=masks[part],
+                height=resolution,
+                width=resolution,
+                num_inference_steps=steps,
+                guidance_scale=5.0,
+                output_type="np",
+            )
+        return count
+
+    return paint, pipe, str(dtype).removeprefix("torch.")
+
+
 # ----------------------------------------------------------------------------------------------- SAM
 
 
+def sam_model(tiny: bool):
+    """SAM ViT-H as ``sam_model_registry`` builds it without a checkpoint, or the tests' tiny SAM."""
+    if tiny:
+        from replacement_tiny_models import SAM_ARCH
+
+        from ieiw.pipelines.replacement.sam import build_custom_sam
+
+        return build_custom_sam(SAM_ARCH), {
+            "model_type": "custom",
+            "architecture": SAM_ARCH,
+            "points_per_side": 4,
+        }
+    from segment_anything import sam_model_registry
+
+    return sam_model_registry["vit_h"](checkpoint=None), {"model_type": "vit_h"}
+
+
 def bench_sam(args, device: torch.device) -> list[dict]:
-    from ieiw.pipelines.replacement.sam import SamConfig, SamProposer, build_custom_sam
+    model, settings = sam_model(args.tiny)
+    try:
+        project_path(args)
+        from ieiw.pipelines.replacement.sam import SamConfig, SamProposer
 
-    with tempfile.TemporaryDirectory() as folder:
-        checkpoint = os.path.join(folder, "sam.pth")
-        if args.tiny:
-            from replacement_tiny_models import SAM_ARCH
+        with tempfile.TemporaryDirectory() as folder:
+            checkpoint = os.path.join(folder, "sam.pth")
+            torch.save(model.state_dict(), checkpoint)
+            proposer = SamProposer(SamConfig(checkpoint=checkpoint, device=str(device), **settings))
+        propose, generator, path = proposer.propose, proposer.generator, "SamProposer"
+    except ImportError as error:
+        from segment_anything import SamAutomaticMaskGenerator
 
-            torch.save(build_custom_sam(SAM_ARCH).state_dict(), checkpoint)
-            config = SamConfig(
-                checkpoint=checkpoint, model_type="custom", architecture=SAM_ARCH, points_per_side=4
-            )
-        else:
-            from segment_anything import sam_model_registry
+        generator = SamAutomaticMaskGenerator(
+            model.to(device).eval(),
+            output_mode="binary_mask",
+            points_per_side=settings.get("points_per_side", 32),
+        )
 
-            torch.save(sam_model_registry["vit_h"](checkpoint=None).state_dict(), checkpoint)
-            config = SamConfig(checkpoint=checkpoint, model_type="vit_h")
-        proposer = SamProposer(config.model_copy(update={"device": str(device)}))
+        def propose(image: np.ndarray):
+            with torch.inference_mode():
+                return generator.generate(image)
+
+        path = f"SamAutomaticMaskGenerator ({missing(error)})"
     images = vg_images(2 if args.tiny else 8, (128,) if args.tiny else (1024,))
 
     def masks() -> int:
         for image in images:
-            proposer.propose(image)
+            propose(image)
         return len(images)
 
     def encoder() -> int:
-        for image in images:
-            proposer.generator.predictor.set_image(image)
+        with torch.inference_mode():
+            for image in images:
+                generator.predictor.set_image(image)
         return len(images)
 
     return [
         figure(
             "sam_images",
             "images/s",
-            rate(masks, device, lambda: proposer.propose(images[0])),
+            rate(masks, device, lambda: propose(images[0])),
             "the image encoder alone",
             rate(encoder, device),
-            model=config.model_type,
-            points_per_side=config.points_per_side,
+            model=settings["model_type"],
+            points_per_side=int(round(len(generator.point_grids[0]) ** 0.5)),
             image_long_side=max(images[0].shape[:2]),
+            path=path,
         )
     ]
 
@@ -311,42 +467,89 @@ def bench_sam(args, device: torch.device) -> list[dict]:
 
 
 def bench_clip(args, device: torch.device) -> list[dict]:
-    from ieiw.quality.embeddings import ClipEmbedder, EmbedderConfig
+    from PIL import Image
 
-    with tempfile.TemporaryDirectory() as folder:
-        if args.tiny:
-            from replacement_tiny_models import tiny_clip
-
-            config = tiny_clip(Path(folder)).model_copy(update={"device": str(device), "batch_size": 32})
-        else:
-            config = EmbedderConfig(model="ViT-L-14", pretrained=None, device=str(device), batch_size=256)
-        embedder = ClipEmbedder.from_config(config)
     rng = np.random.default_rng(2)
     crops = [
         rng.integers(0, 255, (int(rng.integers(64, 400)), int(rng.integers(64, 400)), 3), dtype=np.uint8)
         for _ in range(64 if args.tiny else 2048)
     ]
-    from PIL import Image
+    batch = 32 if args.tiny else 256
+    with tempfile.TemporaryDirectory() as folder:
+        if args.tiny:
+            from replacement_tiny_models import CLIP_CONFIG, CLIP_NAME
 
-    ready = torch.stack([embedder.preprocess(Image.fromarray(c)) for c in crops[: config.batch_size]])
+            config_file = Path(folder) / f"{CLIP_NAME}.json"
+            config_file.write_text(json.dumps(CLIP_CONFIG))
+            name = CLIP_NAME
+        else:
+            config_file, name = None, "ViT-L-14"
+        try:
+            project_path(args)
+            from ieiw.quality.embeddings import ClipEmbedder, EmbedderConfig
+
+            config = EmbedderConfig(
+                model=name,
+                pretrained=None,
+                model_config_file=str(config_file) if config_file else None,
+                device=str(device),
+                batch_size=batch,
+            )
+            embedder = ClipEmbedder.from_config(config)
+            model, preprocess, encode = embedder.model, embedder.preprocess, embedder._encode
+            stage, path = embedder.embed_images, "ClipEmbedder.embed_images"
+            precision = str(embedder.autocast_dtype or "float32").removeprefix("torch.")
+        except ImportError as error:
+            stage, model, preprocess, encode, precision = library_embedder(name, config_file, device, batch)
+            path = f"open_clip called as ClipEmbedder calls it ({missing(error)})"
+    ready = torch.stack([preprocess(Image.fromarray(c)) for c in crops[:batch]])
+    rounds = max(1, len(crops) // len(ready))
 
     def raw() -> int:
-        for _ in range(max(1, len(crops) // len(ready))):
-            embedder._encode(embedder.model.encode_image, ready)
-        return max(1, len(crops) // len(ready)) * len(ready)
+        for _ in range(rounds):
+            encode(model.encode_image, ready)
+        return rounds * len(ready)
 
     return [
         figure(
             "clip_images",
             "images/s",
-            rate(lambda: len(embedder.embed_images(crops)), device, lambda: embedder.embed_images(crops[:8])),
+            rate(lambda: len(stage(crops)), device, lambda: stage(crops[:8])),
             "the model on ready tensors",
             rate(raw, device),
-            model=config.model,
-            batch=config.batch_size,
-            precision=str(embedder.autocast_dtype or "float32"),
+            model=name,
+            batch=batch,
+            precision=precision,
+            path=path,
         )
     ]
+
+
+def library_embedder(name: str, config_file: Path | None, device: torch.device, batch: int):
+    """open_clip's model and preprocessing, batched and under bf16 autocast on a GPU, L2-normalised."""
+    import open_clip
+    from PIL import Image
+
+    if config_file is not None and name not in open_clip.list_models():
+        open_clip.add_model_config(config_file)
+    model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=None, device=device)
+    model.eval()
+    bf16 = device.type == "cuda"
+
+    @torch.inference_mode()
+    def encode(function, inputs: torch.Tensor) -> np.ndarray:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            features = function(inputs.to(device, non_blocking=True))
+        return torch.nn.functional.normalize(features.float(), dim=-1).cpu().numpy()
+
+    def stage(images: list[np.ndarray]) -> np.ndarray:
+        out = []
+        for start in range(0, len(images), batch):
+            pixels = torch.stack([preprocess(Image.fromarray(a)) for a in images[start : start + batch]])
+            out.append(encode(model.encode_image, pixels))
+        return np.concatenate(out)
+
+    return stage, model, preprocess, encode, "bfloat16" if bf16 else "float32"
 
 
 # ---------------------------------------------------------------------------------------------- LaMa
@@ -403,6 +606,18 @@ def bench_lama(args, device: torch.device) -> list[dict]:
             module="stand-in of LaMa's inputs and outputs (not big-lama's network)",
         )
     ]
+
+
+def project_path(args) -> None:
+    """Raise ImportError when ``--library`` asks for the library-only paths (as a bare machine gets)."""
+    if args.library:
+        raise ImportError("--library", name="--library")
+
+
+def missing(error: ImportError) -> str:
+    """Why a section took its library path: ``--library``, or the module the project's path lacks."""
+    name = error.name or str(error)
+    return "asked by --library" if name == "--library" else f"the project's path needs {name}"
 
 
 BENCHES = {"train": bench_train, "pbe": bench_pbe, "sam": bench_sam, "clip": bench_clip, "lama": bench_lama}
@@ -463,6 +678,12 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None, help="write the figures here")
     parser.add_argument("--table", type=Path, default=None, help="merge the figures into this table")
     parser.add_argument("--peak-tflops", type=float, default=None, help="the GPU's dense bf16 peak")
+    parser.add_argument(
+        "--library",
+        action="store_true",
+        help="time the models through the libraries' own calls, not the project's classes (what a "
+        "machine without the project's data dependencies gets on its own)",
+    )
     args = parser.parse_args()
     warnings.simplefilter("ignore", FutureWarning)
     auto = args.device == "auto"
@@ -476,9 +697,8 @@ def main() -> None:
         torch.backends.cudnn.allow_tf32 = True
     torch.manual_seed(0)
     name = device_name(device)
-    print(
-        f"device: {name}; {'tiny models of the same classes' if args.tiny else 'real architectures'}, random weights"
-    )
+    models = "tiny models of the same classes" if args.tiny else "real architectures"
+    print(f"device: {name}; {models}, random weights")
     figures, skipped = [], {}
     for section in [s.strip() for s in args.only.split(",") if s.strip()]:
         started = time.perf_counter()

@@ -31,10 +31,6 @@ from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-from ieiw.model.build import Models
-from ieiw.model.config import TrainConfig
-from ieiw.model.trainer import encode_text, training_step
-
 PEAK_BF16_TFLOPS = {"H200": 989.0, "H100 SXM": 989.0, "H100 PCIe": 756.0, "H100": 989.0, "A100": 312.0,
                     "L40S": 362.0, "L4": 121.0, "A10": 125.0, "4090": 165.0, "V100": 125.0}
 PROMPTS = ["make the sky pink", "remove the dog", "turn the car into a bus", "add a hat to the man"]
@@ -148,6 +144,10 @@ def baseline_loop(args, device, tokenizer):
 
 def our_loop(args, device, tokenizer):
     """The trainer's step: accelerate bf16, cached latents, fused AdamW, optional compile."""
+    from ieiw.model.build import Models  # the project's trainer (the baseline needs only diffusers)
+    from ieiw.model.config import TrainConfig
+    from ieiw.model.trainer import encode_text, training_step
+
     precision = "bf16" if device.type == "cuda" else "no"
     accelerator = Accelerator(mixed_precision=precision, cpu=device.type == "cpu")
     unet, vae, text_encoder = sd15_models(args.tiny)

@@ -67,13 +67,13 @@ class StagePlan:
     def gpu_hours(self) -> float | None:
         """Estimated GPU-hours of the work left (None: none of it has a figure)."""
         hours = [w.hours for w in self.work if w.hours is not None]
-        return round(sum(hours), 3) if hours else (0.0 if not self.work else None)
+        return sum(hours) if hours else (0.0 if not self.work else None)
 
     @property
     def total_gpu_hours(self) -> float | None:
         """Estimated GPU-hours of the whole stage, done or not."""
         hours = [w.total_hours for w in self.work if w.total_hours is not None]
-        return round(sum(hours), 3) if hours else (0.0 if not self.work else None)
+        return sum(hours) if hours else (0.0 if not self.work else None)
 
 
 @dataclass
@@ -89,11 +89,11 @@ class Plan:
 
     @property
     def gpu_hours(self) -> float:
-        return round(sum(s.gpu_hours or 0.0 for s in self.stages), 3)
+        return sum(s.gpu_hours or 0.0 for s in self.stages)
 
     @property
     def total_gpu_hours(self) -> float:
-        return round(sum(s.total_gpu_hours or 0.0 for s in self.stages), 3)
+        return sum(s.total_gpu_hours or 0.0 for s in self.stages)
 
     def record(self) -> dict[str, Any]:
         data = asdict(self)
@@ -137,7 +137,7 @@ def estimate(
         return GpuWork(operation, left, None, "no measured figure", total)
 
     def hours(items: int | None) -> float | None:
-        return None if items is None else round(items * scale / float(chosen["per_second"]) / 3600.0, 4)
+        return None if items is None else items * scale / float(chosen["per_second"]) / 3600.0
 
     kind = (
         "tiny models on a CPU: a placeholder, not a GPU cost" if chosen.get("tiny") else "real architecture"
@@ -467,7 +467,10 @@ def make_plan(
 
 
 def _hours(value: float | None) -> str:
-    return "?" if value is None else f"{value:,.2f}"
+    """Hours as a person reads them: two decimals, or two significant digits below 0.01."""
+    if value is None:
+        return "?"
+    return f"{value:,.2f}" if value == 0 or value >= 0.01 else f"{value:.2g}"
 
 
 def _stage_hours(stage: StagePlan) -> str:
@@ -505,11 +508,13 @@ def print_plan(plan: Plan, console) -> None:
             work.add_row(stage.stage, item.operation, _count(item.items), _hours(item.hours), item.figure)
     console.print(work)
     wall = (
-        f"; about {plan.gpu_hours / plan.gpus:,.2f} hours on its {plan.gpus} GPU workers" if plan.gpus else ""
+        f"; about {_hours(plan.gpu_hours / plan.gpus)} hours on its {plan.gpus} GPU workers"
+        if plan.gpus
+        else ""
     )
     unknown = sorted({w.operation for stage in plan.stages for w in stage.work if w.hours is None})
     missing = f" (not counting {', '.join(unknown)}: no input count or no figure)" if unknown else ""
-    console.print(f"Estimated GPU-hours left: [bold]{plan.gpu_hours:,.2f}[/bold]{wall}{missing}")
+    console.print(f"Estimated GPU-hours left: [bold]{_hours(plan.gpu_hours)}[/bold]{wall}{missing}")
     for note in plan.notes:
         console.print(f"[yellow]Note:[/yellow] {note}")
 

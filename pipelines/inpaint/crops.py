@@ -6,15 +6,16 @@ small mask) and at most the image's long side, and resized to ``window`` x ``win
 every image then has one shape and a batch of them is one network call. The result is resized back
 and pasted inside the mask only, so every pixel outside the mask keeps the source's value.
 A square reaching past the image's border (an image narrower than the window) is filled by
-mirroring the image (as LaMa's own padding does), with the mask empty there.
+mirroring the image (as LaMa's own padding does), with the mask empty there. Resizing is Pillow's
+(box filter down, bicubic up), so the path needs nothing beyond numpy and Pillow.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
+from PIL import Image
 
 
 @dataclass(frozen=True)
@@ -65,18 +66,19 @@ def cut_window(image: np.ndarray, mask: np.ndarray, win: Window, size: int) -> t
     if win.side == size:
         return np.ascontiguousarray(pixels), np.ascontiguousarray(region)
     shrink = win.side > size
-    pixels = cv2.resize(pixels, (size, size), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_CUBIC)
-    region = cv2.resize(region, (size, size), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_NEAREST)
+    pixels = _resize(pixels, size, Image.BOX if shrink else Image.BICUBIC)
+    region = _resize(region, size, Image.BOX if shrink else Image.NEAREST)
     return pixels, np.where(region > 0, 255, 0).astype(np.uint8)
+
+
+def _resize(array: np.ndarray, size: int, resample: int) -> np.ndarray:
+    return np.asarray(Image.fromarray(np.ascontiguousarray(array)).resize((size, size), resample))
 
 
 def paste_window(image: np.ndarray, mask: np.ndarray, win: Window, filled: np.ndarray) -> np.ndarray:
     """``image`` with the mask's pixels taken from ``filled`` (the inpainted window, any size)."""
     if filled.shape[0] != win.side:
-        grow = win.side > filled.shape[0]
-        filled = cv2.resize(
-            filled, (win.side, win.side), interpolation=cv2.INTER_CUBIC if grow else cv2.INTER_AREA
-        )
+        filled = _resize(filled, win.side, Image.BICUBIC if win.side > filled.shape[0] else Image.BOX)
     height, width = image.shape[:2]
     ix0, iy0 = max(0, win.x0), max(0, win.y0)
     ix1, iy1 = min(width, win.x0 + win.side), min(height, win.y0 + win.side)

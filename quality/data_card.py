@@ -298,7 +298,11 @@ def _estimate_section(estimate: Mapping[str, Any], stages: list[RecordedStage]) 
             {
                 "stage": stage["stage"],
                 "GPU work": ", ".join(f"{w['total_items']:,} {w['operation']}" for w in work),
-                "estimated GPU-hours": "-" if hours is None else f"{hours:,.2f}",
+                "estimated GPU-hours": "-"
+                if hours is None
+                else f"{hours:,.2f}"
+                if hours >= 0.01
+                else f"{hours:.2g}",
                 "measured compute time": measured.get(stage["stage"], "-"),
                 "figures used": "; ".join(sorted({w["figure"] for w in work})),
             }

@@ -2,12 +2,12 @@
 
 lama-cleaner's ``crop`` strategy inpaints a box around the mask grown by a margin instead of the whole
 image. Here the box is made square, at least ``window`` pixels (more context at full resolution for a
-small mask) and at most the image's long side, and resized to ``window`` x ``window``: every window of
-every image then has one shape and a batch of them is one network call. The result is resized back
-and pasted inside the mask only, so every pixel outside the mask keeps the source's value.
-A square reaching past the image's border (an image narrower than the window) is filled by
-mirroring the image (as LaMa's own padding does), with the mask empty there. Resizing is Pillow's
-(box filter down, bicubic up), so the path needs nothing beyond numpy and Pillow.
+small mask) and at most the image's long side; the inpainter resizes it to ``window`` x ``window``
+on its device (:class:`ieiw.pipelines.inpaint.lama.LamaInpainter`), so every window of every image has
+one shape and a batch of them is one network call. The result is resized back and pasted inside the
+mask only, so every pixel outside the mask keeps the source's value. A square reaching past the
+image's border (an image narrower than the window) is filled by mirroring the image (as LaMa's own
+padding does), with the mask empty there. This module is the geometry (numpy only).
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image
 
 
 @dataclass(frozen=True)
@@ -46,39 +45,23 @@ def mask_window(mask: np.ndarray, margin: int, window: int) -> Window | None:
     return Window(_start((x0 + x1) / 2, side, width), _start((y0 + y1) / 2, side, height), side)
 
 
-def _cut(array: np.ndarray, win: Window, mode: str) -> np.ndarray:
-    """The window's pixels; outside the image: mirrored (``symmetric``) or zero (``constant``)."""
+def cut(array: np.ndarray, win: Window, mode: str = "symmetric") -> np.ndarray:
+    """The window's pixels (``side`` x ``side``); outside the image: mirrored (``symmetric``) or zero
+    (``constant``)."""
     height, width = array.shape[:2]
     left, top = max(0, -win.x0), max(0, -win.y0)
     right, bottom = max(0, win.x0 + win.side - width), max(0, win.y0 + win.side - height)
     inside = array[max(0, win.y0) : win.y0 + win.side, max(0, win.x0) : win.x0 + win.side]
     if not (left or top or right or bottom):
-        return inside
+        return np.ascontiguousarray(inside)
     pads = [(top, bottom), (left, right)] + [(0, 0)] * (array.ndim - 2)
     return np.pad(inside, pads, mode=mode)
 
 
-def cut_window(image: np.ndarray, mask: np.ndarray, win: Window, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """The window of ``image`` and ``mask`` resized to ``size`` x ``size`` (the mask kept binary and
-    never thinner: a downscaled pixel touched by the mask is masked)."""
-    pixels = _cut(image, win, "symmetric")
-    region = _cut((mask > 127).astype(np.uint8) * 255, win, "constant")
-    if win.side == size:
-        return np.ascontiguousarray(pixels), np.ascontiguousarray(region)
-    shrink = win.side > size
-    pixels = _resize(pixels, size, Image.BOX if shrink else Image.BICUBIC)
-    region = _resize(region, size, Image.BOX if shrink else Image.NEAREST)
-    return pixels, np.where(region > 0, 255, 0).astype(np.uint8)
-
-
-def _resize(array: np.ndarray, size: int, resample: int) -> np.ndarray:
-    return np.asarray(Image.fromarray(np.ascontiguousarray(array)).resize((size, size), resample))
-
-
 def paste_window(image: np.ndarray, mask: np.ndarray, win: Window, filled: np.ndarray) -> np.ndarray:
-    """``image`` with the mask's pixels taken from ``filled`` (the inpainted window, any size)."""
-    if filled.shape[0] != win.side:
-        filled = _resize(filled, win.side, Image.BICUBIC if win.side > filled.shape[0] else Image.BOX)
+    """``image`` with the mask's pixels taken from ``filled`` (the inpainted window, ``side`` x ``side``)."""
+    if filled.shape[:2] != (win.side, win.side):
+        raise ValueError(f"the filled window is {filled.shape[:2]}, not {win.side} x {win.side}")
     height, width = image.shape[:2]
     ix0, iy0 = max(0, win.x0), max(0, win.y0)
     ix1, iy1 = min(width, win.x0 + win.side), min(height, win.y0 + win.side)

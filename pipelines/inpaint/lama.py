@@ -22,9 +22,10 @@ from typing import Any
 import numpy as np
 import requests
 import torch
+import torch.nn.functional as F
 
 from ieiw.pipelines.inpaint.base import InpaintError, composite
-from ieiw.pipelines.inpaint.crops import cut_window, mask_window, paste_window
+from ieiw.pipelines.inpaint.crops import Window, cut, mask_window, paste_window
 from ieiw.storage.identity import model_identity
 
 BIG_LAMA_URL = "https://github.com/Sanster/models/releases/download/add_big_lama/big-lama.pt"
@@ -152,28 +153,65 @@ class LamaInpainter:
         assert all(o is not None for o in outputs)
         return outputs  # type: ignore[return-value]
 
+    @torch.inference_mode()
     def inpaint_windows(self, images: list[np.ndarray], masks: list[np.ndarray]) -> list[np.ndarray]:
-        """A ``window`` x ``window`` crop around each mask; ``batch_size`` windows per network call."""
+        """A square around each mask resized to ``window`` on the device; ``batch_size`` windows of any
+        images per network call; each result resized back and pasted inside its mask."""
         outputs: list[np.ndarray] = [image.copy() for image in images]  # an empty mask changes nothing
-        jobs = []
-        for index, (image, mask) in enumerate(zip(images, masks, strict=True)):
-            win = mask_window(mask, self.crop_margin, self.window)
-            if win is not None:
-                jobs.append((index, win, *cut_window(image, mask, win, self.window)))
+        jobs = [(i, w) for i, m in enumerate(masks) if (w := mask_window(m, self.crop_margin, self.window))]
         for start in range(0, len(jobs), self.batch_size):
             chunk = jobs[start : start + self.batch_size]
-            filled = self._run([job[2] for job in chunk], [job[3] for job in chunk])
-            for (index, win, _, _), result in zip(chunk, filled, strict=True):
-                outputs[index] = paste_window(images[index], masks[index], win, result)
+            windows = [self._to_window(images[i], masks[i], win) for i, win in chunk]
+            image = torch.cat([w[0] for w in windows])
+            mask = torch.cat([w[1] for w in windows])
+            filled = self._call(image, mask, len(chunk))
+            for (index, win), result in zip(chunk, filled, strict=True):
+                outputs[index] = paste_window(
+                    images[index], masks[index], win, self._from_window(result, win)
+                )
         return outputs
+
+    def _to_window(
+        self, image: np.ndarray, mask: np.ndarray, win: Window
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The window of the image (RGB in [0, 1]) and its binary mask, ``window`` x ``window``, on the
+        device: box-filtered down (a downscaled pixel the mask touches stays masked), bicubic up."""
+        pixels = torch.from_numpy(cut(image, win)).to(self.device).permute(2, 0, 1)[None].float().div(255.0)
+        region = torch.from_numpy(cut((mask > 127).astype(np.float32), win, "constant")).to(self.device)[
+            None, None
+        ]
+        if win.side == self.window:
+            return pixels, region
+        size = (self.window, self.window)
+        if win.side > self.window:
+            pixels = F.interpolate(pixels, size=size, mode="area")
+            region = F.interpolate(region, size=size, mode="area")
+        else:
+            pixels = F.interpolate(pixels, size=size, mode="bicubic", align_corners=False)
+            region = F.interpolate(region, size=size, mode="nearest")
+        return pixels.clamp(0, 1), (region > 0).float()
+
+    def _from_window(self, result: torch.Tensor, win: Window) -> np.ndarray:
+        """An inpainted window back at the square's own size, as uint8 RGB."""
+        result = result[None].float()
+        if win.side != self.window:
+            grow = win.side > self.window
+            mode = {"mode": "bicubic", "align_corners": False} if grow else {"mode": "area"}
+            result = F.interpolate(result, size=(win.side, win.side), **mode)
+        return result[0].clamp(0, 1).mul(255).round().byte().permute(1, 2, 0).cpu().numpy()
 
     @torch.inference_mode()
     def _run(self, images: list[np.ndarray], masks: list[np.ndarray]) -> np.ndarray:
         image = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float().div(255.0)
         mask = torch.from_numpy((np.stack(masks) > 127).astype(np.float32))[:, None]
-        try:
-            result = self.module(image.to(self.device), mask.to(self.device))
-        except (RuntimeError, torch.jit.Error) as error:
-            raise InpaintError(f"LaMa failed on a batch of {len(images)}: {error}") from error
+        result = self._call(image.to(self.device), mask.to(self.device), len(images))
         result = result.float().clamp(0, 1).mul(255).round().byte().permute(0, 2, 3, 1)
         return result.cpu().numpy()
+
+    def _call(self, image: torch.Tensor, mask: torch.Tensor, count: int) -> torch.Tensor:
+        """The network on a batch on the device (image in [0, 1], binary mask); its failures are
+        :class:`InpaintError`, so the stage can retry image by image."""
+        try:
+            return self.module(image, mask)
+        except (RuntimeError, torch.jit.Error) as error:
+            raise InpaintError(f"LaMa failed on a batch of {count}: {error}") from error

@@ -15,7 +15,7 @@ from tiny_lama import save_tiny_lama
 from ieiw.flows.config import RemovalConfig
 from ieiw.flows.fingerprints import section_fingerprint
 from ieiw.pipelines.inpaint import InpaintConfig, build_inpainter
-from ieiw.pipelines.inpaint.crops import cut_window, mask_window, paste_window
+from ieiw.pipelines.inpaint.crops import cut, mask_window, paste_window
 from ieiw.pipelines.removal import RemovalSettings, removal_stage
 from ieiw.pipelines.sources.phrasecut import iter_records
 
@@ -110,10 +110,10 @@ def test_a_window_holds_the_mask_and_its_margin_and_is_as_small_as_it_may_be(
         if win.side <= length:
             assert 0 <= start <= length - win.side  # inside the image where it fits
     image = np.random.default_rng(0).integers(0, 255, (height, width, 3), dtype=np.uint8)
-    pixels, region = cut_window(image, mask, win, window)
-    assert pixels.shape == (window, window, 3) and region.shape == (window, window)
-    assert set(np.unique(region)) <= {0, 255} and region.any()
-    filled = np.full((window, window, 3), 7, np.uint8)
+    pixels, region = cut(image, win), cut(mask, win, "constant")
+    assert pixels.shape == (win.side, win.side, 3) and region.shape == (win.side, win.side)
+    assert (region > 0).sum() == (mask > 0).sum()  # the whole mask is inside, none of it mirrored
+    filled = np.full((win.side, win.side, 3), 7, np.uint8)
     out = paste_window(image, mask, win, filled)
     assert np.array_equal(out[mask == 0], image[mask == 0]) and (out[mask > 0] == 7).all()
 

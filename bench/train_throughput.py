@@ -31,6 +31,7 @@ import json
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -40,11 +41,10 @@ from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
-from ieiw.model.buckets import Buckets
-from ieiw.model.build import Models
-from ieiw.model.conditioning import encode_prompts, null_conditioning, size_ids
-from ieiw.model.config import TrainConfig
-from ieiw.model.trainer import training_step
+if TYPE_CHECKING:  # the project's modules load inside the functions that use them, so the plain
+    # reference loop (and bench/gpu_throughput.py's library mode) runs where only the libraries are
+    from ieiw.model.buckets import Buckets
+    from ieiw.model.build import Models
 
 PEAK_BF16_TFLOPS = {
     "H200": 989.0,
@@ -167,6 +167,8 @@ def char_tokenizer(folder: Path) -> CLIPTokenizer:
 
 
 def as_models(unet, vae, encoders, tokenizer, scheduler) -> Models:
+    from ieiw.model.build import Models
+
     sdxl = len(encoders) == 2
     return Models(
         tokenizer,
@@ -183,6 +185,8 @@ def as_models(unet, vae, encoders, tokenizer, scheduler) -> Models:
 
 def unet_train_flops(models: Models, batch: int, shape: tuple[int, int], device) -> float:
     """Forward FLOPs of one batch at ``shape`` (latent height, width), times 3 (backward is about twice)."""
+    from ieiw.model.conditioning import size_ids
+
     unet = models.unet
     x = torch.randn(batch, 8, *shape, device=device)
     t = torch.randint(0, 1000, (batch,), device=device)
@@ -226,6 +230,8 @@ def timed(step, warmup: int, steps: int, device) -> float:
 
 def baseline_loop(args, device, tokenizer):
     """The reference-script step: fp16 autocast + GradScaler, VAE and text encoder(s) every step."""
+    from ieiw.model.conditioning import encode_prompts, size_ids  # SDXL's conditioning
+
     unet, vae, encoders = model_parts(args.base, args.tiny)
     unet.to(device).train()
     vae.to(device).requires_grad_(False)
@@ -269,6 +275,10 @@ def baseline_loop(args, device, tokenizer):
 def our_loop(args, device, tokenizer, shapes: list[tuple[int, int]] | None = None):
     """The trainer's step: accelerate bf16, cached latents, fused AdamW, optional compile; batches cycle
     through ``shapes`` (pixel height, width; default the square of ``resolution``)."""
+    from ieiw.model.conditioning import null_conditioning
+    from ieiw.model.config import TrainConfig
+    from ieiw.model.trainer import training_step
+
     precision = "bf16" if device.type == "cuda" else "no"
     accelerator = Accelerator(mixed_precision=precision, cpu=device.type == "cpu")
     unet, vae, encoders = model_parts(args.base, args.tiny)
@@ -374,6 +384,8 @@ def describe(args, device, models: Models, flops: float) -> str:
 
 def bench_buckets(args, device, tokenizer) -> None:
     """Bucketed against square: the data stream, then the trainer's step."""
+    from ieiw.model.buckets import Buckets
+
     buckets = Buckets.make(args.resolution, args.bucket_step)
     print(f"buckets (height x width): {', '.join(f'{h}x{w}' for h, w in buckets.shapes)}")
     with tempfile.TemporaryDirectory() as folder:

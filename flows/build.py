@@ -17,6 +17,7 @@ from prefect.artifacts import create_markdown_artifact
 from ieiw.flows.config import BuildConfig, load_config
 from ieiw.flows.filter import filter_flow
 from ieiw.flows.multitask import multitask
+from ieiw.flows.plan import read_plan, record_plan
 from ieiw.flows.removal import removal
 from ieiw.flows.replacement import replacement
 from ieiw.flows.runners import make_task_runner
@@ -87,6 +88,8 @@ def ieiw_build(
     modes = rebuild_modes(config, rebuild, on_change)
     if config.removal and config.removal.source.materialize_demo_images:
         materialize_demo_images(config.removal.source.images)
+    with store_errors("the plan", config.output):
+        record_plan(config)  # inputs counted, GPU-hours estimated: the data card shows it beside the cost
     runner = make_task_runner(config.runner)
     summaries: dict[str, dict] = {}
     for name, generator in GENERATORS.items():
@@ -195,6 +198,7 @@ def write_pages(config: BuildConfig, summaries: dict, finals: dict, histograms: 
             if config.quality is not None
             else {},
             histograms,
+            estimate=read_plan(config.output),
         ),
     )
     return gallery, card

@@ -63,15 +63,28 @@ def build(
         help="rebuild this stage and everything downstream of it, whatever it holds (repeatable): "
         "removal, replacement, object_database, web_edits, multitask, score, filter",
     ),
+    plan: bool = typer.Option(
+        False,
+        "--plan",
+        help="print the stages, the models each loads and where, the input counts, what is done and "
+        "the GPU-hours per stage, then stop (no server, no work)",
+    ),
 ) -> None:
     """Run a build from its YAML config against the configured (or a local) Prefect server.
 
     A stage whose output was made with other settings stops the build before any work and says what
-    changed; --rebuild STAGE rebuilds it, or give the changed config its own output.
+    changed; --rebuild STAGE rebuilds it, or give the changed config its own output. --plan says what
+    the build would do and cost, first.
     """
     from ieiw.flows.config import load_config
     from ieiw.storage.lease import StageBusy
     from ieiw.storage.stage_folder import StageChanged
+
+    if plan:
+        from ieiw.flows.plan import make_plan, print_plan
+
+        print_plan(make_plan(load_config(config), stage or None), console)
+        return
 
     try:
         result = _run_build(load_config(config), stage or None, rebuild or None)

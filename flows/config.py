@@ -36,6 +36,11 @@ class RunnerConfig(BaseModel):
     # message; a lease its holder stops renewing (a killed run on another machine) frees after the ttl.
     lease_wait_seconds: float = 0.0
     lease_ttl_seconds: float = 120.0
+    # Dask on a GPU machine: one worker process per GPU, pinned to it (CUDA_VISIBLE_DEVICES), so each
+    # model loads once per GPU. "auto": the GPUs this process sees (none: max_workers CPU processes);
+    # a list names them (ids or UUIDs); "none": CPU processes only. See ieiw.flows.runners.
+    gpus: Literal["auto", "none"] | list[int | str] = "auto"
+    threads_per_worker: int = 1  # threads of each Dask GPU worker (its models are shared by them)
 
 
 class PhraseCutSource(BaseModel):

@@ -10,7 +10,7 @@ from prefect import flow
 
 from ieiw.flows.config import RemovalConfig, RunnerConfig
 from ieiw.flows.fingerprints import model_paths, section_fingerprint
-from ieiw.flows.models import cached_model, gpu_tags
+from ieiw.flows.models import cached_model, gpu_tags, model_key
 from ieiw.flows.stage_runner import run_stage
 from ieiw.pipelines.inpaint import build_inpainter
 from ieiw.pipelines.removal import removal_stage
@@ -32,8 +32,9 @@ STAGE = "removal"
 
 def removal_batch(records: list[PhraseCutRecord | PhraseCutSession], config: RemovalConfig) -> list[Result]:
     """One batch through the removal stage, with the inpainter loaded once per process."""
+    inpaint = config.inpaint
     inpainter = cached_model(
-        f"inpainter:{config.inpaint.model_dump_json()}", lambda: build_inpainter(config.inpaint)
+        model_key("inpainter", inpaint), lambda: build_inpainter(inpaint), inpaint.device, inpaint.batch_size
     )
     return removal_stage(records, inpainter, config.settings())
 

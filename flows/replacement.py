@@ -4,9 +4,10 @@ Both are stage folders (:mod:`ieiw.storage.stage_folder`) on any fsspec store, e
 fingerprint. ``object_database`` (``<output>/object_database`` unless ``database.url``) selects regions
 of every source image, embeds their crops with CLIP and commits them part by part, then builds the
 FAISS index over the committed parts. ``replacement`` (``<output>/replacement``) makes sure the
-database is complete and current, then runs regions -> retrieval -> generation -> captions ->
-instructions over the records; its fingerprint has the database's digest as upstream, so a rebuilt
-database rebuilds the pairs. Both resume: committed parts and batches are skipped.
+database is complete and current, then runs stored regions -> retrieval -> generation -> captions ->
+instructions over the records: it takes each image's regions, masks, labels and CLIP vectors from
+the database and loads neither SAM nor CLIP. Its fingerprint has the database's digest as upstream,
+so a rebuilt database rebuilds the pairs. Both resume: committed parts and batches are skipped.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from tqdm.auto import tqdm
 
 from ieiw.flows.config import RunnerConfig
 from ieiw.flows.fingerprints import model_paths, with_shard_encoding
-from ieiw.flows.models import LOADS, cached_model, gpu_tags
+from ieiw.flows.models import HOST, LOADS, cached_model, gpu_tags, model_key
 from ieiw.flows.stage_runner import artifact_key, open_stage_for, run_stage
 from ieiw.flows.storage_errors import store_errors
 from ieiw.pipelines.instructions.llm import InstructionWriter
@@ -116,23 +117,32 @@ class PartTarget:
 
 
 def embedder(config: ReplacementConfig) -> ClipEmbedder:
+    """CLIP on this worker's device, once per process (keyed by the model, never by batch size)."""
+    section = config.embedder
     return cached_model(
-        f"clip:{config.embedder.model_dump_json()}", lambda: ClipEmbedder.from_config(config.embedder)
+        model_key("clip", section),
+        lambda: ClipEmbedder.from_config(section),
+        section.device,
+        section.batch_size,
     )
 
 
 def proposer(config: ReplacementConfig):
     if not config.needs_proposer():
         return None
+    device = config.proposer.sam.device if config.proposer.backend == "sam" else HOST
     return cached_model(
-        f"proposer:{config.proposer.model_dump_json()}", lambda: build_proposer(config.proposer)
+        model_key("proposer", config.proposer), lambda: build_proposer(config.proposer), device
     )
 
 
 def labeler(config: ReplacementConfig) -> ZeroShotLabeler:
-    key = f"labeler:{config.embedder.model_dump_json()}:{config.labels.model_dump_json()}"
+    """CLIP's text embeddings of the vocabulary, on the device CLIP is on (it shares the embedder)."""
+    key = model_key("labeler", config.embedder, config.labels.model_dump(mode="json"))
     return cached_model(
-        key, lambda: ZeroShotLabeler(embedder(config), config.labels.names(), config.labels.prompt)
+        key,
+        lambda: ZeroShotLabeler(embedder(config), config.labels.names(), config.labels.prompt),
+        config.embedder.device,
     )
 
 
@@ -144,8 +154,24 @@ def instruction_writer(config: ReplacementConfig) -> InstructionWriter | None:
     return cached_model(f"llm:{llm.model_dump_json()}", lambda: InstructionWriter(llm))
 
 
+def painter(config: ReplacementConfig):
+    paint = config.paint
+    device = paint.device if paint.backend == "paint_by_example" else HOST
+    return cached_model(model_key("painter", paint), lambda: build_painter(paint), device, paint.batch_size)
+
+
+def captioner(config: ReplacementConfig) -> BlipCaptioner | None:
+    caption = config.caption
+    if caption.backend != "blip":
+        return None
+    return cached_model(
+        model_key("captioner", caption), lambda: BlipCaptioner(caption), caption.device, caption.batch_size
+    )
+
+
 def load_models(settings: PairsSettings) -> ReplacementModels:
-    """Every model of the stage, each loaded once per worker process."""
+    """Every model of the stage, each loaded once per worker process. Not CLIP and not SAM: the stage
+    takes regions and vectors from the object database, which ran them."""
     config, url, key = settings.config, settings.database_url, settings.index_key
     database = cached_model(f"objectdb:{url}:{key}", lambda: ObjectDatabase(url))
     index = cached_model(f"objectindex:{url}:{key}", lambda: open_index(url, key, config.database.index))
@@ -155,33 +181,27 @@ def load_models(settings: PairsSettings) -> ReplacementModels:
             "the database changed while this run read it; rerun to rebuild the index"
         )
     return ReplacementModels(
-        embedder=embedder(config),
         index=index,
         database=database,
-        painter=cached_model(
-            f"painter:{config.paint.model_dump_json()}", lambda: build_painter(config.paint)
-        ),
-        proposer=proposer(config),
-        labeler=labeler(config),
-        captioner=cached_model(
-            f"captioner:{config.caption.model_dump_json()}", lambda: BlipCaptioner(config.caption)
-        )
-        if config.caption.backend == "blip"
-        else None,
+        painter=painter(config),
+        captioner=captioner(config),
         writer=instruction_writer(config),
     )
 
 
 def batch_tags(config: ReplacementConfig, database_only: bool = False) -> list[str]:
-    """``gpu`` when a model of the batch runs on a GPU (CLIP always; SAM, Paint-by-Example, BLIP if used)."""
-    devices = [config.embedder.device]
-    if config.needs_proposer() and config.proposer.backend == "sam":
-        devices.append(config.proposer.sam.device)
+    """``gpu`` when a model of the batch runs on a GPU: the database's CLIP (and SAM, if used); the
+    pairs' Paint-by-Example and BLIP, if used (the pairs run neither CLIP nor SAM)."""
+    devices = []
+    if database_only:
+        devices.append(config.embedder.device)
+        if config.needs_proposer() and config.proposer.backend == "sam":
+            devices.append(config.proposer.sam.device)
     if not database_only and config.paint.backend == "paint_by_example":
         devices.append(config.paint.device)
     if not database_only and config.caption.backend == "blip":
         devices.append(config.caption.device)
-    return sorted({tag for d in devices for tag in gpu_tags(True, None if d == "auto" else d)})
+    return sorted({tag for d in devices for tag in gpu_tags(True, d)})
 
 
 def models_key(settings: PairsSettings) -> str:
@@ -206,7 +226,14 @@ def object_database_batch(items: list, config: ReplacementConfig, target: PartTa
     batch = object_batch(items, embedder(config), proposer(config), labeler(config), config)
     with store_errors(f"object database part {part}", target.url):
         write_part(
-            target.url, part, batch.vectors, batch.rows, target.fingerprint, target.holder, DATABASE_STAGE
+            target.url,
+            part,
+            batch.vectors,
+            batch.rows,
+            target.fingerprint,
+            target.holder,
+            DATABASE_STAGE,
+            images=batch.image_table,
         )
     return {"images": batch.images, "objects": len(batch.rows), "dropped": dict(batch.dropped)}
 

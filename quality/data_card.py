@@ -149,10 +149,12 @@ def render_data_card(
     final_urls: Mapping[str, str] | None = None,
     histograms: Mapping[str, list[str]] | None = None,
     extra_stages: Mapping[str, str] | None = None,
+    estimate: Mapping[str, Any] | None = None,
 ) -> str:
     """Markdown for the build ``name``: ``stage_urls`` are the generators' candidate stages,
     ``final_urls`` their final (filter) stages, ``extra_stages`` other stage folders whose records
-    belong in the card (an object database). Only what the stages recorded and committed is used."""
+    belong in the card (an object database). Only what the stages recorded and committed is used,
+    and ``estimate``, the plan the build recorded when it started (``ieiw.flows.plan``), if any."""
     stages, candidates, finals = build_stages(stage_urls, final_urls, extra_stages)
     frames = {g: manifest.read_manifest(s.url) for g, s in candidates.items()}
     final_frames = {g: manifest.read_manifest(s.url) for g, s in finals.items()}
@@ -247,6 +249,8 @@ def render_data_card(
         "",
         _table(pd.DataFrame([_cost(stage) for stage in stages])),
     ]
+    if estimate:
+        out += _estimate_section(estimate, stages)
 
     out += judge_section(finals, candidates)
 
@@ -420,6 +424,40 @@ def _cost(stage: RecordedStage) -> dict[str, Any]:
         "batches": len(manifest.completed_batches(stage.url)),
         "runs": len(runs),
     }
+
+
+def _estimate_section(estimate: Mapping[str, Any], stages: list[RecordedStage]) -> list[str]:
+    """The plan's GPU-hour estimate per stage, beside the compute time the stage measured."""
+    measured = {stage.label: _cost(stage)["compute time"] for stage in stages}
+    rows = []
+    for stage in estimate.get("stages") or []:
+        work = [w for w in stage.get("work") or [] if w.get("total_items") is not None]
+        if not work:
+            continue
+        hours = stage.get("total_gpu_hours")
+        rows.append(
+            {
+                "stage": stage["stage"],
+                "GPU work": ", ".join(f"{w['total_items']:,} {w['operation']}" for w in work),
+                "estimated GPU-hours": "-"
+                if hours is None
+                else f"{hours:,.2f}"
+                if hours >= 0.01
+                else f"{hours:.2g}",
+                "measured compute time": measured.get(stage["stage"], "-"),
+                "figures used": "; ".join(sorted({w["figure"] for w in work})),
+            }
+        )
+    lines = [
+        "## Estimated GPU cost",
+        "",
+        f"What the plan recorded when the build started ({estimate.get('created', '?')}) estimates for the "
+        "whole of each stage, from measured throughputs (`ieiw build CONFIG --plan` prints it), beside the "
+        "compute time the stage measured above.",
+        "",
+        _table(pd.DataFrame(rows)),
+    ]
+    return lines + [f"> **Note:** {note}" for note in estimate.get("notes") or []] + [""]
 
 
 def _settings_section(stage: RecordedStage) -> list[str]:

@@ -91,6 +91,9 @@ def _autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
     return torch.float16
 
 
+autocast_dtype = _autocast_dtype  # public: the precision an embedder will run at, without loading it
+
+
 class ClipEmbedder:
     """An open_clip model with its preprocessing and tokenizer; returns L2-normalised float32 rows."""
 

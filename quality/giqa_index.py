@@ -21,8 +21,9 @@
   150x (nprobe 8) to 1,200x (nprobe 1) faster than brute force.
 
 GPU FAISS is used when installed (``faiss-gpu``): k-means training on the GPU and exact indexes
-searched there. The index directory must be a local path (FAISS reads and maps local files);
-the ``.npy`` inputs may be any fsspec URL.
+searched there, one search at a time (:mod:`ieiw.quality.faiss_search`: GPU indexes are not
+thread-safe, and scoring batches run in threads). The index directory must be a local path (FAISS
+reads and maps local files); the ``.npy`` inputs may be any fsspec URL.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict
 from tqdm import tqdm
 
+from ieiw.quality.faiss_search import search_guard
 from ieiw.storage import fs
 from ieiw.storage.optional import import_faiss
 
@@ -283,6 +285,7 @@ class ReferenceIndex:
     def __init__(self, index, meta: ReferenceIndexMeta) -> None:
         self.index = index
         self.meta = meta
+        self._guard = search_guard(index)  # a lock for a GPU index: scoring threads take turns
 
     def set_nprobe(self, nprobe: int) -> None:
         if self.meta.kind == "ivfpq":
@@ -293,7 +296,8 @@ class ReferenceIndex:
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         if queries.ndim != 2 or queries.shape[1] != self.meta.dim:
             raise ValueError(f"queries must be (N, {self.meta.dim}), got {queries.shape}")
-        distances, ids = self.index.search(queries, k)
+        with self._guard:
+            distances, ids = self.index.search(queries, k)
         if self.meta.metric == "l2":
             distances = np.sqrt(np.maximum(distances, 0.0))
         return distances, ids

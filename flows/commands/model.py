@@ -203,8 +203,10 @@ def register(app: typer.Typer) -> None:
             columns=columns,
         )
         console.print(json.dumps({"rows": result["rows"], "files": len(result["files"]), "layout": layout}))
-        loader = f"load_dataset({str(output)!r})" if layout == "parquet" else (
-            f"load_dataset('imagefolder', data_dir={str(output)!r})"
+        loader = (
+            f"load_dataset({str(output)!r})"
+            if layout == "parquet"
+            else (f"load_dataset('imagefolder', data_dir={str(output)!r})")
         )
         console.print(f"load with datasets.{loader}; train with diffusers' example:", soft_wrap=True)
         console.print(result["train_command"], soft_wrap=True, markup=False)

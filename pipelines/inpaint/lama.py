@@ -4,6 +4,10 @@ The model is called as ``model(image, mask)`` with ``image`` a float RGB batch i
 (N x 3 x H x W) and ``mask`` a binary float batch (N x 1 x H x W), both padded to a multiple of 8
 with symmetric padding; it returns the inpainted RGB batch in [0, 1]. We reproduce that processing
 rather than depend on lama-cleaner, whose pins conflict with this stack.
+
+Two strategies: ``whole`` (each image at its own padded size; only equal sizes share a batch) and
+``crop`` (a square window around each mask resized to one size, windows of any images batched together,
+pasted back inside the mask: :mod:`ieiw.pipelines.inpaint.crops`).
 """
 
 from __future__ import annotations
@@ -18,8 +22,10 @@ from typing import Any
 import numpy as np
 import requests
 import torch
+import torch.nn.functional as F
 
 from ieiw.pipelines.inpaint.base import InpaintError, composite
+from ieiw.pipelines.inpaint.crops import Window, cut, mask_window, paste_window
 from ieiw.storage.identity import model_identity
 
 BIG_LAMA_URL = "https://github.com/Sanster/models/releases/download/add_big_lama/big-lama.pt"
@@ -88,7 +94,7 @@ def pad_to_modulo(array: np.ndarray, modulo: int) -> np.ndarray:
 
 
 class LamaInpainter:
-    """Batched LaMa: images of the same padded size run through the network together."""
+    """Batched LaMa: whole images of the same padded size, or equal-size windows of any images."""
 
     backend = "lama"
 
@@ -98,17 +104,37 @@ class LamaInpainter:
         device: str | None = None,
         batch_size: int = 4,
         pad_modulo: int = 8,
+        strategy: str = "whole",
+        crop_margin: int = 128,
+        window: int = 512,
     ) -> None:
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        auto = device in (None, "", "auto")
+        self.device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if auto else device)
         self.module = load_lama(checkpoint, self.device)
         self.model = model_identity(checkpoint)  # by content: the same file anywhere gives the same keys
         self.batch_size = batch_size
         self.pad_modulo = pad_modulo
+        if strategy not in ("whole", "crop"):
+            raise ValueError(f"unknown LaMa strategy {strategy!r}: whole or crop")
+        self.strategy, self.crop_margin, self.window = strategy, crop_margin, window
 
     def settings(self) -> dict[str, Any]:
-        return {"pad_modulo": self.pad_modulo}
+        if self.strategy == "whole":
+            return {"pad_modulo": self.pad_modulo}  # as before the strategies: the same keys
+        return {
+            "pad_modulo": self.pad_modulo,
+            "strategy": self.strategy,
+            "crop_margin": self.crop_margin,
+            "window": self.window,
+        }
 
     def inpaint(self, images: list[np.ndarray], masks: list[np.ndarray]) -> list[np.ndarray]:
+        if self.strategy == "crop":
+            return self.inpaint_windows(images, masks)
+        return self.inpaint_whole(images, masks)
+
+    def inpaint_whole(self, images: list[np.ndarray], masks: list[np.ndarray]) -> list[np.ndarray]:
+        """Each image at its own size, padded to a multiple of ``pad_modulo``; equal sizes batched."""
         padded = [
             (pad_to_modulo(i, self.pad_modulo), pad_to_modulo(m, self.pad_modulo))
             for i, m in zip(images, masks, strict=True)
@@ -128,12 +154,64 @@ class LamaInpainter:
         return outputs  # type: ignore[return-value]
 
     @torch.inference_mode()
+    def inpaint_windows(self, images: list[np.ndarray], masks: list[np.ndarray]) -> list[np.ndarray]:
+        """A square around each mask resized to ``window`` on the device; ``batch_size`` windows of any
+        images per network call; each result resized back and pasted inside its mask."""
+        outputs: list[np.ndarray] = [image.copy() for image in images]  # an empty mask changes nothing
+        jobs = [(i, w) for i, m in enumerate(masks) if (w := mask_window(m, self.crop_margin, self.window))]
+        for start in range(0, len(jobs), self.batch_size):
+            chunk = jobs[start : start + self.batch_size]
+            windows = [self._to_window(images[i], masks[i], win) for i, win in chunk]
+            image = torch.cat([w[0] for w in windows])
+            mask = torch.cat([w[1] for w in windows])
+            filled = self._call(image, mask, len(chunk))
+            for (index, win), result in zip(chunk, filled, strict=True):
+                outputs[index] = paste_window(
+                    images[index], masks[index], win, self._from_window(result, win)
+                )
+        return outputs
+
+    def _to_window(
+        self, image: np.ndarray, mask: np.ndarray, win: Window
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The window of the image (RGB in [0, 1]) and its binary mask, ``window`` x ``window``, on the
+        device: box-filtered down (a downscaled pixel the mask touches stays masked), bicubic up."""
+        pixels = torch.from_numpy(cut(image, win)).to(self.device).permute(2, 0, 1)[None].float().div(255.0)
+        region = torch.from_numpy(cut((mask > 127).astype(np.float32), win, "constant")).to(self.device)[
+            None, None
+        ]
+        if win.side == self.window:
+            return pixels, region
+        size = (self.window, self.window)
+        if win.side > self.window:
+            pixels = F.interpolate(pixels, size=size, mode="area")
+            region = F.interpolate(region, size=size, mode="area")
+        else:
+            pixels = F.interpolate(pixels, size=size, mode="bicubic", align_corners=False)
+            region = F.interpolate(region, size=size, mode="nearest")
+        return pixels.clamp(0, 1), (region > 0).float()
+
+    def _from_window(self, result: torch.Tensor, win: Window) -> np.ndarray:
+        """An inpainted window back at the square's own size, as uint8 RGB."""
+        result = result[None].float()
+        if win.side != self.window:
+            grow = win.side > self.window
+            mode = {"mode": "bicubic", "align_corners": False} if grow else {"mode": "area"}
+            result = F.interpolate(result, size=(win.side, win.side), **mode)
+        return result[0].clamp(0, 1).mul(255).round().byte().permute(1, 2, 0).cpu().numpy()
+
+    @torch.inference_mode()
     def _run(self, images: list[np.ndarray], masks: list[np.ndarray]) -> np.ndarray:
         image = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float().div(255.0)
         mask = torch.from_numpy((np.stack(masks) > 127).astype(np.float32))[:, None]
-        try:
-            result = self.module(image.to(self.device), mask.to(self.device))
-        except (RuntimeError, torch.jit.Error) as error:
-            raise InpaintError(f"LaMa failed on a batch of {len(images)}: {error}") from error
+        result = self._call(image.to(self.device), mask.to(self.device), len(images))
         result = result.float().clamp(0, 1).mul(255).round().byte().permute(0, 2, 3, 1)
         return result.cpu().numpy()
+
+    def _call(self, image: torch.Tensor, mask: torch.Tensor, count: int) -> torch.Tensor:
+        """The network on a batch on the device (image in [0, 1], binary mask); its failures are
+        :class:`InpaintError`, so the stage can retry image by image."""
+        try:
+            return self.module(image, mask)
+        except (RuntimeError, torch.jit.Error) as error:
+            raise InpaintError(f"LaMa failed on a batch of {count}: {error}") from error

@@ -47,6 +47,7 @@ class BlipCaptioner:
         if not config.model:
             raise ValueError("caption.backend 'blip' needs caption.model: a hub id or a local folder")
         self.config = config
+        self.batch_size = config.batch_size
         self.model_name = model_identity(config.model)  # by content: never a local path in a sample
         use_cuda = config.device == "auto" and torch.cuda.is_available()
         self.device = torch.device(
@@ -68,8 +69,8 @@ class BlipCaptioner:
     @torch.inference_mode()
     def caption(self, images: Sequence[np.ndarray]) -> list[str]:
         out: list[str] = []
-        for start in range(0, len(images), self.config.batch_size):
-            chunk = [Image.fromarray(a) for a in images[start : start + self.config.batch_size]]
+        for start in range(0, len(images), self.batch_size):
+            chunk = [Image.fromarray(a) for a in images[start : start + self.batch_size]]
             text = [self.config.prompt] * len(chunk) if self.config.prompt else None
             inputs = self.processor(images=chunk, text=text, return_tensors="pt").to(self.device)
             if "pixel_values" in inputs:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ieiw.pipelines.instructions.llm import LLMConfig
 from ieiw.pipelines.replacement.captions import CaptionConfig
@@ -105,6 +105,15 @@ class ReplacementConfig(BaseModel):
     min_change: float = 1.0  # mean absolute change inside the mask below this: the paint did nothing
     batch_size: int = 8
     limit: int | None = None
+
+    @model_validator(mode="after")
+    def _regions_come_from_the_database(self) -> ReplacementConfig:
+        if self.regions_per_image > self.database.objects_per_image:
+            raise ValueError(
+                f"regions_per_image ({self.regions_per_image}) is more than database.objects_per_image "
+                f"({self.database.objects_per_image}): the pairs' regions are the ones the database stores"
+            )
+        return self
 
     def needs_proposer(self) -> bool:
         return any(isinstance(s, ImageFolderSource) for s in self.sources)

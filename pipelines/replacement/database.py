@@ -4,13 +4,16 @@ The database is a stage folder (:mod:`ieiw.storage.stage_folder`) on any fsspec 
 folder, ``s3://...``). One batch of images is one part::
 
     parts/<part>.npy            (N, D) float32 unit rows, written first
+    parts/<part>.images.parquet each image of the part and its rejected regions by reason (:data:`IMAGES`)
     manifest/<part>.parquet     its N rows of metadata (:data:`COLUMNS`): commits the part
     manifest.parquet            the committed rows in one file (when a run finishes)
     index/<key>/                the FAISS index over the committed parts (see :mod:`.index`)
     stage.json                  the fingerprint the database was made with, and its runs
 
 A row's metadata holds everything needed to cut the object out again (image path and the mask as
-a COCO RLE), so retrieval never needs the source datasets' annotation files. A part exists for a
+a COCO RLE), so retrieval never needs the source datasets' annotation files, and the replacement
+stage takes its regions, masks, labels and vectors from here instead of running SAM and CLIP again
+(:meth:`ObjectDatabase.image_rows`, :meth:`ObjectDatabase.regions_dropped`). A part exists for a
 reader only once its manifest part is committed; vectors of parts that never committed are
 invisible (and pruned by the next holder of the stage's lease).
 """
@@ -18,6 +21,7 @@ invisible (and pruned by the next holder of the stage's lease).
 from __future__ import annotations
 
 import io
+import json
 import posixpath
 import threading
 from collections import Counter, OrderedDict
@@ -53,6 +57,8 @@ COLUMNS = pa.schema(
 )
 # A committed part's table: the rows, the part they belong to, the stage fingerprint (added on commit).
 PART_SCHEMA = pa.schema([*COLUMNS, ("part", pa.string()), ("fingerprint", pa.string())])
+# Every image a part read (with or without stored objects): what selection rejected, by reason (JSON).
+IMAGES = pa.schema([("image_key", pa.int64()), ("record_id", pa.string()), ("regions_dropped", pa.string())])
 
 
 def image_key(dataset: str, image_id: str) -> int:
@@ -69,6 +75,18 @@ def vectors_path(part: str) -> str:
     return posixpath.join(PARTS, f"{part}.npy")
 
 
+def images_path(part: str) -> str:
+    """Where a part's table of images lies, relative to the database."""
+    return posixpath.join(PARTS, f"{part}.images.parquet")
+
+
+def _part_of(file_name: str) -> str:
+    for suffix in (".images.parquet", ".npy"):
+        if file_name.endswith(suffix):
+            return file_name[: -len(suffix)]
+    return file_name
+
+
 def part_table(part: str, rows: list[dict]) -> pa.Table:
     table = pa.Table.from_pylist(rows, schema=COLUMNS)
     return table.append_column("part", pa.array([part] * len(rows), pa.string()))
@@ -82,22 +100,21 @@ def write_part(
     fingerprint: str = "",
     holder: str | None = None,
     stage: str = "object_database",
+    images: list[dict] | None = None,
 ) -> str:
-    """Commit one part: its vectors first, then its metadata as the manifest part that commits it
-    (if the stage's lease is still ``holder``'s; ``None`` skips the check)."""
+    """Commit one part: its vectors (and its table of ``images``, rows of :data:`IMAGES`) first, then
+    its metadata as the manifest part that commits it (if the stage's lease is still ``holder``'s;
+    ``None`` skips the check)."""
     if len(vectors) != len(rows):
         raise ValueError(f"{len(rows)} rows for {len(vectors)} vectors")
     buffer = io.BytesIO()
     np.save(buffer, np.ascontiguousarray(vectors, dtype=np.float32))
-    return commit_files(
-        db_url,
-        part,
-        part_table(part, rows),
-        {vectors_path(part): buffer.getvalue()},
-        fingerprint,
-        holder,
-        stage,
-    )
+    files = {vectors_path(part): buffer.getvalue()}
+    if images is not None:
+        table = io.BytesIO()
+        pq.write_table(pa.Table.from_pylist(images, schema=IMAGES), table)
+        files[images_path(part)] = table.getvalue()
+    return commit_files(db_url, part, part_table(part, rows), files, fingerprint, holder, stage)
 
 
 def part_names(db_url: str) -> list[str]:
@@ -106,16 +123,17 @@ def part_names(db_url: str) -> list[str]:
 
 
 def remove_uncommitted(db_url: str) -> int:
-    """Delete the vectors of parts whose manifest part never committed (a killed run's); returns how
-    many. Only the holder of the database's lease calls this, before its workers start."""
+    """Delete the files of parts whose manifest part never committed (a killed run's); returns how many
+    parts. Only the holder of the database's lease calls this, before its workers start."""
     committed = set(part_names(db_url))
-    removed = 0
-    for url in fs.list_files(fs.join(db_url, PARTS), ".npy"):
-        name = posixpath.basename(url)[: -len(".npy")]
-        if name not in committed and not name.startswith("."):
-            fs.remove(url)
-            removed += 1
-    return removed
+    removed: set[str] = set()
+    for suffix in (".npy", ".images.parquet"):
+        for url in fs.list_files(fs.join(db_url, PARTS), suffix):
+            name = _part_of(posixpath.basename(url))
+            if name not in committed and not name.startswith("."):
+                fs.remove(url)
+                removed.add(name)
+    return len(removed)
 
 
 class ObjectDatabase:
@@ -138,6 +156,9 @@ class ObjectDatabase:
         self._lock = threading.Lock()  # batches in threads share one database
         filesystem, _ = fs.get_fs(url)
         self._local = fs.is_local(filesystem)
+        self._rows_by_image: ImageRows | None = None
+        self._images: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+        self._image_tables: OrderedDict[str, pa.Table] = OrderedDict()
 
     def __len__(self) -> int:
         return int(self.offsets[-1])
@@ -210,3 +231,77 @@ class ObjectDatabase:
                 while len(self._tables) > self._cached_parts:
                     self._tables.popitem(last=False)
             return self._tables[part]
+
+    # ------------------------------------------------------------------ the objects of one image
+
+    def image_rows(self, dataset: str, image_id: str) -> list[int]:
+        """The rows of an image's stored objects, best first (as selection ranked them)."""
+        with self._lock:
+            if self._rows_by_image is None:
+                keys = [
+                    np.array([image_key(d, i) for d, i in zip(ds, ids, strict=True)], dtype=np.int64)
+                    for ds, ids in zip(self.iter_column("dataset"), self.iter_column("image_id"), strict=True)
+                ]
+                self._rows_by_image = ImageRows(np.concatenate(keys) if keys else np.zeros(0, np.int64))
+        return self._rows_by_image.rows(image_key(dataset, image_id))
+
+    def regions_dropped(self, dataset: str, image_id: str) -> dict[str, int] | None:
+        """What selection rejected among the image's regions, by reason; None if the database has no
+        record of the image (not in its sources, unreadable, or a database made before these tables)."""
+        key = image_key(dataset, image_id)
+        with self._lock:
+            if self._images is None:
+                self._images = self._image_index()
+            keys, parts, locals_ = self._images
+            found = int(np.searchsorted(keys, key))
+            if found >= len(keys) or keys[found] != key:
+                return None
+            part = self.parts[int(parts[found])]
+            table = self._image_table(part)
+        return json.loads(table.column("regions_dropped")[int(locals_[found])].as_py() or "{}")
+
+    def _image_index(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Every recorded image's key, sorted, with its part number and row in that part's table."""
+        keys, parts, locals_ = [], [], []
+        for number, part in enumerate(self.parts):
+            url = fs.join(self.url, images_path(part))
+            if not fs.exists(url):
+                continue  # a part written before the image tables existed
+            filesystem, path = fs.get_fs(url)
+            with filesystem.open(path, "rb") as handle:
+                column = pq.read_table(handle, columns=["image_key"]).column("image_key").to_numpy()
+            keys.append(column)
+            parts.append(np.full(len(column), number, np.int32))
+            locals_.append(np.arange(len(column), dtype=np.int64))
+        if not keys:
+            return np.zeros(0, np.int64), np.zeros(0, np.int32), np.zeros(0, np.int64)
+        key_array = np.concatenate(keys)
+        order = np.argsort(key_array, kind="stable")
+        return key_array[order], np.concatenate(parts)[order], np.concatenate(locals_)[order]
+
+    def _image_table(self, part: str) -> pa.Table:
+        """A part's table of images (the caller holds the lock); a few parts are kept in memory."""
+        if part in self._image_tables:
+            self._image_tables.move_to_end(part)
+            return self._image_tables[part]
+        filesystem, path = fs.get_fs(fs.join(self.url, images_path(part)))
+        with filesystem.open(path, "rb") as handle:
+            table = pq.read_table(handle)
+        self._image_tables[part] = table
+        while len(self._image_tables) > self._cached_parts:
+            self._image_tables.popitem(last=False)
+        return table
+
+
+class ImageRows:
+    """The rows of each image in a database, from the image key of every row (row order kept)."""
+
+    def __init__(self, image_keys: np.ndarray) -> None:
+        keys = np.asarray(image_keys, dtype=np.int64)
+        self._order = np.argsort(keys, kind="stable")
+        self._sorted = keys[self._order]
+
+    def rows(self, key: int) -> list[int]:
+        start = int(np.searchsorted(self._sorted, key, side="left"))
+        stop = int(np.searchsorted(self._sorted, key, side="right"))
+        return sorted(int(r) for r in self._order[start:stop])

@@ -2,7 +2,8 @@
 
 Vectors are unit rows, so inner product is cosine similarity. The index is built in chunks from
 the database's committed parts and saved with per-row image keys and label ids. GPU FAISS is used
-for flat and IVF indexes when it is installed and a GPU is visible.
+for flat and IVF indexes when it is installed and a GPU is visible; a GPU index is searched by one
+thread at a time (:mod:`ieiw.quality.faiss_search`: FAISS GPU indexes are not thread-safe).
 
 In the database's stage folder an index lies under ``index/<key>/``, where the key
 (:func:`index_key`) hashes the database's fingerprint digest, its committed parts and the settings
@@ -27,6 +28,7 @@ from pydantic import BaseModel, ConfigDict
 from tqdm.auto import tqdm
 
 from ieiw.pipelines.replacement.database import ObjectDatabase, image_key
+from ieiw.quality.faiss_search import search_guard
 from ieiw.storage import fs
 from ieiw.storage.identity import cache_root
 from ieiw.storage.optional import import_faiss
@@ -113,6 +115,7 @@ class ObjectIndex:
         self.image_keys, self.label_ids, self.labels = image_keys, label_ids, labels
         self.signature = signature
         self._label_index = {name: i for i, name in enumerate(labels)}
+        self._guard = search_guard(index)  # a lock for a GPU index: batches in threads take turns
 
     def __len__(self) -> int:
         return int(self.index.ntotal)
@@ -123,13 +126,15 @@ class ObjectIndex:
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Similarities and rows of the ``k`` nearest objects of each query (rows -1 past the end)."""
         queries = np.ascontiguousarray(queries, dtype=np.float32)
-        return self.index.search(queries, min(k, max(len(self), 1)))
+        with self._guard:
+            return self.index.search(queries, min(k, max(len(self), 1)))
 
     def save(self, folder: str, key: str = "") -> str:
         """Write the index into a local ``folder`` (``index.json`` last)."""
         faiss = import_faiss()
         os.makedirs(folder, exist_ok=True)
-        cpu = faiss.index_gpu_to_cpu(self.index) if hasattr(self.index, "getDevice") else self.index
+        with self._guard:
+            cpu = faiss.index_gpu_to_cpu(self.index) if hasattr(self.index, "getDevice") else self.index
         target = os.path.join(folder, INDEX_FILE)
         temporary = fs.temporary_name(target)
         faiss.write_index(cpu, temporary)  # FAISS writes the file itself: no second copy in memory

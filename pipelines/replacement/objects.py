@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import json
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from ieiw.pipelines.replacement.config import ReplacementConfig
 from ieiw.pipelines.replacement.crops import CropConfig, masked_crop, pad_square
-from ieiw.pipelines.replacement.database import object_id
+from ieiw.pipelines.replacement.database import image_key, object_id
 from ieiw.pipelines.replacement.labels import ZeroShotLabeler
 from ieiw.pipelines.replacement.proposals import Proposer
 from ieiw.pipelines.replacement.records import ImageRecord, encode_rle
@@ -24,6 +25,7 @@ class ObjectBatch:
     rows: list[dict]  # database metadata, one per vector
     dropped: Counter  # images and regions left out, by reason
     images: int = 0
+    image_table: list[dict] = field(default_factory=list)  # each image read: its rejected regions
 
 
 def embed_regions(embedder, image: np.ndarray, regions: list[SelectedRegion], crop: CropConfig) -> np.ndarray:
@@ -85,6 +87,7 @@ def object_batch(
     dropped: Counter = Counter()
     vectors: list[np.ndarray] = []
     rows: list[dict] = []
+    image_table: list[dict] = []
     images = 0
     for record in records:
         if isinstance(record, Drop):
@@ -96,6 +99,13 @@ def object_batch(
             continue
         images += 1
         dropped.update(loaded.dropped)
+        image_table.append(
+            {
+                "image_key": image_key(record.dataset, record.image_id),
+                "record_id": record.record_id,
+                "regions_dropped": json.dumps(dict(sorted(loaded.dropped.items()))),
+            }
+        )
         keep = _best(loaded, config.database.objects_per_image, dropped)
         if not keep:
             continue
@@ -104,7 +114,7 @@ def object_batch(
             rows.append(object_row(record, loaded.image, region, label, source))
             vectors.append(vector)
     matrix = np.stack(vectors).astype(np.float32) if vectors else np.zeros((0, embedder.dim), np.float32)
-    return ObjectBatch(matrix, rows, dropped, images)
+    return ObjectBatch(matrix, rows, dropped, images, image_table)
 
 
 def _best(loaded: LoadedImage, limit: int, dropped: Counter) -> list[SelectedRegion]:

@@ -29,6 +29,9 @@ class PaintConfig(BaseModel):
     batch_size: int = 4
     mask_mode: Literal["box", "mask"] = "box"  # Paint-by-Example was trained on box-shaped masks
     window_scale: float = 2.0  # the square window painted around a region, in region sizes
+    # A region wider (or taller) than the square window can be, the image's short side: ``letterbox``
+    # paints a window spanning it, padded to a square; ``drop`` drops it as ``region_wider_than_window``.
+    wide_regions: Literal["letterbox", "drop"] = "letterbox"
     dilation: int = 8
     seed: int = 0
     inpaint_radius: int = 5  # seamless_clone: how the original object is cleared first
@@ -54,6 +57,14 @@ class Painted:
     mask: np.ndarray  # HxW uint8 0/255: where the target may differ from the source
 
 
+@dataclass
+class Refused:
+    """A job a painter will not paint, with the reason its drop gets (a slug) and why."""
+
+    reason: str
+    detail: str
+
+
 class Painter(Protocol):
     """``backend``, ``model`` (its identity by content or hub revision, never a path) and ``settings()``
     go into each sample's key."""
@@ -63,7 +74,7 @@ class Painter(Protocol):
 
     def settings(self) -> dict[str, Any]: ...
 
-    def paint(self, jobs: list[PaintJob]) -> list[Painted]: ...
+    def paint(self, jobs: list[PaintJob]) -> list[Painted | Refused]: ...
 
 
 def dilate(mask: np.ndarray, pixels: int) -> np.ndarray:

@@ -27,7 +27,7 @@ from ieiw.pipelines.replacement.config import (
 from ieiw.pipelines.replacement.index import OPERATIONAL as INDEX_OPERATIONAL
 from ieiw.pipelines.replacement.index import IndexConfig
 from ieiw.pipelines.replacement.labels import LabelConfig
-from ieiw.quality.embeddings import EmbedderConfig
+from ieiw.quality.embeddings import EmbedderConfig, autocast_dtype, resolve_device
 from ieiw.storage.identity import file_digest, model_identity
 from ieiw.storage.schema import stable_key
 
@@ -85,6 +85,26 @@ def embedder_settings(config: EmbedderConfig, precision: str | None = None) -> d
     }
 
 
+def embedder_precision(config: EmbedderConfig) -> str:
+    """The precision a CLIP embedder of ``config`` runs at on this machine (as a loaded one reports it)."""
+    dtype = autocast_dtype(resolve_device(config.device), config.precision)
+    return str(dtype).removeprefix("torch.") if dtype is not None else "float32"
+
+
+def proposer_key(config: ProposerConfig) -> dict[str, Any]:
+    """The proposer and its settings as a loaded one names them (``{"proposer": name, **settings()}``),
+    from the config alone: the replacement stage keys proposed regions without loading SAM."""
+    if config.backend == "sam":
+        return {"proposer": "sam", **config.sam.shaping_settings()}
+    return {
+        "proposer": config.backend,
+        "scale": config.felzenszwalb_scale,
+        "sigma": config.felzenszwalb_sigma,
+        "min_size": config.felzenszwalb_min_size,
+        "max_regions": config.max_regions,
+    }
+
+
 def label_settings(config: LabelConfig) -> dict[str, Any]:
     """The vocabulary zero-shot labelling chooses from (by its names, wherever they were read from)."""
     names = config.names()
@@ -135,6 +155,8 @@ def replacement_settings(config: ReplacementConfig) -> dict[str, Any]:
     """What the replacement pairs depend on besides the object database (its digest is upstream of
     them) and the models (:func:`replacement_models`)."""
     paint = config.paint.model_dump(exclude={"model", "device", "batch_size"})
+    if config.paint.backend != "paint_by_example":
+        paint.pop("wide_regions")  # Paint-by-Example's window only: the classical painter has none
     caption = config.caption.model_dump(exclude={"model", "device", "batch_size"})
     return {
         **database_settings(config),

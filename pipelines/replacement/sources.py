@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import itertools
 from collections import Counter
 from collections.abc import Iterator
@@ -21,6 +22,7 @@ from ieiw.pipelines.replacement.config import (
 from ieiw.pipelines.replacement.proposals import FelzenszwalbProposer, Proposer
 from ieiw.pipelines.replacement.records import ImageRecord, read_image, record_drop
 from ieiw.pipelines.replacement.selection import SelectedRegion, SelectionConfig, select_regions
+from ieiw.pipelines.sources.folders import files_with_suffix
 from ieiw.storage.schema import Drop
 
 
@@ -38,6 +40,31 @@ def iter_source(source: Source) -> Iterator[ImageRecord | Drop]:
 def iter_records(config: ReplacementConfig) -> Iterator[ImageRecord | Drop]:
     items = itertools.chain.from_iterable(iter_source(s) for s in config.sources)
     return itertools.islice(items, config.limit) if config.limit is not None else items
+
+
+def count_source(source: Source) -> int:
+    """How many records a source yields, by listing files or streaming the CSV, never by reading
+    annotations (an Open Images record is a run of rows of one ImageID, as its reader groups them)."""
+    if isinstance(source, SA1BSource):
+        return sum(len(sa1b.annotation_files(f)) for f in source.folders)
+    if isinstance(source, OpenImagesSource):
+        with open(source.segmentation_csv, newline="", encoding="utf-8") as handle:
+            reader = csv.DictReader(handle)
+            return sum(1 for _ in itertools.groupby(row["ImageID"] for row in reader))
+    if isinstance(source, ImageFolderSource):
+        return len(files_with_suffix(source.images, folder.IMAGE_SUFFIXES))
+    raise TypeError(f"unknown source {type(source).__name__}")
+
+
+def count_records(config: ReplacementConfig) -> dict[str, int | None]:
+    """The records of each source (its kind and position as the key; None where it is unreadable)."""
+    counts: dict[str, int | None] = {}
+    for number, source in enumerate(config.sources):
+        try:
+            counts[f"{number}:{source.kind}"] = count_source(source)
+        except (OSError, KeyError, csv.Error):
+            counts[f"{number}:{source.kind}"] = None
+    return counts
 
 
 def build_proposer(config: ProposerConfig) -> Proposer:

@@ -1,7 +1,11 @@
 """The replacement stage: a batch of image records to replace samples (or drops with reasons).
 
-regions -> crop + CLIP embedding -> FAISS reference -> paint -> captions -> instruction -> sample.
-Models come loaded in :class:`ReplacementModels` (once per worker process, by the caller).
+stored regions -> FAISS reference -> paint -> captions -> instruction -> sample.
+
+The object database already holds every image's selected regions (their masks as RLE, boxes, labels
+and CLIP vectors, best first): the stage takes them from there instead of running SAM and CLIP again,
+so the dominant GPU cost of the generator is paid once, by the database. Models come loaded in
+:class:`ReplacementModels` (once per worker process, by the caller).
 """
 
 from __future__ import annotations
@@ -22,19 +26,27 @@ from ieiw.pipelines.replacement.crops import CropConfig, masked_crop
 from ieiw.pipelines.replacement.database import ObjectDatabase, image_key, object_id
 from ieiw.pipelines.replacement.index import ObjectIndex
 from ieiw.pipelines.replacement.labels import ZeroShotLabeler
-from ieiw.pipelines.replacement.objects import embed_regions, name_regions
-from ieiw.pipelines.replacement.painting import Painted, Painter, PaintError, PaintJob
+from ieiw.pipelines.replacement.painting import Painted, Painter, PaintError, PaintJob, Refused
 from ieiw.pipelines.replacement.proposals import Proposer
-from ieiw.pipelines.replacement.records import RegionDecodeError, decode_rle, load_rgb, record_drop
+from ieiw.pipelines.replacement.records import (
+    Region,
+    RegionDecodeError,
+    decode_rle,
+    load_rgb,
+    read_image,
+    record_drop,
+)
 from ieiw.pipelines.replacement.retrieval import Match, retrieve
 from ieiw.pipelines.replacement.selection import SelectedRegion
 from ieiw.pipelines.replacement.settings import (
+    embedder_precision,
     embedder_settings,
     index_settings,
     instruction_settings,
     label_settings,
+    proposer_key,
 )
-from ieiw.pipelines.replacement.sources import LoadedImage, load_image_regions
+from ieiw.pipelines.replacement.sources import LoadedImage
 from ieiw.pipelines.replacement.wording import write_instruction
 from ieiw.storage.schema import (
     Drop,
@@ -53,12 +65,17 @@ GENERATOR = "replacement"
 
 @dataclass
 class ReplacementModels:
-    """Everything the stage runs, loaded once; ``timings`` adds up the seconds of each step."""
+    """Everything the stage runs, loaded once; ``timings`` adds up the seconds of each step.
 
-    embedder: object
+    The stage runs neither CLIP nor SAM (the database holds their results): ``embedder``, ``proposer``
+    and ``labeler`` are accepted for callers that have them loaded, and only name what made the
+    database's vectors in the keys (``embedder``'s precision; without it, the precision the config
+    resolves to on this machine)."""
+
     index: ObjectIndex
     database: ObjectDatabase
     painter: Painter
+    embedder: object | None = None
     proposer: Proposer | None = None
     labeler: ZeroShotLabeler | None = None
     captioner: BlipCaptioner | None = None
@@ -66,6 +83,7 @@ class ReplacementModels:
     timings: Counter = field(default_factory=Counter)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _key_settings: dict | None = None
+    _proposer_key: dict | None = None
 
     def key_settings(self, config: ReplacementConfig) -> dict:
         """The settings every sample of this run shares in its key, computed once (model identities
@@ -74,6 +92,19 @@ class ReplacementModels:
             if self._key_settings is None:
                 self._key_settings = shared_key_settings(self, config)
             return self._key_settings
+
+    def proposer_key(self, config: ReplacementConfig) -> dict:
+        """The proposer that made regions of images without masks and its settings (for their keys):
+        the loaded one's, else what the config names (the stage never needs it loaded)."""
+        with self._lock:
+            if self._proposer_key is None:
+                proposer = self.proposer
+                self._proposer_key = (
+                    {"proposer": proposer.name, **proposer.settings()}
+                    if proposer is not None
+                    else proposer_key(config.proposer)
+                )
+            return self._proposer_key
 
     @contextmanager
     def timed(self, step: str):
@@ -122,15 +153,6 @@ def replacement_stage(records: list, models: ReplacementModels, config: Replacem
         candidates = _candidates(records, models, config, results)
     if not candidates:
         return results
-    with models.timed("embed"):
-        images = {id(c.loaded): c.loaded for c in candidates}
-        for loaded in images.values():
-            mine = [c for c in candidates if c.loaded is loaded]
-            vectors = embed_regions(models.embedder, loaded.image, [c.region for c in mine], config.crop)
-            for candidate, vector, (label, source) in zip(
-                mine, vectors, name_regions([c.region for c in mine], vectors, models.labeler)
-            ):
-                candidate.vector, candidate.label, candidate.label_source = vector, label, source
     with models.timed("retrieve"):
         queries = np.stack([c.vector for c in candidates])
         keys = [image_key(c.loaded.record.dataset, c.loaded.record.image_id) for c in candidates]
@@ -150,6 +172,9 @@ def replacement_stage(records: list, models: ReplacementModels, config: Replacem
         painted = _paint_all(models.painter, [_job(c, r, s) for (c, r), s in zip(paired, seeds)])
     done: list[tuple[Candidate, Reference, Painted, int]] = []
     for (candidate, reference), result, seed in zip(paired, painted, seeds, strict=True):
+        if isinstance(result, Refused):
+            results.append(candidate.drop(result.reason, result.detail))
+            continue
         if isinstance(result, str):
             results.append(candidate.drop("paint_failed", result))
             continue
@@ -169,18 +194,43 @@ def replacement_stage(records: list, models: ReplacementModels, config: Replacem
 def _candidates(
     records: list, models: ReplacementModels, config: ReplacementConfig, results: list[Result]
 ) -> list[Candidate]:
+    """Each record's best stored regions, with their masks, labels and vectors from the database."""
     candidates: list[Candidate] = []
+    database = models.database
     for record in records:
-        loaded = load_image_regions(record, models.proposer, config.selection)
-        if isinstance(loaded, Drop):
-            results.append(loaded)
+        image = read_image(record)
+        if isinstance(image, Drop):
+            results.append(image)
             continue
-        if not loaded.regions:
-            detail = ", ".join(f"{k}: {v}" for k, v in sorted(loaded.dropped.items())) or "no regions"
+        rows = [database.row(r) | {"_row": r} for r in database.image_rows(record.dataset, record.image_id)]
+        dropped = Counter(database.regions_dropped(record.dataset, record.image_id) or {})
+        stored = rows[: config.regions_per_image]
+        if not stored:
+            detail = ", ".join(f"{k}: {v}" for k, v in sorted(dropped.items())) or "no regions"
             results.append(record_drop(record.record_id, "no_semantic_region", detail, record.provenance()))
             continue
-        candidates.extend(Candidate(loaded, region) for region in loaded.regions[: config.regions_per_image])
+        regions = [_stored_region(row) for row in stored]
+        if any(r.mask.shape != image.shape[:2] for r in regions):
+            detail = f"the database's masks do not fit {record.image_path} {image.shape[:2]}: rebuild it"
+            results.append(record_drop(record.record_id, "database_mismatch", detail, record.provenance()))
+            continue
+        loaded = LoadedImage(record, image, regions, dropped)
+        for region, row in zip(regions, stored, strict=True):
+            vector = database.vector(row["_row"])
+            candidates.append(Candidate(loaded, region, row["label"], row["label_source"], vector))
     return candidates
+
+
+def _stored_region(row: dict) -> SelectedRegion:
+    """A database row as the selected region it was made from."""
+    mask = decode_rle({"size": [row["height"], row["width"]], "counts": row["rle_counts"]}).astype(bool)
+    region = Region(
+        region_id=row["region_id"],
+        label=row["label"] if row["label_source"] == "annotation" else None,
+        predicted_iou=row["predicted_iou"],
+        stability_score=row["stability_score"],
+    )
+    return SelectedRegion(region, mask, tuple(int(v) for v in row["bbox"]), float(mask.mean()))
 
 
 def _load_reference(database: ObjectDatabase, match: Match, crop: CropConfig) -> Reference | str:
@@ -214,15 +264,16 @@ def _job(candidate: Candidate, reference: Reference, seed: int) -> PaintJob:
     )
 
 
-def _paint_all(painter: Painter, jobs: list[PaintJob]) -> list[Painted | str]:
-    """Paint the batch at once; if it fails, paint one by one so one bad job costs one drop."""
+def _paint_all(painter: Painter, jobs: list[PaintJob]) -> list[Painted | Refused | str]:
+    """Paint the batch at once; if it fails, paint one by one so one bad job costs one drop.
+    A job the painter refuses (a ``Refused``, with its own reason) is a drop, not a failure."""
     if not jobs:
         return []
     try:
         return list(painter.paint(jobs))
     except PaintError:
         pass  # retried job by job below, each failure recorded as that job's drop reason
-    out: list[Painted | str] = []
+    out: list[Painted | Refused | str] = []
     for job in jobs:
         try:
             out.append(painter.paint([job])[0])
@@ -245,8 +296,11 @@ def _captions(done: list, captioner: BlipCaptioner | None) -> list[tuple[str, st
     return list(zip(texts[: len(done)], texts[len(done) :], strict=True))
 
 
-def _precision(embedder: object) -> str:
-    dtype = getattr(embedder, "autocast_dtype", None)
+def _precision(models: ReplacementModels, config: ReplacementConfig) -> str:
+    """The precision CLIP embeds at: the loaded embedder's, else what the config resolves to here."""
+    if models.embedder is None:
+        return embedder_precision(config.embedder)
+    dtype = getattr(models.embedder, "autocast_dtype", None)
     return str(dtype).removeprefix("torch.") if dtype is not None else "float32"
 
 
@@ -257,7 +311,7 @@ def shared_key_settings(models: ReplacementModels, config: ReplacementConfig) ->
         "paint": models.painter.settings(),
         "selection": config.selection.model_dump(),
         "crop": config.crop.model_dump(),
-        "embedder": embedder_settings(config.embedder, _precision(models.embedder)),
+        "embedder": embedder_settings(config.embedder, _precision(models, config)),
         "labels": label_settings(config.labels),
         "database": {
             "objects_per_image": config.database.objects_per_image,
@@ -278,7 +332,7 @@ def _generator(
     if candidate.loaded.record.regions is not None:
         regions: str | dict = "annotations"
     else:
-        regions = {"proposer": models.proposer.name, **models.proposer.settings()}
+        regions = models.proposer_key(config)
     return GeneratorInfo(
         name=GENERATOR,
         backend=models.painter.backend,

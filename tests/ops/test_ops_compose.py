@@ -103,3 +103,16 @@ def test_a_compose_implementation_validates_the_file():
     services = yaml.safe_load(resolved.stdout)["services"]
     assert services["worker-gpu"]["image"] == "ieiw-builder:gpu"
     assert services["worker"]["environment"]["PREFECT_API_URL"] == "http://prefect-server:4200/api"
+
+
+def test_each_gpu_worker_is_pinned_to_its_own_gpu():
+    services = _compose()["services"]
+    gpu_workers = {name: s for name, s in services.items() if name.startswith("worker-gpu")}
+    pinned = []
+    for name, service in gpu_workers.items():
+        words = service["command"].split()
+        assert words[:2] == ["ieiw", "worker"] and "--gpu" in words, f"{name}: not an `ieiw worker --gpu N`"
+        pinned.append(words[words.index("--gpu") + 1])
+        assert service["image"] == "ieiw-builder:gpu" and service["profiles"]
+        assert service["deploy"]["resources"]["reservations"]["devices"][0]["driver"] == "nvidia"
+    assert len(pinned) >= 2 and len(set(pinned)) == len(pinned)  # one worker per GPU

@@ -236,8 +236,8 @@ def _left(inputs: int | None, committed: int | None) -> int | None:
 
 
 def removal_plan(config: BuildConfig, table: list[dict], check: bool) -> tuple[StagePlan, int | None]:
-    from ieiw.flows.fingerprints import section_fingerprint, with_shard_encoding
-    from ieiw.flows.removal import count_tasks
+    from ieiw.flows.fingerprints import with_shard_encoding
+    from ieiw.flows.removal import count_tasks, removal_fingerprint
 
     section = config.removal
     url = fs.join(config.output, "removal")
@@ -245,7 +245,7 @@ def removal_plan(config: BuildConfig, table: list[dict], check: bool) -> tuple[S
     unit = "PhraseCut tasks" if tasks is not None else "PhraseCut tasks (annotations unreadable here)"
     plan = StagePlan("removal", tasks, unit, _committed(url))
     fingerprint = (
-        _fingerprint(lambda: with_shard_encoding(section_fingerprint("removal", section), config.shards))
+        _fingerprint(lambda: with_shard_encoding(removal_fingerprint(section), config.shards))
         if check
         else None
     )

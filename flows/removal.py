@@ -23,6 +23,7 @@ from ieiw.pipelines.sources.phrasecut import (
     load_image_data,
 )
 from ieiw.storage import fs
+from ieiw.storage.fingerprint import Fingerprint
 from ieiw.storage.schema import Drop, Result
 from ieiw.storage.shards import ShardSpec
 from ieiw.storage.stage_folder import Rebuild
@@ -65,6 +66,11 @@ def count_tasks(config: RemovalConfig) -> int | None:
     return min(total, config.limit) if config.limit is not None else total
 
 
+def removal_fingerprint(config: RemovalConfig) -> Fingerprint:
+    """What determines the removal stage's output (the plan compares it with the recorded one too)."""
+    return section_fingerprint(STAGE, config.fingerprinted())
+
+
 @flow(name="removal", log_prints=True)
 def removal(
     config: RemovalConfig,
@@ -87,7 +93,7 @@ def removal(
         shards,
         batch_size=config.batch_size,
         runner=runner,
-        fingerprint=section_fingerprint(STAGE, config.fingerprinted()),
+        fingerprint=removal_fingerprint(config),
         rebuild=rebuild,
         info={"models": model_paths(config)},
         total=count_tasks(config) if config.sessions is None else None,  # sessions: fewer records

@@ -176,7 +176,8 @@ class LamaInpainter:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The window of the image (RGB in [0, 1]) and its binary mask, ``window`` x ``window``, on the
         device: box-filtered down (a downscaled pixel the mask touches stays masked), bicubic up."""
-        pixels = torch.from_numpy(cut(image, win)).to(self.device).permute(2, 0, 1)[None].float().div(255.0)
+        window_pixels = np.array(cut(image, win), copy=True)  # a read-only view of a decoded image is fine
+        pixels = torch.from_numpy(window_pixels).to(self.device).permute(2, 0, 1)[None].float().div(255.0)
         region = torch.from_numpy(cut((mask > 127).astype(np.float32), win, "constant")).to(self.device)[
             None, None
         ]

@@ -13,9 +13,11 @@ import pytest
 import yaml
 from cli_text import words
 from phrasecut_fixture import write_phrasecut
+from rich.console import Console
 from tiny_lama import save_tiny_lama
 from typer.testing import CliRunner
 
+from ieiw.flows import cli
 from ieiw.flows.build import ieiw_build
 from ieiw.flows.cli import app
 from ieiw.flows.config import BuildConfig, load_config
@@ -164,7 +166,9 @@ def test_the_cli_prints_the_plan_and_does_no_work(tmp_path, monkeypatch):
     path = tmp_path / "build.yaml"
     path.write_text(yaml.safe_dump(config.model_dump(mode="json")))
     monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:9/api")  # a server that is not there
-    monkeypatch.setenv("COLUMNS", "250")
+    # The CLI's console took its width from the terminal at import; print the plan at a fixed width
+    # so the model cells are not wrapped into each other, whatever terminal the tests run in.
+    monkeypatch.setattr(cli, "console", Console(width=250))
     result = CliRunner().invoke(app, ["build", str(path), "--plan"])
     assert result.exit_code == 0, result.output
     text = words(result.output)

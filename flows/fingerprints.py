@@ -8,7 +8,10 @@ turned into a fingerprint by rules, not by hand per stage:
 - model keys (:data:`ieiw.flows.config.MODEL_KEYS`) become model identities by content;
 - path keys (:data:`ieiw.flows.config.PATH_KEYS`) that name an input file (annotations, labels,
   captions, ...) become that file's content digest; those that name a folder (images) or an output
-  are left out, since the records' provenance already says which images were used.
+  are left out, since the records' provenance already says which images were used;
+- a ``precision`` becomes the arithmetic it gives on the section's device (:func:`effective_precision`):
+  ``auto`` runs bf16 on one GPU, fp16 on another and fp32 on a CPU, so a build resumed on another
+  kind of machine is a changed build, not a mix of both.
 """
 
 from __future__ import annotations
@@ -57,12 +60,33 @@ def _input_identity(value: str) -> str | None:
     return None
 
 
+def effective_precision(precision: str, device: str | None) -> str:
+    """What ``precision`` computes in on ``device`` (``auto``: the GPU if this host has one).
+
+    Every half-precision setting runs fp32 on a CPU; on a GPU ``auto`` picks bf16 where the GPU
+    supports it, so the GPU's kind is part of the answer."""
+    if precision == "fp32":
+        return "fp32"
+    from ieiw.flows.models import resolve_device
+
+    if not resolve_device(device or "auto").startswith("cuda"):
+        return "fp32"
+    import torch
+
+    if precision == "auto":
+        return "auto on cuda with bf16" if torch.cuda.is_bf16_supported() else "auto on cuda without bf16"
+    return f"{precision} on cuda"
+
+
 def split_settings(tree: Any, models: dict[str, str | None], prefix: str = "") -> Any:
     """``tree`` without operational keys and local paths; models are moved into ``models``."""
     if isinstance(tree, Mapping):
         out: dict[str, Any] = {}
         for key, value in tree.items():
             name = f"{prefix}.{key}" if prefix else str(key)
+            if key == "precision" and isinstance(value, str):
+                out[key] = effective_precision(value, tree.get("device"))
+                continue
             if key in OPERATIONAL_KEYS:
                 continue
             if key in MODEL_KEYS and (isinstance(value, str) or value is None):

@@ -71,9 +71,14 @@ class EmbedderConfig(BaseModel):
         }
 
     def identity(self) -> str:
-        """The embedder's name for caches: ``<model>-<digest of its content identities>``."""
+        """The embedder's name for caches: ``<model>-<digest of its content identities>``, plus the
+        half precision it runs at on this host's GPU (vectors computed in bf16 are not fp32 vectors)."""
         name = re.sub(r"[^A-Za-z0-9._-]+", "-", self.model).strip("-") or "clip"
-        return f"{name}-{stable_key('clip-embedder', self.model_identities())[:16]}"
+        parts: dict[str, str | None] = self.model_identities()
+        half = _autocast_dtype(resolve_device(self.device), self.precision)
+        if half is not None:
+            parts = {**parts, "autocast": str(half).removeprefix("torch.")}
+        return f"{name}-{stable_key('clip-embedder', parts)[:16]}"
 
 
 def resolve_device(device: str) -> torch.device:

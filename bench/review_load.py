@@ -32,7 +32,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from ieiw.model.candidates import CandidateHeader, CandidateSet, CandidateSetting, write_candidate_sets  # noqa: E402
+from ieiw.model.candidate_shards import CandidateHeader, CandidateSet, CandidateSetting, write_candidate_sets  # noqa: E402
 from ieiw.model.review.serve import free_port  # noqa: E402
 from ieiw.model.review.store import ReviewStore  # noqa: E402
 from ieiw.model.review.tables import Pick, Reviewer  # noqa: E402
@@ -56,7 +56,7 @@ def write_candidates(folder: str, samples: int, size: int = 16) -> None:
 
 
 def run_server(db_url: str, candidates: str, port: int) -> None:
-    from ieiw.model.candidates import CandidateIndex
+    from ieiw.model.candidate_shards import CandidateIndex
     from ieiw.model.review.app import create_app
     from ieiw.model.review.serve import serve
 
@@ -144,7 +144,7 @@ def main() -> None:
         candidates = f"{tmp}/candidates"
         write_candidates(candidates, samples_each * (2 * args.reviewers + 1))
         store = ReviewStore(db_url)
-        from ieiw.model.candidates import iter_candidate_headers
+        from ieiw.model.candidate_shards import iter_candidate_headers
 
         store.import_candidates(iter_candidate_headers(candidates))
         names = [f"r{i:03d}" for i in range(2 * args.reviewers + 1)]

@@ -24,7 +24,7 @@ from prefect.artifacts import (
     update_progress_artifact,
 )
 
-from ieiw.model.candidates import CandidateIndex
+from ieiw.model.candidate_shards import CandidateIndex
 from ieiw.model.review.agreement import Agreement
 from ieiw.model.review.app import create_app
 from ieiw.model.review.reports import Progress

@@ -4,7 +4,7 @@ Each stage of the config (one for a config without ``stages``) runs as its own s
 ``ieiw_train_stage``, named after the stage, with a Markdown artifact of its steps, loss and the
 data mix it saw; the parent flow keeps a progress artifact (stages done) and a summary. One process
 (``num_processes`` 1) trains in the flow's own process. Several processes (GPUs) run as a
-subprocess, ``accelerate launch --num_processes N -m model.trainer CONFIG --stage NAME``, because
+subprocess, ``accelerate launch --num_processes N -m ieiw.model.trainer CONFIG --stage NAME``, because
 accelerate's workers must be separate processes. Either way a rerun skips complete stages and
 resumes the interrupted one from its last checkpoint, so the task's ``retries`` continue a crashed
 run instead of restarting it.

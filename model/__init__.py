@@ -1,11 +1,12 @@
 """The editing model: trainer, latent cache, inference, evaluation, export and the edit web page.
 
 - :mod:`ieiw.model.config`: the training config (YAML), shard sets with weights and text fields.
-- :mod:`ieiw.model.trainer`: ``python -m model.trainer CONFIG`` / ``accelerate launch -m model.trainer``.
+- :mod:`ieiw.model.trainer`: ``python -m ieiw.model.trainer CONFIG``, or under ``accelerate launch -m``.
 - :mod:`ieiw.model.build`: loading the base model, widening the UNet input, freezing, EMA.
 - :mod:`ieiw.model.checkpoints`: checkpoints, resume, saving in diffusers layout.
 - :mod:`ieiw.model.curriculum`: the stages of a training config run in order, resumable inside a stage.
-- :mod:`ieiw.model.candidates`: N candidate edits per sample for the review app.
+- :mod:`ieiw.model.candidates`: N candidate edits per sample for the review app, as a stage.
+- :mod:`ieiw.model.candidate_shards`: their shard format, readers and random-access index.
 - :mod:`ieiw.model.data`: the seeded, resumable WebDataset batch stream.
 - :mod:`ieiw.model.latent_cache`: the VAE-latent cache pass.
 - :mod:`ieiw.model.inference`: ``edit_image`` and batch edits with a trained model.

@@ -32,7 +32,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ieiw.model.candidates import CandidateHeader, CandidateIndex, candidate_member
+from ieiw.model.candidate_shards import CandidateHeader, CandidateIndex, candidate_member
 from ieiw.storage.commit import BatchReport, batch_name, committed_batch_report
 from ieiw.storage.fingerprint import Fingerprint
 from ieiw.storage.images import decode_image, encode_image

@@ -11,8 +11,8 @@ size ids, :mod:`ieiw.model.conditioning`). The samples seen
 per shard set are counted and written (``mix.json``, ``mix.csv``, TensorBoard ``mix/*``) so a run
 shows that its data mix matched the configured weights.
 
-Run ``python -m model.trainer CONFIG.yaml [--stage NAME]`` (one process) or
-``accelerate launch -m model.trainer CONFIG.yaml`` (many GPUs); a config with ``stages`` runs them
+Run ``python -m ieiw.model.trainer CONFIG.yaml [--stage NAME]`` (one process) or
+``accelerate launch -m ieiw.model.trainer CONFIG.yaml`` (many GPUs); a config with ``stages`` runs them
 in order through :mod:`ieiw.model.curriculum`.
 """
 
@@ -364,7 +364,7 @@ def main(argv: list[str] | None = None) -> None:
 
     args = sys.argv[1:] if argv is None else argv
     if len(args) not in (1, 3) or (len(args) == 3 and args[1] != "--stage"):
-        raise SystemExit("usage: python -m model.trainer CONFIG.yaml [--stage NAME]")
+        raise SystemExit("usage: python -m ieiw.model.trainer CONFIG.yaml [--stage NAME]")
     logging.basicConfig(level=logging.INFO)
     run_curriculum(load_train_config(args[0]), stage=args[2] if len(args) == 3 else None)
 

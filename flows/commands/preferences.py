@@ -33,7 +33,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Write preference pairs with who or what chose them, as shards (task `preference`) and optionally
         as a Hugging Face dataset that diffusers' train_diffusion_dpo.py reads."""
-        from ieiw.model.candidates import CandidateIndex
+        from ieiw.model.candidate_shards import CandidateIndex
         from ieiw.model.preferences import export_preferences as run_export
         from ieiw.model.preferences import human_pairs, read_scored, scored_pairs
         from ieiw.model.review.store import ReviewStore

@@ -172,7 +172,7 @@ def register(app: typer.Typer) -> None:
             console.print(json.dumps(summary["agreement"], indent=1))
             return
 
-        from ieiw.model.candidates import CandidateIndex
+        from ieiw.model.candidate_shards import CandidateIndex
         from ieiw.model.review.app import create_app
         from ieiw.model.review.judging import candidate_judgements, default_judgements_url
         from ieiw.model.review.serve import serve
@@ -226,7 +226,7 @@ def register(app: typer.Typer) -> None:
         ),
     ) -> None:
         """Write the picks as instruction-tuning shards (task `aligned`) with their provenance."""
-        from ieiw.model.candidates import CandidateIndex
+        from ieiw.model.candidate_shards import CandidateIndex
         from ieiw.model.review.export import export_picks as run_export
         from ieiw.model.review.store import ReviewStore
         from ieiw.storage.lease import StageBusy

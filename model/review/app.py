@@ -24,7 +24,7 @@ from fastapi import Depends, FastAPI, HTTPException, Request, Response
 from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, Field
 
-from ieiw.model.candidates import CandidateIndex, candidate_member
+from ieiw.model.candidate_shards import CandidateIndex, candidate_member
 from ieiw.model.review.store import ReviewerInfo, ReviewError, ReviewStore
 
 COOKIE = "ieiw_review_token"

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from ieiw.model.candidates import CandidateIndex, candidate_member
+from ieiw.model.candidate_shards import CandidateIndex, candidate_member
 from ieiw.model.review.reports import PickedCandidate
 from ieiw.model.review.store import ReviewStore
 from ieiw.storage.commit import BatchReport, batch_name, committed_batch_report

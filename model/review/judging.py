@@ -25,7 +25,7 @@ from collections.abc import Callable
 import pandas as pd
 import pyarrow as pa
 
-from ieiw.model.candidates import FORMAT, CandidateHeader, candidate_member
+from ieiw.model.candidate_shards import FORMAT, CandidateHeader, candidate_member
 from ieiw.model.inputs import input_identities
 from ieiw.model.review.reports import ReviewReports
 from ieiw.quality.agreement import ScoreAgreement, judge_agreement

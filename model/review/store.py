@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
-from ieiw.model.candidates import CandidateHeader
+from ieiw.model.candidate_shards import CandidateHeader
 from ieiw.model.review.reports import ReviewReports
 from ieiw.model.review.tables import MAX_PICKS, Assignment, Candidate, Pick, Reviewer, ReviewSample, utcnow
 

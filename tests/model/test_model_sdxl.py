@@ -207,7 +207,8 @@ def test_ieiw_edit_and_evaluate_use_the_sdxl_pipeline(sdxl_model, shaped, tiny_c
 
 
 def test_candidates_of_an_sdxl_model_keep_the_working_size(sdxl_model, shaped, tmp_path):
-    from ieiw.model.candidates import build_candidates, iter_candidate_sets
+    from ieiw.model.candidate_shards import iter_candidate_sets
+    from ieiw.model.candidates import build_candidates
 
     summary = build_candidates(
         lambda: load_edit_pipeline(str(sdxl_model), device="cpu"), str(sdxl_model), [str(shaped)],

@@ -6,7 +6,7 @@ import pytest
 from postgres_server import postgres_server
 from review_fixtures import write_candidate_shards
 
-from ieiw.model.candidates import CandidateIndex
+from ieiw.model.candidate_shards import CandidateIndex
 from ieiw.model.review.store import ReviewStore
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image, ImageDraw
 
-from ieiw.model.candidates import CandidateHeader, CandidateSet, CandidateSetting, write_candidate_sets
+from ieiw.model.candidate_shards import CandidateHeader, CandidateSet, CandidateSetting, write_candidate_sets
 from ieiw.storage.schema import GeneratorInfo, Provenance, SampleMeta, Task, sample_key
 
 COLOURS = [(220, 38, 38), (234, 88, 12), (202, 138, 4), (22, 163, 74), (8, 145, 178), (37, 99, 235),

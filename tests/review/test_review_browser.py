@@ -9,7 +9,7 @@ import pytest
 from playwright.sync_api import Page, expect, sync_playwright
 from review_fixtures import write_candidate_shards
 
-from ieiw.model.candidates import CandidateIndex
+from ieiw.model.candidate_shards import CandidateIndex
 from ieiw.model.review.app import create_app
 from ieiw.model.review.serve import serving
 from ieiw.model.review.store import ReviewStore

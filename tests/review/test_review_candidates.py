@@ -16,15 +16,13 @@ from cli_text import words  # noqa: E402
 from synthetic_edits import make_sample, write_synthetic_shards, write_synthetic_stage  # noqa: E402
 from tiny_diffusion import tiny_text_encoder, tiny_tokenizer, tiny_unet, tiny_vae  # noqa: E402
 
-from ieiw.model.candidates import (  # noqa: E402
+from ieiw.model.candidate_shards import (  # noqa: E402
     CandidateIndex,
-    candidate_settings,
-    display_order,
-    generate_candidates,
     iter_candidate_headers,
     iter_candidate_sets,
     write_candidate_sets,
 )
+from ieiw.model.candidates import candidate_settings, display_order, generate_candidates  # noqa: E402
 from ieiw.model.inference import load_edit_pipeline  # noqa: E402
 from ieiw.storage import manifest  # noqa: E402
 from ieiw.storage.identity import model_identity  # noqa: E402

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ieiw.model.candidates import CandidateIndex
+from ieiw.model.candidate_shards import CandidateIndex
 from ieiw.model.review.export import ExportExists, export_picks
 from ieiw.storage import manifest
 from ieiw.storage.schema import Task

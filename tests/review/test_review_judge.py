@@ -15,7 +15,7 @@ from judge_server import check_judge_request, images
 from review_fixtures import write_candidate_shards
 from typer.testing import CliRunner
 
-from ieiw.model.candidates import CandidateIndex
+from ieiw.model.candidate_shards import CandidateIndex
 from ieiw.model.review.app import create_app
 from ieiw.model.review.judging import (
     candidate_judgements,

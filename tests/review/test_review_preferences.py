@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from ieiw.model.candidates import CandidateIndex
+from ieiw.model.candidate_shards import CandidateIndex
 from ieiw.model.preferences import (
     DPO_COLUMNS,
     REJECTED_MEMBER,

@@ -81,7 +81,8 @@ def build(
     from ieiw.storage.stage_folder import StageChanged
 
     if plan:
-        from ieiw.flows.plan import make_plan, print_plan
+        from ieiw.flows.plan import make_plan
+        from ieiw.flows.plan_report import print_plan
 
         print_plan(make_plan(load_config(config), stage or None), console)
         return

@@ -10,7 +10,8 @@ device it was measured on). A figure measured with ``--tiny`` on a CPU is a plac
 says so. Work with no measured figure (BLIP captions, the LLM) is listed without hours.
 
 The build records its plan as ``<output>/plan.json`` and the data card shows the estimate beside the
-cost the stages measured.
+cost the stages measured. The figures and the arithmetic are in :mod:`ieiw.flows.throughputs`, the
+tables a person reads in :mod:`ieiw.flows.plan_report`.
 """
 
 from __future__ import annotations
@@ -19,18 +20,15 @@ import datetime
 import json
 import os
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
-
-import yaml
 
 from ieiw.flows.config import BuildConfig, RunnerConfig
 from ieiw.flows.runners import worker_gpus
+from ieiw.flows.throughputs import GpuWork, estimate, pick_figure, throughput_table
 from ieiw.storage import fs, manifest
 from ieiw.storage.stage_folder import read_record
 
 PLAN_FILE = "plan.json"
-THROUGHPUTS = "throughputs.yaml"
 
 
 @dataclass
@@ -38,19 +36,6 @@ class ModelUse:
     role: str
     model: str
     device: str
-
-
-@dataclass
-class GpuWork:
-    """``items`` of one operation of the throughput table left to do (of ``total_items`` for the whole
-    stage), and the hours they take at its figure."""
-
-    operation: str
-    items: int | None
-    hours: float | None = None
-    figure: str = ""  # what the hours come from: the figure's rate, device and kind, or why none
-    total_items: int | None = None
-    total_hours: float | None = None
 
 
 @dataclass
@@ -101,50 +86,6 @@ class Plan:
             stage["gpu_hours"], stage["total_gpu_hours"] = plan.gpu_hours, plan.total_gpu_hours
         data["gpu_hours"], data["total_gpu_hours"] = self.gpu_hours, self.total_gpu_hours
         return data
-
-
-# ---------------------------------------------------------------------------- the throughput table
-
-
-def throughput_table(path: str | os.PathLike | None = None) -> list[dict]:
-    """The measured figures (the packaged table unless ``path``)."""
-    if path is None:
-        from ieiw.flows.resources import resource_path
-
-        path = resource_path(THROUGHPUTS)
-    data = yaml.safe_load(Path(path).read_text()) or {}
-    return list(data.get("figures") or [])
-
-
-def pick_figure(table: list[dict], operation: str) -> dict | None:
-    """The figure an estimate uses: measured with the real architectures where there is one (the
-    newest), else a tiny one."""
-    found = [f for f in table if f.get("operation") == operation and f.get("per_second")]
-    if not found:
-        return None
-    return max(found, key=lambda f: (not f.get("tiny"), str(f.get("date", ""))))
-
-
-def estimate(
-    operation: str, total: int | None, left: int | None, table: list[dict], scale: float = 1.0
-) -> GpuWork:
-    """``total`` items of ``operation`` (``left`` of them still to do) at the table's figure, each
-    costing ``scale`` times what the figure measured."""
-    chosen = pick_figure(table, operation)
-    if total is None:
-        return GpuWork(operation, left, None, "input not counted", total)
-    if chosen is None:
-        return GpuWork(operation, left, None, "no measured figure", total)
-
-    def hours(items: int | None) -> float | None:
-        return None if items is None else items * scale / float(chosen["per_second"]) / 3600.0
-
-    kind = (
-        "tiny models on a CPU: a placeholder, not a GPU cost" if chosen.get("tiny") else "real architecture"
-    )
-    label = f"{chosen['per_second']} {chosen.get('unit', '/s')} on {chosen.get('device', '?')} ({kind})"
-    label += f", x{scale:.2f} per item" if scale != 1 else ""
-    return GpuWork(operation, left, hours(left), label, total, hours(total))
 
 
 # --------------------------------------------------------------------------------------- devices
@@ -463,60 +404,7 @@ def make_plan(
     return Plan(config.name, config.output, plans, gpus, notes)
 
 
-# ------------------------------------------------------------------------------ printing, recording
-
-
-def _hours(value: float | None) -> str:
-    """Hours as a person reads them: two decimals, or two significant digits below 0.01."""
-    if value is None:
-        return "?"
-    return f"{value:,.2f}" if value == 0 or value >= 0.01 else f"{value:.2g}"
-
-
-def _stage_hours(stage: StagePlan) -> str:
-    return "no GPU work" if not stage.work else _hours(stage.gpu_hours)
-
-
-def _count(value: int | None) -> str:
-    return "?" if value is None else f"{value:,}"
-
-
-def print_plan(plan: Plan, console) -> None:
-    """The plan as tables on a rich console: stages, then models and devices, then the GPU work."""
-    from rich.table import Table
-
-    stages = Table(
-        "stage", "inputs", "done", "state", "GPU-hours (left)", title=f"Plan of build `{plan.name}`"
-    )
-    for stage in plan.stages:
-        stages.add_row(
-            stage.stage,
-            f"{_count(stage.inputs)} {stage.unit}",
-            _count(stage.committed or 0),
-            stage.state,
-            _stage_hours(stage),
-        )
-    console.print(stages)
-    models = Table("stage", "role", "model", "device", title="Models each stage loads")
-    for stage in plan.stages:
-        for use in stage.models:
-            models.add_row(stage.stage, use.role, use.model, use.device)
-    console.print(models)
-    work = Table("stage", "GPU work", "items", "GPU-hours", "from", title="GPU work and its estimate")
-    for stage in plan.stages:
-        for item in stage.work:
-            work.add_row(stage.stage, item.operation, _count(item.items), _hours(item.hours), item.figure)
-    console.print(work)
-    wall = (
-        f"; about {_hours(plan.gpu_hours / plan.gpus)} hours on its {plan.gpus} GPU workers"
-        if plan.gpus
-        else ""
-    )
-    unknown = sorted({w.operation for stage in plan.stages for w in stage.work if w.hours is None})
-    missing = f" (not counting {', '.join(unknown)}: no input count or no figure)" if unknown else ""
-    console.print(f"Estimated GPU-hours left: [bold]{_hours(plan.gpu_hours)}[/bold]{wall}{missing}")
-    for note in plan.notes:
-        console.print(f"[yellow]Note:[/yellow] {note}")
+# ------------------------------------------------------------------------------------- recording
 
 
 def record_plan(config: BuildConfig, stages: list[str] | None = None) -> str:

@@ -21,8 +21,9 @@ from ieiw.flows import cli
 from ieiw.flows.build import ieiw_build
 from ieiw.flows.cli import app
 from ieiw.flows.config import BuildConfig, load_config
-from ieiw.flows.plan import PLAN_FILE, make_plan, pick_figure, read_plan, throughput_table
+from ieiw.flows.plan import PLAN_FILE, make_plan, read_plan
 from ieiw.flows.removal import removal_items
+from ieiw.flows.throughputs import pick_figure, throughput_table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "replacement"))
 from replacement_fixtures import write_openimages, write_sa1b  # noqa: E402

@@ -8,6 +8,7 @@
 - :mod:`ieiw.model.candidates`: N candidate edits per sample for the review app, as a stage.
 - :mod:`ieiw.model.candidate_shards`: their shard format, readers and random-access index.
 - :mod:`ieiw.model.data`: the seeded, resumable WebDataset batch stream.
+- :mod:`ieiw.model.sample_decode`: one sample decoded, cropped and flipped (images or cached latents).
 - :mod:`ieiw.model.latent_cache`: the VAE-latent cache pass.
 - :mod:`ieiw.model.inference`: ``edit_image`` and batch edits with a trained model.
 - :mod:`ieiw.model.evaluate`: CLIP metrics on held-out shards.

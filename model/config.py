@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_vali
 
 from ieiw.storage.fs import resolve_path
 
-# rewritten_instruction: the quality judge's wording of the pair when it wrote one (model.data.sample_text)
+# rewritten_instruction: the quality judge's wording of the pair when it wrote one (sample_decode.sample_text)
 TextField = Literal["instruction", "pretrain_caption", "rewritten_instruction"]
 
 

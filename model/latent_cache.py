@@ -49,8 +49,9 @@ from safetensors.torch import save as save_safetensors
 from tqdm.auto import tqdm
 
 from ieiw.model.buckets import Buckets, cover_size, resize
-from ieiw.model.data import LATENT_MEMBER, find_member, read_shard, resize_short_side, to_tensor
+from ieiw.model.data import read_shard
 from ieiw.model.inputs import shard_identities
+from ieiw.model.sample_decode import LATENT_MEMBER, find_member, resize_short_side, to_tensor
 from ieiw.storage import fs, manifest
 from ieiw.storage.fingerprint import Fingerprint
 from ieiw.storage.identity import model_identity

@@ -13,14 +13,8 @@ import pytest
 import torch
 from synthetic_edits import make_sample, write_synthetic_shards
 
-from ieiw.model.data import (
-    SourceSet,
-    StreamSettings,
-    StreamState,
-    crop_and_flip,
-    decode_item,
-    make_loader,
-)
+from ieiw.model.data import SourceSet, StreamSettings, StreamState, make_loader
+from ieiw.model.sample_decode import crop_and_flip, decode_item
 from ieiw.storage.shards import ShardSpec, encode_sample
 
 

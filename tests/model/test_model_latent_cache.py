@@ -18,9 +18,9 @@ from safetensors.torch import load as load_safetensors
 from synthetic_edits import write_synthetic_shards, write_synthetic_stage
 from tiny_diffusion import save_tiny_base
 
-from ieiw.model.data import LATENT_MEMBER
 from ieiw.model.inputs import input_identities, shard_identity
 from ieiw.model.latent_cache import CACHE_SCHEMA, build_latent_cache, cache_fingerprint, cache_folder
+from ieiw.model.sample_decode import LATENT_MEMBER
 from ieiw.storage import manifest
 from ieiw.storage.lease import read_lease
 from ieiw.storage.shards import iter_tar_groups

@@ -21,7 +21,8 @@ from quality_helpers import write_candidates
 from ieiw.flows.filter import filter_fingerprint
 from ieiw.flows.score import judge_cache_url, score_fingerprint
 from ieiw.model.config import ShardSet
-from ieiw.model.data import StreamSettings, decode_item, read_shard, sample_text
+from ieiw.model.data import StreamSettings, read_shard
+from ieiw.model.sample_decode import decode_item, sample_text
 from ieiw.quality import judge_rubrics
 from ieiw.quality.config import QualityConfig, default_scores_url
 from ieiw.quality.data_card import render_data_card

@@ -34,8 +34,6 @@ A sample whose json or image cannot be decoded gets a row with ``error`` set
 
 from __future__ import annotations
 
-import hashlib
-import io
 import json
 import logging
 import posixpath
@@ -48,8 +46,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-from PIL import Image, UnidentifiedImageError
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from ieiw.quality import similarity
 from ieiw.quality.aesthetic import AestheticPredictor, load_aesthetic_predictor
@@ -61,14 +58,19 @@ from ieiw.quality.judge import (
     JUDGE_SCORES,
     Judge,
     JudgeConfig,
-    JudgeRequest,
     PendingJudgements,
 )
+from ieiw.quality.scoring_inputs import (
+    DecodedPair,
+    decode_pair,
+    judge_requests,
+    pair_captions,
+    verification_columns,
+    verify_pairs,
+)
 from ieiw.quality.stage_target import StageTarget
-from ieiw.quality.verifier import VERIFY_SCORES, ObjectVerifier, Verification, VerifierConfig, VerifyItem
+from ieiw.quality.verifier import VERIFY_SCORES, ObjectVerifier, VerifierConfig
 from ieiw.storage import manifest
-from ieiw.storage.images import decode_image
-from ieiw.storage.schema import SampleMeta
 from ieiw.storage.shards import iter_tar_groups
 from ieiw.storage.stage_folder import commit_files
 
@@ -168,11 +170,6 @@ class ScoringModels:
         return cls(embedder, aesthetic, giqa, features, judge, verifier)
 
 
-def digest(data: bytes) -> str:
-    """Content key of an encoded image: the embedding cache key."""
-    return hashlib.sha256(data).hexdigest()[:24]
-
-
 def shard_name(shard_url: str) -> str:
     return posixpath.basename(str(shard_url))[: -len(".tar")]
 
@@ -182,55 +179,8 @@ def score_batch_name(shard_url: str) -> str:
     return f"{STAGE}-{shard_name(shard_url)}"
 
 
-@dataclass
-class _Decoded:
-    key: str
-    meta: SampleMeta
-    source: np.ndarray
-    target: np.ndarray
-    digest_src: str
-    digest_tgt: str
-    src_bytes: bytes
-    tgt_bytes: bytes
-    mask_bytes: bytes | None
-
-
-def _member(members: dict[str, bytes], stem: str) -> bytes | None:
-    for name, data in members.items():
-        if name.split(".", 1)[0] == stem:
-            return data
-    return None
-
-
-def _decode(key: str, members: dict[str, bytes], shard: str) -> _Decoded | dict:
-    """The decoded sample, or an error row."""
-    row = {"key": key, "shard": shard}
-    try:
-        meta = SampleMeta.model_validate_json(members["json"])
-    except (KeyError, ValidationError, ValueError) as error:
-        return {**row, "error": "corrupt_json", "error_detail": str(error)[:300]}
-    row.update(record_id=meta.record_id, task=str(meta.task))
-    src, tgt = _member(members, "src"), _member(members, "tgt")
-    if src is None or tgt is None:
-        return {**row, "error": "missing_image", "error_detail": f"members: {sorted(members)}"}
-    try:
-        source, target = decode_image(src), decode_image(tgt)
-    except (UnidentifiedImageError, OSError, ValueError) as error:
-        return {**row, "error": "corrupt_image", "error_detail": str(error)[:300]}
-    return _Decoded(key, meta, source, target, digest(src), digest(tgt), src, tgt, _member(members, "mask"))
-
-
-def _captions(meta: SampleMeta) -> tuple[str, str] | None:
-    extra = meta.extra
-    src, tgt = extra.get("source_caption"), extra.get("target_caption")
-    captions = extra.get("captions")
-    if isinstance(captions, dict):
-        src, tgt = src or captions.get("source"), tgt or captions.get("target")
-    return (src, tgt) if isinstance(src, str) and isinstance(tgt, str) and src and tgt else None
-
-
 def score_batch(
-    decoded: list[_Decoded],
+    decoded: list[DecodedPair],
     models: ScoringModels,
     cache: EmbeddingCache | None,
     shard: str,
@@ -251,7 +201,7 @@ def _judged(rows: list[dict], judging: PendingJudgements | None) -> list[dict]:
 
 
 def _score_batch(
-    decoded: list[_Decoded],
+    decoded: list[DecodedPair],
     models: ScoringModels,
     cache: EmbeddingCache | None,
     shard: str,
@@ -261,7 +211,7 @@ def _score_batch(
     so they are in flight while the batch is embedded and scored)."""
     if not decoded:
         return [], None
-    judging = judge.submit(_judge_requests(decoded)) if judge is not None else None
+    judging = judge.submit(judge_requests(decoded)) if judge is not None else None
     images = {d.digest_src: d.source for d in decoded} | {d.digest_tgt: d.target for d in decoded}
     keys = list(images)
     vectors = embed_images_cached(models.embedder, cache, keys, lambda ks: [images[k] for k in ks])
@@ -287,7 +237,7 @@ def _score_batch(
         scores["giqa_src"] = models.giqa.score(g_src)
         scores["giqa_tgt"] = models.giqa.score(g_tgt)
         scores["giqa_diff"] = np.abs(scores["giqa_src"] - scores["giqa_tgt"])
-    verified = _verify(decoded, models.verifier) if models.verifier is not None else None
+    verified = verify_pairs(decoded, models.verifier) if models.verifier is not None else None
     rows = []
     for i, d in enumerate(decoded):
         row = {
@@ -309,43 +259,10 @@ def _score_batch(
     return rows, judging
 
 
-def _judge_requests(decoded: list[_Decoded]) -> list[JudgeRequest]:
-    return [
-        JudgeRequest(d.key, str(d.meta.task), d.meta.instruction, d.src_bytes, d.tgt_bytes) for d in decoded
-    ]
-
-
-def _verify(decoded: list[_Decoded], verifier: ObjectVerifier) -> list[Verification]:
-    items = []
-    for d in decoded:
-        mask = None
-        if d.mask_bytes is not None:
-            try:
-                mask = decode_mask(d.mask_bytes)
-            except (UnidentifiedImageError, OSError, ValueError):
-                mask = None  # an unreadable mask: the pair cannot be checked (verify_no_mask)
-        items.append(VerifyItem(d.key, str(d.meta.task), d.meta.extra, d.source, d.target, mask))
-    return verifier.verify(items)
-
-
-def verification_columns(verification: Verification) -> dict:
-    return {
-        **{name: float(verification.scores[name]) for name in VERIFY_SCORES},
-        "verify_error": verification.error,
-        "verify_queries": json.dumps(verification.queries, sort_keys=True) if verification.queries else None,
-    }
-
-
-def decode_mask(data: bytes) -> np.ndarray:
-    """A mask member as HxW ``uint8`` (nonzero inside)."""
-    with Image.open(io.BytesIO(data)) as image:
-        return np.asarray(image.convert("L"))
-
-
 def _directions(
-    decoded: list[_Decoded], src: np.ndarray, tgt: np.ndarray, embedder: ClipEmbedder
+    decoded: list[DecodedPair], src: np.ndarray, tgt: np.ndarray, embedder: ClipEmbedder
 ) -> np.ndarray:
-    captions = [_captions(d.meta) for d in decoded]
+    captions = [pair_captions(d.meta) for d in decoded]
     out = np.empty(len(decoded), np.float32)
     with_captions = [i for i, c in enumerate(captions) if c is not None]
     without = [i for i, c in enumerate(captions) if c is None]
@@ -383,16 +300,16 @@ def score_shard(
     shard = posixpath.basename(str(shard_url))
     judge = models.judge.with_cache(judge_cache_url) if models.judge is not None else None
     rows: list[dict] = []
-    pending: list[_Decoded] = []
+    pending: list[DecodedPair] = []
     waiting: deque[tuple[list[dict], PendingJudgements | None]] = deque()  # batches the judge still has
 
-    def scored(batch: list[_Decoded]) -> None:
+    def scored(batch: list[DecodedPair]) -> None:
         waiting.append(_score_batch(batch, models, cache, shard, judge))
         while len(waiting) > JUDGE_BACKLOG:
             rows.extend(_judged(*waiting.popleft()))
 
     for key, members in iter_groups_safely(shard_url):
-        decoded = _decode(key, members, shard)
+        decoded = decode_pair(key, members, shard)
         if isinstance(decoded, dict):
             log.warning("sample %s in %s: %s", key, shard, decoded["error"])
             rows.append(decoded)

@@ -2,7 +2,9 @@
 
 Each configured generator runs as a subflow, then (with a `quality:` section) scoring and
 filtering of each generator's candidates into `<output>/final/<generator>`, then the gallery and
-the data card. Any stage can run alone (`stages=[...]`); finished shards are never redone.
+the data card. Any stage can run alone (`stages=[...]`); finished shards are never redone, and a
+generator whose stage is recorded complete for the same fingerprint and input (removal, multitask)
+is not even started as a flow run: the build's log says so.
 """
 
 from __future__ import annotations
@@ -16,9 +18,9 @@ from prefect.artifacts import create_markdown_artifact
 
 from ieiw.flows.config import BuildConfig, load_config
 from ieiw.flows.filter import filter_flow
-from ieiw.flows.multitask import multitask
+from ieiw.flows.multitask import multitask, multitask_complete
 from ieiw.flows.plan import read_plan, record_plan
-from ieiw.flows.removal import removal
+from ieiw.flows.removal import removal, removal_complete
 from ieiw.flows.replacement import replacement
 from ieiw.flows.runners import make_task_runner
 from ieiw.flows.score import score_flow
@@ -34,6 +36,9 @@ from ieiw.storage.stage_folder import Rebuild, read_record
 
 # Generators in the order they run; each is a flow taking (section, output, shards, runner).
 GENERATORS = {"removal": removal, "replacement": replacement, "web_edits": web_edits, "multitask": multitask}
+# Generators whose input is files the fingerprint covers: recorded complete for this config, their flow
+# has nothing to do and does not run (the others always run: a live listing can grow, a database change).
+COMPLETE_CHECKS = {"removal": removal_complete, "multitask": multitask_complete}
 QUALITY_STAGES = ("score", "filter")
 STAGES = (*GENERATORS, *QUALITY_STAGES)
 REBUILDABLE = (*GENERATORS, "object_database", *QUALITY_STAGES)
@@ -97,6 +102,13 @@ def ieiw_build(
         if section is None or name not in wanted:
             continue
         started = time.perf_counter()
+        check = COMPLETE_CHECKS.get(name)
+        done = check(section, config.output, config.shards) if check and modes[name] != "yes" else None
+        if done is not None:
+            logger.info("%s: complete for these settings and inputs (fingerprint %s): nothing to run",
+                        name, done["fingerprint"][:12])
+            summaries[name] = {**done, "wall_seconds": time.perf_counter() - started, "device": _device()}
+            continue
         options = {"rebuild_database": modes["object_database"]} if name == "replacement" else {}
         summary = generator.with_options(task_runner=runner)(
             section, config.output, config.shards, config.runner, rebuild=modes[name], **options

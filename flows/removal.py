@@ -11,7 +11,7 @@ from prefect import flow
 from ieiw.flows.config import RemovalConfig, RunnerConfig
 from ieiw.flows.fingerprints import model_paths, section_fingerprint
 from ieiw.flows.models import cached_model, gpu_tags, model_key
-from ieiw.flows.stage_runner import run_stage
+from ieiw.flows.stage_runner import complete_stage_summary, run_stage, stage_input_key
 from ieiw.pipelines.inpaint import build_inpainter
 from ieiw.pipelines.removal import removal_stage
 from ieiw.pipelines.sources.demo import materialize_demo_images
@@ -71,6 +71,13 @@ def removal_fingerprint(config: RemovalConfig) -> Fingerprint:
     return section_fingerprint(STAGE, config.fingerprinted())
 
 
+def removal_complete(config: RemovalConfig, output: str, shards: ShardSpec | None) -> dict | None:
+    """The no-work summary when the removal stage is complete for this config (its flow need not run)."""
+    return complete_stage_summary(
+        STAGE, fs.join(output, STAGE), removal_fingerprint(config), shards, stage_input_key(config)
+    )
+
+
 @flow(name="removal", log_prints=True)
 def removal(
     config: RemovalConfig,
@@ -96,6 +103,7 @@ def removal(
         fingerprint=removal_fingerprint(config),
         rebuild=rebuild,
         info={"models": model_paths(config)},
+        input_key=stage_input_key(config),
         total=count_tasks(config) if config.sessions is None else None,  # sessions: fewer records
         tags=gpu_tags(config.inpaint.backend == "lama", config.inpaint.device),
     )

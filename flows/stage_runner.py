@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import json
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -36,12 +37,12 @@ from tqdm.auto import tqdm
 from ieiw.flows.config import RunnerConfig
 from ieiw.flows.fingerprints import with_shard_encoding
 from ieiw.flows.storage_errors import store_errors
-from ieiw.storage import fs
+from ieiw.storage import fs, manifest
 from ieiw.storage.commit import BatchReport, batch_name, merge_reports
 from ieiw.storage.fingerprint import Fingerprint
 from ieiw.storage.schema import Drop, Result
 from ieiw.storage.shards import ShardSpec
-from ieiw.storage.stage_folder import Rebuild, StageWriter, commit_samples, open_stage
+from ieiw.storage.stage_folder import Rebuild, StageWriter, commit_samples, complete_record, open_stage
 
 BatchFn = Callable[[list[Any], Any], list[Result]]
 
@@ -157,8 +158,13 @@ def run_stage(
     tags: list[str] | None = None,
     rebuild: Rebuild = "no",
     info: dict | None = None,
+    input_key: str | None = None,
 ) -> dict:
     """Process every pending record of ``items`` in batches; returns the merged summary.
+
+    ``input_key`` names the input beyond the fingerprint (:func:`stage_input_key`); given, a run that went
+    through all of it records the stage complete for it, and :func:`complete_stage_summary` lets the
+    next build skip the stage's flow run.
 
     Opens the stage folder with ``fingerprint`` (a changed one raises
     :class:`~ieiw.storage.stage_folder.StageChanged` before any work, unless ``rebuild``). Batches run as
@@ -172,7 +178,9 @@ def run_stage(
         with store_errors(f"stage {stage}", stage_url):
             fingerprint = with_shard_encoding(fingerprint, shard_spec)
             writer = held.enter_context(open_stage_for(stage, stage_url, fingerprint, runner, rebuild, info))
-        return _run_batches(writer, items, batch_fn, settings, shard_spec, batch_size, runner, total, tags)
+        return _run_batches(
+            writer, items, batch_fn, settings, shard_spec, batch_size, runner, total, tags, input_key
+        )
 
 
 def _run_batches(
@@ -185,6 +193,7 @@ def _run_batches(
     runner: RunnerConfig,
     total: int | None,
     tags: list[str] | None,
+    input_key: str | None = None,
 ) -> dict:
     logger = get_run_logger()
     stage, max_in_flight, retries = writer.stage, runner.max_in_flight, runner.retries
@@ -244,7 +253,9 @@ def _run_batches(
                 "compute_seconds": summary["seconds"],
                 "loop_seconds": round(time.perf_counter() - started, 3),
                 "device": runner_device(),
-            }
+            },
+            complete_for=input_key,
+            records=len(done) + processed,
         )
     summary.update(
         stage=stage,
@@ -257,6 +268,51 @@ def _run_batches(
     publish_summary(stage, summary)
     publish_sample_table(stage, consolidated)
     logger.info("%s: kept %d, dropped %s", stage, summary["kept"], summary["dropped"])
+    return summary
+
+
+def stage_input_key(section: Any) -> str:
+    """What decides a stage's input beside its fingerprint: every ``limit`` in its config section (an
+    operational key, so not in the fingerprint, but a larger limit is more input)."""
+    tree = section.model_dump(mode="json") if hasattr(section, "model_dump") else section
+    limits: dict[str, Any] = {}
+
+    def walk(node: Any, path: str) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                name = f"{path}.{key}" if path else str(key)
+                if key == "limit":
+                    limits[name] = value
+                else:
+                    walk(value, name)
+        elif isinstance(node, list):
+            for i, item in enumerate(node):
+                walk(item, f"{path}[{i}]")
+
+    walk(tree, "")
+    return json.dumps(limits, sort_keys=True)
+
+
+def complete_stage_summary(
+    stage: str, stage_url: str, fingerprint: Fingerprint, shard_spec: ShardSpec | None, key: str
+) -> dict | None:
+    """The summary of a run with nothing to do, when the stage is recorded complete for this
+    fingerprint (with its shard encoding) and input; None when its flow has to run."""
+    digest = with_shard_encoding(fingerprint, shard_spec or ShardSpec()).digest
+    with store_errors(f"stage {stage}", stage_url):
+        record = complete_record(stage_url, digest, key)
+    if record is None:
+        return None
+    summary = merge_reports([])
+    summary.update(
+        stage=stage,
+        complete=True,
+        resumed_records=record.get("records"),
+        duplicate_records=0,
+        manifest=fs.join(stage_url, manifest.CONSOLIDATED),
+        fingerprint=digest,
+        rebuilt=False,
+    )
     return summary
 
 

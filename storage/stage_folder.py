@@ -70,6 +70,19 @@ def read_record(stage_url: str) -> dict[str, Any] | None:
         return None
 
 
+def complete_record(stage_url: str, digest: str, input_key: str) -> dict[str, Any] | None:
+    """What the stage recorded (fingerprint, input, records) if a run with fingerprint ``digest`` went
+    through every batch of the input ``input_key`` (see :meth:`StageWriter.finish`): a rerun of it
+    would commit nothing. A rebuild replaces the record, and with it what it said was complete."""
+    record = read_record(stage_url)
+    if record is None or (record.get("fingerprint") or {}).get("digest") != digest:
+        return None
+    for complete in record.get("complete", []):
+        if complete.get("fingerprint") == digest and complete.get("input") == input_key:
+            return complete
+    return None
+
+
 def recorded_fingerprint(stage_url: str) -> Fingerprint | None:
     record = read_record(stage_url)
     return Fingerprint.from_record(record["fingerprint"]) if record else None
@@ -218,9 +231,18 @@ class StageWriter:
         return commit_files(self.url, batch, table, files, self.digest, self.holder, self.stage)
 
     def finish(
-        self, summary: Mapping[str, Any] | None = None, schema: pa.Schema = manifest.MANIFEST_SCHEMA
+        self,
+        summary: Mapping[str, Any] | None = None,
+        schema: pa.Schema = manifest.MANIFEST_SCHEMA,
+        complete_for: str | None = None,
+        records: int | None = None,
     ) -> str:
-        """Consolidate the manifest and append this run to the stage record; returns the manifest URL."""
+        """Consolidate the manifest and append this run to the stage record; returns the manifest URL.
+
+        ``complete_for`` says the run went through every batch of its input and names that input
+        (what besides the fingerprint decides it, e.g. a ``limit``): :func:`complete_record` then
+        knows a rerun with the same fingerprint and input has nothing to do; ``records`` is how many
+        input records the stage then holds."""
         self.lease.check()
         consolidated = manifest.consolidate(self.url, schema=schema)
         record = read_record(self.url) or {"fingerprint": self.fingerprint.record(), "info": self.info}
@@ -232,6 +254,14 @@ class StageWriter:
             }
         )
         record["info"] = {**record.get("info", {}), **self.info}
+        if complete_for is not None:
+            complete = [
+                c
+                for c in record.get("complete", [])
+                if c.get("fingerprint") == self.digest and c.get("input") != complete_for
+            ]
+            complete.append({"fingerprint": self.digest, "input": complete_for, "records": records})
+            record["complete"] = complete
         self._write_record(record)
         return consolidated
 

@@ -10,6 +10,7 @@ from ieiw.flows import models
 from ieiw.flows.build import ieiw_build
 from ieiw.flows.config import BuildConfig
 from ieiw.storage import manifest
+from ieiw.storage.stage_folder import read_record
 
 
 def _config(annotations, images, output, **removal):
@@ -97,3 +98,33 @@ def test_bad_inputs_are_counted_not_fatal(prefect_api, phrasecut, tmp_path):
     assert result["stages"]["removal"]["kept"] == 12
     frame = manifest.read_manifest(str(tmp_path / "out/removal"))
     assert frame.loc[~frame["kept"], "drop_detail"].str.len().min() > 0
+
+
+def test_a_complete_stage_starts_no_flow_run_until_its_input_or_settings_change(
+    prefect_api, phrasecut, tmp_path
+):
+    annotations, images = phrasecut
+    stage = str(tmp_path / "out" / "removal")
+
+    def runs() -> int:
+        return len(read_record(stage)["runs"])  # every run of the removal flow appends one
+
+    first = ieiw_build(_config(annotations, images, tmp_path / "out", limit=4))["stages"]["removal"]
+    assert first["kept"] == 8 and runs() == 1 and "complete" not in first
+    again = ieiw_build(_config(annotations, images, tmp_path / "out", limit=4))["stages"]["removal"]
+    assert again["complete"] and again["kept"] == 0 and again["resumed_records"] == 4 and runs() == 1
+    # more input: the flow runs and commits only the new records
+    more = ieiw_build(_config(annotations, images, tmp_path / "out"))["stages"]["removal"]
+    assert "complete" not in more and more["kept"] == 8 and more["resumed_records"] == 4 and runs() == 2
+    assert {c["input"]: c["records"] for c in read_record(stage)["complete"]} == {
+        '{"limit": 4}': 4,
+        '{"limit": null}': 8,
+    }
+    smaller = ieiw_build(_config(annotations, images, tmp_path / "out", limit=4))["stages"]["removal"]
+    assert smaller["complete"] and runs() == 2
+    # a setting that shapes the output: the fingerprint changed, the flow runs (and refuses without --rebuild)
+    changed = ieiw_build(_config(annotations, images, tmp_path / "out", dilation=25), rebuild=["removal"])
+    assert "complete" not in changed["stages"]["removal"] and changed["stages"]["removal"]["kept"] == 16
+    assert runs() == 1  # the rebuild started a new record
+    frame = manifest.read_manifest(stage)
+    assert len(frame) == 16 and frame["key"].is_unique

@@ -16,6 +16,7 @@ from ieiw.pipelines.removal import removal_stage
 from ieiw.pipelines.sources.phrasecut import iter_records
 from ieiw.storage import manifest
 from ieiw.storage.shards import iter_samples
+from ieiw.storage.stage_folder import read_record
 
 
 def _write_config(tmp_path: Path, annotations: str, images: str) -> Path:
@@ -63,12 +64,15 @@ def test_sigkill_then_rerun_loses_nothing_and_duplicates_nothing(prefect_api, tm
     process.wait()
     committed = manifest.completed_record_ids(str(stage))
     assert 0 < len(committed) < 60, "the kill did not land mid-way"
+    assert not read_record(str(stage)).get("complete")  # a killed run never says the stage is complete
 
     rerun = _build(config, prefect_api)
     output = rerun.communicate(timeout=300)[0].decode()
     assert rerun.returncode == 0, output
 
     records = [r for r in iter_records(annotations, images)]
+    (complete,) = read_record(str(stage))["complete"]  # the rerun went through all of it
+    assert complete["records"] == len(records)
     expected = removal_stage(
         records,
         build_inpainter(InpaintConfig()),

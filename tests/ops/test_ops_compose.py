@@ -116,3 +116,19 @@ def test_each_gpu_worker_is_pinned_to_its_own_gpu():
         assert service["image"] == "ieiw-builder:gpu" and service["profiles"]
         assert service["deploy"]["resources"]["reservations"]["devices"][0]["driver"] == "nvidia"
     assert len(pinned) >= 2 and len(set(pinned)) == len(pinned)  # one worker per GPU
+
+
+def _pool_of(command: str) -> str:
+    """The pool a worker command pulls from, with compose's ``${VAR:-default}`` at its default."""
+    words = command.split()
+    value = words[words.index("--pool") + 1]
+    return value[2:-1].split(":-", 1)[1] if value.startswith("${") else value
+
+
+def test_every_worker_pulls_from_the_pool_the_packaged_deployments_target():
+    deployments = yaml.safe_load((ROOT / "flows" / "resources" / "prefect.yaml").read_text())["deployments"]
+    targeted = {d["work_pool"]["name"] for d in deployments}
+    workers = {name: s for name, s in _compose()["services"].items() if name.startswith("worker")}
+    assert len(workers) >= 3
+    for name, service in workers.items():
+        assert {_pool_of(service["command"])} == targeted, f"{name} pulls from a pool no deployment targets"

@@ -27,6 +27,7 @@ from prefect.artifacts import (
 from ieiw.model.candidate_shards import CandidateIndex
 from ieiw.model.review.agreement import Agreement
 from ieiw.model.review.app import create_app
+from ieiw.model.review.judging import candidate_judgements, default_judgements_url
 from ieiw.model.review.reports import Progress
 from ieiw.model.review.serve import serving
 from ieiw.model.review.store import ReviewStore
@@ -72,8 +73,14 @@ def review(
     poll_seconds: float = 30.0,
     max_minutes: float | None = None,
     stop_when_done: bool = True,
+    judgements: str | None = None,
+    show_judge: bool = True,
 ) -> dict:
-    """Serve (or watch) a review until it is finished; returns progress and agreement."""
+    """Serve (or watch) a review until it is finished; returns progress and agreement.
+
+    The app shows the judge's verdicts on each candidate (``judgements``, default
+    ``<candidates>/quality/judgements`` when it is there) unless ``show_judge`` is off (a blind review,
+    to measure the judge against the picks)."""
     logger = get_run_logger()
     store = ReviewStore(db_url)
     try:
@@ -89,7 +96,12 @@ def review(
         progress_id = create_progress_artifact(
             0.0, key="review-progress", description="share of assigned samples reviewed"
         )
-        server = serving(create_app(store, index), host=host, port=port) if serve else nullcontext(None)
+        found = judgements or default_judgements_url(candidates)
+        verdicts = candidate_judgements(found) if show_judge else {}
+        if verdicts:
+            logger.info("showing the judge's verdicts on %d candidates", len(verdicts))
+        app = create_app(store, index, judgements=verdicts)
+        server = serving(app, host=host, port=port) if serve else nullcontext(None)
         deadline = None if max_minutes is None else time.monotonic() + 60 * max_minutes
         last: list[dict] | None = None
         with server as url:

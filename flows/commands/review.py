@@ -168,6 +168,8 @@ def register(app: typer.Typer) -> None:
                     port=port,
                     poll_seconds=poll_seconds,
                     stop_when_done=stop_when_done,
+                    judgements=judgements,
+                    show_judge=show_judge,
                 )
             console.print(json.dumps(summary["agreement"], indent=1))
             return

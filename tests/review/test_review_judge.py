@@ -4,7 +4,10 @@ candidate by the review app, and compared with what reviewers picked (`ieiw judg
 from __future__ import annotations
 
 import json
+import threading
+import time
 
+import httpx
 import numpy as np
 import pytest
 import typer
@@ -24,6 +27,7 @@ from ieiw.model.review.judging import (
     judge_candidates,
     read_judgements,
 )
+from ieiw.model.review.serve import free_port
 from ieiw.model.review.store import ReviewStore
 from ieiw.quality.judge import Judge, JudgeConfig
 
@@ -119,6 +123,37 @@ def test_review_app_shows_the_judge_next_to_each_candidate(candidates, judged, t
         assert all("judge" not in c for c in plain["candidates"])
     finally:
         store.close()
+
+
+def test_the_review_flow_shows_the_judge_as_the_cli_does(prefect_api, candidates, judged, tmp_path):
+    from ieiw.flows.review import review as review_flow
+
+    db = f"sqlite:///{tmp_path / 'review.sqlite'}"
+    setup = ReviewStore(db)
+    token = setup.add_reviewer("alice")
+    setup.close()
+    port = free_port()
+    result: dict = {}
+    runner = threading.Thread(
+        target=lambda: result.update(review_flow(candidates, db, port=port, poll_seconds=0.3, max_minutes=3))
+    )
+    runner.start()
+    base, deadline = f"http://127.0.0.1:{port}", time.monotonic() + 120
+    with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {token}"}, timeout=5) as client:
+        while True:
+            try:
+                client.get("/api/me").raise_for_status()
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline and runner.is_alive(), "the flow did not serve the app"
+                time.sleep(0.3)
+        queue = client.get("/api/queue").json()
+        view = client.get(f"/api/samples/{queue[0]['key']}").json()
+        assert all(c["judge"]["model"] == "api:review-judge" for c in view["candidates"])
+        for item in queue:
+            client.post(f"/api/samples/{item['key']}/done").raise_for_status()
+    runner.join(timeout=120)
+    assert not runner.is_alive() and result["finished"]
 
 
 def review(store: ReviewStore, index: CandidateIndex, pick: str) -> None:

@@ -30,32 +30,27 @@ deletes anything.
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import os
 import posixpath
 import socket
-import tarfile
 import traceback
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
-import numpy as np
 import pyarrow as pa
 import torch
-from safetensors.torch import save as save_safetensors
 from tqdm.auto import tqdm
 
-from ieiw.model.buckets import Buckets, cover_size, resize
-from ieiw.model.data import read_shard
+from ieiw.model.buckets import Buckets
 from ieiw.model.inputs import shard_identities
-from ieiw.model.sample_decode import LATENT_MEMBER, find_member, resize_short_side, to_tensor
+from ieiw.model.latent_encoding import cache_shard
+from ieiw.model.ranks import Ranks, current_ranks
 from ieiw.storage import fs, manifest
 from ieiw.storage.fingerprint import Fingerprint
 from ieiw.storage.identity import model_identity
-from ieiw.storage.images import decode_image
 from ieiw.storage.schema import stable_key
 from ieiw.storage.shards import expand_shard_urls
 from ieiw.storage.stage_folder import commit_files, open_stage
@@ -135,163 +130,8 @@ def batch_for(fingerprint: Fingerprint, identity: str) -> tuple[str, str]:
     return f"lat-{digest[:20]}", digest
 
 
-# ----------------------------------------------------------------------------- processes
-
-
-class Ranks(Protocol):
-    """The processes of one run: who this is, and the two collectives the cache pass needs."""
-
-    rank: int
-    world: int
-
-    def broadcast(self, value: Any) -> Any:
-        """``value`` of rank 0, on every rank."""
-
-    def gather(self, value: Any) -> list[Any]:
-        """Every rank's ``value``, in rank order, on every rank (a barrier too)."""
-
-
-class OneProcess:
-    rank, world = 0, 1
-
-    def broadcast(self, value: Any) -> Any:
-        return value
-
-    def gather(self, value: Any) -> list[Any]:
-        return [value]
-
-
-class TorchRanks:
-    """The default process group of ``torch.distributed`` (what ``accelerate`` and ``torchrun`` set up)."""
-
-    def __init__(self) -> None:
-        import torch.distributed as dist
-
-        self._dist = dist
-        self.rank, self.world = dist.get_rank(), dist.get_world_size()
-
-    def broadcast(self, value: Any) -> Any:
-        box = [value]
-        self._dist.broadcast_object_list(box, src=0)
-        return box[0]
-
-    def gather(self, value: Any) -> list[Any]:
-        out: list[Any] = [None] * self.world
-        self._dist.all_gather_object(out, value)
-        return out
-
-
-def current_ranks() -> Ranks:
-    """The processes of this run: the ``torch.distributed`` group when there is one, else this one."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        return TorchRanks()
-    return OneProcess()
-
-
 class CacheFailed(RuntimeError):
     """A rank could not open or fill the cache; every rank raises it."""
-
-
-# ----------------------------------------------------------------------------- encoding
-
-
-@torch.no_grad()
-def encode_latents(vae, images: list[np.ndarray], device, dtype) -> list[torch.Tensor]:
-    """The VAE latent means of same-sized ``uint8`` images, in one batch."""
-    batch = torch.stack([to_tensor(i) for i in images]).to(device=device, dtype=dtype)
-    return [t.contiguous() for t in vae.encode(batch).latent_dist.mode().to(torch.float16).cpu()]
-
-
-def centre_box(h: int, w: int, limit_h: int, limit_w: int, factor: int) -> tuple[int, int, int, int]:
-    """``(top, left, height, width)`` of the centred crop of at most ``limit_h`` x ``limit_w``, sides
-    multiples of ``factor``."""
-    th, tw = min(h, limit_h) // factor * factor, min(w, limit_w) // factor * factor
-    return (h - th) // 2, (w - tw) // 2, th, tw
-
-
-def cache_crop(
-    src: np.ndarray, tgt: np.ndarray, resolution: int, factor: int, max_aspect: float, buckets: Buckets | None
-) -> tuple[np.ndarray, np.ndarray, dict[str, torch.Tensor]]:
-    """What is cached of one pair (source and target resized and cropped alike), and the tensors that say
-    where it came from (``origin``; with buckets, ``bucket``)."""
-    h, w = src.shape[:2]
-    extra: dict[str, torch.Tensor] = {}
-    if buckets is None:
-        src = resize_short_side(src, resolution)
-        limit = int(resolution * max_aspect)
-        top, left, th, tw = centre_box(*src.shape[:2], limit, limit, factor)
-    else:
-        shape = buckets.closest(w, h)
-        src = resize(src, cover_size(w, h, shape))
-        top, left, th, tw = centre_box(*src.shape[:2], src.shape[0], src.shape[1], factor)
-        extra["bucket"] = torch.tensor(shape)
-    rh, rw = src.shape[:2]
-    tgt = resize(tgt, (rw, rh))
-    extra["origin"] = torch.tensor([h, w, rh, rw, top, left])
-    box = (slice(top, top + th), slice(left, left + tw))
-    return src[box], tgt[box], extra
-
-
-def cache_shard(
-    vae,
-    url: str,
-    out_url: str,
-    resolution: int,
-    device,
-    dtype,
-    max_aspect: float = 2.0,
-    buckets: Buckets | None = None,
-) -> Counter:
-    """Encode one shard's samples into ``out_url``; returns counts (``cached`` and drop reasons).
-
-    Nothing is written when no sample could be cached (``cached`` is 0).
-    """
-    counts: Counter = Counter()
-    factor = 2 ** (len(vae.config.block_out_channels) - 1)
-    try:
-        with fs.atomic_open(out_url) as handle:
-            with tarfile.open(fileobj=handle, mode="w|") as tar:
-                for raw in read_shard(url, "instruction", counts):
-                    try:
-                        src, tgt = decode(raw, "src"), decode(raw, "tgt")
-                    except KeyError:
-                        counts["missing-member"] += 1
-                        continue
-                    except (ValueError, OSError):
-                        counts["undecodable"] += 1
-                        continue
-                    src, tgt, extra = cache_crop(src, tgt, resolution, factor, max_aspect, buckets)
-                    pair = [src, tgt, src[:, ::-1], tgt[:, ::-1]]
-                    latents = encode_latents(vae, [np.ascontiguousarray(p) for p in pair], device, dtype)
-                    tensors = dict(zip(("src", "tgt", "src_flip", "tgt_flip"), latents, strict=True))
-                    tensors["factor"] = torch.tensor([factor])
-                    tensors.update(extra)
-                    key = raw["__key__"]
-                    _add(tar, f"{key}.json", raw["json"])
-                    _add(tar, f"{key}.{LATENT_MEMBER}", save_safetensors(tensors))
-                    counts["cached"] += 1
-            if not counts["cached"]:
-                raise _Empty  # discards the temporary file
-    except _Empty:
-        pass
-    return counts
-
-
-class _Empty(Exception):
-    pass
-
-
-def decode(raw: dict, stem: str) -> np.ndarray:
-    return decode_image(find_member(raw, stem))
-
-
-def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
-    info = tarfile.TarInfo(name)
-    info.size = len(data)
-    info.mtime = 0  # the same latents make the same bytes, whenever and wherever they were cached
-    tar.addfile(info, io.BytesIO(data))
 
 
 # ----------------------------------------------------------------------------- the pass

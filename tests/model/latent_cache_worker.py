@@ -14,7 +14,8 @@ import torch
 import torch.distributed as dist
 from diffusers import AutoencoderKL
 
-from ieiw.model.latent_cache import TorchRanks, build_latent_cache, cache_fingerprint, current_ranks
+from ieiw.model.latent_cache import build_latent_cache, cache_fingerprint
+from ieiw.model.ranks import TorchRanks, current_ranks
 
 
 def main() -> None:

@@ -28,15 +28,13 @@ from ieiw.flows.score import candidate_shards, markdown_images, score_fingerprin
 from ieiw.flows.score import upstream_digest as recorded_digest
 from ieiw.flows.stage_runner import current_run_id, runner_device
 from ieiw.flows.storage_errors import store_errors
+from ieiw.quality.build_flags import eval_set_from_urls, flags_for, prepare_flags
 from ieiw.quality.config import QualityConfig, default_scores_url, embedding_cache
 from ieiw.quality.filtering import (
     STAGE,
     check_scores_cover_policy,
-    eval_set_from_urls,
     filter_batch_name,
     filter_input,
-    flags_for,
-    prepare_flags,
     run_filter_shard,
     scores_for,
 )

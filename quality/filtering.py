@@ -4,12 +4,12 @@ The final shards are a stage folder (:mod:`ieiw.storage.stage_folder`) whose fin
 policy (with its duplicate settings), the evaluation set by content, and the digests of the score and
 candidates stages it reads. Two passes:
 
-1. :func:`compute_flags` reads the scores of every committed candidate shard once (keys, hashes and
-   image digests, no pixels) and flags duplicates across the build, evaluation-set leaks and pairs
-   whose embeddings are missing from the cache. The stage's lease holder computes them
-   (:func:`prepare_flags`) and keeps them in the stage folder (``quality/flags.parquet``), tagged
-   with the stage's digest and the input they were computed over, so a rerun reuses only flags
-   that belong to the same settings and the same input.
+1. :func:`~ieiw.quality.build_flags.compute_flags` reads the scores of every committed candidate
+   shard once (keys, hashes and image digests, no pixels) and flags duplicates across the build,
+   evaluation-set leaks and pairs whose embeddings are missing from the cache. The stage's lease
+   holder computes them (:func:`~ieiw.quality.build_flags.prepare_flags`) and keeps them in the stage
+   folder (``quality/flags.parquet``), tagged with the stage's digest and the input they were
+   computed over, so a rerun reuses only flags that belong to the same settings and the same input.
 2. :func:`filter_shard` streams one candidate shard, looks up each sample's scores and flags, and
    :func:`run_filter_shard` commits kept samples and drops (with the rule that dropped them as
    ``drop_reason``) as one batch per candidate shard, named ``filter-<shard>``. Kept samples are
@@ -35,15 +35,13 @@ import math
 import posixpath
 from collections.abc import Iterator
 
-import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 from PIL import Image, UnidentifiedImageError
 from pydantic import ValidationError
 from tqdm import tqdm
 
-from ieiw.quality.duplicates import EvalSet, PairFingerprints, find_duplicates
+from ieiw.quality.build_flags import prepare_flags
+from ieiw.quality.duplicates import EvalSet
 from ieiw.quality.embeddings import EmbeddingCache
 from ieiw.quality.policy import FilterPolicy, evaluate
 from ieiw.quality.scoring import (
@@ -58,22 +56,19 @@ from ieiw.quality.scoring import (
 )
 from ieiw.quality.stage_target import StageTarget
 from ieiw.quality.verifier import VERIFY_SCORES
-from ieiw.storage import fs, manifest
+from ieiw.storage import manifest
 from ieiw.storage.commit import BatchReport
-from ieiw.storage.lease import check_holder
 from ieiw.storage.schema import Drop, EncodedSample, Result, SampleMeta, stable_key
-from ieiw.storage.shards import ShardSpec, decode_sample, expand_shard_urls
+from ieiw.storage.shards import ShardSpec
 from ieiw.storage.stage_folder import commit_samples
 
 log = logging.getLogger(__name__)
 
 STAGE = "filter"
-FLAGS_PATH = "quality/flags.parquet"
 MISSING_SCORES = "missing_scores"
 MISSING_EMBEDDING = "missing_embedding"
 CORRUPT_JSON = "corrupt_json"
 CORRUPT_IMAGE = "corrupt_image"
-FLAG_COLUMNS = ["key", "duplicate_of", "eval_leak", "missing_embedding"]
 SCORE_COLUMNS = [
     "key",
     "record_id",
@@ -90,8 +85,6 @@ SCORE_COLUMNS = [
     *VERIFY_COLUMNS,
     "fingerprint",
 ]
-_FLAGS_FINGERPRINT = b"ieiw.fingerprint"
-_FLAGS_INPUT = b"ieiw.input"
 
 
 def filter_batch_name(shard_url: str) -> str:
@@ -121,137 +114,6 @@ def scores_for(scores_url: str, shard_urls: list[str], score_batches: set[str] |
     wanted = {posixpath.basename(s) for s in shard_urls if score_batch_name(s) in batches}
     scores = read_scores(scores_url, columns=SCORE_COLUMNS)
     return scores[scores["shard"].isin(wanted)].reset_index(drop=True)
-
-
-def compute_flags(
-    scores: pd.DataFrame,
-    policy: FilterPolicy,
-    cache: EmbeddingCache | None = None,
-    eval_set: EvalSet | None = None,
-    batch: int = 1024,
-) -> pd.DataFrame:
-    """Duplicate, eval-leak and missing-embedding flags of the scored samples (only flagged rows)."""
-    settings = policy.duplicates
-    ok = scores[scores["error"].isna()].sort_values("key").reset_index(drop=True)
-    keys = ok["key"].tolist()
-    missing = np.zeros(len(ok), dtype=bool)
-    wants_clip = cache is not None and (
-        settings.clip_min_cosine is not None
-        or (eval_set is not None and settings.eval_clip_min_cosine is not None)
-    )
-    if wants_clip:
-        for start in range(0, len(ok), 65536):
-            part = ok.iloc[start : start + 65536]
-            lacking = set(cache.missing(part["digest_src"].tolist() + part["digest_tgt"].tolist()))
-            missing[start : start + len(part)] = [
-                s in lacking or t in lacking
-                for s, t in zip(part["digest_src"], part["digest_tgt"], strict=True)
-            ]
-    present = np.flatnonzero(~missing)
-    src_digests = ok["digest_src"].to_numpy()
-    tgt_digests = ok["digest_tgt"].to_numpy()
-
-    def embeddings(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        rows = present[rows]
-        wanted = list(src_digests[rows]) + list(tgt_digests[rows])
-        found = cache.get(wanted)
-        vectors = np.stack([found[d] for d in wanted])
-        return vectors[: len(rows)], vectors[len(rows) :]
-
-    dim = None
-    if wants_clip and len(present):
-        dim = int(next(iter(cache.get([src_digests[present[0]]]).values())).shape[0])
-    pairs = PairFingerprints(
-        keys=[keys[i] for i in present],
-        src_hash=ok["phash_src"].to_numpy(np.uint64)[present],
-        tgt_hash=ok["phash_tgt"].to_numpy(np.uint64)[present],
-        embeddings=embeddings if wants_clip else None,
-        dim=dim,
-    )
-    duplicates = find_duplicates(pairs, settings, batch=batch)
-    leaks: dict[str, str] = {}
-    if eval_set is not None:
-        for start in range(0, len(present), batch):
-            rows = np.arange(start, min(start + batch, len(present)))
-            hashes = list(pairs.src_hash[rows]) + list(pairs.tgt_hash[rows])
-            vectors = np.concatenate(embeddings(rows)) if wants_clip else None
-            found = eval_set.leaks(hashes, vectors, settings)
-            for j, row in enumerate(rows):
-                leak = found[j] or found[j + len(rows)]
-                if leak:
-                    leaks[pairs.keys[row]] = leak
-    flagged = sorted(set(duplicates) | set(leaks) | {keys[i] for i in np.flatnonzero(missing)})
-    missing_keys = {keys[i] for i in np.flatnonzero(missing)}
-    return pd.DataFrame(
-        {
-            "key": flagged,
-            "duplicate_of": [duplicates.get(k) for k in flagged],
-            "eval_leak": [leaks.get(k) for k in flagged],
-            "missing_embedding": [k in missing_keys for k in flagged],
-        },
-        columns=FLAG_COLUMNS,
-    )
-
-
-def write_flags(target: StageTarget, flags: pd.DataFrame, input_digest: str) -> str:
-    """Keep the flags in the filter's stage folder, tagged with its digest and input (holder only)."""
-    check_holder(target.url, target.stage, target.holder)
-    table = pa.Table.from_pandas(flags, preserve_index=False)
-    table = table.replace_schema_metadata(
-        {_FLAGS_FINGERPRINT: target.digest.encode(), _FLAGS_INPUT: input_digest.encode()}
-    )
-    buffer = io.BytesIO()
-    pq.write_table(table, buffer)
-    url = fs.join(target.url, FLAGS_PATH)
-    fs.write_bytes_atomic(url, buffer.getvalue())
-    return url
-
-
-def read_flags(
-    out_url: str, fingerprint: str | None = None, input_digest: str | None = None
-) -> pd.DataFrame | None:
-    """The flags kept in the filter stage, or None when there are none or (given ``fingerprint`` /
-    ``input_digest``) they were computed with other settings or over another input."""
-    url = fs.join(out_url, FLAGS_PATH)
-    if not fs.exists(url):
-        return None
-    table = pq.read_table(io.BytesIO(fs.read_bytes(url)))
-    meta = table.schema.metadata or {}
-    if fingerprint is not None and meta.get(_FLAGS_FINGERPRINT) != fingerprint.encode():
-        return None
-    if input_digest is not None and meta.get(_FLAGS_INPUT) != input_digest.encode():
-        return None
-    return table.replace_schema_metadata(None).to_pandas()
-
-
-def eval_set_from_urls(urls: list[str], embedder=None) -> EvalSet:
-    """An :class:`EvalSet` from image files or directories, or shard directories (both images of a pair)."""
-    from ieiw.quality.giqa_references import iter_reference_images
-
-    images: list[np.ndarray] = []
-    names: list[str] = []
-    shards = [u for u in urls if u.endswith(".tar")] + [
-        s for u in urls if not u.endswith(".tar") for s in expand_shard_urls([u])
-    ]
-    for sample in _iter_shard_samples(shards):
-        images += [sample.source, sample.target]
-        names += [f"{sample.key}.src", f"{sample.key}.tgt"]
-    for number, image in enumerate(iter_reference_images([u for u in urls if not u.endswith(".tar")])):
-        if image is not None:
-            images.append(image)
-            names.append(f"image-{number}")
-    if not images:
-        raise FileNotFoundError(f"no evaluation images in {urls}")
-    return EvalSet.from_images(images, names, embedder)
-
-
-def _iter_shard_samples(shards: list[str]):
-    for url in shards:
-        for _, members in iter_groups_safely(url):
-            try:
-                yield decode_sample(members)
-            except (KeyError, ValidationError, UnidentifiedImageError, OSError, ValueError) as error:
-                log.warning("evaluation sample in %s unreadable: %s", url, error)
 
 
 def _scores_of(row: pd.Series) -> dict[str, float]:
@@ -392,13 +254,6 @@ def run_filter_shard(
     )
 
 
-def flags_for(flags: pd.DataFrame | None, keys) -> pd.DataFrame | None:
-    """The flag rows of ``keys`` (what one shard's task needs)."""
-    if flags is None:
-        return None
-    return flags[flags["key"].isin(set(keys))].reset_index(drop=True)
-
-
 def check_scores_cover_policy(scores: pd.DataFrame, policy: FilterPolicy) -> None:
     """Fail before writing anything if the policy bounds a score that was never computed (a judge or
     verifier that was asked but failed on every sample is computed: its samples drop with its reason)."""
@@ -416,23 +271,6 @@ def check_scores_cover_policy(scores: pd.DataFrame, policy: FilterPolicy) -> Non
             f"the policy bounds {absent} but the scores table has no values for them: configure the "
             "models that compute them (aesthetic_checkpoint, giqa) or switch those rules off"
         )
-
-
-def prepare_flags(
-    target: StageTarget,
-    scores: pd.DataFrame,
-    policy: FilterPolicy,
-    cache: EmbeddingCache | None,
-    eval_set: EvalSet | None,
-    input_digest: str,
-) -> pd.DataFrame:
-    """The build-wide flags of ``scores``: those the stage keeps when they were computed with this
-    digest over this input, else computed now (by the holder) and kept."""
-    flags = read_flags(target.url, target.digest, input_digest)
-    if flags is None:
-        flags = compute_flags(scores, policy, cache, eval_set)
-        write_flags(target, flags, input_digest)
-    return flags
 
 
 def filter_shards(

@@ -18,14 +18,10 @@ from quality_helpers import candidate_samples, write_candidates
 
 from ieiw.flows.filter import filter_fingerprint
 from ieiw.flows.score import score_fingerprint
+from ieiw.quality.build_flags import eval_set_from_urls, read_flags
 from ieiw.quality.config import QualityConfig, default_scores_url, embedding_cache
 from ieiw.quality.duplicates import DuplicateSettings
-from ieiw.quality.filtering import (
-    eval_set_from_urls,
-    filter_input,
-    filter_shards,
-    read_flags,
-)
+from ieiw.quality.filtering import filter_input, filter_shards
 from ieiw.quality.policy import FilterPolicy, TaskPolicy, evaluate
 from ieiw.quality.report import write_report
 from ieiw.quality.scoring import (

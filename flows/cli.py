@@ -93,8 +93,15 @@ def build(
         console.print(f"[bold red]Stopped:[/bold red] {escape(str(refused))}")
         raise typer.Exit(2) from None
     for name, summary in result["stages"].items():
-        console.print(f"[bold]{name}[/bold]: kept {summary['kept']}, dropped {summary['dropped']}")
+        console.print(f"[bold]{name}[/bold]: {_outcome(summary)}")
     console.print(f"Gallery: [bold]{result['gallery']}[/bold]")
+
+
+def _outcome(summary: dict) -> str:
+    """What a stage did in this run, in words."""
+    if summary.get("complete"):
+        return f"complete ({summary.get('resumed_records')} records committed before), nothing to do"
+    return f"kept {summary['kept']} samples, dropped {summary['dropped'] or 'none'}"
 
 
 @app.command()
@@ -109,7 +116,7 @@ def demo(
     config = load_demo_config(output)
     result = _run_build(config, None, on_change="changed")  # the demo owns its folder: rebuild what changed
     for name, summary in result["stages"].items():
-        console.print(f"{name}: kept {summary['kept']} samples, dropped {summary['dropped'] or 'none'}")
+        console.print(f"{name}: {_outcome(summary)}")
         console.print(f"  shards: {os.path.join(config.output, name, 'shards')}")
     console.print(f"Open the gallery in a browser: [bold]file://{result['gallery']}[/bold]")
 

@@ -102,9 +102,13 @@ def test_the_cli_prints_what_changed_and_exits_without_a_traceback(prefect_api, 
         [*command, "--rebuild", "removal"], env=env, capture_output=True, text=True, timeout=300
     )
     assert rebuilt.returncode == 0, rebuilt.stdout + rebuilt.stderr
+    assert "removal: kept 16 samples" in words(rebuilt.stdout)
     assert {
         s.meta.generator.settings["dilation"] for s in iter_samples(str(tmp_path / "out" / "removal"))
     } == {11}
+    again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "removal: complete (8 records committed before), nothing to do" in words(again.stdout)
 
 
 def test_two_runs_of_one_stage_never_write_at_once(prefect_api, tmp_path):

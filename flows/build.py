@@ -3,8 +3,8 @@
 Each configured generator runs as a subflow, then (with a `quality:` section) scoring and
 filtering of each generator's candidates into `<output>/final/<generator>`, then the gallery and
 the data card. Any stage can run alone (`stages=[...]`); finished shards are never redone, and a
-generator whose stage is recorded complete for the same fingerprint and input (removal, multitask)
-is not even started as a flow run: the build's log says so.
+generator whose input is all in its fingerprint (removal) and whose stage is recorded complete for
+the same fingerprint and input is not even started as a flow run: the build's log says so.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from prefect.artifacts import create_markdown_artifact
 
 from ieiw.flows.config import BuildConfig, load_config
 from ieiw.flows.filter import filter_flow
-from ieiw.flows.multitask import multitask, multitask_complete
+from ieiw.flows.multitask import multitask
 from ieiw.flows.plan import read_plan, record_plan
 from ieiw.flows.removal import removal, removal_complete
 from ieiw.flows.replacement import replacement
@@ -36,9 +36,11 @@ from ieiw.storage.stage_folder import Rebuild, read_record
 
 # Generators in the order they run; each is a flow taking (section, output, shards, runner).
 GENERATORS = {"removal": removal, "replacement": replacement, "web_edits": web_edits, "multitask": multitask}
-# Generators whose input is files the fingerprint covers: recorded complete for this config, their flow
-# has nothing to do and does not run (the others always run: a live listing can grow, a database change).
-COMPLETE_CHECKS = {"removal": removal_complete, "multitask": multitask_complete}
+# Generators whose whole input is files the fingerprint holds by content (removal: the annotation
+# files): recorded complete for this config, their flow has nothing to do and does not run. The others
+# always run, since their input can grow with the same fingerprint: image folders (multitask,
+# replacement), a live listing (web edits).
+COMPLETE_CHECKS = {"removal": removal_complete}
 QUALITY_STAGES = ("score", "filter")
 STAGES = (*GENERATORS, *QUALITY_STAGES)
 REBUILDABLE = (*GENERATORS, "object_database", *QUALITY_STAGES)

@@ -9,7 +9,7 @@ from prefect import flow
 from ieiw.flows.config import RunnerConfig
 from ieiw.flows.fingerprints import model_paths, section_fingerprint
 from ieiw.flows.models import cached_model
-from ieiw.flows.stage_runner import complete_stage_summary, run_stage, stage_input_key
+from ieiw.flows.stage_runner import run_stage
 from ieiw.pipelines.multitask.captions import load_captions
 from ieiw.pipelines.multitask.config import MultitaskConfig
 from ieiw.pipelines.multitask.records import MultitaskRecord
@@ -32,13 +32,6 @@ def multitask_batch(records: list[MultitaskRecord], config: MultitaskConfig) -> 
         else {}
     )
     return multitask_stage(records, config, captions)
-
-
-def multitask_complete(config: MultitaskConfig, output: str, shards: ShardSpec | None) -> dict | None:
-    """The no-work summary when the multitask stage is complete for this config (its flow need not run)."""
-    return complete_stage_summary(
-        STAGE, fs.join(output, STAGE), section_fingerprint(STAGE, config), shards, stage_input_key(config)
-    )
 
 
 @flow(name="multitask", log_prints=True)
@@ -64,6 +57,5 @@ def multitask(
         fingerprint=section_fingerprint(STAGE, config),
         rebuild=rebuild,
         info={"models": model_paths(config)},
-        input_key=stage_input_key(config),
     )
     return summary

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import os
 from collections.abc import Iterator
 
 import ijson
@@ -72,7 +73,13 @@ def removal_fingerprint(config: RemovalConfig) -> Fingerprint:
 
 
 def removal_complete(config: RemovalConfig, output: str, shards: ShardSpec | None) -> dict | None:
-    """The no-work summary when the removal stage is complete for this config (its flow need not run)."""
+    """The no-work summary when the removal stage is complete for this config (its flow need not run).
+
+    Only when every annotation file is a local file, which the fingerprint holds by content (a URL or
+    a missing file would be in it by name only, and must be read again)."""
+    inputs = [*config.source.annotations, *([config.source.image_data] if config.source.image_data else [])]
+    if any("://" in path or not os.path.isfile(path) for path in inputs):
+        return None
     return complete_stage_summary(
         STAGE, fs.join(output, STAGE), removal_fingerprint(config), shards, stage_input_key(config)
     )

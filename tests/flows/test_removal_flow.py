@@ -128,3 +128,4 @@ def test_a_complete_stage_starts_no_flow_run_until_its_input_or_settings_change(
     assert runs() == 1  # the rebuild started a new record
     frame = manifest.read_manifest(stage)
     assert len(frame) == 16 and frame["key"].is_unique
+

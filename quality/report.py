@@ -65,7 +65,7 @@ def score_histograms(
                 edges = np.histogram_bin_edges(values, bins=bins)
                 axis.hist(values, bins=edges, color="#bbb", label=f"before ({len(values)})")
                 axis.hist(kept, bins=edges, color="#2a6fdb", alpha=0.8, label=f"after ({len(kept)})")
-                axis.legend(fontsize=7)
+                axis.legend(fontsize=7, loc="upper right")  # "best" is slow on large histograms
             if policy is not None:
                 _bounds(axis, policy, task, score)
             axis.set_title(f"{task}", fontsize=10)

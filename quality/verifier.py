@@ -151,7 +151,7 @@ class ObjectVerifier:
         size = self.config.batch_size
         for start in range(0, len(images), size):
             chunk, texts = (
-                list(images[start : start + size]),
+                [np.require(i, requirements="W") for i in images[start : start + size]],  # writable for torch
                 [list(q) for q in queries[start : start + size]],
             )
             inputs = self.processor(text=texts, images=chunk, return_tensors="pt").to(self.device)

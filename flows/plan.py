@@ -191,6 +191,11 @@ def removal_plan(config: BuildConfig, table: list[dict], check: bool) -> tuple[S
         else None
     )
     plan.state = _state(url, fingerprint)
+    if fingerprint is not None and plan.state == "current":
+        from ieiw.flows.removal import removal_complete
+
+        if removal_complete(section, config.output, config.shards) is not None:
+            plan.state = "complete: the build will not run it"
     inpaint = section.inpaint
     if inpaint.backend == "lama":
         how = (

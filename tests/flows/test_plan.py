@@ -204,9 +204,10 @@ def test_a_build_records_its_plan_and_the_data_card_shows_it_beside_the_cost(pre
     section = card.split("## Estimated GPU cost")[1].split("\n## ")[0]
     assert "| removal |" in section and "measured compute time" in section
 
-    # after the build the plan finds everything committed and current: nothing left to do
+    # after the build the plan finds everything committed and complete: nothing left to do, no flow run
     after = {s.stage: s for s in make_plan(config).stages}["removal"]
-    assert after.committed == 6 and after.state == "current" and after.gpu_hours == 0.0
+    assert after.committed == 6 and after.state == "complete: the build will not run it"
+    assert after.gpu_hours == 0.0
     assert after.total_gpu_hours > 0
     # a changed setting is named before any work, as the build would refuse it
     changed = config.model_copy(update={"removal": config.removal.model_copy(update={"dilation": 3})})

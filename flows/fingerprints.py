@@ -16,8 +16,9 @@ turned into a fingerprint by rules, not by hand per stage:
 
 from __future__ import annotations
 
+import json
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from pydantic import BaseModel
@@ -123,25 +124,36 @@ def section_fingerprint(
     return Fingerprint(stage=stage, settings=settings, models=models, upstream=dict(upstream or {}))
 
 
+def values_under(tree: Any, wanted: Callable[[str, Any], bool], prefix: str = "") -> dict[str, Any]:
+    """Every ``key: value`` of a config tree, at any depth, that ``wanted(key, value)`` picks, by its
+    dotted path (``removal.source.limit``, ``sources[0].limit``); a picked value is not walked into."""
+    found: dict[str, Any] = {}
+    if isinstance(tree, Mapping):
+        for key, value in tree.items():
+            name = f"{prefix}.{key}" if prefix else str(key)
+            if wanted(str(key), value):
+                found[name] = value
+            else:
+                found.update(values_under(value, wanted, name))
+    elif isinstance(tree, list):
+        for i, item in enumerate(tree):
+            found.update(values_under(item, wanted, f"{prefix}[{i}]"))
+    return found
+
+
+def _tree(section: BaseModel | Mapping[str, Any]) -> Any:
+    return section.model_dump(mode="json") if isinstance(section, BaseModel) else dict(section)
+
+
 def model_paths(section: BaseModel | Mapping[str, Any]) -> dict[str, str]:
     """Where each model of a section was found on this machine: recorded for people, not fingerprinted."""
-    tree = section.model_dump(mode="json") if isinstance(section, BaseModel) else dict(section)
-    found: dict[str, str] = {}
+    return values_under(_tree(section), lambda key, value: key in MODEL_KEYS and isinstance(value, str))
 
-    def walk(node: Any, prefix: str) -> None:
-        if isinstance(node, Mapping):
-            for key, value in node.items():
-                name = f"{prefix}.{key}" if prefix else str(key)
-                if key in MODEL_KEYS and isinstance(value, str):
-                    found[name] = value
-                else:
-                    walk(value, name)
-        elif isinstance(node, list):
-            for i, item in enumerate(node):
-                walk(item, f"{prefix}[{i}]")
 
-    walk(tree, "")
-    return found
+def input_key(section: BaseModel | Mapping[str, Any]) -> str:
+    """What decides a stage's input beside its fingerprint: every ``limit`` in its config section (an
+    operational key, so not in the fingerprint, but a larger limit is more input)."""
+    return json.dumps(values_under(_tree(section), lambda key, _: key == "limit"), sort_keys=True)
 
 
 def with_shard_encoding(fingerprint: Fingerprint, spec: BaseModel | None) -> Fingerprint:

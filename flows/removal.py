@@ -10,9 +10,9 @@ import ijson
 from prefect import flow
 
 from ieiw.flows.config import RemovalConfig, RunnerConfig
-from ieiw.flows.fingerprints import model_paths, section_fingerprint
+from ieiw.flows.fingerprints import input_key, model_paths, section_fingerprint
 from ieiw.flows.models import cached_model, gpu_tags, model_key
-from ieiw.flows.stage_runner import complete_stage_summary, run_stage, stage_input_key
+from ieiw.flows.stage_runner import complete_stage_summary, run_stage
 from ieiw.pipelines.inpaint import build_inpainter
 from ieiw.pipelines.removal import removal_stage
 from ieiw.pipelines.sources.demo import materialize_demo_images
@@ -81,7 +81,7 @@ def removal_complete(config: RemovalConfig, output: str, shards: ShardSpec | Non
     if any("://" in path or not os.path.isfile(path) for path in inputs):
         return None
     return complete_stage_summary(
-        STAGE, fs.join(output, STAGE), removal_fingerprint(config), shards, stage_input_key(config)
+        STAGE, fs.join(output, STAGE), removal_fingerprint(config), shards, input_key(config)
     )
 
 
@@ -110,7 +110,7 @@ def removal(
         fingerprint=removal_fingerprint(config),
         rebuild=rebuild,
         info={"models": model_paths(config)},
-        input_key=stage_input_key(config),
+        input_key=input_key(config),
         total=count_tasks(config) if config.sessions is None else None,  # sessions: fewer records
         tags=gpu_tags(config.inpaint.backend == "lama", config.inpaint.device),
     )

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import json
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -162,9 +161,9 @@ def run_stage(
 ) -> dict:
     """Process every pending record of ``items`` in batches; returns the merged summary.
 
-    ``input_key`` names the input beyond the fingerprint (:func:`stage_input_key`); given, a run that went
-    through all of it records the stage complete for it, and :func:`complete_stage_summary` lets the
-    next build skip the stage's flow run.
+    ``input_key`` names the input beyond the fingerprint (:func:`ieiw.flows.fingerprints.input_key`);
+    given, a run that went through all of it records the stage complete for it, and
+    :func:`complete_stage_summary` lets the next build skip the stage's flow run.
 
     Opens the stage folder with ``fingerprint`` (a changed one raises
     :class:`~ieiw.storage.stage_folder.StageChanged` before any work, unless ``rebuild``). Batches run as
@@ -269,28 +268,6 @@ def _run_batches(
     publish_sample_table(stage, consolidated)
     logger.info("%s: kept %d, dropped %s", stage, summary["kept"], summary["dropped"])
     return summary
-
-
-def stage_input_key(section: Any) -> str:
-    """What decides a stage's input beside its fingerprint: every ``limit`` in its config section (an
-    operational key, so not in the fingerprint, but a larger limit is more input)."""
-    tree = section.model_dump(mode="json") if hasattr(section, "model_dump") else section
-    limits: dict[str, Any] = {}
-
-    def walk(node: Any, path: str) -> None:
-        if isinstance(node, dict):
-            for key, value in node.items():
-                name = f"{path}.{key}" if path else str(key)
-                if key == "limit":
-                    limits[name] = value
-                else:
-                    walk(value, name)
-        elif isinstance(node, list):
-            for i, item in enumerate(node):
-                walk(item, f"{path}[{i}]")
-
-    walk(tree, "")
-    return json.dumps(limits, sort_keys=True)
 
 
 def complete_stage_summary(

@@ -71,16 +71,14 @@ def read_record(stage_url: str) -> dict[str, Any] | None:
 
 
 def complete_record(stage_url: str, digest: str, input_key: str) -> dict[str, Any] | None:
-    """What the stage recorded (fingerprint, input, records) if a run with fingerprint ``digest`` went
-    through every batch of the input ``input_key`` (see :meth:`StageWriter.finish`): a rerun of it
-    would commit nothing. A rebuild replaces the record, and with it what it said was complete."""
+    """What the stage recorded (input, records) if a run with fingerprint ``digest`` went through every
+    batch of the input ``input_key`` (see :meth:`StageWriter.finish`): a rerun of it would commit
+    nothing. The claims are the record's, so of its fingerprint: a rebuild replaces the record, and
+    with it what it said was complete."""
     record = read_record(stage_url)
     if record is None or (record.get("fingerprint") or {}).get("digest") != digest:
         return None
-    for complete in record.get("complete", []):
-        if complete.get("fingerprint") == digest and complete.get("input") == input_key:
-            return complete
-    return None
+    return next((c for c in record.get("complete", []) if c.get("input") == input_key), None)
 
 
 def recorded_fingerprint(stage_url: str) -> Fingerprint | None:
@@ -255,13 +253,8 @@ class StageWriter:
         )
         record["info"] = {**record.get("info", {}), **self.info}
         if complete_for is not None:
-            complete = [
-                c
-                for c in record.get("complete", [])
-                if c.get("fingerprint") == self.digest and c.get("input") != complete_for
-            ]
-            complete.append({"fingerprint": self.digest, "input": complete_for, "records": records})
-            record["complete"] = complete
+            complete = [c for c in record.get("complete", []) if c.get("input") != complete_for]
+            record["complete"] = [*complete, {"input": complete_for, "records": records}]
         self._write_record(record)
         return consolidated
 

@@ -1,74 +1,36 @@
 """`ieiw_build`: the whole build from one YAML config.
 
-Each configured generator runs as a subflow, then (with a `quality:` section) scoring and
-filtering of each generator's candidates into `<output>/final/<generator>`, then the gallery and
-the data card. Any stage can run alone (`stages=[...]`); finished shards are never redone, and a
-generator whose input is all in its fingerprint (removal) and whose stage is recorded complete for
-the same fingerprint and input is not even started as a flow run: the build's log says so.
+Every stage of the build (:mod:`ieiw.flows.stages`: each configured generator, then with a `quality:`
+section the score and filter stages of each generator's candidates) runs through the one runner as its
+own flow run, its batches as tasks on the task runner the config's `runner:` section chose. Any stage
+can run alone (`stages=[...]`); committed batches are never redone, and a stage recorded complete for
+its fingerprint and input does not even start a flow run. Then the gallery and the data card, made
+from what the stages recorded.
 """
 
 from __future__ import annotations
 
 import itertools
 import json
-import time
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
 from ieiw.flows.config import BuildConfig, load_config
-from ieiw.flows.filter import filter_flow
-from ieiw.flows.multitask import multitask
 from ieiw.flows.plan import read_plan, record_plan
-from ieiw.flows.removal import removal, removal_complete
-from ieiw.flows.replacement import replacement
 from ieiw.flows.runners import make_task_runner
-from ieiw.flows.score import score_flow
+from ieiw.flows.stage_flow import run_stage_flow
+from ieiw.flows.stages import GENERATORS, QUALITY, build_stages, configured_generators, rebuild_modes
 from ieiw.flows.storage_errors import store_errors
-from ieiw.flows.web_edits import web_edits
-from ieiw.pipelines.sources.demo import materialize_demo_images
 from ieiw.quality.data_card import render_data_card, write_data_card
 from ieiw.storage import fs, manifest
 from ieiw.storage.gallery import write_gallery
+from ieiw.storage.layout import OBJECT_DATABASE, BuildLayout
 from ieiw.storage.schema import stable_key
 from ieiw.storage.shards import iter_samples
 from ieiw.storage.stage_folder import Rebuild, read_record
 
-# Generators in the order they run; each is a flow taking (section, output, shards, runner).
-GENERATORS = {"removal": removal, "replacement": replacement, "web_edits": web_edits, "multitask": multitask}
-# Generators whose whole input is files the fingerprint holds by content (removal: the annotation
-# files): recorded complete for this config, their flow has nothing to do and does not run. The others
-# always run, since their input can grow with the same fingerprint: image folders (multitask,
-# replacement), a live listing (web edits).
-COMPLETE_CHECKS = {"removal": removal_complete}
-QUALITY_STAGES = ("score", "filter")
-STAGES = (*GENERATORS, *QUALITY_STAGES)
-REBUILDABLE = (*GENERATORS, "object_database", *QUALITY_STAGES)
-
-
-def _device() -> str:
-    import torch
-
-    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
-
-
-def rebuild_modes(config: BuildConfig, requested: list[str] | None, on_change: Rebuild) -> dict[str, Rebuild]:
-    """How each stage opens: ``"yes"`` for a stage named in ``requested`` and everything downstream of
-    it (a score and filter read their generator's candidates), ``on_change`` for the rest."""
-    requested = list(requested or [])
-    unknown = set(requested) - set(REBUILDABLE)
-    if unknown:
-        raise ValueError(f"--rebuild: unknown stages {sorted(unknown)}; known: {list(REBUILDABLE)}")
-    modes: dict[str, Rebuild] = {}
-    for name in configured_generators(config):
-        upstream = {name} | ({"object_database"} if name == "replacement" else set())
-        generator = "yes" if upstream & set(requested) else on_change
-        score = "yes" if generator == "yes" or "score" in requested else on_change
-        modes[name] = generator
-        modes[f"score {name}"] = score
-        modes[f"filter {name}"] = "yes" if score == "yes" or "filter" in requested else on_change
-    modes["object_database"] = "yes" if "object_database" in requested else on_change
-    return modes
+STAGES = (*GENERATORS, *QUALITY)  # what --stage may name
 
 
 @flow(name="ieiw_build", log_prints=True)
@@ -92,163 +54,121 @@ def ieiw_build(
     unknown = wanted - set(STAGES)
     if unknown:
         raise ValueError(f"unknown stages {sorted(unknown)}; known: {list(STAGES)}")
-    modes = rebuild_modes(config, rebuild, on_change)
-    if config.removal and config.removal.source.materialize_demo_images:
-        materialize_demo_images(config.removal.source.images)
-    with store_errors("the plan", config.output):
+    layout = BuildLayout(config.out())
+    with store_errors("the plan", layout.output):
         record_plan(config)  # inputs counted, GPU-hours estimated: the data card shows it beside the cost
-    runner = make_task_runner(config.runner)
+    everything = build_stages(config)
+    modes = rebuild_modes(everything, rebuild, on_change)
+    chosen = build_stages(config, wanted)
+    task_runner = make_task_runner(config.runner)
     summaries: dict[str, dict] = {}
-    for name, generator in GENERATORS.items():
-        section = getattr(config, name)
-        if section is None or name not in wanted:
-            continue
-        started = time.perf_counter()
-        check = COMPLETE_CHECKS.get(name)
-        done = check(section, config.output, config.shards) if check and modes[name] != "yes" else None
-        if done is not None:
-            logger.info("%s: complete for these settings and inputs (fingerprint %s): nothing to run",
-                        name, done["fingerprint"][:12])
-            summaries[name] = {**done, "wall_seconds": time.perf_counter() - started, "device": _device()}
-            continue
-        options = {"rebuild_database": modes["object_database"]} if name == "replacement" else {}
-        summary = generator.with_options(task_runner=runner)(
-            section, config.output, config.shards, config.runner, rebuild=modes[name], **options
-        )
-        summaries[name] = {**summary, "wall_seconds": time.perf_counter() - started, "device": _device()}
+    for stage in chosen:
+        summary = run_stage_flow(stage, config.runner, modes[stage.name], task_runner)
+        if summary.skipped:
+            logger.info("%s: complete for these settings and inputs: nothing to run", stage.name)
+        summaries[stage.name] = summary.to_dict()
 
-    finals, histograms = {}, {}
-    if config.quality is not None and wanted & set(QUALITY_STAGES):
-        quality = config.quality.model_dump(mode="json")
-        for name in configured_generators(config):
-            candidates = fs.join(config.output, name)
-            final = fs.join(config.output, "final", name)
-            if "score" in wanted:
-                started = time.perf_counter()
-                scored = score_flow(candidates_url=candidates, config=quality, rebuild=modes[f"score {name}"])
-                summaries[f"score {name}"] = {
-                    **scored,
-                    "wall_seconds": time.perf_counter() - started,
-                    "device": _device(),
-                }
-            if "filter" in wanted:
-                started = time.perf_counter()
-                report_url = fs.join(config.output, "reports", name)
-                filtered = filter_flow(
-                    candidates_url=candidates,
-                    out_url=final,
-                    config=quality,
-                    report_url=report_url,
-                    rebuild=modes[f"filter {name}"],
-                )
-                summaries[f"filter {name}"] = {**filtered, "wall_seconds": time.perf_counter() - started}
-                finals[name] = final
-                histograms[name] = fs.list_files(report_url, ".png")
-
-    with store_errors("gallery and data card", config.output):
-        final_urls = (
-            {name: fs.join(config.output, "final", name) for name in configured_generators(config)}
-            if config.quality is not None
-            else {}
-        )
-        published = published_state(config, final_urls)
-        gallery, card = fs.join(config.output, "gallery.html"), fs.join(config.output, "DATA_CARD.md")
-        if is_published(config.output, published, [gallery, card]):
+    with store_errors("gallery and data card", layout.output):
+        published = published_state(config, layout)
+        if is_published(layout, published):
             logger.info("nothing was committed since the gallery and the data card were written")
         else:
-            gallery, card = write_pages(config, summaries, finals, histograms)
-            mark_published(config.output, published)
-    logger.info("gallery: %s; data card: %s", gallery, card)
+            write_pages(config, layout)
+            mark_published(layout, published)
+    logger.info("gallery: %s; data card: %s", layout.gallery, layout.data_card)
     create_markdown_artifact(
-        fs.read_bytes(card).decode("utf-8"), key="data-card", description="the data card"
+        fs.read_bytes(layout.data_card).decode("utf-8"), key="data-card", description="the data card"
     )
     create_markdown_artifact(
-        _summary_markdown(config, summaries, gallery, card),
+        _summary_markdown(config, summaries, layout),
         key="build-summary",
         description="what this build made",
     )
-    return {"stages": summaries, "gallery": gallery, "data_card": card}
+    return {"stages": summaries, "gallery": layout.gallery, "data_card": layout.data_card}
 
 
-PUBLISHED = ".published.json"
-
-
-def published_state(config: BuildConfig, finals: dict[str, str]) -> str:
+def published_state(config: BuildConfig, layout: BuildLayout) -> str:
     """A digest of what the gallery and the data card are made from: each stage's fingerprint and
     committed batches (and the gallery settings). Equal digests: the pages are still right."""
-    stages = [fs.join(config.output, name) for name in configured_generators(config)] + sorted(
-        finals.values()
-    )
+    urls = [s.url for s in build_stages(config)]
     parts = {
         url: [
-            read_record(url) and read_record(url)["fingerprint"]["digest"],
+            (read_record(url) or {}).get("fingerprint", {}).get("digest"),
             sorted(manifest.completed_batches(url)),
         ]
-        for url in stages
+        for url in urls
     }
     return stable_key(config.name, config.gallery.model_dump(mode="json"), parts)
 
 
-def is_published(output: str, state: str, pages: list[str]) -> bool:
-    url = fs.join(output, PUBLISHED)
-    if not fs.exists(url) or not all(fs.exists(p) for p in pages):
+def is_published(layout: BuildLayout, state: str) -> bool:
+    pages = (layout.published, layout.gallery, layout.data_card)
+    if not all(fs.exists(p) for p in pages):
         return False
-    return json.loads(fs.read_bytes(url)).get("state") == state
+    return json.loads(fs.read_bytes(layout.published)).get("state") == state
 
 
-def mark_published(output: str, state: str) -> None:
-    fs.write_bytes_atomic(fs.join(output, PUBLISHED), json.dumps({"state": state}).encode("utf-8"))
+def mark_published(layout: BuildLayout, state: str) -> None:
+    fs.write_bytes_atomic(layout.published, json.dumps({"state": state}).encode("utf-8"))
 
 
-def write_pages(config: BuildConfig, summaries: dict, finals: dict, histograms: dict) -> tuple[str, str]:
+def write_pages(config: BuildConfig, layout: BuildLayout) -> tuple[str, str]:
     """The gallery and the data card of the build (the card from the stages' records)."""
-    gallery = write_build_gallery(config)
+    generators = configured_generators(config)
+    finals = {name: layout.final(name) for name in generators} if config.quality is not None else {}
+    histograms = {name: fs.list_files(layout.report(name), ".png") for name in finals}
+    gallery = write_build_gallery(config, layout)
     card = write_data_card(
-        fs.join(config.output, "DATA_CARD.md"),
+        layout.data_card,
         render_data_card(
             config.name,
-            {name: fs.join(config.output, name) for name in configured_generators(config)},
-            {name: fs.join(config.output, "final", name) for name in configured_generators(config)}
-            if config.quality is not None
-            else {},
+            {name: layout.generator(name) for name in generators},
+            finals,
             histograms,
-            estimate=read_plan(config.output),
+            extra_stages=_database(config, layout),
+            estimate=read_plan(layout.output),
         ),
     )
     return gallery, card
 
 
-def configured_generators(config: BuildConfig) -> list[str]:
-    return [name for name in GENERATORS if getattr(config, name) is not None]
+def _database(config: BuildConfig, layout: BuildLayout) -> dict[str, str]:
+    if config.replacement is None:
+        return {}
+    return {OBJECT_DATABASE: config.replacement.database.url or layout.object_database}
 
 
-def _summary_markdown(config: BuildConfig, summaries: dict, gallery: str, card: str) -> str:
+def _summary_markdown(config: BuildConfig, summaries: dict, layout: BuildLayout) -> str:
     lines = [
         f"# Build `{config.name}`",
         "",
-        f"Output: `{config.output}`",
-        f"Gallery: `{gallery}`",
-        f"Data card: `{card}`",
+        f"Output: `{layout.output}`",
+        f"Gallery: `{layout.gallery}`",
+        f"Data card: `{layout.data_card}`",
         "",
     ]
-    for stage, summary in summaries.items():
-        dropped = summary.get("dropped", {})
-        drops = ", ".join(f"{k}: {v}" for k, v in dropped.items()) or "none"
-        lines.append(f"- **{stage}**: kept {summary.get('kept')}, dropped {sum(dropped.values())} ({drops})")
+    from ieiw.storage.runner import StageSummary
+
+    for name, summary in summaries.items():
+        lines.append(f"- **{name}**: {StageSummary(**summary).outcome()}")
     return "\n".join(lines)
 
 
-def write_build_gallery(config: BuildConfig) -> str:
-    """One page with an equal share of samples from every generator that has shards."""
-    folders = [fs.join(config.output, name, manifest.SHARD_DIR) for name in configured_generators(config)]
+def write_build_gallery(config: BuildConfig, layout: BuildLayout) -> str:
+    """One page with an equal share of samples from every generator that has committed shards."""
+    folders = [layout.generator(name) for name in configured_generators(config)]
     share = max(1, config.gallery.limit // max(1, len(folders)))
-    samples = itertools.chain.from_iterable(itertools.islice(iter_samples(f), share) for f in folders)
-    gallery = fs.join(config.output, "gallery.html")
+    samples = itertools.chain.from_iterable(
+        itertools.islice(iter_samples(manifest.committed_shards(f)), share) for f in folders
+    )
     write_gallery(
         samples,
-        gallery,
+        layout.gallery,
         title=f"{config.name}: pairs",
         limit=config.gallery.limit,
         size=config.gallery.thumbnail,
     )
-    return gallery
+    return layout.gallery
+
+
+__all__ = ["ieiw_build", "STAGES", "OBJECT_DATABASE"]

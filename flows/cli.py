@@ -1,4 +1,8 @@
-"""The `ieiw` command line."""
+"""The `ieiw` command line.
+
+:func:`main` is the entry point: a config, a model or a stage that cannot be used as asked is one line
+on stderr and exit status 2 (``--debug`` shows the traceback instead).
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ import collections
 import itertools
 import os
 import subprocess
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -22,11 +27,39 @@ if TYPE_CHECKING:
     from ieiw.flows.config import BuildConfig
 
 app = typer.Typer(
-    help="Build instruction-editing datasets (IEIW recipe) and train on them.",
+    help="Build instruction-editing datasets (IEIW recipe) and train on them. "
+    "Add --debug (first) to see the traceback of an error.",
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
 )
 console = Console()
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """What a user can fix from the message alone: printed as one line, exit 2."""
+    from ieiw.flows.storage_errors import StorageWriteError
+    from ieiw.storage.config import ConfigError
+    from ieiw.storage.lease import LeaseLost, StageBusy
+    from ieiw.storage.runner import WorkerMismatch
+    from ieiw.storage.stage_folder import StageChanged
+
+    return (ConfigError, StageChanged, StageBusy, LeaseLost, StorageWriteError, WorkerMismatch)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``ieiw``: the app, with user errors as one line (``--debug`` anywhere: the traceback)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args
+    args = [a for a in args if a != "--debug"]
+    try:
+        app(args=args, prog_name="ieiw", standalone_mode=True)
+    except SystemExit:
+        raise
+    except Exception as error:
+        if debug or not isinstance(error, user_errors()):
+            raise
+        print(f"ieiw: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 @app.command()
@@ -77,31 +110,25 @@ def build(
     the build would do and cost, first.
     """
     from ieiw.flows.config import load_config
-    from ieiw.storage.lease import StageBusy
-    from ieiw.storage.stage_folder import StageChanged
 
+    loaded = load_config(config)
+    loaded.out()
     if plan:
-        from ieiw.flows.plan import make_plan
-        from ieiw.flows.plan_report import print_plan
+        from ieiw.flows.plan import make_plan, print_plan
 
-        print_plan(make_plan(load_config(config), stage or None), console)
+        print_plan(make_plan(loaded, stage or None), console)
         return
-
-    try:
-        result = _run_build(load_config(config), stage or None, rebuild or None)
-    except (StageChanged, StageBusy) as refused:
-        console.print(f"[bold red]Stopped:[/bold red] {escape(str(refused))}")
-        raise typer.Exit(2) from None
-    for name, summary in result["stages"].items():
-        console.print(f"[bold]{name}[/bold]: {_outcome(summary)}")
+    result = _run_build(loaded, stage or None, rebuild or None)
+    _print_stages(result)
     console.print(f"Gallery: [bold]{result['gallery']}[/bold]")
 
 
-def _outcome(summary: dict) -> str:
-    """What a stage did in this run, in words."""
-    if summary.get("complete"):
-        return f"complete ({summary.get('resumed_records')} records committed before), nothing to do"
-    return f"kept {summary['kept']} samples, dropped {summary['dropped'] or 'none'}"
+def _print_stages(result: dict) -> None:
+    """What each stage did in this run, in words: one line per stage."""
+    from ieiw.storage.runner import StageSummary
+
+    for name, summary in result["stages"].items():
+        console.print(f"[bold]{escape(name)}[/bold]: {escape(StageSummary(**summary).outcome())}")
 
 
 @app.command()
@@ -115,9 +142,8 @@ def demo(
 
     config = load_demo_config(output)
     result = _run_build(config, None, on_change="changed")  # the demo owns its folder: rebuild what changed
-    for name, summary in result["stages"].items():
-        console.print(f"{name}: {_outcome(summary)}")
-        console.print(f"  shards: {os.path.join(config.output, name, 'shards')}")
+    _print_stages(result)
+    console.print(f"Shards: {config.output}/<stage>/shards (read them through <stage>/manifest.parquet)")
     console.print(f"Open the gallery in a browser: [bold]file://{result['gallery']}[/bold]")
 
 
@@ -181,4 +207,4 @@ def _register_area_commands() -> None:
 _register_area_commands()
 
 if __name__ == "__main__":
-    app()
+    main()

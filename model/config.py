@@ -17,6 +17,7 @@ from typing import Annotated, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
+from ieiw.storage.config import input_folder, model_ref, operational, output
 from ieiw.storage.fs import resolve_path
 
 # rewritten_instruction: the quality judge's wording of the pair when it wrote one (sample_decode.sample_text)
@@ -28,7 +29,7 @@ class ShardSet(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    urls: list[str]
+    urls: list[str] = input_folder()  # stage folders, shard folders, .tar files or brace patterns
     weight: float = Field(default=1.0, gt=0)
     text_field: TextField | None = None  # None: the stage's text_field, else ``instruction``
     name: str = ""  # names the set in the logged mix; ``set<i>`` when empty
@@ -62,8 +63,8 @@ class DataConfig(BaseModel):
     random_flip: bool = True
     shuffle_buffer: int = 1000
     shards_per_block: int = 4  # shards read interleaved per block; a resume replays at most one block
-    num_workers: int = 2
-    latent_cache: str | None = None  # a folder; when set, a first pass caches VAE latents here
+    num_workers: int = operational(2)
+    latent_cache: str | None = output(None)  # a folder; when set, a first pass caches VAE latents here
 
     @model_validator(mode="after")
     def _names(self) -> DataConfig:
@@ -138,8 +139,10 @@ class TrainConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    base_model: str  # a hub id or a local folder in diffusers layout (Stable Diffusion 1.5 in the paper)
-    output_dir: str  # one stage: the model is saved here; stages: each in <output_dir>/<stage name>/
+    # a hub id or a local folder in diffusers layout (Stable Diffusion 1.5 in the paper)
+    base_model: str = model_ref()
+    # one stage: the model is saved here; stages: each in <output_dir>/<stage name>/
+    output_dir: str = output()
     data: DataConfig = Field(default_factory=DataConfig)
     stages: list[StageConfig] | None = None
     cfg_dropout: CFGDropout = Field(default_factory=CFGDropout)
@@ -149,7 +152,8 @@ class TrainConfig(BaseModel):
     max_steps: int = Field(default=1000, gt=0)  # optimizer steps
     epochs: float | None = Field(default=None, gt=0)  # instead of max_steps: passes over the data
     image_conditioning: bool = True  # false: text-to-image (the source latent is zeros)
-    latent_cache_model: str | None = None  # keys the latent cache; default base_model (stages share it)
+    # keys the latent cache; default base_model (stages share it)
+    latent_cache_model: str | None = model_ref(None)
     mixed_precision: Literal["no", "fp16", "bf16"] = "bf16"
     use_ema: bool = True
     ema_decay: float = 0.9999

@@ -7,20 +7,46 @@ one image are removed one after another instead (:mod:`ieiw.pipelines.removal_se
 
 from __future__ import annotations
 
+import itertools
+import json
+import os
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
+from functools import partial
+from typing import Any
 
+import ijson
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
 
 from ieiw.pipelines.inpaint.base import Inpainter, InpaintError
+from ieiw.pipelines.inpaint.factory import InpaintConfig, build_inpainter
 from ieiw.pipelines.instructions.templates import render
 from ieiw.pipelines.sources.phrasecut import (
+    LICENSE,
     LoadedRegion,
     PhraseCutRecord,
     PhraseCutSession,
     RegionSettings,
+    group_sessions,
+    iter_records,
+    load_image_data,
     load_region,
 )
+from ieiw.storage.config import (
+    WorkerEnv,
+    config_fingerprint,
+    input_file,
+    input_folder,
+    input_limits,
+    limit,
+    model_references,
+    operational,
+)
+from ieiw.storage.fingerprint import Fingerprint
 from ieiw.storage.schema import Drop, GeneratorInfo, Result, Sample, SampleMeta, Task, sample_key, stable_key
+from ieiw.storage.shards import ShardSpec
+from ieiw.storage.stage import ModelSpec, Stage, gpu_tags, model_key
 
 GENERATOR = "removal"
 
@@ -42,6 +68,132 @@ class RemovalSettings:
     make_add_pairs: bool = True
     min_change: float = 1.0  # mean absolute change inside the mask below this means inpainting did nothing
     sessions: SessionSettings | None = None  # None: every phrase is its own pair
+
+
+class PhraseCutSource(BaseModel):
+    """PhraseCut's referring phrases and polygons over Visual Genome images."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    annotations: list[str] = input_file()  # refer_*.json files
+    images: str = input_folder()  # folder of Visual Genome <image_id>.jpg
+    dataset: str = "phrasecut"  # provenance of every sample: dataset name, license, image URLs
+    license: str | None = LICENSE
+    # image_data_split.json (PhraseCut) or image_data.json (Visual Genome): each image's URL and size
+    image_data: str | None = input_file(None)
+    url_template: str | None = None  # only without image_data; VG's images live under two folders
+
+
+class SessionsConfig(BaseModel):
+    """Multi-turn sessions of the removal generator: the phrases of one image removed one after another."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_turns: int = Field(default=3, ge=2)
+    max_overlap: float = Field(default=0.1, ge=0, le=1)  # more covered by earlier turns: an ordinary pair
+    whole_session: bool = True  # also the first source and the last target as one sample
+    window: int = Field(default=256, ge=1)  # images whose phrases are gathered at once from the stream
+
+    def settings(self) -> SessionSettings:
+        return SessionSettings(self.max_turns, self.max_overlap, self.whole_session)
+
+
+class RemovalConfig(BaseModel):
+    """The object-removal generator (PhraseCut regions inpainted away, plus reversed add pairs)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    source: PhraseCutSource
+    inpaint: InpaintConfig = Field(default_factory=InpaintConfig)
+    dilation: int = 15
+    min_area_fraction: float = 0.005
+    max_area_fraction: float = 0.5
+    make_add_pairs: bool = True
+    min_change: float = 1.0
+    sessions: SessionsConfig | None = None  # multi-turn sessions; None: every phrase is its own pair
+    batch_size: int = operational(64)  # records per task and per commit: amortises orchestration
+    limit: int | None = limit(None)  # at most this many annotation tasks
+
+    def settings(self) -> RemovalSettings:
+        return RemovalSettings(
+            region=RegionSettings(self.dilation, self.min_area_fraction, self.max_area_fraction),
+            make_add_pairs=self.make_add_pairs,
+            min_change=self.min_change,
+            sessions=self.sessions.settings() if self.sessions is not None else None,
+        )
+
+
+class RemovalStage(Stage):
+    """PhraseCut regions inpainted away (and reversed into add pairs), a batch of records at a time."""
+
+    name = GENERATOR
+
+    def __init__(self, config: RemovalConfig, url: str, shards: ShardSpec | None = None) -> None:
+        inpaint = config.inpaint
+        super().__init__(url, config.batch_size, shards, gpu_tags(inpaint.backend == "lama", inpaint.device))
+        self.config = config
+
+    def fingerprint(self, env: WorkerEnv) -> Fingerprint:
+        return config_fingerprint(self.name, self.config, env)
+
+    def records(self) -> Iterator[PhraseCutRecord | PhraseCutSession | Drop]:
+        """The records to remove (``limit`` counts annotation tasks); with sessions, grouped by image."""
+        source, config = self.config.source, self.config
+        image_data = load_image_data(source.image_data) if source.image_data else None
+        items = itertools.chain.from_iterable(
+            iter_records(a, source.images, source.dataset, source.license, source.url_template, image_data)
+            for a in source.annotations
+        )
+        items = itertools.islice(items, config.limit) if config.limit is not None else items
+        if config.sessions is not None:
+            return group_sessions(items, config.sessions.max_turns, config.sessions.window)
+        return items
+
+    def models(self) -> Mapping[str, ModelSpec]:
+        inpaint = self.config.inpaint
+        return {
+            "inpainter": ModelSpec(
+                model_key("inpainter", inpaint),
+                partial(build_inpainter, inpaint),
+                inpaint.device,
+                inpaint.batch_size,
+            )
+        }
+
+    def run(self, records: list[Any], models: Mapping[str, Any]) -> list[Result]:
+        return removal_stage(records, models["inpainter"], self.config.settings())
+
+    def input_key(self) -> str | None:
+        """The input is the annotation files (in the fingerprint by content) cut by ``limit``; a remote or
+        missing file must be read again to be known."""
+        source = self.config.source
+        files = [*source.annotations, *([source.image_data] if source.image_data else [])]
+        if any("://" in path or not os.path.isfile(path) for path in files):
+            return None
+        return json.dumps(input_limits(self.config), sort_keys=True)
+
+    def total(self) -> int | None:
+        """How many tasks the annotation files hold (a cheap streaming pass); None if unreadable, or with
+        sessions (fewer records than tasks)."""
+        if self.config.sessions is not None:
+            return None
+        return count_tasks(self.config)
+
+    def info(self) -> dict[str, Any]:
+        return {"models": model_references(self.config)}
+
+
+def count_tasks(config: RemovalConfig) -> int | None:
+    """How many tasks the annotation files hold (a cheap streaming pass), cut by ``limit``; None if
+    unreadable."""
+    total = 0
+    for path in config.source.annotations:
+        try:
+            with open(path, "rb") as handle:
+                total += sum(1 for _ in ijson.items(handle, "item.task_id"))
+        except (OSError, ijson.JSONError):
+            return None
+    return min(total, config.limit) if config.limit is not None else total
 
 
 def generator_info(inpainter: Inpainter, settings: RemovalSettings) -> GeneratorInfo:

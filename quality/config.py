@@ -23,6 +23,7 @@ from ieiw.quality.embeddings import EmbeddingCache
 from ieiw.quality.policy import FilterPolicy
 from ieiw.quality.scoring import ScoringConfig
 from ieiw.storage import fs
+from ieiw.storage.config import input_file, operational
 from ieiw.storage.shards import ShardSpec
 
 SCORES_DIR = "quality/scores"
@@ -36,10 +37,17 @@ class QualityConfig(BaseModel):
 
     scoring: ScoringConfig = Field(default_factory=ScoringConfig)
     policy: FilterPolicy = Field(default_factory=FilterPolicy)
-    eval_set: list[str] = Field(default_factory=list)  # image or shard directories held out for evaluation
+    # image or shard directories held out for evaluation, by content
+    eval_set: list[str] = input_file(default_factory=list, identity="eval_identity")
     # bounds of the final shards; their images are the candidates' own bytes, so the encoding is theirs
     shard: ShardSpec = Field(default_factory=ShardSpec)
-    report_images: int = 60
+    report_images: int = operational(60)
+
+    def eval_identity(self, url: str) -> str:
+        """A held-out set by its content."""
+        from ieiw.quality.identities import data_identity
+
+        return data_identity(url)
 
     @classmethod
     def from_yaml(cls, path: str | Path, section: str = "quality") -> QualityConfig:
@@ -51,7 +59,10 @@ class QualityConfig(BaseModel):
 
 
 def default_scores_url(candidates_url: str) -> str:
-    return fs.join(candidates_url, SCORES_DIR)
+    """Where the scores of a generator's candidates live: beside them in their build's layout."""
+    from ieiw.storage.layout import scores_of
+
+    return scores_of(candidates_url)
 
 
 def cache_root(config: QualityConfig, scores_url: str) -> str:

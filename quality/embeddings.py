@@ -39,6 +39,7 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict
 
 from ieiw.storage import fs
+from ieiw.storage.config import input_file, model_ref, operational, precision
 from ieiw.storage.identity import file_digest, model_identity
 from ieiw.storage.schema import stable_key
 
@@ -48,12 +49,12 @@ class EmbedderConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    model: str = "ViT-L-14"
-    pretrained: str | None = "openai"
-    model_config_file: str | None = None
-    device: str = "auto"
-    precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
-    batch_size: int = 64
+    model: str = "ViT-L-14"  # an open_clip architecture name
+    pretrained: str | None = model_ref("openai")  # an open_clip release tag or a checkpoint file
+    model_config_file: str | None = input_file(None)  # an architecture open_clip does not know
+    device: str = operational("auto")
+    precision: Literal["auto", "fp32", "fp16", "bf16"] = precision("auto")
+    batch_size: int = operational(64)
 
     def model_identities(self) -> dict[str, str | None]:
         """What the embedder is, by content: the open_clip model name (or its config file's digest),

@@ -24,6 +24,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from ieiw.quality.giqa_index import Metric, ReferenceIndex, load_reference_index
+from ieiw.storage.config import model_ref, operational
 
 
 class GiqaConfig(BaseModel):
@@ -31,12 +32,18 @@ class GiqaConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    index_dir: str
+    index_dir: str = model_ref(identity="index_identity")  # the reference index, by its content
     k: int = 1
     nprobe: int = 32
     eps: float = 1e-6
-    use_gpu: bool = True
-    inception_checkpoint: str | None = None  # needed when the index was built on inception features
+    use_gpu: bool = operational(True)
+    inception_checkpoint: str | None = model_ref(None)  # for an index built on inception features
+
+    def index_identity(self, index_dir: str) -> str:
+        """The reference index by its content."""
+        from ieiw.quality.identities import reference_index_identity
+
+        return reference_index_identity(index_dir)
 
 
 def giqa_from_distances(

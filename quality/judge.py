@@ -44,6 +44,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ieiw.quality.judge_rubrics import CRITERIA, ParsedAnswer, Rubric, rubric_for, rubric_identities
 from ieiw.storage import fs
 from ieiw.storage.answer_cache import PromptCache
+from ieiw.storage.config import model_ref, operational, output, precision
 from ieiw.storage.identity import model_identity
 
 log = logging.getLogger(__name__)
@@ -72,43 +73,35 @@ class JudgeConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     backend: Literal["openai", "transformers"] = "openai"
-    model: str = "Qwen/Qwen2.5-VL-7B-Instruct"  # the served model's name, or a local folder / hub id
-    base_url: str | None = None  # openai: None means api.openai.com
-    api_key_env: str = "OPENAI_API_KEY"
+    # the served model's name, or a local folder / hub id
+    model: str = model_ref("Qwen/Qwen2.5-VL-7B-Instruct", identity="identity")
+    base_url: str | None = operational(None)  # openai: None means api.openai.com
+    api_key_env: str = operational("OPENAI_API_KEY")
     temperature: float = 0.0
     max_tokens: int = 400
     image_max_side: int = Field(default=768, ge=32)
     rewrite_instruction: bool = False  # also write the instruction the pair actually shows
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # transformers
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = precision("auto")  # transformers
     # how the judge is driven: never part of a fingerprint
-    max_in_flight: int = Field(default=8, ge=1)
-    timeout: float = 60.0
-    max_attempts: int = Field(default=3, ge=1)
-    backoff_seconds: float = 1.0
-    max_backoff_seconds: float = 30.0
-    cache_url: str | None = None  # default: judge-cache/ beside the stage that asks
-    device: str | None = None  # transformers: None picks cuda when there is one
-    batch_size: int = Field(default=4, ge=1)  # transformers: pairs per generate call
+    max_in_flight: int = operational(8, ge=1)
+    timeout: float = operational(60.0)
+    max_attempts: int = operational(3, ge=1)
+    backoff_seconds: float = operational(1.0)
+    max_backoff_seconds: float = operational(30.0)
+    cache_url: str | None = output(None)  # default: the build's judge answer cache
+    device: str | None = operational(None)  # transformers: None picks cuda when there is one
+    batch_size: int = operational(4, ge=1)  # transformers: pairs per generate call
 
-    def identity(self) -> str:
+    def identity(self, model: str | None = None) -> str:
         """The judge model by identity: a served model by name (``api:<name>``), a local one by content."""
+        model = model or self.model
         if self.backend == "openai":
-            return f"api:{self.model}"
-        return model_identity(self.model) or self.model
+            return f"api:{model}"
+        return model_identity(model) or model
 
-    def fingerprint_settings(self) -> dict:
-        """What shapes the judge's answers besides the model: decoding, images sent, the rubrics."""
-        settings = {
-            "backend": self.backend,
-            "temperature": self.temperature,
-            "max_tokens": self.max_tokens,
-            "image_max_side": self.image_max_side,
-            "rewrite_instruction": self.rewrite_instruction,
-            "rubrics": rubric_identities(self.rewrite_instruction),
-        }
-        if self.backend == "transformers":
-            settings["dtype"] = self.dtype
-        return settings
+    def fingerprint_extra(self) -> dict:
+        """The rubrics' versions: they shape the answers as much as the decoding settings do."""
+        return {"rubrics": rubric_identities(self.rewrite_instruction)}
 
 
 def default_cache_url(stage_url: str) -> str:

@@ -71,6 +71,7 @@ from ieiw.quality.scoring_inputs import (
 from ieiw.quality.stage_target import StageTarget
 from ieiw.quality.verifier import VERIFY_SCORES, ObjectVerifier, VerifierConfig
 from ieiw.storage import manifest
+from ieiw.storage.config import model_ref, operational, output
 from ieiw.storage.shards import iter_tar_groups
 from ieiw.storage.stage_folder import commit_files
 
@@ -120,10 +121,10 @@ class ScoringConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     embedder: EmbedderConfig = Field(default_factory=EmbedderConfig)
-    aesthetic_checkpoint: str | None = None
+    aesthetic_checkpoint: str | None = model_ref(None)
     giqa: GiqaConfig | None = None
-    cache_url: str | None = None  # default: <scores_url>/embeddings
-    batch_size: int = 64
+    cache_url: str | None = output(None)  # default: the build's embedding cache
+    batch_size: int = operational(64)
     judge: JudgeConfig | None = None  # a VLM judge's scores and reasons (quality.judge)
     verifier: VerifierConfig | None = None  # open-vocabulary object checks (quality.verifier)
 

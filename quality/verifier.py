@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from ieiw.storage.config import model_ref, operational
 from ieiw.storage.identity import model_identity
 
 VERIFY_SCORES: tuple[str, ...] = (
@@ -49,11 +50,11 @@ class VerifierConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    model: str = "google/owlv2-base-patch16-ensemble"  # a local folder or hub id (Owlv2ForObjectDetection)
+    model: str = model_ref("google/owlv2-base-patch16-ensemble")  # a local folder or hub id (OWLv2)
     query_template: str = "{}"  # e.g. "a photo of a {}"
     region_margin: float = Field(default=0.15, ge=0.0)  # of the mask's bounding box, on every side
-    device: str | None = None
-    batch_size: int = Field(default=16, ge=1)  # images per forward pass
+    device: str | None = operational(None)
+    batch_size: int = operational(16, ge=1)  # images per forward pass
 
     def identity(self) -> str:
         return model_identity(self.model) or self.model

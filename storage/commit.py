@@ -28,6 +28,8 @@ class BatchReport:
     shards: list[str] = field(default_factory=list)
     seconds: float = 0.0
     skipped: bool = False
+    rows: int = 0  # a rows stage's rows
+    counts: Counter = field(default_factory=Counter)  # a rows stage's counts of what it did
 
     @property
     def total(self) -> int:
@@ -100,14 +102,17 @@ def merge_reports(reports: Iterable[BatchReport]) -> dict:
     """Totals over many batches: kept, dropped by reason, samples by task, shard count."""
     dropped: Counter = Counter()
     by_task: Counter = Counter()
-    kept = shards = batches = skipped = 0
+    counts: Counter = Counter()
+    kept = shards = batches = skipped = rows = 0
     seconds = 0.0
     for report in reports:
         batches += 1
         skipped += int(report.skipped)
         kept += report.kept
+        rows += report.rows
         dropped.update(report.dropped)
         by_task.update(report.by_task)
+        counts.update(report.counts)
         shards += len(report.shards)
         seconds += report.seconds
     return {
@@ -116,6 +121,8 @@ def merge_reports(reports: Iterable[BatchReport]) -> dict:
         "kept": kept,
         "dropped": dict(sorted(dropped.items())),
         "by_task": dict(sorted(by_task.items())),
+        "rows": rows,
+        "counts": dict(sorted(counts.items())),
         "shards": shards,
         "seconds": round(seconds, 3),
     }

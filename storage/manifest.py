@@ -133,13 +133,19 @@ def rows_to_table(rows: list[dict]) -> pa.Table:
     return pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA)
 
 
-def part_url(stage_url: str, batch: str) -> str:
-    return fs.join(stage_url, MANIFEST_DIR, f"{batch}.parquet")
+def part_url(stage_url: str, batch: str, folder: str = MANIFEST_DIR) -> str:
+    return fs.join(stage_url, folder, f"{batch}.parquet")
 
 
-def write_part(stage_url: str, batch: str, rows: list[dict] | pa.Table, metadata: dict | None = None) -> str:
-    """Write one batch's rows atomically; its appearance commits the batch."""
-    url = part_url(stage_url, batch)
+def write_part(
+    stage_url: str,
+    batch: str,
+    rows: list[dict] | pa.Table,
+    metadata: dict | None = None,
+    folder: str = MANIFEST_DIR,
+) -> str:
+    """Write one batch's rows atomically; its appearance commits the batch (in ``manifest/``)."""
+    url = part_url(stage_url, batch, folder)
     table = rows if isinstance(rows, pa.Table) else rows_to_table(rows)
     if metadata:
         extra = {f"ieiw.{k}".encode(): json.dumps(v).encode() for k, v in metadata.items()}
@@ -150,10 +156,10 @@ def write_part(stage_url: str, batch: str, rows: list[dict] | pa.Table, metadata
     return url
 
 
-def part_urls(stage_url: str) -> list[str]:
+def part_urls(stage_url: str, folder: str = MANIFEST_DIR) -> list[str]:
     return [
         u
-        for u in fs.list_files(fs.join(stage_url, MANIFEST_DIR), ".parquet")
+        for u in fs.list_files(fs.join(stage_url, folder), ".parquet")
         if not posixpath.basename(u).startswith(".")
     ]
 
@@ -185,16 +191,20 @@ def _covered(url: str) -> set[str] | None:
 
 
 def read_table(
-    stage_url: str, columns: list[str] | None = None, schema: pa.Schema = MANIFEST_SCHEMA
+    stage_url: str,
+    columns: list[str] | None = None,
+    schema: pa.Schema = MANIFEST_SCHEMA,
+    folder: str = MANIFEST_DIR,
 ) -> pa.Table:
     """Every committed row of a stage as one Arrow table (empty, with ``schema``, when there is none).
 
     Reads the consolidated ``manifest.parquet`` for the batches it covers and the parts committed
-    since; rows of anything else in the folder do not exist.
+    since; rows of anything else in the folder do not exist. ``folder`` names another table of parts
+    kept the same way (the stage's listing of its input batches, ``inputs/``).
     """
-    parts = {_batch_of(u): u for u in part_urls(stage_url)}
+    parts = {_batch_of(u): u for u in part_urls(stage_url, folder)}
     tables: list[pa.Table] = []
-    consolidated = fs.join(stage_url, CONSOLIDATED)
+    consolidated = fs.join(stage_url, f"{folder}.parquet")
     covered = _covered(consolidated) if parts else None
     if covered and covered <= parts.keys():
         tables.append(_read_parquet(consolidated, columns))
@@ -273,12 +283,12 @@ def is_stage_folder(url: str) -> bool:
     return fs.exists(fs.join(url, MANIFEST_DIR))
 
 
-def consolidate(stage_url: str, schema: pa.Schema = MANIFEST_SCHEMA) -> str:
+def consolidate(stage_url: str, schema: pa.Schema = MANIFEST_SCHEMA, folder: str = MANIFEST_DIR) -> str:
     """Write every committed row as one ``manifest.parquet`` (naming its batches); returns its URL."""
-    batches = sorted(completed_batches(stage_url))
-    table = read_table(stage_url, schema=schema)
+    batches = sorted(_batch_of(u) for u in part_urls(stage_url, folder))
+    table = read_table(stage_url, schema=schema, folder=folder)
     table = table.replace_schema_metadata({COVERED_BATCHES: json.dumps(batches).encode()})
-    url = fs.join(stage_url, CONSOLIDATED)
+    url = fs.join(stage_url, f"{folder}.parquet")
     buffer = io.BytesIO()
     pq.write_table(table, buffer)
     fs.write_bytes_atomic(url, buffer.getvalue())

@@ -19,6 +19,7 @@ import numpy as np
 from pydantic import BaseModel
 
 from ieiw.storage import fs
+from ieiw.storage.config import operational
 from ieiw.storage.images import ImageFormat, decode_image, encode_image
 from ieiw.storage.manifest import resolve_shards
 from ieiw.storage.schema import EncodedSample, Sample, SampleMeta
@@ -30,8 +31,8 @@ DIFFERENCE_THRESHOLD = 8  # per channel, out of 255: above JPEG noise, below any
 class ShardSpec(BaseModel):
     """Bounds and encodings of the shards a stage writes."""
 
-    max_samples: int = 1000
-    max_bytes: int = 1 << 30
+    max_samples: int = operational(1000)  # shard sizes cut the same samples differently
+    max_bytes: int = operational(1 << 30)
     image_format: ImageFormat = "png"
     jpeg_quality: int = 95
 

@@ -15,6 +15,8 @@ Layout::
     <stage>/stage.json               the fingerprint record, and the runs that wrote the stage
     <stage>/.lease.json              while a run writes
     <stage>/shards/<batch>-NNNN.tar  sample stages
+    <stage>/inputs/<batch>.parquet   the record ids of each input batch, written before work on it
+    <stage>/inputs.parquet           the listed batches in one file (written when a run finishes)
     <stage>/manifest/<batch>.parquet one part per committed batch
     <stage>/manifest.parquet         the committed parts in one file (written when a run finishes)
 
@@ -44,6 +46,8 @@ from ieiw.storage.shards import ShardSpec
 log = logging.getLogger(__name__)
 
 STAGE_RECORD = "stage.json"
+INPUTS_DIR = "inputs"  # the listing: which records each batch holds, recorded before any work on it
+INPUTS_SCHEMA = pa.schema([("batch", pa.string()), ("index", pa.int64()), ("record_id", pa.string())])
 # "no": a changed fingerprint stops the run (the default); "changed": a changed stage is rebuilt (the
 # demo owns its folder); "yes": rebuild whatever it holds (``--rebuild STAGE``).
 Rebuild = Literal["no", "changed", "yes"] | bool
@@ -70,15 +74,21 @@ def read_record(stage_url: str) -> dict[str, Any] | None:
         return None
 
 
-def complete_record(stage_url: str, digest: str, input_key: str) -> dict[str, Any] | None:
-    """What the stage recorded (input, records) if a run with fingerprint ``digest`` went through every
-    batch of the input ``input_key`` (see :meth:`StageWriter.finish`): a rerun of it would commit
-    nothing. The claims are the record's, so of its fingerprint: a rebuild replaces the record, and
-    with it what it said was complete."""
+def complete_record(stage_url: str, input_key: str) -> tuple[str, dict[str, Any]] | None:
+    """``(fingerprint digest, entry)`` when a run went through every batch of the input ``input_key``
+    (see :meth:`StageWriter.finish`): a rerun with that fingerprint would commit nothing. The entry says
+    how many records the stage holds and which workers' kind the fingerprint was made for. The claims
+    are the record's, so of its fingerprint: a rebuild replaces the record, and with it the claim."""
     record = read_record(stage_url)
-    if record is None or (record.get("fingerprint") or {}).get("digest") != digest:
+    if record is None:
         return None
-    return next((c for c in record.get("complete", []) if c.get("input") == input_key), None)
+    entry = next((c for c in record.get("complete", []) if c.get("input") == input_key), None)
+    return (str((record.get("fingerprint") or {}).get("digest")), entry) if entry is not None else None
+
+
+def read_listing(stage_url: str) -> pa.Table:
+    """The stage's listing of its input batches (empty when it has none)."""
+    return manifest.read_table(stage_url, schema=INPUTS_SCHEMA, folder=INPUTS_DIR)
 
 
 def recorded_fingerprint(stage_url: str) -> Fingerprint | None:
@@ -228,12 +238,26 @@ class StageWriter:
     def commit_files(self, batch: str, table: pa.Table, files: Mapping[str, bytes] | None = None) -> str:
         return commit_files(self.url, batch, table, files, self.digest, self.holder, self.stage)
 
+    def list_batch(self, batch: str, index: int, record_ids: list[str]) -> None:
+        """Record which input records batch number ``index`` holds, before any work on it."""
+        check_holder(self.url, self.stage, self.holder)
+        table = pa.Table.from_pydict(
+            {"batch": [batch] * len(record_ids), "index": [index] * len(record_ids), "record_id": record_ids},
+            schema=INPUTS_SCHEMA,
+        )
+        manifest.write_part(self.url, batch, table, folder=INPUTS_DIR)
+
+    def listing(self) -> pa.Table:
+        """Every listed batch's records (``batch``, ``index``, ``record_id``), committed or not."""
+        return read_listing(self.url)
+
     def finish(
         self,
         summary: Mapping[str, Any] | None = None,
         schema: pa.Schema = manifest.MANIFEST_SCHEMA,
         complete_for: str | None = None,
         records: int | None = None,
+        env: Mapping[str, Any] | None = None,
     ) -> str:
         """Consolidate the manifest and append this run to the stage record; returns the manifest URL.
 
@@ -243,6 +267,8 @@ class StageWriter:
         input records the stage then holds."""
         self.lease.check()
         consolidated = manifest.consolidate(self.url, schema=schema)
+        if manifest.part_urls(self.url, INPUTS_DIR):
+            manifest.consolidate(self.url, schema=INPUTS_SCHEMA, folder=INPUTS_DIR)
         record = read_record(self.url) or {"fingerprint": self.fingerprint.record(), "info": self.info}
         record.setdefault("runs", []).append(
             {
@@ -254,7 +280,8 @@ class StageWriter:
         record["info"] = {**record.get("info", {}), **self.info}
         if complete_for is not None:
             complete = [c for c in record.get("complete", []) if c.get("input") != complete_for]
-            record["complete"] = [*complete, {"input": complete_for, "records": records}]
+            entry = {"input": complete_for, "records": records, "env": dict(env or {})}
+            record["complete"] = [*complete, entry]
         self._write_record(record)
         return consolidated
 

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
-from pydantic import BaseModel, model_serializer, model_validator
+from pydantic import BaseModel, ConfigDict, model_validator
 
 from ieiw.pipelines.inpaint.base import Inpainter
-
-CROP_SETTINGS = ("strategy", "crop_margin", "window")
+from ieiw.storage.config import model_ref, operational
 
 
 class InpaintConfig(BaseModel):
@@ -18,16 +17,16 @@ class InpaintConfig(BaseModel):
     images of one padded size share a batch; ``crop`` inpaints a square window around the mask grown by
     ``crop_margin`` pixels (lama-cleaner's crop strategy), resized to ``window`` x ``window``, so windows
     of images of any size run in one batch (:mod:`ieiw.pipelines.inpaint.crops`). The strategy and its
-    sizes shape the targets, so they are in the removal fingerprint and the sample keys; with
-    ``whole`` (the default) they are left out of the dump, so fingerprints and keys stay what they were
-    before the strategies existed.
+    sizes shape the targets, so they are in the removal fingerprint and the sample keys.
     """
 
+    model_config = ConfigDict(extra="forbid")
+
     backend: Literal["opencv", "lama"] = "opencv"
-    model: str | None = None
-    model_md5: str | None = None
-    device: str | None = None
-    batch_size: int = 4
+    model: str | None = model_ref(None)
+    model_md5: str | None = operational(None)  # checks a download; the identity is the file's content
+    device: str | None = operational(None)
+    batch_size: int = operational(4)
     opencv_radius: int = 5
     opencv_method: Literal["telea", "ns"] = "telea"
     strategy: Literal["whole", "crop"] = "whole"
@@ -45,14 +44,6 @@ class InpaintConfig(BaseModel):
         if self.crop_margin < 0:
             raise ValueError("inpaint.crop_margin must be >= 0")
         return self
-
-    @model_serializer(mode="wrap")
-    def _dump(self, handler: Any) -> dict[str, Any]:
-        data = handler(self)
-        if self.strategy == "whole":
-            for name in CROP_SETTINGS:
-                data.pop(name, None)
-        return data
 
 
 def build_inpainter(config: InpaintConfig) -> Inpainter:

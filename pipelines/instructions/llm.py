@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict
 
 from ieiw.storage.answer_cache import PromptCache, prompt_key
 from ieiw.storage.chat import ChatFailed, InvalidAnswer, RetryPolicy, ask_chat, openai_client
+from ieiw.storage.config import operational, output
 
 __all__ = ["InstructionWriter", "InvalidAnswer", "LLMConfig", "LLMError", "validate_instruction"]
 
@@ -50,16 +51,16 @@ class LLMConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model: str = "gpt-4o-mini"
-    base_url: str | None = None  # vLLM: http://host:8000/v1, Ollama: http://host:11434/v1
-    api_key_env: str = "OPENAI_API_KEY"
+    base_url: str | None = operational(None)  # vLLM: http://host:8000/v1, Ollama: http://host:11434/v1
+    api_key_env: str = operational("OPENAI_API_KEY")
     temperature: float = 0.7
     max_tokens: int = 96
-    timeout: float = 30.0
-    max_attempts: int = 4
-    backoff_seconds: float = 1.0
-    max_backoff_seconds: float = 30.0
+    timeout: float = operational(30.0)
+    max_attempts: int = operational(4)
+    backoff_seconds: float = operational(1.0)
+    max_backoff_seconds: float = operational(30.0)
     max_words: int = 25
-    cache_dir: str | None = None  # None: no cache
+    cache_dir: str | None = output(None)  # None: no cache
 
 
 class LLMError(RuntimeError):

@@ -9,6 +9,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from ieiw.storage.config import input_file, input_folder, limit, operational
 from ieiw.storage.visual_prompts import COLOR_NAMES, DEFAULT_MASK_ALPHA, MIN_MASK_ALPHA
 
 
@@ -25,8 +26,8 @@ class CocoKeypointSource(_Strict):
     kind: Literal["coco_keypoints"] = "coco_keypoints"
     dataset: str = "coco"  # coco | crowdpose | aic | ...: recorded in provenance
     license: str | None = None  # recorded in every sample; None: the dataset's known license
-    annotations: str
-    images: str
+    annotations: str = input_file()
+    images: str = input_folder()
 
 
 class MpiiSource(_Strict):
@@ -35,8 +36,8 @@ class MpiiSource(_Strict):
     kind: Literal["mpii"] = "mpii"
     dataset: str = "mpii"
     license: str | None = None  # recorded in every sample; None: the dataset's known license
-    annotations: str
-    images: str
+    annotations: str = input_file()
+    images: str = input_folder()
 
 
 KeypointSource = Annotated[CocoKeypointSource | MpiiSource, Field(discriminator="kind")]
@@ -49,7 +50,7 @@ class KeypointConfig(_Strict):
     crop_margin: float = Field(0.15, ge=0.0, le=2.0)  # share of the box's longer side added on each side
     include_occluded: bool = False  # also draw joints labelled but not visible (COCO v=1)
     per_person: int = Field(1, ge=1, le=20)  # samples per person, each with other joints and colours
-    limit: int | None = None  # per source
+    limit: int | None = limit(None)  # per source
 
 
 # --- segmentation ------------------------------------------------------------------------------
@@ -61,9 +62,9 @@ class CocoStuffSource(_Strict):
     kind: Literal["coco_stuff"] = "coco_stuff"
     dataset: str = "cocostuff"
     license: str | None = None  # recorded in every sample; None: the dataset's known license
-    root: str
+    root: str = input_folder()
     split: str = "train2017"
-    labels: str  # text file, one ``<id>: <name>`` (or ``<id> <name>``) per line
+    labels: str = input_file()  # text file, one ``<id>: <name>`` (or ``<id> <name>``) per line
     label_offset: int = 0  # added to a pixel value to find its line in ``labels`` (1 for 1-based files)
 
 
@@ -73,9 +74,9 @@ class RefCocoSource(_Strict):
     kind: Literal["refcoco"] = "refcoco"
     dataset: str = "refcoco"
     license: str | None = None  # recorded in every sample; None: the dataset's known license
-    refs: str
-    instances: str
-    images: str
+    refs: str = input_file()
+    instances: str = input_file()
+    images: str = input_folder()
     split: str | None = None  # train | val | testA | ...; None takes all
 
 
@@ -85,9 +86,9 @@ class GRefCocoSource(_Strict):
     kind: Literal["grefcoco"] = "grefcoco"
     dataset: str = "grefcoco"
     license: str | None = None  # recorded in every sample; None: the dataset's known license
-    refs: str
-    instances: str
-    images: str
+    refs: str = input_file()
+    instances: str = input_file()
+    images: str = input_folder()
     split: str | None = None
 
 
@@ -97,8 +98,8 @@ class PhraseCutSegmentationSource(_Strict):
     kind: Literal["phrasecut"] = "phrasecut"
     dataset: str = "phrasecut"
     license: str | None = None  # recorded in every sample; None: the dataset's known license
-    annotations: str
-    images: str
+    annotations: str = input_file()
+    images: str = input_folder()
 
 
 SegmentationSource = Annotated[
@@ -112,7 +113,7 @@ class SegmentationConfig(_Strict):
     alpha: float = Field(DEFAULT_MASK_ALPHA, ge=MIN_MASK_ALPHA, le=1.0)  # opacity of the colour over the mask
     negative_share: float = Field(0.1, ge=0.0, le=1.0)  # samples naming an absent class, target = source
     min_area_fraction: float = Field(0.01, ge=0.0, le=1.0)  # a semantic class must cover this much
-    limit: int | None = None
+    limit: int | None = limit(None)
 
 
 # --- enhancement -------------------------------------------------------------------------------
@@ -122,7 +123,7 @@ class PairSource(_Strict):
     """Degraded/clean pairs in a dataset's own layout."""
 
     kind: Literal["gopro", "reds", "sidd", "clwd"]
-    root: str
+    root: str = input_folder()
     split: str = "train"  # gopro: train|test; reds: train|val; clwd: train|test; sidd: unused
     dataset: str | None = None  # defaults to ``kind``
     license: str | None = None  # recorded in every sample; None: the dataset's known license
@@ -137,7 +138,7 @@ class SyntheticSource(_Strict):
     kind: Literal["synthetic"] = "synthetic"
     dataset: str = "synthetic"
     license: str | None = None  # recorded in every sample; None: the dataset's known license
-    images: str  # a folder of clean photos
+    images: str = input_folder()  # a folder of clean photos
     degradations: list[Degradation] = Field(
         default_factory=lambda: [
             "gaussian_blur",
@@ -157,7 +158,7 @@ EnhancementSource = Annotated[PairSource | SyntheticSource, Field(discriminator=
 class EnhancementConfig(_Strict):
     sources: list[EnhancementSource] = Field(default_factory=list)
     patch: Literal["crop", "resize"] = "crop"  # crop a native-resolution patch, or resize the whole frame
-    limit: int | None = None
+    limit: int | None = limit(None)
 
 
 # --- the section -------------------------------------------------------------------------------
@@ -170,8 +171,8 @@ class MultitaskConfig(_Strict):
     keypoints: KeypointConfig | None = None
     segmentation: SegmentationConfig | None = None
     enhancement: EnhancementConfig | None = None
-    captions: list[str] = Field(default_factory=list)  # COCO ``captions_*.json`` files, keyed by image id
-    batch_size: int = Field(16, ge=1)
+    captions: list[str] = input_file(default_factory=list)  # COCO ``captions_*.json``, keyed by image id
+    batch_size: int = operational(16, ge=1)
 
     @field_validator("captions")
     @classmethod

@@ -14,6 +14,7 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict
 
 from ieiw.pipelines.instructions.templates import a_phrase
+from ieiw.storage.config import model_ref, operational, precision
 from ieiw.storage.identity import model_identity
 
 
@@ -23,10 +24,10 @@ class CaptionConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     backend: Literal["class_names", "blip"] = "class_names"
-    model: str | None = None
-    device: str = "auto"
-    precision: Literal["auto", "fp32", "fp16"] = "auto"
-    batch_size: int = 16
+    model: str | None = model_ref(None)
+    device: str = operational("auto")
+    precision: Literal["auto", "fp32", "fp16"] = precision("auto")
+    batch_size: int = operational(16)
     max_new_tokens: int = 30
     num_beams: int = 3
     prompt: str | None = None  # a conditional prefix such as "a photography of"

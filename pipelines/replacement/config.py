@@ -17,24 +17,25 @@ from ieiw.pipelines.replacement.retrieval import RetrievalConfig
 from ieiw.pipelines.replacement.sam import SamConfig
 from ieiw.pipelines.replacement.selection import SelectionConfig
 from ieiw.quality.embeddings import EmbedderConfig
+from ieiw.storage.config import input_file, input_folder, limit, operational, output
 
 
 class SA1BSource(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     kind: Literal["sa1b"] = "sa1b"
-    folders: list[str]  # folders of sa_<id>.json (+ sa_<id>.jpg unless ``images``)
-    images: str | None = None
+    folders: list[str] = input_folder()  # folders of sa_<id>.json (+ sa_<id>.jpg unless ``images``)
+    images: str | None = input_folder(None)
 
 
 class OpenImagesSource(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     kind: Literal["openimages"] = "openimages"
-    segmentation_csv: str  # e.g. train-annotations-object-segmentation.csv
-    masks: str  # folder of the mask PNGs named in MaskPath
-    images: str  # folder of <ImageID>.jpg
-    class_descriptions: str | None = None  # oidv7-class-descriptions.csv
+    segmentation_csv: str = input_file()  # e.g. train-annotations-object-segmentation.csv
+    masks: str = input_folder()  # folder of the mask PNGs named in MaskPath
+    images: str = input_folder()  # folder of <ImageID>.jpg
+    class_descriptions: str | None = input_file(None)  # oidv7-class-descriptions.csv
 
 
 class ImageFolderSource(BaseModel):
@@ -43,7 +44,7 @@ class ImageFolderSource(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     kind: Literal["images"] = "images"
-    images: str
+    images: str = input_folder()
     dataset: str = "images"
     license: str | None = None
 
@@ -67,10 +68,10 @@ class ProposerConfig(BaseModel):
 class DatabaseConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    url: str | None = None  # a folder or fsspec URL (s3://...); None: <output>/object_database
+    url: str | None = output(None)  # a folder or fsspec URL (s3://...); None: <output>/object_database
     objects_per_image: int = 8  # best kept regions of each image stored
-    batch_size: int = 16
-    build_if_missing: bool = True  # the replacement flow builds the database first when absent
+    batch_size: int = operational(16)
+    build_if_missing: bool = operational(True)  # the replacement flow builds the database first when absent
     index: IndexConfig = Field(default_factory=IndexConfig)
 
 
@@ -103,8 +104,8 @@ class ReplacementConfig(BaseModel):
     instructions: InstructionConfig = Field(default_factory=InstructionConfig)
     regions_per_image: int = 1  # replacement pairs made per image
     min_change: float = 1.0  # mean absolute change inside the mask below this: the paint did nothing
-    batch_size: int = 8
-    limit: int | None = None
+    batch_size: int = operational(8)
+    limit: int | None = limit(None)
 
     @model_validator(mode="after")
     def _regions_come_from_the_database(self) -> ReplacementConfig:

@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 from ieiw.pipelines.replacement.database import ObjectDatabase, image_key
 from ieiw.quality.faiss_search import search_guard
 from ieiw.storage import fs
+from ieiw.storage.config import operational
 from ieiw.storage.identity import cache_root
 from ieiw.storage.optional import import_faiss
 from ieiw.storage.schema import stable_key
@@ -56,8 +57,8 @@ class IndexConfig(BaseModel):
     ef_construction: int = 80
     ef_search: int = 64
     train_size: int = 100_000
-    gpu: Literal["auto", "never"] = "auto"
-    chunk_rows: int = 65536
+    gpu: Literal["auto", "never"] = operational("auto")
+    chunk_rows: int = operational(65536)
 
 
 def gpu_available() -> bool:

@@ -8,6 +8,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from ieiw.pipelines.replacement.openimages import read_class_names
+from ieiw.storage.config import input_file
 
 COCO_NAMES = (
     "person",
@@ -103,7 +104,7 @@ class LabelConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     vocabulary: list[str] | None = None
-    class_descriptions: str | None = None
+    class_descriptions: str | None = input_file(None)
     prompt: str = "a photo of a {}"
 
     def names(self) -> list[str]:

@@ -9,6 +9,8 @@ import cv2
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
+from ieiw.storage.config import model_ref, operational, precision
+
 
 class PaintError(RuntimeError):
     """A backend could not paint one job (or a whole batch)."""
@@ -20,13 +22,13 @@ class PaintConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     backend: Literal["seamless_clone", "paint_by_example"] = "seamless_clone"
-    model: str | None = None
-    device: str = "auto"
-    precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
+    model: str | None = model_ref(None)
+    device: str = operational("auto")
+    precision: Literal["auto", "fp32", "fp16", "bf16"] = precision("auto")
     resolution: int = 512
     steps: int = 50
     guidance_scale: float = 5.0
-    batch_size: int = 4
+    batch_size: int = operational(4)
     mask_mode: Literal["box", "mask"] = "box"  # Paint-by-Example was trained on box-shaped masks
     window_scale: float = 2.0  # the square window painted around a region, in region sizes
     # A region wider (or taller) than the square window can be, the image's short side: ``letterbox``

@@ -17,6 +17,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from ieiw.pipelines.replacement.records import Region, mask_region_id, unique_regions
+from ieiw.storage.config import model_ref, operational
 from ieiw.storage.identity import model_identity
 
 
@@ -44,12 +45,12 @@ class SamConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    checkpoint: str | None = None
+    checkpoint: str | None = model_ref(None)
     model_type: Literal["vit_h", "vit_l", "vit_b", "custom"] = "vit_h"
     architecture: SamArchitecture | None = None  # for model_type custom
-    device: str = "auto"
+    device: str = operational("auto")
     points_per_side: int = 32
-    points_per_batch: int = 64
+    points_per_batch: int = operational(64)  # only cuts the prompts into batches
     pred_iou_thresh: float = 0.88
     stability_score_thresh: float = 0.95
     stability_score_offset: float = 1.0

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ieiw.pipelines.web.addresses import Origin
+from ieiw.storage.config import input_file, limit, operational, output
 
 DEFAULT_USER_AGENT = (
     "ieiw-builder/0.1 (research dataset crawler; +https://github.com/ieiw-builder/ieiw-builder)"
@@ -17,35 +18,35 @@ class DownloadConfig(BaseModel):
     """How every HTTP request is made: safety bounds, politeness and retries."""
 
     model_config = ConfigDict(extra="forbid")
-    # Which downloaded images are accepted, and so which pairs can exist: in the stage's fingerprint
-    # (:func:`output_settings`). Every other field says how safely, politely and quickly the crawl runs.
-    OUTPUT_FIELDS: ClassVar[tuple[str, ...]] = ("max_bytes", "max_pixels", "min_side")
+    # Which downloaded images are accepted (max_bytes, max_pixels, min_side) shapes which pairs exist;
+    # every other field says how safely, politely and quickly the crawl runs.
 
-    user_agent: str = DEFAULT_USER_AGENT
-    connect_timeout: float = 5.0
-    read_timeout: float = 15.0
-    deadline_seconds: float = 60.0  # total time for one response, headers to last byte
+    user_agent: str = operational(DEFAULT_USER_AGENT)
+    connect_timeout: float = operational(5.0)
+    read_timeout: float = operational(15.0)
+    deadline_seconds: float = operational(60.0)  # total time for one response, headers to last byte
     max_bytes: int = 50 * 1024 * 1024  # a body larger than this is refused while streaming
-    max_json_bytes: int = 20 * 1024 * 1024
+    max_json_bytes: int = operational(20 * 1024 * 1024)
     max_pixels: int = 40_000_000  # larger declared images count as decompression bombs
     min_side: int = 64  # smaller images are thumbnails or icons, not photos to edit
-    max_redirects: int = 5
-    max_retries: int = 3  # further attempts after the first, for 429/5xx and timeouts
-    backoff_seconds: float = 1.0  # first backoff; doubles per attempt, with jitter
-    max_backoff_seconds: float = 60.0
-    max_retry_after_seconds: float = 120.0  # a longer Retry-After fails the item instead of waiting
-    per_host_concurrency: int = 4
-    per_host_requests_per_second: float = 2.0  # 0 means unlimited
-    workers: int = 16  # threads crawling posts in parallel (each host stays within its own limits)
-    respect_robots: bool = True
+    max_redirects: int = operational(5)
+    max_retries: int = operational(3)  # further attempts after the first, for 429/5xx and timeouts
+    backoff_seconds: float = operational(1.0)  # first backoff; doubles per attempt, with jitter
+    max_backoff_seconds: float = operational(60.0)
+    max_retry_after_seconds: float = operational(120.0)  # a longer Retry-After fails the item
+    per_host_concurrency: int = operational(4)
+    per_host_requests_per_second: float = operational(2.0)  # 0 means unlimited
+    workers: int = operational(16)  # threads crawling posts in parallel (within the host limits)
+    respect_robots: bool = operational(True)
     # Exact origins (scheme://host:port) exempted from the public-address check: a test server or an
     # internal mirror. Only that scheme, host (as written) and port: not other names of its address.
-    allowed_origins: list[str] = Field(default_factory=list)
+    allowed_origins: list[str] = operational(default_factory=list)
     # Turns the address check off for every private network: a debugging switch, never the way to
     # reach one server (allow its origin instead).
-    allow_private_addresses: bool = False
-    cache_dir: str = ".ieiw/web_cache"  # content-addressed downloads (local folder)
-    retry_failed_transient: bool = True  # a rerun retries timeouts and 5xx; permanent failures stay final
+    allow_private_addresses: bool = operational(False)
+    cache_dir: str = output(".ieiw/web_cache")  # content-addressed downloads (local folder)
+    # a rerun retries timeouts and 5xx; permanent failures stay final
+    retry_failed_transient: bool = operational(True)
 
     @model_validator(mode="before")
     @classmethod
@@ -68,19 +69,18 @@ class RedditSourceConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    OUTPUT_FIELDS: ClassVar[tuple[str, ...]] = ("kind", "subreddits", "sort", "time_filter")
 
     kind: Literal["reddit"] = "reddit"
     subreddits: list[str] = Field(default_factory=lambda: ["PhotoshopRequest"])
     sort: Literal["new", "hot", "top"] = "new"
     time_filter: Literal["hour", "day", "week", "month", "year", "all"] = "all"  # for sort=top
-    max_pages: int = 10  # listing pages of up to 100 posts each, per subreddit
-    page_size: int = 100
-    base_url: str = "https://www.reddit.com"
-    oauth_base_url: str = "https://oauth.reddit.com"
-    token_url: str = "https://www.reddit.com/api/v1/access_token"
-    client_id_env: str = "REDDIT_CLIENT_ID"
-    client_secret_env: str = "REDDIT_CLIENT_SECRET"
+    max_pages: int = limit(10)  # listing pages of up to 100 posts each, per subreddit
+    page_size: int = operational(100)
+    base_url: str = operational("https://www.reddit.com")
+    oauth_base_url: str = operational("https://oauth.reddit.com")
+    token_url: str = operational("https://www.reddit.com/api/v1/access_token")
+    client_id_env: str = operational("REDDIT_CLIENT_ID")
+    client_secret_env: str = operational("REDDIT_CLIENT_SECRET")
 
 
 class DumpSourceConfig(BaseModel):
@@ -88,29 +88,18 @@ class DumpSourceConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    OUTPUT_FIELDS: ClassVar[tuple[str, ...]] = ("kind", "submissions", "comments", "subreddits")
 
     kind: Literal["reddit_dump"] = "reddit_dump"
-    submissions: list[str]
-    comments: list[str]
+    submissions: list[str] = input_file()
+    comments: list[str] = input_file()
     subreddits: list[str] = Field(default_factory=lambda: ["PhotoshopRequest"])
-    index_dir: str | None = None  # where the comment index (SQLite) is built; default: a temp folder
+    index_dir: str | None = output(None)  # where the comment index (SQLite) is built; default: a temp folder
 
 
 class PairingConfig(BaseModel):
     """Which edits become pairs: same-scene thresholds, size bounds and the choice among edits."""
 
     model_config = ConfigDict(extra="forbid")
-    OUTPUT_FIELDS: ClassVar[tuple[str, ...]] = (
-        "ssim_min",
-        "orb_inliers_min",
-        "orb_inlier_fraction_min",
-        "identical_max_change",
-        "max_aspect_change",
-        "max_side",
-        "max_edits_per_post",
-        "similarity_weight",
-    )
 
     ssim_min: float = 0.5  # SSIM of 128x128 grayscale versions at or above this: same scene
     orb_inliers_min: int = 40  # or: this many RANSAC-consistent ORB matches...
@@ -126,27 +115,18 @@ class WebEditsConfig(BaseModel):
     """The web-edits generator: where posts come from, how they are fetched, which pairs are kept."""
 
     model_config = ConfigDict(extra="forbid")
-    OUTPUT_FIELDS: ClassVar[tuple[str, ...]] = (
-        "source",
-        "download",
-        "pairing",
-        "drop_over_18",
-        "drop_nsfw_flair",
-        "skip_authors",
-    )
 
     source: RedditSourceConfig | DumpSourceConfig = Field(discriminator="kind")
     download: DownloadConfig = Field(default_factory=DownloadConfig)
     pairing: PairingConfig = Field(default_factory=PairingConfig)
-    state_path: str | None = None  # SQLite crawl state; default <output>/web_edits/crawl_state.sqlite
+    state_path: str | None = output(None)  # SQLite crawl state; default <output>/web_edits/crawl_state.sqlite
     drop_over_18: bool = True
     drop_nsfw_flair: bool = True
     skip_authors: list[str] = Field(default_factory=lambda: ["AutoModerator", "[deleted]"])
-    defer_transient_posts: bool = (
-        True  # a post whose answers/original hit a timeout or 5xx is retried next run
-    )
-    max_posts: int | None = None  # the first posts of the (recorded) listing, like a limit
-    batch_size: int = 32  # consecutive posts of the listing per batch: downloaded, paired, committed
+    defer_transient_posts: bool = operational(True)  # a post hitting a timeout or 5xx is retried next run
+    max_posts: int | None = limit(None)  # the first posts of the (recorded) listing
+    # consecutive posts of the listing per batch: downloaded, paired, committed
+    batch_size: int = operational(32)
 
     @model_validator(mode="before")
     @classmethod
@@ -157,18 +137,3 @@ class WebEditsConfig(BaseModel):
                 "batch_size x runner.max_in_flight are in flight (download.workers at once)"
             )
         return data
-
-
-def output_settings(model: BaseModel) -> dict[str, Any]:
-    """The settings of a web config that shape the pairs (each model's ``OUTPUT_FIELDS``), as JSON.
-
-    Endpoints, credentials' variable names, timeouts, retries, rate and concurrency limits, robots
-    manners, address allowances, paths and batch sizes are left out: they change how the crawl runs,
-    not which pairs a post gives.
-    """
-    dumped = model.model_dump(mode="json")
-    out: dict[str, Any] = {}
-    for name in type(model).OUTPUT_FIELDS:
-        value = getattr(model, name)
-        out[name] = output_settings(value) if isinstance(value, BaseModel) else dumped[name]
-    return out

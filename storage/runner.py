@@ -37,7 +37,7 @@ from ieiw.storage.config import WorkerEnv
 from ieiw.storage.lease import DEFAULT_TTL, check_holder
 from ieiw.storage.manifest import RecordSet
 from ieiw.storage.schema import Drop
-from ieiw.storage.stage import HOST, ModelSpec, Rows, Stage
+from ieiw.storage.stage import HOST, ModelSpec, Rows, Samples, Stage
 from ieiw.storage.stage_folder import (
     Rebuild,
     StageWriter,
@@ -62,6 +62,10 @@ class Future(Protocol):
 
 
 class Executor(Protocol):
+    """Runs batches somewhere. An executor may instead offer ``run_all(fn, [args, ...]) -> [results]``
+    (the ranks of a training run, which take their shares of all pending batches at once): the runner
+    then plans every pending batch first and hands them over together."""
+
     def submit(self, fn: Callable[..., Any], /, *args: Any) -> Future: ...
 
     def probe(self) -> WorkerEnv: ...
@@ -194,8 +198,10 @@ def run_batch(stage: Stage, batch: Batch, target: BatchTarget) -> BatchReport:
     if stage.writes == "samples":
         if isinstance(output, Rows):
             raise TypeError(f"stage {stage.name} writes samples, but its batch returned rows")
-        return write_batch(
-            [*drops, *output],
+        counts = output.counts if isinstance(output, Samples) else {}
+        results = output.results if isinstance(output, Samples) else output
+        report = write_batch(
+            [*drops, *results],
             target.url,
             batch.name,
             stage.shards,
@@ -203,6 +209,8 @@ def run_batch(stage: Stage, batch: Batch, target: BatchTarget) -> BatchReport:
             before_commit=lambda: check_holder(target.url, target.stage, target.holder),
             seconds=time.perf_counter() - started,
         )
+        report.counts.update(dict(counts))
+        return report
     if not isinstance(output, Rows):
         output = Rows(stage.schema.empty_table())
     commit_files(
@@ -445,12 +453,18 @@ def run_stage(
                 left = None if total is None else max(total - noted["records_committed_before"], 0)
                 progress(processed, left)
 
-        for batch in plan_batches(stage, writer, noted):
-            in_flight.append((executor.submit(run_batch, stage, batch, target), len(batch.items)))
-            while len(in_flight) >= max(1, options.max_in_flight):
+        run_all = getattr(executor, "run_all", None)
+        if run_all is not None:
+            batches = list(plan_batches(stage, writer, noted))
+            reports = list(run_all(run_batch, [(stage, batch, target) for batch in batches]))
+            processed = sum(len(batch.items) for batch in batches)
+        else:
+            for batch in plan_batches(stage, writer, noted):
+                in_flight.append((executor.submit(run_batch, stage, batch, target), len(batch.items)))
+                while len(in_flight) >= max(1, options.max_in_flight):
+                    collect()
+            while in_flight:
                 collect()
-        while in_flight:
-            collect()
         merged = merge_reports(reports)
         extra = stage.finish(writer, merged) or {}
         records_held = noted["records_committed_before"] + processed

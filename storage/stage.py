@@ -8,7 +8,8 @@ A stage (datatrove's pipeline step, img2dataset's numbered input shards) has thr
   (:mod:`ieiw.storage.runner`), so input that grows adds batches and a committed batch is never redone;
 - **run**: :meth:`Stage.run` turns one batch into results, given the models :meth:`Stage.models`
   names (loaded once per worker, on its device): samples and drops (a ``samples`` stage, written as
-  shards plus manifest rows) or :class:`Rows` (a ``rows`` stage: a table, and files of its own). The
+  shards plus manifest rows; :class:`Samples` adds counts) or :class:`Rows` (a ``rows`` stage: a table,
+  and files of its own). The
   same batch gives the same bytes wherever and whenever it runs;
 - **fingerprint**: :meth:`Stage.fingerprint`, read from the config models' field declarations
   (:func:`ieiw.storage.config.config_fingerprint`), for the workers' :class:`WorkerEnv`.
@@ -61,7 +62,16 @@ class Rows:
     counts: Mapping[str, int] = field(default_factory=dict)
 
 
-BatchOutput = list[Result] | Rows
+@dataclass
+class Samples:
+    """What one batch of a ``samples`` stage commits, with counts of what it did beside the samples and
+    drops (downloads by outcome, say): merged into the summary's ``counts``."""
+
+    results: list[Result]
+    counts: Mapping[str, int] = field(default_factory=dict)
+
+
+BatchOutput = list[Result] | Samples | Rows
 
 
 class Stage:

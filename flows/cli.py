@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import collections
 import itertools
+import logging
 import os
 import subprocess
 import sys
@@ -46,11 +47,26 @@ def user_errors() -> tuple[type[BaseException], ...]:
     return (ConfigError, StageChanged, StageBusy, LeaseLost, StorageWriteError, WorkerMismatch)
 
 
+class _QuietUserErrors(logging.Filter):
+    """Prefect logs a flow run's exception with its traceback; for an error the user fixes from its
+    message, the message is enough (the CLI prints it once more, as one line)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if error is not None and isinstance(error, user_errors()):
+            record.exc_info, record.exc_text = None, None
+            record.msg, record.args = "stopped: %s", (error,)
+        return True
+
+
 def main(argv: list[str] | None = None) -> None:
     """``ieiw``: the app, with user errors as one line (``--debug`` anywhere: the traceback)."""
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
     args = [a for a in args if a != "--debug"]
+    if not debug:
+        for name in ("prefect.flow_runs", "prefect.task_runs"):
+            logging.getLogger(name).addFilter(_QuietUserErrors())
     try:
         app(args=args, prog_name="ieiw", standalone_mode=True)
     except SystemExit:
@@ -79,6 +95,14 @@ def _run_build(
 
     from ieiw.flows.build import ieiw_build
     from ieiw.flows.server import ensure_server, ui_url
+    from ieiw.flows.stages import build_stages, rebuild_modes
+    from ieiw.storage.runner import refuse_changed
+
+    everything = build_stages(config)
+    modes = rebuild_modes(everything, rebuild, on_change)
+    for stage in everything:  # a changed stage stops the build before any flow run starts
+        if modes[stage.name] == "no":
+            refuse_changed(stage)
 
     api_url = ensure_server()
     console.print(f"Prefect UI: [bold]{ui_url(api_url)}[/bold]")

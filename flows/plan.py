@@ -1,17 +1,18 @@
 """``ieiw build CONFIG --plan``: what a build will do and what its GPU work will cost, before any work.
 
-For every stage the config asks for: the models it loads and on which device (one copy per GPU
-worker with a Dask GPU runner), its inputs counted from the annotation files (streamed, never loaded
-whole), what its stage folder already holds (committed records, and whether it was made with these
-settings), and an estimate of its GPU-hours: the GPU work the stage does (LaMa windows, SAM images,
-CLIP embeddings, Paint-by-Example pairs) divided by measured throughputs from the table
-``flows/resources/throughputs.yaml`` (written by ``bench/gpu_throughput.py``, each figure with the
-device it was measured on). A figure measured with ``--tiny`` on a CPU is a placeholder and the plan
-says so. Work with no measured figure (BLIP captions, the LLM) is listed without hours.
+For every stage of the build (:func:`ieiw.flows.stages.build_stages`, the same objects the build runs):
+the models it loads and on which device (one copy per GPU worker with a Dask GPU runner), its input
+count, what its stage folder already holds (records of committed batches) and whether it was made with
+these settings, and an estimate of its GPU-hours: the GPU work the stage says it does
+(:meth:`~ieiw.storage.stage.Stage.workload`: LaMa windows, SAM images, CLIP embeddings,
+Paint-by-Example pairs) divided by measured throughputs from the table
+``flows/resources/throughputs.yaml`` (written by ``bench/gpu_throughput.py``, each figure with the device
+it was measured on). A figure measured with ``--tiny`` on a CPU is a placeholder and the plan says so.
+Work with no measured figure (BLIP captions, the LLM) is listed without hours; an input that cannot be
+counted here makes the hours unknown, never zero.
 
-The build records its plan as ``<output>/plan.json`` and the data card shows the estimate beside the
-cost the stages measured. The figures and the arithmetic are in :mod:`ieiw.flows.throughputs`, the
-tables a person reads in :mod:`ieiw.flows.plan_report`.
+The build records its plan as ``plan.json`` in its layout, and the data card shows the estimate beside
+the cost the stages measured.
 """
 
 from __future__ import annotations
@@ -20,19 +21,85 @@ import datetime
 import json
 import os
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
+
+import yaml
 
 from ieiw.flows.config import BuildConfig, RunnerConfig
 from ieiw.flows.runners import worker_gpus
-from ieiw.flows.throughputs import GpuWork, estimate, pick_figure, throughput_table
+from ieiw.flows.stages import build_stages
 from ieiw.storage import fs, manifest
-from ieiw.storage.stage_folder import read_record
+from ieiw.storage.config import WorkerEnv
+from ieiw.storage.fingerprint import Fingerprint
+from ieiw.storage.layout import BuildLayout
+from ieiw.storage.stage import Stage
+from ieiw.storage.stage_folder import read_listing, read_record
 
-PLAN_FILE = "plan.json"
+THROUGHPUTS = "throughputs.yaml"
+
+# ---------------------------------------------------------------------------------- the throughputs
 
 
 @dataclass
-class ModelUse:
+class GpuWork:
+    """``items`` of one operation of the throughput table left to do (of ``total_items`` for the whole
+    stage), and the hours they take at its figure."""
+
+    operation: str
+    items: int | None
+    hours: float | None = None
+    figure: str = ""  # what the hours come from: the figure's rate, device and kind, or why none
+    total_items: int | None = None
+    total_hours: float | None = None
+
+
+def throughput_table(path: str | os.PathLike | None = None) -> list[dict]:
+    """The measured figures (the packaged table unless ``path``)."""
+    if path is None:
+        from ieiw.flows.resources import resource_path
+
+        path = resource_path(THROUGHPUTS)
+    data = yaml.safe_load(Path(path).read_text()) or {}
+    return list(data.get("figures") or [])
+
+
+def pick_figure(table: list[dict], operation: str) -> dict | None:
+    """The figure an estimate uses: measured with the real architectures where there is one (the
+    newest), else a tiny one."""
+    found = [f for f in table if f.get("operation") == operation and f.get("per_second")]
+    if not found:
+        return None
+    return max(found, key=lambda f: (not f.get("tiny"), str(f.get("date", ""))))
+
+
+def estimate(
+    operation: str, total: int | None, left: int | None, table: list[dict], scale: float = 1.0
+) -> GpuWork:
+    """``total`` items of ``operation`` (``left`` of them still to do) at the table's figure, each
+    costing ``scale`` times what the figure measured."""
+    chosen = pick_figure(table, operation)
+    if total is None:
+        return GpuWork(operation, left, None, "input not counted", total)
+    if chosen is None:
+        return GpuWork(operation, left, None, "no measured figure", total)
+
+    def hours(items: int | None) -> float | None:
+        return None if items is None else items * scale / float(chosen["per_second"]) / 3600.0
+
+    kind = (
+        "tiny models on a CPU: a placeholder, not a GPU cost" if chosen.get("tiny") else "real architecture"
+    )
+    label = f"{chosen['per_second']} {chosen.get('unit', '/s')} on {chosen.get('device', '?')} ({kind})"
+    label += f", x{scale:.2f} per item" if scale != 1 else ""
+    return GpuWork(operation, left, hours(left), label, total, hours(total))
+
+
+# ------------------------------------------------------------------------------------------ the plan
+
+
+@dataclass
+class ModelLine:
     role: str
     model: str
     device: str
@@ -43,22 +110,26 @@ class StagePlan:
     stage: str
     inputs: int | None
     unit: str
-    committed: int | None = None  # records (or objects) its stage folder holds already
+    committed: int | None = None  # input records its committed batches hold
     state: str = "not started"
-    models: list[ModelUse] = field(default_factory=list)
+    models: list[ModelLine] = field(default_factory=list)
     work: list[GpuWork] = field(default_factory=list)
 
     @property
     def gpu_hours(self) -> float | None:
-        """Estimated GPU-hours of the work left (None: none of it has a figure)."""
-        hours = [w.hours for w in self.work if w.hours is not None]
-        return sum(hours) if hours else (0.0 if not self.work else None)
+        """Estimated GPU-hours of the work left (None: some of it has no figure or no input count)."""
+        if not self.work:
+            return 0.0
+        hours = [w.hours for w in self.work]
+        return None if any(h is None for h in hours) else sum(hours)  # type: ignore[arg-type]
 
     @property
     def total_gpu_hours(self) -> float | None:
         """Estimated GPU-hours of the whole stage, done or not."""
-        hours = [w.total_hours for w in self.work if w.total_hours is not None]
-        return sum(hours) if hours else (0.0 if not self.work else None)
+        if not self.work:
+            return 0.0
+        hours = [w.total_hours for w in self.work]
+        return None if any(h is None for h in hours) else sum(hours)  # type: ignore[arg-type]
 
 
 @dataclass
@@ -73,12 +144,19 @@ class Plan:
     )
 
     @property
-    def gpu_hours(self) -> float:
+    def gpu_hours(self) -> float | None:
+        """Hours of the work left, or None when some of it cannot be estimated here."""
+        hours = [s.gpu_hours for s in self.stages]
+        return None if any(h is None for h in hours) else sum(hours)  # type: ignore[arg-type]
+
+    @property
+    def known_gpu_hours(self) -> float:
         return sum(s.gpu_hours or 0.0 for s in self.stages)
 
     @property
-    def total_gpu_hours(self) -> float:
-        return sum(s.total_gpu_hours or 0.0 for s in self.stages)
+    def total_gpu_hours(self) -> float | None:
+        hours = [s.total_gpu_hours for s in self.stages]
+        return None if any(h is None for h in hours) else sum(hours)  # type: ignore[arg-type]
 
     def record(self) -> dict[str, Any]:
         data = asdict(self)
@@ -86,9 +164,6 @@ class Plan:
             stage["gpu_hours"], stage["total_gpu_hours"] = plan.gpu_hours, plan.total_gpu_hours
         data["gpu_hours"], data["total_gpu_hours"] = self.gpu_hours, self.total_gpu_hours
         return data
-
-
-# --------------------------------------------------------------------------------------- devices
 
 
 def device_label(setting: str | None, runner: RunnerConfig) -> str:
@@ -109,292 +184,68 @@ def device_label(setting: str | None, runner: RunnerConfig) -> str:
     )
 
 
-def _faiss_device() -> str:
-    try:
-        from ieiw.storage.optional import import_faiss
-
-        faiss = import_faiss()
-    except (ImportError, RuntimeError):
-        return "FAISS not installed"
-    gpu = hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
-    return "GPU (faiss-gpu)" if gpu else "cpu"
-
-
-def _name(model: str | None) -> str:
-    if not model:
-        return "-"
-    return (
-        os.path.basename(model.rstrip("/"))
-        if ("/" in model and os.path.exists(model)) or "://" in model
-        else model
-    )
-
-
-# --------------------------------------------------------------------------------------- stages
-
-
-def _committed(url: str) -> int | None:
-    """Committed records of a sample stage (None if it holds nothing yet)."""
-    if read_record(url) is None and not manifest.completed_batches(url):
+def committed_records(url: str) -> int | None:
+    """Input records the stage's committed batches hold (None when it holds nothing yet)."""
+    committed = manifest.completed_batches(url)
+    if read_record(url) is None and not committed:
         return None
-    return len(manifest.completed_records(url))
+    listing = read_listing(url)
+    batches = listing.column("batch").to_pylist()
+    return sum(1 for b in batches if b in committed)
 
 
-def _fingerprint(make):
-    """``make()``'s fingerprint, or the reason it cannot be made here (an input file missing)."""
-    try:
-        return make()
-    except (OSError, ValueError) as error:
-        return f"settings not checked ({type(error).__name__}: {error})"
-
-
-def _state(url: str, fingerprint) -> str:
-    record = read_record(url)
+def stage_state(stage: Stage) -> str:
+    """``not started``, ``complete``, ``current`` (made with these settings, more to do or unknown), or
+    what changed."""
+    record = read_record(stage.url)
     if record is None:
         return "not started"
-    if isinstance(fingerprint, str):
-        return f"recorded; {fingerprint}"
-    if fingerprint is None:
-        return "recorded"
-    digest = record.get("fingerprint", {}).get("digest")
-    if digest == fingerprint.digest:
-        return "current"
-    from ieiw.storage.fingerprint import Fingerprint
-
-    changes = fingerprint.changes(Fingerprint.from_record(record["fingerprint"]))
-    return "made with other settings: " + "; ".join(changes[:3]) + (" ..." if len(changes) > 3 else "")
-
-
-def _label_count(labels) -> str:
+    runs = record.get("runs") or []
+    env = WorkerEnv(**runs[-1]["env"]) if runs and runs[-1].get("env") else WorkerEnv.here()
     try:
-        return f"{len(labels.names()):,} names"
-    except OSError:
-        return f"the class names of {labels.class_descriptions} (unreadable here)"
+        fingerprint = stage.full_fingerprint(env)
+    except (OSError, ValueError) as error:  # an input it reads is not there yet, or unreadable here
+        return f"recorded; settings not checked ({type(error).__name__}: {error})"
+    if record["fingerprint"].get("digest") != fingerprint.digest:
+        changes = fingerprint.changes(Fingerprint.from_record(record["fingerprint"]))
+        shown = "; ".join(changes[:3]) + (" ..." if len(changes) > 3 else "")
+        return "made with other settings: " + (shown or "(the fingerprint's digest differs)")
+    key = stage.input_key()
+    if key is not None and any(c.get("input") == key for c in record.get("complete", [])):
+        return "complete: the build will not run it"
+    return "current"
 
 
-def _left(inputs: int | None, committed: int | None) -> int | None:
-    return None if inputs is None else max(inputs - (committed or 0), 0)
+def _count(stage: Stage, upstream: int | None) -> int | None:
+    try:
+        return stage.plan_inputs(upstream)
+    except (OSError, ValueError):
+        return None
 
 
-def removal_plan(config: BuildConfig, table: list[dict], check: bool) -> tuple[StagePlan, int | None]:
-    from ieiw.flows.fingerprints import with_shard_encoding
-    from ieiw.flows.removal import count_tasks, removal_fingerprint
-
-    section = config.removal
-    url = fs.join(config.output, "removal")
-    tasks = count_tasks(section)
-    unit = "PhraseCut tasks" if tasks is not None else "PhraseCut tasks (annotations unreadable here)"
-    plan = StagePlan("removal", tasks, unit, _committed(url))
-    fingerprint = (
-        _fingerprint(lambda: with_shard_encoding(removal_fingerprint(section), config.shards))
-        if check
-        else None
-    )
-    plan.state = _state(url, fingerprint)
-    if fingerprint is not None and plan.state == "current":
-        from ieiw.flows.removal import removal_complete
-
-        if removal_complete(section, config.output, config.shards) is not None:
-            plan.state = "complete: the build will not run it"
-    inpaint = section.inpaint
-    if inpaint.backend == "lama":
-        how = (
-            f"{inpaint.strategy} image" if inpaint.strategy == "whole" else f"crop {inpaint.window}px windows"
-        )
-        plan.models.append(
-            ModelUse(
-                "inpainter",
-                f"LaMa {_name(inpaint.model)} ({how})",
-                device_label(inpaint.device, config.runner),
-            )
-        )
-        plan.work.append(estimate("lama_windows", tasks, _left(tasks, plan.committed), table))
-    else:
-        plan.models.append(ModelUse("inpainter", f"OpenCV {inpaint.opencv_method} (classical)", "cpu"))
-    samples = None if tasks is None else tasks * (2 if section.make_add_pairs else 1)
-    return plan, samples
-
-
-def replacement_plans(
-    config: BuildConfig, table: list[dict], check: bool
-) -> tuple[list[StagePlan], int | None]:
-    """The object database (SAM where images lack masks, CLIP on every stored crop) and the pairs
-    (Paint-by-Example, BLIP, the LLM: no SAM and no CLIP, which the database ran)."""
-    from ieiw.flows.fingerprints import with_shard_encoding
-    from ieiw.flows.replacement import database_fingerprint, database_url, replacement_fingerprint
-    from ieiw.pipelines.replacement.database import ObjectDatabase
-    from ieiw.pipelines.replacement.sources import count_records
-
-    section = config.replacement
-    runner = config.runner
-    counts = count_records(section)
-    known = [c for c in counts.values() if c is not None]
-    images = None if len(known) < len(counts) else sum(known)
-    if images is not None and section.limit is not None:
-        images = min(images, section.limit)
-    proposed = sum(
-        c or 0 for (key, c) in counts.items() if key.endswith(":images")
-    )  # images without masks: SAM proposes their regions
-    db_url = database_url(section, config.output)
-    unreadable = [key.split(":", 1)[1] for key, count in counts.items() if count is None]
-    unit = f"images ({', '.join(unreadable)} unreadable here)" if unreadable else "images"
-    database = StagePlan("object_database", images, unit)
-    db_fingerprint = _fingerprint(lambda: database_fingerprint(section)) if check else None
-    database.state = _state(db_url, db_fingerprint)
-    if read_record(db_url) is not None:
-        stored = ObjectDatabase(db_url)
-        database.committed = len(stored)
-        database.unit = f"images ({len(stored)} objects stored in {len(stored.parts)} parts)"
-    embedder = section.embedder
-    clip_device = device_label(embedder.device, runner)
-    database.models.append(
-        ModelUse("embedder", f"open_clip {embedder.model} ({embedder.pretrained})", clip_device)
-    )
-    database.models.append(
-        ModelUse("labels", f"CLIP text embeddings of {_label_count(section.labels)}", clip_device)
-    )
-    if section.needs_proposer():
-        proposer = section.proposer
-        if proposer.backend == "sam":
-            sam = proposer.sam
-            database.models.append(
-                ModelUse(
-                    "proposer",
-                    f"SAM {sam.model_type} {_name(sam.checkpoint)}",
-                    device_label(sam.device, runner),
-                )
-            )
-            done = database.state == "current"
-            database.work.append(estimate("sam_images", proposed, 0 if done else proposed, table))
-        else:
-            database.models.append(ModelUse("proposer", "Felzenszwalb (classical)", "cpu"))
-    database.models.append(ModelUse("index", f"FAISS {section.database.index.kind}", _faiss_device()))
-    crops = None if images is None else images * section.database.objects_per_image
-    done = database.state == "current"  # a recorded database with these settings: complete, or resumed
-    clip = estimate("clip_images", crops, 0 if done else crops, table)
-    clip.figure += f" (at most {section.database.objects_per_image} crops per image)"
-    database.work.append(clip)
-
-    url = fs.join(config.output, "replacement")
-    pairs = StagePlan("replacement", images, unit, _committed(url))
-    if check and db_fingerprint is not None and not isinstance(db_fingerprint, str):
-        fingerprint = _fingerprint(
-            lambda: with_shard_encoding(
-                replacement_fingerprint(section, db_fingerprint.digest), config.shards
-            )
-        )
-        pairs.state = _state(url, fingerprint)
-    else:
-        pairs.state = _state(url, None)
-    left = _left(images, pairs.committed)
-    made = None if left is None else left * section.regions_per_image
-    every = None if images is None else images * section.regions_per_image
-    paint = section.paint
-    if paint.backend == "paint_by_example":
-        pairs.models.append(
-            ModelUse(
-                "painter",
-                f"Paint-by-Example {_name(paint.model)} ({paint.steps} steps)",
-                device_label(paint.device, runner),
-            )
-        )
-        chosen = pick_figure(table, "pbe_pairs")
-        measured_steps = (chosen or {}).get("params", {}).get("steps") or paint.steps
-        pairs.work.append(estimate("pbe_pairs", every, made, table, scale=paint.steps / measured_steps))
-    else:
-        pairs.models.append(ModelUse("painter", "seamless clone (classical)", "cpu"))
-    caption = section.caption
-    if caption.backend == "blip":
-        pairs.models.append(
-            ModelUse("captioner", f"BLIP {_name(caption.model)}", device_label(caption.device, runner))
-        )
-        twice = [None if n is None else 2 * n for n in (every, made)]
-        pairs.work.append(estimate("blip_captions", *twice, table))
-    instructions = section.instructions
-    if instructions.llm is not None and (instructions.backend == "llm" or instructions.paraphrase):
-        endpoint = instructions.llm.base_url or "api.openai.com"
-        pairs.models.append(ModelUse("instructions", f"LLM {instructions.llm.model}", f"remote: {endpoint}"))
-    else:
-        pairs.models.append(ModelUse("instructions", "templates", "cpu"))
-    pairs.models.append(ModelUse("retrieval", "the object database's FAISS index", _faiss_device()))
-    samples = None if images is None else images * section.regions_per_image
-    return [database, pairs], samples
-
-
-def quality_plans(config: BuildConfig, name: str, samples: int | None, table: list[dict]) -> list[StagePlan]:
-    """Scoring a generator's candidates (CLIP on source and target, the aesthetic head, KNN-GIQA) and
-    filtering them (no model)."""
-    from ieiw.quality.config import default_scores_url
-
-    quality = config.quality
-    scoring = quality.scoring
-    candidates = fs.join(config.output, name)
-    scores_url = default_scores_url(candidates)
-    score = StagePlan(f"score {name}", samples, "candidate samples")
-    score.state = _state(scores_url, None)
-    score.committed = len(manifest.completed_batches(scores_url)) if score.state != "not started" else None
-    if score.committed is not None:
-        score.unit = f"candidate samples ({score.committed} shards scored)"
-    clip_device = device_label(scoring.embedder.device, config.runner)
-    score.models.append(
-        ModelUse(
-            "embedder", f"open_clip {scoring.embedder.model} ({scoring.embedder.pretrained})", clip_device
-        )
-    )
-    if scoring.aesthetic_checkpoint:
-        score.models.append(
-            ModelUse("aesthetic", f"LAION aesthetic MLP {_name(scoring.aesthetic_checkpoint)}", clip_device)
-        )
-    if scoring.giqa is not None:
-        score.models.append(
-            ModelUse("giqa", f"KNN-GIQA index {_name(scoring.giqa.index_dir)}", _faiss_device())
-        )
-    # embeddings are cached by image content: a removal and its add pair share their two images
-    images = None if samples is None else (samples if name == "removal" else 2 * samples)
-    scored = score.state == "recorded" and samples is not None and score.committed  # a finished run
-    score.work.append(estimate("clip_images", images, images if not scored else None, table))
-    filtered = StagePlan(f"filter {name}", samples, "candidate samples")
-    filtered.state = _state(fs.join(config.output, "final", name), None)
-    filtered.models.append(ModelUse("policy", "declarative rules on the scores", "cpu"))
-    return [score, filtered]
-
-
-def make_plan(
-    config: BuildConfig, stages: list[str] | None = None, check: bool = True, table: list[dict] | None = None
-) -> Plan:
-    """The plan of a build (of ``stages`` only, if given); ``check`` compares each generator's recorded
-    fingerprint with the config's (which hashes model files; the build skips it when it records its plan)."""
+def make_plan(config: BuildConfig, stages: list[str] | None = None, table: list[dict] | None = None) -> Plan:
+    """The plan of a build (of ``stages`` only, if given: generator names, ``score``, ``filter``)."""
     table = throughput_table() if table is None else table
-    wanted = set(stages or ("removal", "replacement", "web_edits", "multitask", "score", "filter"))
-    plans: list[StagePlan] = []
-    samples: dict[str, int | None] = {}
-    if config.removal is not None and "removal" in wanted:
-        plan, samples["removal"] = removal_plan(config, table, check)
-        plans.append(plan)
-    if config.replacement is not None and "replacement" in wanted:
-        found, samples["replacement"] = replacement_plans(config, table, check)
-        plans.extend(found)
-    if config.web_edits is not None and "web_edits" in wanted:
-        web = StagePlan(
-            "web_edits", None, "posts (listed when crawled)", _committed(fs.join(config.output, "web_edits"))
-        )
-        web.state = _state(fs.join(config.output, "web_edits"), None)
-        web.models.append(ModelUse("pairing", "SSIM / ORB + RANSAC (OpenCV)", "cpu"))
-        plans.append(web)
-        samples["web_edits"] = None
-    if config.multitask is not None and "multitask" in wanted:
-        multitask = StagePlan("multitask", None, "records", _committed(fs.join(config.output, "multitask")))
-        multitask.state = _state(fs.join(config.output, "multitask"), None)
-        multitask.models.append(ModelUse("renderers", "keypoint, segmentation, enhancement renderers", "cpu"))
-        plans.append(multitask)
-        samples["multitask"] = None
-    if config.quality is not None and wanted & {"score", "filter"}:
-        for name in ("removal", "replacement", "web_edits", "multitask"):
-            if getattr(config, name) is not None:
-                for plan in quality_plans(config, name, samples.get(name), table):
-                    if plan.stage.split()[0] in wanted:
-                        plans.append(plan)
     runner = config.runner
+    made: dict[str, int | None] = {}  # samples each generator makes, for its score and filter stages
+    plans: list[StagePlan] = []
+    for stage in build_stages(config, set(stages) if stages else None):
+        generator = stage.name.split(" ", 1)[-1]
+        inputs = _count(stage, made.get(generator))
+        plan = StagePlan(stage.name, inputs, stage.unit, committed_records(stage.url))
+        plan.state = stage_state(stage)
+        if inputs is None:
+            plan.unit += " (not countable here)"
+        if " " not in stage.name:
+            made[stage.name] = stage.samples_made(inputs)
+        plan.models = [ModelLine(u.role, u.model, device_label(u.device, runner)) for u in stage.model_uses()]
+        done = plan.state.startswith("complete")
+        for work in stage.workload(inputs):
+            left = 0 if done else _left(work.items, inputs, plan.committed)
+            item = estimate(work.operation, work.items, left, table, work.scale)
+            item.figure += f" ({work.note})" if work.note else ""
+            plan.work.append(item)
+        plans.append(plan)
     gpus = len(worker_gpus(runner)) if runner.task_runner == "dask" and not runner.dask_address else 0
     notes = []
     used = {w.figure for p in plans for w in p.work}
@@ -404,23 +255,92 @@ def make_plan(
             "--tiny): placeholders that keep the plan working, not what a GPU costs. Run "
             "bench/gpu_throughput.py on a GPU with --table flows/resources/throughputs.yaml to measure them."
         )
-    if any(w.hours is None and w.items for p in plans for w in p.work):
-        notes.append("Work without a measured figure (e.g. BLIP captions) is not in the hours.")
-    return Plan(config.name, config.output, plans, gpus, notes)
+    if any(w.hours is None and w.figure == "no measured figure" for p in plans for w in p.work):
+        notes.append("Work without a measured figure (e.g. BLIP captions) has no hours.")
+    if any(p.inputs is None for p in plans):
+        notes.append("Some inputs cannot be counted here (unreadable, remote, or only known once crawled).")
+    return Plan(config.name, config.out(), plans, gpus, notes)
 
 
-# ------------------------------------------------------------------------------------- recording
+def _left(items: int | None, inputs: int | None, committed: int | None) -> int | None:
+    """The share of ``items`` (a stage's work over all its ``inputs``) not done yet."""
+    if items is None or inputs is None:
+        return None
+    if not inputs:
+        return 0
+    done = min(committed or 0, inputs)
+    return round(items * (inputs - done) / inputs)
+
+
+# --------------------------------------------------------------------------------------- recording
 
 
 def record_plan(config: BuildConfig, stages: list[str] | None = None) -> str:
-    """Write the build's plan to ``<output>/plan.json`` (for the data card); returns its URL."""
-    plan = make_plan(config, stages, check=False)
-    url = fs.join(config.output, PLAN_FILE)
+    """Write the build's plan to ``plan.json`` of its layout (for the data card); returns its URL."""
+    plan = make_plan(config, stages)
+    url = BuildLayout(config.out()).plan
     fs.write_bytes_atomic(url, json.dumps(plan.record(), indent=2).encode("utf-8"))
     return url
 
 
 def read_plan(output: str) -> dict | None:
     """The plan a build recorded, if any."""
-    url = fs.join(output, PLAN_FILE)
+    url = BuildLayout(output).plan
     return json.loads(fs.read_bytes(url)) if fs.exists(url) else None
+
+
+# ---------------------------------------------------------------------------------------- printing
+
+
+def _hours(value: float | None) -> str:
+    """Hours as a person reads them: two decimals, or two significant digits below 0.01; ``?`` unknown."""
+    if value is None:
+        return "?"
+    return f"{value:,.2f}" if value == 0 or value >= 0.01 else f"{value:.2g}"
+
+
+def _number(value: int | None) -> str:
+    return "?" if value is None else f"{value:,}"
+
+
+def print_plan(plan: Plan, console) -> None:
+    """The plan as tables on a rich console: stages, then models and devices, then the GPU work."""
+    from rich.table import Table
+
+    stages = Table(
+        "stage", "inputs", "done", "state", "GPU-hours (left)", title=f"Plan of build `{plan.name}`"
+    )
+    for stage in plan.stages:
+        stages.add_row(
+            stage.stage,
+            f"{_number(stage.inputs)} {stage.unit}",
+            _number(stage.committed or 0),
+            stage.state,
+            "no GPU work" if not stage.work else _hours(stage.gpu_hours),
+        )
+    console.print(stages)
+    models = Table("stage", "role", "model", "device", title="Models each stage loads")
+    for stage in plan.stages:
+        for use in stage.models:
+            models.add_row(stage.stage, use.role, use.model, use.device)
+    console.print(models)
+    work = Table("stage", "GPU work", "items", "GPU-hours", "from", title="GPU work and its estimate")
+    for stage in plan.stages:
+        for item in stage.work:
+            work.add_row(stage.stage, item.operation, _number(item.items), _hours(item.hours), item.figure)
+    console.print(work)
+    if plan.gpu_hours is None:
+        unknown = sorted({w.operation for s in plan.stages for w in s.work if w.hours is None})
+        console.print(
+            f"Estimated GPU-hours left: [bold]unknown[/bold] (at least {_hours(plan.known_gpu_hours)}; "
+            f"no input count or no figure for {', '.join(unknown)})"
+        )
+    else:
+        wall = (
+            f"; about {_hours(plan.gpu_hours / plan.gpus)} hours on its {plan.gpus} GPU workers"
+            if plan.gpus
+            else ""
+        )
+        console.print(f"Estimated GPU-hours left: [bold]{_hours(plan.gpu_hours)}[/bold]{wall}")
+    for note in plan.notes:
+        console.print(f"[yellow]Note:[/yellow] {note}")

@@ -46,7 +46,7 @@ from ieiw.storage.config import (
 from ieiw.storage.fingerprint import Fingerprint
 from ieiw.storage.schema import Drop, GeneratorInfo, Result, Sample, SampleMeta, Task, sample_key, stable_key
 from ieiw.storage.shards import ShardSpec
-from ieiw.storage.stage import ModelSpec, Stage, gpu_tags, model_key
+from ieiw.storage.stage import ModelSpec, ModelUse, Stage, Work, gpu_tags, model_key
 
 GENERATOR = "removal"
 
@@ -181,6 +181,22 @@ class RemovalStage(Stage):
 
     def info(self) -> dict[str, Any]:
         return {"models": model_references(self.config)}
+
+    unit = "PhraseCut tasks"
+
+    def model_uses(self) -> list[ModelUse]:
+        inpaint = self.config.inpaint
+        if inpaint.backend != "lama":
+            return [ModelUse("inpainter", f"OpenCV {inpaint.opencv_method} (classical)", "cpu")]
+        how = "whole image" if inpaint.strategy == "whole" else f"crop {inpaint.window}px windows"
+        name = os.path.basename(str(inpaint.model).rstrip("/"))
+        return [ModelUse("inpainter", f"LaMa {name} ({how})", inpaint.device)]
+
+    def workload(self, inputs: int | None) -> list[Work]:
+        return [Work("lama_windows", inputs)] if self.config.inpaint.backend == "lama" else []
+
+    def samples_made(self, inputs: int | None) -> int | None:
+        return None if inputs is None else inputs * (2 if self.config.make_add_pairs else 1)
 
 
 def count_tasks(config: RemovalConfig) -> int | None:

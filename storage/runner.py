@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import contextvars
 import copy
 import logging
 import threading
@@ -34,12 +35,14 @@ import pyarrow as pa
 from ieiw.storage import fs, manifest
 from ieiw.storage.commit import BatchReport, batch_name, merge_reports, write_batch
 from ieiw.storage.config import WorkerEnv
+from ieiw.storage.fingerprint import Fingerprint
 from ieiw.storage.lease import DEFAULT_TTL, check_holder
 from ieiw.storage.manifest import RecordSet
 from ieiw.storage.schema import Drop
 from ieiw.storage.stage import HOST, ModelSpec, Rows, Samples, Stage
 from ieiw.storage.stage_folder import (
     Rebuild,
+    StageChanged,
     StageWriter,
     commit_files,
     complete_record,
@@ -181,6 +184,15 @@ class BatchTarget:
     env: WorkerEnv | None = None
 
 
+_BATCH: contextvars.ContextVar[str] = contextvars.ContextVar("ieiw_batch", default="")
+
+
+def current_batch() -> str:
+    """The name of the batch :meth:`Stage.run` is running in this thread ('' outside one): a ``rows``
+    stage whose own files are named after their batch (the object database's parts) reads it."""
+    return _BATCH.get()
+
+
 def run_batch(stage: Stage, batch: Batch, target: BatchTarget) -> BatchReport:
     """On a worker: run ``stage`` on one batch with this process's models and commit it."""
     if target.env is not None and (here := WorkerEnv.here()) != target.env:
@@ -194,7 +206,11 @@ def run_batch(stage: Stage, batch: Batch, target: BatchTarget) -> BatchReport:
     output: Any = []
     if records:
         models = {role: worker_model(spec) for role, spec in stage.models().items()}
-        output = stage.run(records, models)
+        token = _BATCH.set(batch.name)
+        try:
+            output = stage.run(records, models)
+        finally:
+            _BATCH.reset(token)
     if stage.writes == "samples":
         if isinstance(output, Rows):
             raise TypeError(f"stage {stage.name} writes samples, but its batch returned rows")
@@ -387,6 +403,28 @@ def complete_summary(stage: Stage) -> StageSummary | None:
     )
 
 
+def recorded_env(record: dict[str, Any] | None) -> WorkerEnv:
+    """The workers' kind the stage's last run computed on (this process's when none is recorded)."""
+    runs = (record or {}).get("runs") or []
+    return WorkerEnv(**runs[-1]["env"]) if runs and runs[-1].get("env") else WorkerEnv.here()
+
+
+def refuse_changed(stage: Stage) -> None:
+    """Raise :class:`StageChanged` when the stage holds output made with other settings than its config
+    asks for (for the workers that made it): called before any flow run starts, so a build stops before
+    any work. A fingerprint that cannot be made yet (an upstream stage not run) is the run's to check."""
+    record = read_record(stage.url)
+    if record is None:
+        return
+    try:
+        fingerprint = stage.full_fingerprint(recorded_env(record))
+    except (OSError, ValueError):
+        return
+    if record["fingerprint"].get("digest") != fingerprint.digest:
+        changes = fingerprint.changes(Fingerprint.from_record(record["fingerprint"]))
+        raise StageChanged(stage.name, stage.url, changes or ["(the fingerprint's digest differs)"])
+
+
 def _open(stage: Stage, fingerprint, options: RunOptions, mode: Rebuild) -> StageWriter:
     info = {**stage.info()}
     if stage.whole_input:
@@ -475,6 +513,7 @@ def run_stage(
                 "rows": merged["rows"],
                 "compute_seconds": merged["seconds"],
                 "device": env.describe(),
+                "env": asdict(env),
                 **({"extra": extra} if extra else {}),
             },
             schema=stage.schema,

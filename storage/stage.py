@@ -74,6 +74,26 @@ class Samples:
 BatchOutput = list[Result] | Samples | Rows
 
 
+@dataclass(frozen=True)
+class ModelUse:
+    """A model a stage loads, as the plan shows it: its role, what it is, the device it is set to."""
+
+    role: str
+    model: str
+    device: str | None = HOST
+
+
+@dataclass(frozen=True)
+class Work:
+    """GPU work a stage does over ``items`` inputs of an operation of the throughput table (``scale``:
+    what one item costs in figures of the table's item, as 25 steps against a figure measured at 50)."""
+
+    operation: str
+    items: int | None
+    scale: float = 1.0
+    note: str = ""
+
+
 class Stage:
     """One writing stage. Subclasses set the class attributes and implement :meth:`fingerprint`,
     :meth:`records` and :meth:`run`."""
@@ -116,6 +136,24 @@ class Stage:
         return {}
 
     # ------------------------------------------------------------------------ optional refinements
+
+    unit: ClassVar[str] = "records"  # what one input record is, for the plan
+
+    def model_uses(self) -> list[ModelUse]:
+        """The models the plan shows, with the device each is set to (none by default)."""
+        return []
+
+    def plan_inputs(self, upstream_samples: int | None) -> int | None:
+        """The input count the plan shows: :meth:`total` (a stage of another's samples: theirs)."""
+        return self.total()
+
+    def workload(self, inputs: int | None) -> list[Work]:
+        """The GPU work of the whole input (``inputs`` records), for the plan's estimate."""
+        return []
+
+    def samples_made(self, inputs: int | None) -> int | None:
+        """How many samples ``inputs`` records make at most (what a score stage downstream will read)."""
+        return None
 
     def input_key(self) -> str | None:
         """What decides the stage's input besides its fingerprint, cheaply (its limits, a folder's

@@ -97,7 +97,7 @@ def test_the_cli_prints_what_changed_and_exits_without_a_traceback(prefect_api, 
     write(11)
     refused = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert refused.returncode == 2, refused.stdout + refused.stderr
-    assert "removal.dilation: 9 -> 11" in words(refused.stdout) and "Traceback" not in refused.stdout
+    assert "removal.dilation: 9 -> 11" in words(refused.stderr) and "Traceback" not in refused.stderr
     rebuilt = subprocess.run(
         [*command, "--rebuild", "removal"], env=env, capture_output=True, text=True, timeout=300
     )

@@ -6,10 +6,9 @@ import webdataset as wds
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactCollectionFilter, ArtifactCollectionFilterKey
 
-from ieiw.flows import models
 from ieiw.flows.build import ieiw_build
 from ieiw.flows.config import BuildConfig
-from ieiw.storage import manifest
+from ieiw.storage import manifest, runner
 from ieiw.storage.stage_folder import read_record
 
 
@@ -30,11 +29,11 @@ def _config(annotations, images, output, **removal):
 
 def test_build_writes_shards_manifest_gallery_and_artifacts(prefect_api, phrasecut, tmp_path):
     annotations, images = phrasecut
-    models.clear_models()
+    runner.forget_models()
     result = ieiw_build(_config(annotations, images, tmp_path / "out"))
     summary = result["stages"]["removal"]
     assert summary["kept"] == 16 and summary["by_task"] == {"add": 8, "remove": 8}
-    assert sum(models.LOADS.values()) == 1  # the inpainter loaded once for all batches
+    assert sum(runner.LOADS.values()) == 1  # the inpainter loaded once for all batches
 
     shards = sorted(glob.glob(str(tmp_path / "out/removal/shards/*.tar")))
     rows = list(wds.WebDataset(shards, shardshuffle=False).decode("rgb8"))
@@ -75,7 +74,7 @@ def test_rerun_resumes_and_adds_nothing(prefect_api, phrasecut, tmp_path):
     config = _config(annotations, images, tmp_path / "out")
     first = ieiw_build(config)["stages"]["removal"]
     second = ieiw_build(config)["stages"]["removal"]
-    assert first["kept"] == 16 and second["kept"] == 0 and second["resumed_records"] == 8
+    assert first["kept"] == 16 and second["kept"] == 0 and second["records_committed_before"] == 8
     frame = manifest.read_manifest(str(tmp_path / "out/removal"))
     assert len(frame) == 16 and frame["key"].is_unique
 
@@ -110,21 +109,21 @@ def test_a_complete_stage_starts_no_flow_run_until_its_input_or_settings_change(
         return len(read_record(stage)["runs"])  # every run of the removal flow appends one
 
     first = ieiw_build(_config(annotations, images, tmp_path / "out", limit=4))["stages"]["removal"]
-    assert first["kept"] == 8 and runs() == 1 and "complete" not in first
+    assert first["kept"] == 8 and runs() == 1 and not first["skipped"]
     again = ieiw_build(_config(annotations, images, tmp_path / "out", limit=4))["stages"]["removal"]
-    assert again["complete"] and again["kept"] == 0 and again["resumed_records"] == 4 and runs() == 1
+    assert again["skipped"] and again["kept"] == 0 and again["records_committed_before"] == 4 and runs() == 1
     # more input: the flow runs and commits only the new records
     more = ieiw_build(_config(annotations, images, tmp_path / "out"))["stages"]["removal"]
-    assert "complete" not in more and more["kept"] == 8 and more["resumed_records"] == 4 and runs() == 2
+    assert not more["skipped"] and more["kept"] == 8 and more["records_committed_before"] == 4 and runs() == 2
     assert {c["input"]: c["records"] for c in read_record(stage)["complete"]} == {
         '{"limit": 4}': 4,
         '{"limit": null}': 8,
     }
     smaller = ieiw_build(_config(annotations, images, tmp_path / "out", limit=4))["stages"]["removal"]
-    assert smaller["complete"] and runs() == 2
+    assert smaller["skipped"] and runs() == 2
     # a setting that shapes the output: the fingerprint changed, the flow runs (and refuses without --rebuild)
     changed = ieiw_build(_config(annotations, images, tmp_path / "out", dilation=25), rebuild=["removal"])
-    assert "complete" not in changed["stages"]["removal"] and changed["stages"]["removal"]["kept"] == 16
+    assert not changed["stages"]["removal"]["skipped"] and changed["stages"]["removal"]["kept"] == 16
     assert runs() == 1  # the rebuild started a new record
     frame = manifest.read_manifest(stage)
     assert len(frame) == 16 and frame["key"].is_unique

@@ -10,9 +10,8 @@ from pathlib import Path
 import webdataset as wds
 import yaml
 
-from ieiw.flows.config import RemovalConfig
 from ieiw.pipelines.inpaint import InpaintConfig, build_inpainter
-from ieiw.pipelines.removal import removal_stage
+from ieiw.pipelines.removal import RemovalConfig, removal_stage
 from ieiw.pipelines.sources.phrasecut import iter_records
 from ieiw.storage import manifest
 from ieiw.storage.shards import iter_samples

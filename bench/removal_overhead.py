@@ -88,14 +88,14 @@ def direct(config, output: str) -> float:
 
 def through_flow(config, output: str) -> float:
     from ieiw.flows.config import RunnerConfig
-    from ieiw.flows.models import clear_models
-    from ieiw.flows.removal import removal
-    from ieiw.flows.runners import make_task_runner
+    from ieiw.flows.stage_flow import run_stage_flow
+    from ieiw.pipelines.removal import RemovalStage
+    from ieiw.storage.runner import forget_models
 
-    clear_models()
+    forget_models()
     runner = RunnerConfig(task_runner="threads", max_workers=1, max_in_flight=2)
     started = time.perf_counter()
-    removal.with_options(task_runner=make_task_runner(runner))(config, output, None, runner)
+    run_stage_flow(RemovalStage(config, output + "/removal"), runner)
     return time.perf_counter() - started
 
 
@@ -108,7 +108,7 @@ def main() -> None:
 
     from prefect.testing.utilities import prefect_test_harness
 
-    from ieiw.flows.config import RemovalConfig
+    from ieiw.pipelines.removal import RemovalConfig
 
     with tempfile.TemporaryDirectory() as root, prefect_test_harness(server_startup_timeout=120):
         annotations, images = make_dataset(root, args.images)

@@ -6,10 +6,12 @@ turns a batch into samples and drops, and :func:`commit_batch` makes them durabl
 
 from __future__ import annotations
 
+import contextlib
 import posixpath
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 
 from ieiw.storage import fs, manifest
@@ -48,14 +50,14 @@ def write_batch(
     spec: ShardSpec | None = None,
     *,
     fingerprint: str | None = None,
-    before_commit: Callable[[], None] | None = None,
+    fence: Callable[[], AbstractContextManager] | None = None,
     seconds: float = 0.0,
 ) -> BatchReport:
     """Write the samples of ``results`` as shards, then all results as the batch's manifest part.
 
     The part is written last and commits the batch: until it exists the batch's shards are invisible
-    to every reader (they list committed parts, never the folder). ``before_commit`` runs between the
-    two (the stage folder checks there that its lease is still held).
+    to every reader (they list committed parts, never the folder). The part is written inside ``fence()``
+    (the stage folder's lease fence: only while the run still holds the stage).
     """
     started = time.perf_counter()
     report = BatchReport(batch=batch)
@@ -78,11 +80,10 @@ def write_batch(
             else:
                 raise TypeError(f"a stage returns Sample or Drop, got {type(result).__name__}")
     report.shards = [s.url for s in writer.written]
-    if before_commit is not None:
-        before_commit()
-    manifest.write_part(
-        stage_url, batch, rows, metadata={"fingerprint": fingerprint} if fingerprint else None
-    )
+    with fence() if fence is not None else contextlib.nullcontext():
+        manifest.write_part(
+            stage_url, batch, rows, metadata={"fingerprint": fingerprint} if fingerprint else None
+        )
     report.seconds = seconds + (time.perf_counter() - started)
     return report
 

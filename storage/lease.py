@@ -1,12 +1,25 @@
 """One writer per stage at a time: a lease file in the stage folder, renewed while its holder works.
 
-The lease is ``<stage>/.lease.json``: who holds it (a random holder id, the host, the process, and the
-Prefect flow run when there is one) and until when. It is created exclusively (``O_EXCL`` locally, a
-conditional PUT on S3). A holder renews it in the background; it is stale when it has expired, or when
-its holder was a process on this host that no longer runs (a run killed with SIGKILL frees its stage
-at once on the same machine, and after ``ttl`` seconds elsewhere). Only the holder cleans temporary
-files and prunes what was never committed; workers of the holder's run check that the lease is still
-theirs before each commit.
+The lease is ``<stage>/.lease.json``: who holds it (a random holder token, the host, the process, the
+machine's boot id and the process's pid namespace, and the Prefect flow run when there is one) and until
+when. It is created exclusively (``O_EXCL`` locally, a conditional PUT on S3).
+
+**Liveness.** A lease is stale when it has expired. Before that it is judged dead early only when its
+holder's process can be seen from here: the same boot id and the same pid namespace, and that pid no
+longer runs (a run killed with SIGKILL frees its stage at once). A host name and a pid alone prove
+nothing: containers share host names (host networking) but not pid namespaces, so a lease from another
+container, machine or boot is left to its ttl.
+
+**Fencing.** Every change of the lease and every commit is fenced by the holder's token, so a run whose
+lease was taken over can neither renew nor commit:
+
+- local folders: the change or the commit happens under an exclusive lock of ``<stage>/.lease.lock``
+  (``flock``), after checking the holder under that same lock, and a takeover takes the same lock;
+- object stores with conditional writes (S3): a renewal is a PUT conditional on the ETag it read
+  (``If-Match``); a commit checks the holder and that the lease it renewed has not expired, so a holder
+  that lost its renewals stops committing before anyone may take the lease over.
+
+Only the holder cleans temporary files and prunes what was never committed.
 """
 
 from __future__ import annotations
@@ -18,13 +31,16 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ieiw.storage import fs
 
 LEASE_FILE = ".lease.json"
+LOCK_FILE = ".lease.lock"
 DEFAULT_TTL = 120.0
+COMMIT_MARGIN = 0.1  # of the ttl: a remote holder stops committing this long before its lease expires
 
 
 class StageBusy(RuntimeError):
@@ -35,6 +51,27 @@ class LeaseLost(RuntimeError):
     """This run's lease was taken over (it expired while the run was stalled)."""
 
 
+def _read(path: str) -> str | None:
+    try:
+        with open(path, encoding="ascii") as handle:
+            return handle.read().strip() or None
+    except OSError:
+        return None
+
+
+def boot_id() -> str | None:
+    """This machine's boot (Linux): processes of one boot share it, whatever container they run in."""
+    return _read("/proc/sys/kernel/random/boot_id")
+
+
+def pid_namespace() -> str | None:
+    """This process's pid namespace (Linux): two processes see each other's pids only within one."""
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return None
+
+
 @dataclass
 class LeaseRecord:
     holder: str
@@ -43,6 +80,8 @@ class LeaseRecord:
     expires: float
     acquired: float
     run: str = ""
+    boot_id: str | None = None
+    pid_ns: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_bytes(self) -> bytes:
@@ -57,18 +96,28 @@ class LeaseRecord:
         held = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.acquired))
         return f"process {self.pid} on {self.host}{run}, since {held}"
 
+    def visible_here(self) -> bool:
+        """Whether this process can tell if the holder's process runs: same boot, same pid namespace."""
+        here = (boot_id(), pid_namespace())
+        return None not in here and (self.boot_id, self.pid_ns) == here
+
 
 def lease_url(stage_url: str) -> str:
     return fs.join(stage_url, LEASE_FILE)
 
 
-def read_lease(stage_url: str) -> LeaseRecord | None:
+def _parse(data: bytes) -> LeaseRecord | None:
     try:
-        return LeaseRecord.from_bytes(fs.read_bytes(lease_url(stage_url)))
-    except FileNotFoundError:
-        return None
+        return LeaseRecord.from_bytes(data)
     except (ValueError, TypeError, KeyError):
         return None  # a torn or foreign file: treated as no lease, replaced on acquisition
+
+
+def read_lease(stage_url: str) -> LeaseRecord | None:
+    try:
+        return _parse(fs.read_bytes(lease_url(stage_url)))
+    except FileNotFoundError:
+        return None
 
 
 def _process_alive(pid: int) -> bool:
@@ -87,14 +136,94 @@ _ACTIVE_HOLDERS: set[str] = set()
 
 
 def is_stale(record: LeaseRecord, now: float | None = None) -> bool:
+    """Expired, or held by a process this one can see and that no longer runs (see the module doc)."""
     now = time.time() if now is None else now
     if record.expires < now:
         return True
-    if record.host != socket.gethostname():
+    if not record.visible_here():
         return False
     if record.pid == os.getpid():
         return record.holder not in _ACTIVE_HOLDERS
     return not _process_alive(record.pid)
+
+
+# ------------------------------------------------------------------------------------------ fencing
+
+
+@contextlib.contextmanager
+def _locked(stage_url: str) -> Iterator[None]:
+    """An exclusive lock of the stage's lease (local folders; elsewhere conditional writes fence)."""
+    filesystem, path = fs.get_fs(stage_url)
+    if not fs.is_local(filesystem):
+        yield
+        return
+    import fcntl
+
+    os.makedirs(path, exist_ok=True)
+    descriptor = os.open(os.path.join(path, LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(descriptor)  # closing releases the lock
+
+
+def _etag(stage_url: str) -> str | None:
+    filesystem, path = fs.get_fs(lease_url(stage_url))
+    try:
+        info = filesystem.info(path)
+    except FileNotFoundError:
+        return None
+    return info.get("ETag") or info.get("etag")
+
+
+def _replace(stage_url: str, data: bytes, etag: str | None) -> None:
+    """Write the lease: plainly under the local lock; conditionally on ``etag`` on an object store."""
+    filesystem, path = fs.get_fs(lease_url(stage_url))
+    if fs.is_local(filesystem) or not fs.has_atomic_put(filesystem) or etag is None:
+        fs.write_bytes_atomic(lease_url(stage_url), data)
+        return
+    try:
+        filesystem.pipe_file(path, data, IfMatch=etag)
+    except Exception as error:  # noqa: BLE001 - botocore's PreconditionFailed comes wrapped as OSError
+        if "PreconditionFailed" in repr(error) or "412" in str(error):
+            raise LeaseLost(f"{stage_url}: the lease changed under this run (taken over)") from error
+        raise
+    filesystem.invalidate_cache(path)
+
+
+def _check(stage_url: str, stage: str, holder: str, record: LeaseRecord | None) -> None:
+    if record is None or record.holder != holder:
+        who = record.describe() if record else "nobody"
+        raise LeaseLost(f"stage {stage} at {stage_url}: this run no longer holds the lease (now: {who})")
+
+
+@contextlib.contextmanager
+def fenced(stage_url: str, stage: str, holder: str | None) -> Iterator[None]:
+    """Run the block (a commit) only while ``holder`` holds the stage's lease: under the local lock, or,
+    on an object store, while the lease it last renewed has not come close to expiring.
+    ``holder=None`` (one-off tools and tests that hold no lease) fences nothing."""
+    if holder is None:
+        yield
+        return
+    with _locked(stage_url):
+        record = read_lease(stage_url)
+        _check(stage_url, stage, holder, record)
+        filesystem, _ = fs.get_fs(stage_url)
+        if not fs.is_local(filesystem) and record is not None:
+            margin = COMMIT_MARGIN * max(0.0, record.expires - record.acquired)
+            if time.time() > record.expires - margin:
+                raise LeaseLost(f"stage {stage} at {stage_url}: this run's lease is about to expire")
+        yield
+
+
+def check_holder(stage_url: str, stage: str, holder: str | None) -> None:
+    """Raise :class:`LeaseLost` unless ``holder`` holds the stage's lease (``None`` skips the check)."""
+    with fenced(stage_url, stage, holder):
+        pass
+
+
+# -------------------------------------------------------------------------------------------- lease
 
 
 class StageLease:
@@ -119,6 +248,8 @@ class StageLease:
             expires=0.0,
             acquired=0.0,
             run=run,
+            boot_id=boot_id(),
+            pid_ns=pid_namespace(),
         )
         self._stop = threading.Event()
         self._renewer: threading.Thread | None = None
@@ -156,10 +287,10 @@ class StageLease:
         return self
 
     def _take_over(self, stale: LeaseRecord | None) -> None:
-        """Remove a stale lease, unless it changed since it was read (someone else took it over)."""
-        again = read_lease(self.stage_url)
-        if again == stale:
-            fs.remove(lease_url(self.stage_url))
+        """Remove a stale lease, unless it changed since it was read (someone renewed or took it)."""
+        with _locked(self.stage_url):
+            if read_lease(self.stage_url) == stale:
+                fs.remove(lease_url(self.stage_url))
 
     def _renew_loop(self) -> None:
         while not self._stop.wait(self.ttl / 3):
@@ -167,9 +298,13 @@ class StageLease:
                 self.renew()
 
     def renew(self) -> None:
-        self.check()
-        self.record.expires = time.time() + self.ttl
-        fs.write_bytes_atomic(lease_url(self.stage_url), self.record.to_bytes())
+        """Extend the lease, fenced by this holder's token: a lease taken over stays taken."""
+        with _locked(self.stage_url):
+            etag = _etag(self.stage_url)
+            _check(self.stage_url, self.stage, self.holder, read_lease(self.stage_url))
+            renewed = LeaseRecord(**{**asdict(self.record), "expires": time.time() + self.ttl})
+            _replace(self.stage_url, renewed.to_bytes(), etag)
+            self.record = renewed
 
     def check(self) -> None:
         """Raise :class:`LeaseLost` if the lease is no longer this holder's."""
@@ -180,22 +315,13 @@ class StageLease:
         self._stop.set()
         if self._renewer is not None:
             self._renewer.join(timeout=5)
-        current = read_lease(self.stage_url)
-        if current is not None and current.holder == self.holder:
-            fs.remove(lease_url(self.stage_url))
+        with _locked(self.stage_url):
+            current = read_lease(self.stage_url)
+            if current is not None and current.holder == self.holder:
+                fs.remove(lease_url(self.stage_url))
 
     def __enter__(self) -> StageLease:
         return self.acquire()
 
     def __exit__(self, *exc: object) -> None:
         self.release()
-
-
-def check_holder(stage_url: str, stage: str, holder: str | None) -> None:
-    """Raise :class:`LeaseLost` unless ``holder`` holds the stage's lease (``None`` skips the check)."""
-    if holder is None:
-        return
-    current = read_lease(stage_url)
-    if current is None or current.holder != holder:
-        who = current.describe() if current else "nobody"
-        raise LeaseLost(f"stage {stage} at {stage_url}: this run no longer holds the lease (now: {who})")

@@ -36,7 +36,7 @@ from ieiw.storage import fs, manifest
 from ieiw.storage.commit import BatchReport, batch_name, merge_reports, write_batch
 from ieiw.storage.config import WorkerEnv
 from ieiw.storage.fingerprint import Fingerprint
-from ieiw.storage.lease import DEFAULT_TTL, check_holder
+from ieiw.storage.lease import DEFAULT_TTL, fenced
 from ieiw.storage.manifest import RecordSet
 from ieiw.storage.schema import Drop
 from ieiw.storage.stage import HOST, ModelSpec, Rows, Samples, Stage
@@ -222,7 +222,7 @@ def run_batch(stage: Stage, batch: Batch, target: BatchTarget) -> BatchReport:
             batch.name,
             stage.shards,
             fingerprint=target.digest,
-            before_commit=lambda: check_holder(target.url, target.stage, target.holder),
+            fence=lambda: fenced(target.url, target.stage, target.holder),
             seconds=time.perf_counter() - started,
         )
         report.counts.update(dict(counts))

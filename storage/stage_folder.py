@@ -39,7 +39,7 @@ import pyarrow as pa
 from ieiw.storage import fs, manifest
 from ieiw.storage.commit import BatchReport, write_batch
 from ieiw.storage.fingerprint import Fingerprint
-from ieiw.storage.lease import DEFAULT_TTL, StageLease, check_holder
+from ieiw.storage.lease import DEFAULT_TTL, LOCK_FILE, StageLease, fenced
 from ieiw.storage.schema import Result
 from ieiw.storage.shards import ShardSpec
 
@@ -183,7 +183,7 @@ class StageWriter:
         """Delete everything of the stage but the lease (this run holds it)."""
         filesystem, path = fs.get_fs(self.url)
         for entry in filesystem.ls(path, detail=False):
-            if posixpath.basename(entry) != ".lease.json":
+            if posixpath.basename(entry) not in (".lease.json", LOCK_FILE):
                 filesystem.rm(entry, recursive=True)
         filesystem.invalidate_cache(path)
 
@@ -240,12 +240,12 @@ class StageWriter:
 
     def list_batch(self, batch: str, index: int, record_ids: list[str]) -> None:
         """Record which input records batch number ``index`` holds, before any work on it."""
-        check_holder(self.url, self.stage, self.holder)
         table = pa.Table.from_pydict(
             {"batch": [batch] * len(record_ids), "index": [index] * len(record_ids), "record_id": record_ids},
             schema=INPUTS_SCHEMA,
         )
-        manifest.write_part(self.url, batch, table, folder=INPUTS_DIR)
+        with fenced(self.url, self.stage, self.holder):
+            manifest.write_part(self.url, batch, table, folder=INPUTS_DIR)
 
     def listing(self) -> pa.Table:
         """Every listed batch's records (``batch``, ``index``, ``record_id``), committed or not."""
@@ -309,7 +309,7 @@ def commit_samples(
         batch,
         spec,
         fingerprint=fingerprint,
-        before_commit=lambda: check_holder(stage_url, stage or stage_url, holder),
+        fence=lambda: fenced(stage_url, stage or stage_url, holder),
         seconds=seconds,
     )
 
@@ -326,10 +326,10 @@ def commit_files(
     """Write a batch's own files (paths relative to the stage), then its part ``table``."""
     for relative, data in (files or {}).items():
         fs.write_bytes_atomic(fs.join(stage_url, relative), data)
-    check_holder(stage_url, stage or stage_url, holder)
     column = pa.array([fingerprint] * len(table), pa.string())
     if "fingerprint" in table.column_names:
         table = table.set_column(table.column_names.index("fingerprint"), "fingerprint", column)
     else:
         table = table.append_column("fingerprint", column)
-    return manifest.write_part(stage_url, batch, table, metadata={"fingerprint": fingerprint})
+    with fenced(stage_url, stage or stage_url, holder):
+        return manifest.write_part(stage_url, batch, table, metadata={"fingerprint": fingerprint})

@@ -15,7 +15,16 @@ from test_storage_shards import make_sample
 from ieiw.storage import fs, manifest
 from ieiw.storage.fingerprint import Fingerprint
 from ieiw.storage.identity import model_identity
-from ieiw.storage.lease import LeaseLost, LeaseRecord, StageBusy, StageLease, lease_url, read_lease
+from ieiw.storage.lease import (
+    LeaseLost,
+    LeaseRecord,
+    StageBusy,
+    StageLease,
+    boot_id,
+    lease_url,
+    pid_namespace,
+    read_lease,
+)
 from ieiw.storage.shards import ShardSpec, ShardWriter, iter_samples
 from ieiw.storage.stage_folder import StageChanged, commit_samples, open_stage, read_record
 
@@ -152,8 +161,14 @@ def test_a_killed_holders_lease_is_taken_over_and_an_expired_one_too(tmp_path):
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     fs.makedirs(url)
-    record = LeaseRecord(
-        holder="x", host=os.uname().nodename, pid=dead.pid, expires=time.time() + 600, acquired=0
+    record = LeaseRecord(  # a process of this boot and pid namespace that no longer runs
+        holder="x",
+        host=os.uname().nodename,
+        pid=dead.pid,
+        expires=time.time() + 600,
+        acquired=0,
+        boot_id=boot_id(),
+        pid_ns=pid_namespace(),
     )
     fs.write_bytes_atomic(lease_url(url), record.to_bytes())
     with open_stage(url, FP) as writer:

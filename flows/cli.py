@@ -41,10 +41,19 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from ieiw.flows.storage_errors import StorageWriteError
     from ieiw.storage.config import ConfigError
     from ieiw.storage.lease import LeaseLost, StageBusy
+    from ieiw.storage.models import ModelUnavailable
     from ieiw.storage.runner import WorkerMismatch
     from ieiw.storage.stage_folder import StageChanged
 
-    return (ConfigError, StageChanged, StageBusy, LeaseLost, StorageWriteError, WorkerMismatch)
+    return (
+        ConfigError,
+        StageChanged,
+        StageBusy,
+        LeaseLost,
+        StorageWriteError,
+        WorkerMismatch,
+        ModelUnavailable,
+    )
 
 
 class _QuietUserErrors(logging.Filter):

@@ -6,8 +6,8 @@ machine or after it is moved, and a changed checkpoint at the same path gives an
 - a local file: ``sha256:<hex>`` of its bytes;
 - a local folder (a diffusers or transformers checkpoint): ``sha256-tree:<hex>`` over its files'
   relative names and digests;
-- a Hugging Face hub id: ``hf:<id>@<commit>``, the revision resolved from the local hub cache (or
-  ``hf:<id>@<revision>`` as given when it is already a commit hash);
+- a Hugging Face hub id: ``hf:<id>@<commit>``, pinned when the stage runs (:mod:`ieiw.storage.models`);
+- a URL: the SHA-256 of the file it was pinned to;
 - anything else (a URL, a named open_clip release): the name itself, which is a fixed release.
 
 Digests of local files are cached by (real path, size, modification time) under
@@ -23,7 +23,6 @@ import re
 from pathlib import Path
 
 CHUNK = 1 << 20
-_COMMIT = re.compile(r"^[0-9a-f]{40}$")
 
 
 def cache_root() -> Path:
@@ -81,34 +80,17 @@ def short(identity: str | None, length: int = 12) -> str:
 
 def hub_revision(repo_id: str, revision: str = "main") -> str | None:
     """The commit ``revision`` of a hub repository points to in the local hub cache, if cached."""
-    if _COMMIT.match(revision):
-        return revision
-    try:
-        from huggingface_hub.constants import HF_HUB_CACHE
-    except ImportError:
-        return None
-    ref = Path(HF_HUB_CACHE) / f"models--{repo_id.replace('/', '--')}" / "refs" / revision
-    try:
-        commit = ref.read_text().strip()
-    except OSError:
-        return None
-    return commit if _COMMIT.match(commit) else None
+    from ieiw.storage.models import cached_commit
+
+    return cached_commit(repo_id, revision)
 
 
 def looks_like_hub_id(value: str) -> bool:
-    return bool(re.fullmatch(r"[\w.-]+/[\w.-]+", value)) and not os.path.exists(value)
+    return bool(re.fullmatch(r"[\w.-]+/[\w.-]+(@[\w./-]+)?", value)) and not os.path.exists(value)
 
 
-def model_identity(reference: str | os.PathLike | None, revision: str = "main") -> str | None:
-    """What a model is, by content: see the module docstring for the forms."""
-    if reference is None:
-        return None
-    value = os.fspath(reference)
-    if os.path.isfile(value):
-        return f"sha256:{file_digest(value)}"
-    if os.path.isdir(value):
-        return f"sha256-tree:{folder_digest(value)}"
-    if looks_like_hub_id(value):
-        commit = hub_revision(value, revision)
-        return f"hf:{value}@{commit or revision}"
-    return value
+def model_identity(reference: str | os.PathLike | None) -> str | None:
+    """What a model is, by content (:func:`ieiw.storage.models.identity`)."""
+    from ieiw.storage.models import identity
+
+    return identity(reference)

@@ -38,6 +38,7 @@ from ieiw.storage.config import WorkerEnv
 from ieiw.storage.fingerprint import Fingerprint
 from ieiw.storage.lease import DEFAULT_TTL, fenced
 from ieiw.storage.manifest import RecordSet
+from ieiw.storage.models import pin_stage
 from ieiw.storage.schema import Drop
 from ieiw.storage.stage import HOST, ModelSpec, Rows, Samples, Stage
 from ieiw.storage.stage_folder import (
@@ -350,6 +351,7 @@ class StageSummary:
     skipped: bool = False  # recorded complete for this fingerprint and input: nothing ran
     device: str = ""
     manifest: str = ""
+    pins: list[str] = field(default_factory=list)  # how hub and URL models were pinned
     extra: dict[str, Any] = field(default_factory=dict)  # what the stage's own finish adds
 
     def to_dict(self) -> dict[str, Any]:
@@ -381,6 +383,14 @@ def fingerprint_target(stage: Stage, env: WorkerEnv) -> tuple[Any, WorkerEnv | N
     return fingerprint, (env if stage.full_fingerprint(other).digest != fingerprint.digest else None)
 
 
+def pin_models(stage: Stage, keep_recorded: bool = True) -> list[str]:
+    """Pin the stage's hub and URL models before anything is fingerprinted (:mod:`ieiw.storage.models`):
+    a stage that recorded a hub commit keeps it unless it is rebuilt. Returns what to tell the user."""
+    record = read_record(stage.url) if keep_recorded else None
+    recorded = ((record or {}).get("fingerprint") or {}).get("models", {}).values()
+    return [pin.note for pin in pin_stage(stage, recorded) if pin.note]
+
+
 def complete_summary(stage: Stage) -> StageSummary | None:
     """The summary of a run with nothing to do, when the stage is recorded complete for its fingerprint
     (for the workers' kind that made it) and its input key; None when it has to run (or its input can
@@ -389,6 +399,7 @@ def complete_summary(stage: Stage) -> StageSummary | None:
     found = complete_record(stage.url, key) if key is not None else None
     if found is None:
         return None
+    pin_models(stage)
     digest, record = found
     if stage.full_fingerprint(WorkerEnv(**record.get("env", {}))).digest != digest:
         return None
@@ -416,6 +427,7 @@ def refuse_changed(stage: Stage) -> None:
     record = read_record(stage.url)
     if record is None:
         return
+    pin_models(stage)
     try:
         fingerprint = stage.full_fingerprint(recorded_env(record))
     except (OSError, ValueError):
@@ -468,6 +480,9 @@ def run_stage(
     ``progress(records done now, records to do or None)`` is called after each batch."""
     options = options or RunOptions()
     started = time.perf_counter()
+    pins = pin_models(stage, keep_recorded=options.rebuild not in ("yes", True))
+    for note in pins:
+        logger.info("%s: %s", stage.name, note)
     env = executor.probe()
     fingerprint, pinned = fingerprint_target(stage, env)
     noted: Counter = Counter()
@@ -544,5 +559,6 @@ def run_stage(
         complete=True,
         device=env.describe(),
         manifest=consolidated,
+        pins=pins,
         extra=extra,
     )

@@ -43,6 +43,8 @@ class InpaintConfig(BaseModel):
             )
         if self.crop_margin < 0:
             raise ValueError("inpaint.crop_margin must be >= 0")
+        if self.model_md5 and self.model and "://" in self.model and "#" not in self.model:
+            self.model = f"{self.model}#md5={self.model_md5}"  # the download is verified against it
         return self
 
 
@@ -55,7 +57,7 @@ def build_inpainter(config: InpaintConfig) -> Inpainter:
 
     if not config.model:
         raise ValueError("inpaint.backend 'lama' needs inpaint.model: a path or URL to big-lama.pt")
-    path = resolve_checkpoint(config.model, md5=config.model_md5)
+    path = resolve_checkpoint(config.model)
     return LamaInpainter(
         path,
         device=config.device,

@@ -12,66 +12,26 @@ pasted back inside the mask: :mod:`ieiw.pipelines.inpaint.crops`).
 
 from __future__ import annotations
 
-import hashlib
-import os
-import urllib.parse
 import warnings
 from collections import defaultdict
 from typing import Any
 
 import numpy as np
-import requests
 import torch
 import torch.nn.functional as F
 
 from ieiw.pipelines.inpaint.base import InpaintError, composite
 from ieiw.pipelines.inpaint.crops import Window, cut, mask_window, paste_window
 from ieiw.storage.identity import model_identity
+from ieiw.storage.models import local_model
 
 BIG_LAMA_URL = "https://github.com/Sanster/models/releases/download/add_big_lama/big-lama.pt"
 BIG_LAMA_MD5 = "e3aa4aaa15225a33ec84f9f4bc47e500"
-MAX_CHECKPOINT_BYTES = 1 << 30
 
-
-def default_cache_dir() -> str:
-    return os.environ.get(
-        "IEIW_MODEL_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "ieiw", "models")
-    )
-
-
-def resolve_checkpoint(
-    model: str, cache_dir: str | None = None, md5: str | None = None, timeout: float = 60.0
-) -> str:
-    """A local path for ``model``: the path itself, or a URL downloaded once into the cache."""
-    if not model.startswith(("http://", "https://")):
-        if not os.path.isfile(model):
-            raise FileNotFoundError(f"LaMa checkpoint not found: {model}")
-        return model
-    cache_dir = cache_dir or default_cache_dir()
-    name = os.path.basename(urllib.parse.urlparse(model).path) or "big-lama.pt"
-    target = os.path.join(cache_dir, name)
-    if os.path.isfile(target):
-        return target
-    os.makedirs(cache_dir, exist_ok=True)
-    partial = f"{target}.part-{os.getpid()}"
-    digest = hashlib.md5(usedforsecurity=False)
-    received = 0
-    with requests.get(model, stream=True, timeout=(10, timeout)) as response:
-        response.raise_for_status()
-        with open(partial, "wb") as handle:
-            for chunk in response.iter_content(1 << 20):
-                received += len(chunk)
-                if received > MAX_CHECKPOINT_BYTES:
-                    handle.close()
-                    os.remove(partial)
-                    raise InpaintError(f"{model}: larger than {MAX_CHECKPOINT_BYTES} bytes, refused")
-                digest.update(chunk)
-                handle.write(chunk)
-    if md5 and digest.hexdigest() != md5:
-        os.remove(partial)
-        raise InpaintError(f"{model}: md5 {digest.hexdigest()} does not match {md5}")
-    os.replace(partial, target)
-    return target
+def resolve_checkpoint(model: str) -> str:
+    """A local path for ``model``: the path itself, or a URL (``#md5=``/``#sha256=`` verified) downloaded
+    once into the model cache (:func:`ieiw.storage.models.local_model`)."""
+    return local_model(model)
 
 
 def load_lama(path: str, device: str | torch.device = "cpu") -> torch.jit.ScriptModule:

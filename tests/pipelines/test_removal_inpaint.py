@@ -8,6 +8,7 @@ from tiny_lama import save_tiny_lama
 
 from ieiw.pipelines.inpaint import InpaintConfig, InpaintError, build_inpainter
 from ieiw.pipelines.inpaint.lama import LamaInpainter, pad_to_modulo, resolve_checkpoint
+from ieiw.storage.models import ModelUnavailable
 
 
 def _image_and_mask(height=61, width=83, seed=0):
@@ -61,7 +62,8 @@ def test_pad_to_modulo_is_symmetric_and_minimal():
     assert np.array_equal(padded[5, :6], array[4])  # symmetric padding mirrors the edge row
 
 
-def test_lama_checkpoint_url_is_downloaded_once_and_checked(tmp_path):
+def test_lama_checkpoint_url_is_downloaded_once_and_checked(tmp_path, monkeypatch):
+    monkeypatch.setenv("IEIW_CACHE", str(tmp_path / "cache"))
     payload_path = save_tiny_lama(str(tmp_path / "served.pt"))
     payload = open(payload_path, "rb").read()
     hits = []
@@ -82,12 +84,14 @@ def test_lama_checkpoint_url_is_downloaded_once_and_checked(tmp_path):
     try:
         url = f"http://127.0.0.1:{server.server_port}/models/big-lama.pt"
         md5 = hashlib.md5(payload).hexdigest()
-        cache = str(tmp_path / "cache")
-        first = resolve_checkpoint(url, cache_dir=cache, md5=md5)
-        second = resolve_checkpoint(url, cache_dir=cache, md5=md5)
+        first = resolve_checkpoint(f"{url}#md5={md5}")
+        second = resolve_checkpoint(f"{url}#md5={md5}")
         assert first == second and open(first, "rb").read() == payload and len(hits) == 1
-        with pytest.raises(InpaintError, match="md5"):
-            resolve_checkpoint(url, cache_dir=str(tmp_path / "other"), md5="0" * 32)
+        monkeypatch.setenv("IEIW_CACHE", str(tmp_path / "other"))
+        with pytest.raises(ModelUnavailable, match="md5 does not match"):
+            resolve_checkpoint(f"{url}#md5={'0' * 32}")
+        config = InpaintConfig(backend="lama", model=url, model_md5=md5)
+        assert config.model == f"{url}#md5={md5}"  # a config's md5 travels with the reference
     finally:
         server.shutdown()
 
@@ -95,5 +99,5 @@ def test_lama_checkpoint_url_is_downloaded_once_and_checked(tmp_path):
 def test_lama_without_a_model_is_a_clear_config_error():
     with pytest.raises(ValueError, match="big-lama"):
         build_inpainter(InpaintConfig(backend="lama"))
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(ModelUnavailable, match="/nonexistent/big-lama.pt"):
         build_inpainter(InpaintConfig(backend="lama", model="/nonexistent/big-lama.pt"))

@@ -121,7 +121,7 @@ def _run_build(
 
 @app.command()
 def build(
-    config: Path = typer.Argument(..., exists=True, dir_okay=False, help="build config YAML"),
+    config: str = typer.Argument(..., help="build config YAML (or `demo`, the packaged demo)"),
     stage: list[str] = typer.Option(None, "--stage", help="run only these stages (repeatable)"),
     rebuild: list[str] = typer.Option(
         None,
@@ -169,11 +169,17 @@ def demo(
     output: Path = typer.Option(
         None, "--output", help="folder the demo writes to (default: $IEIW_DEMO_DIR or ./.ieiw/demo)"
     ),
+    plan: bool = typer.Option(False, "--plan", help="print what the demo would do, then stop"),
 ) -> None:
     """Build the demo dataset from the bundled photographs (the packaged demo config), then the gallery."""
     from ieiw.flows.config import load_demo_config
 
     config = load_demo_config(output)
+    if plan:
+        from ieiw.flows.plan import make_plan, print_plan
+
+        print_plan(make_plan(config), console)
+        return
     result = _run_build(config, None, on_change="changed")  # the demo owns its folder: rebuild what changed
     _print_stages(result)
     console.print(f"Shards: {config.output}/<stage>/shards (read them through <stage>/manifest.parquet)")

@@ -319,12 +319,13 @@ class ConfigError(ValueError):
         super().__init__("\n".join(f"{source}: {p}" for p in problems))
 
 
-_VARIABLE = re.compile(r"\$\{(\w+)\}|\$(\w+)")
+_VARIABLE = re.compile(r"\$\{(\w+)(?::-([^}]*))?\}|\$(\w+)")
 
 
 def expand_variables(node: Any, variables: Mapping[str, str], problems: list[str], path: str = "") -> Any:
-    """``${NAME}`` and ``$NAME`` in every string replaced from ``variables``, then the environment; an
-    unset name is a problem naming the field."""
+    """``${NAME}`` and ``$NAME`` in every string replaced from ``variables``, then the environment
+    (``${NAME:-default}``: ``default`` where it is set in neither); an unset name is a problem naming the
+    field."""
     if isinstance(node, dict):
         return {
             key: expand_variables(value, variables, problems, f"{path}.{key}" if path else str(key))
@@ -336,8 +337,10 @@ def expand_variables(node: Any, variables: Mapping[str, str], problems: list[str
         return node
 
     def substitute(match: re.Match) -> str:
-        name = match.group(1) or match.group(2)
+        name = match.group(1) or match.group(3)
         value = variables.get(name, os.environ.get(name))
+        if value is None and match.group(2) is not None:
+            return match.group(2)
         if value is None:
             problems.append(
                 f"{path or '(top)'}: uses ${{{name}}}, but {name} is not set; "
@@ -486,6 +489,8 @@ def read_yaml(path: Path) -> Any:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(str(path), ["no such file"]) from None
+    except IsADirectoryError:
+        raise ConfigError(str(path), ["a folder, not a config file"]) from None
     except OSError as error:
         raise ConfigError(str(path), [f"cannot be read ({error.strerror or error})"]) from None
     try:

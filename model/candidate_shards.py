@@ -27,7 +27,7 @@ from ieiw.model.inputs import input_identities
 from ieiw.storage import fs
 from ieiw.storage.images import decode_image, encode_image
 from ieiw.storage.schema import SampleMeta, stable_key
-from ieiw.storage.shards import SHARD_SUFFIX, expand_shard_urls, iter_tar_groups
+from ieiw.storage.shards import SHARD_SUFFIX, expand_shard_urls, iter_shard_samples, shard_index
 
 FORMAT = "ieiw-candidates/1"
 
@@ -116,15 +116,7 @@ class CandidateShardWriter:
         if self._tar is None:
             self._start()
         assert self._tar is not None
-        members = {"src.png": encode_image(candidate_set.source, "png")}
-        for index, image in enumerate(candidate_set.candidates):
-            members[candidate_member(index)] = encode_image(image, "png")
-        members["json"] = header.model_dump_json().encode("utf-8")
-        mtime = time.time()
-        for ext, data in members.items():
-            info = tarfile.TarInfo(f"{header.key}.{ext}")
-            info.size, info.mtime = len(data), mtime
-            self._tar.addfile(info, io.BytesIO(data))
+        _add_members(self._tar, header.key, candidate_members(candidate_set), time.time())
         self._count += 1
         return self._url
 
@@ -158,6 +150,37 @@ def write_candidate_sets(
     return writer.written
 
 
+def candidate_members(candidate_set: CandidateSet) -> dict[str, bytes]:
+    """The members of one candidate group, by extension: ``src.png``, ``cand_NN.png``, ``json``."""
+    header = candidate_set.header
+    if len(header.settings) != len(candidate_set.candidates):
+        raise ValueError(
+            f"{header.key}: {len(candidate_set.candidates)} images for {len(header.settings)} settings"
+        )
+    members = {"src.png": encode_image(candidate_set.source, "png")}
+    for index, image in enumerate(candidate_set.candidates):
+        members[candidate_member(index)] = encode_image(image, "png")
+    members["json"] = header.model_dump_json().encode("utf-8")
+    return members
+
+
+def _add_members(tar: tarfile.TarFile, key: str, members: dict[str, bytes], mtime: float) -> None:
+    for ext, data in members.items():
+        info = tarfile.TarInfo(f"{key}.{ext}")
+        info.size, info.mtime = len(data), mtime
+        tar.addfile(info, io.BytesIO(data))
+
+
+def candidate_shard(sets: Iterable[CandidateSet]) -> bytes:
+    """One shard holding ``sets``, as bytes (a candidates batch's file). Every member's time is 0, so the
+    same sets make the same bytes whenever they are made."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for candidate_set in sets:
+            _add_members(tar, candidate_set.key, candidate_members(candidate_set), 0)
+    return buffer.getvalue()
+
+
 # ---------------------------------------------------------------------------------------------- reading
 
 
@@ -170,31 +193,45 @@ def decode_candidate_set(members: dict[str, bytes]) -> CandidateSet:
 
 
 def iter_candidate_sets(urls: Iterable[str] | str) -> Iterator[CandidateSet]:
-    """Stream every candidate set of the given shards or folders of shards."""
-    for url in expand_shard_urls(urls):
-        for _, members in iter_tar_groups(url):
-            yield decode_candidate_set(members)
+    """Stream every candidate set of the given shards or folders of shards (the one shard reader,
+    :func:`ieiw.storage.shards.iter_shard_samples`)."""
+    for raw in iter_shard_samples(urls):
+        yield decode_candidate_set(raw)
 
 
 def iter_candidate_headers(urls: Iterable[str] | str) -> Iterator[CandidateHeader]:
     """Stream only the headers (no image decoding)."""
-    for url in expand_shard_urls(urls):
-        for _, members in iter_tar_groups(url):
-            yield CandidateHeader.model_validate_json(members["json"])
+    for raw in iter_shard_samples(urls):
+        yield CandidateHeader.model_validate_json(raw["json"])
+
+
+def _is_header(ext: str) -> bool:
+    return ext == "json"
 
 
 @dataclass(frozen=True)
 class MemberLocation:
+    """Where one member's bytes lie in its shard."""
+
     url: str
     offset: int
     size: int
 
 
+def read_member(location: MemberLocation) -> bytes:
+    """One member's bytes: one seek and one read."""
+    filesystem, path = fs.get_fs(location.url)
+    with filesystem.open(path, "rb") as handle:
+        handle.seek(location.offset)
+        return handle.read(location.size)
+
+
 class CandidateIndex:
     """Random access to the members of candidate shards: where each image's bytes lie in its tar.
 
-    Building it reads only tar headers and the small ``json`` members; an image is then one seek
-    and one read, so the review app serves thousands of candidates without unpacking anything.
+    Building it reads only tar headers and the small ``json`` members
+    (:func:`ieiw.storage.shards.shard_index`); an image is then one seek and one read, so the review app
+    serves thousands of candidates without unpacking anything.
     """
 
     def __init__(self) -> None:
@@ -220,20 +257,13 @@ class CandidateIndex:
         return {"candidates": "headers:" + stable_key(headers)}
 
     def _add_shard(self, url: str) -> None:
-        filesystem, path = fs.get_fs(url)
-        with filesystem.open(path, "rb") as handle, tarfile.open(fileobj=handle, mode="r:") as tar:
-            for info in tar:
-                if not info.isfile() or "." not in info.name:
-                    continue
-                key, ext = info.name.rsplit("/", 1)[-1].split(".", 1)
-                self._members[(key, ext)] = MemberLocation(url, info.offset_data, info.size)
-                if ext == "json":
-                    extracted = tar.extractfile(info)
-                    assert extracted is not None
-                    header = CandidateHeader.model_validate_json(extracted.read())
-                    if header.format != FORMAT:
-                        raise ValueError(f"{url}: {header.key}: unknown candidate format {header.format!r}")
-                    self.headers[header.key] = header
+        for found in shard_index(url, read=_is_header):
+            self._members[(found.key, found.ext)] = MemberLocation(url, found.offset, found.size)
+            if found.data is not None:
+                header = CandidateHeader.model_validate_json(found.data)
+                if header.format != FORMAT:
+                    raise ValueError(f"{url}: {header.key}: unknown candidate format {header.format!r}")
+                self.headers[header.key] = header
 
     def __len__(self) -> int:
         return len(self.headers)
@@ -241,13 +271,13 @@ class CandidateIndex:
     def __contains__(self, key: str) -> bool:
         return key in self.headers
 
+    def location(self, key: str, member: str) -> MemberLocation:
+        """Where ``<key>.<member>`` lies (e.g. ``src.png``, ``cand_03.png``); KeyError if absent."""
+        return self._members[(key, member)]
+
     def read(self, key: str, member: str) -> bytes:
         """The bytes of ``<key>.<member>`` (e.g. ``src.png``, ``cand_03.png``); KeyError if absent."""
-        location = self._members[(key, member)]
-        filesystem, path = fs.get_fs(location.url)
-        with filesystem.open(path, "rb") as handle:
-            handle.seek(location.offset)
-            return handle.read(location.size)
+        return read_member(self.location(key, member))
 
     def image(self, key: str, member: str) -> np.ndarray:
         return decode_image(self.read(key, member))

@@ -2,11 +2,13 @@
 
 Each data-loader worker reads an endless stream of *blocks*. Block ``i`` of logical worker ``w``
 draws ``shards_per_block`` shards (a shard set, then a shard of that set, with replacement), reads
-them interleaved with WebDataset's tar reader, and shuffles them through a
-buffer, all seeded by ``(seed, rank, w, i)``. A sample's crop and flip are seeded by its place in
-the stream. So a position ``(block, offset)`` fixes everything that follows: every batch carries
-the position after it, the trainer keeps the last one per worker in its checkpoints, and a resumed
-run skips at most one block's raw (undecoded) samples to continue exactly where it stopped.
+them with the project's one shard reader (:func:`ieiw.storage.shards.shard_samples`, WebDataset's tar
+reader over fsspec), interleaves them one sample each in turn (``webdataset.RoundRobin``) and shuffles
+them through a buffer (``webdataset.shuffle``), all seeded by ``(seed, rank, w, i)``. A sample's crop
+and flip are seeded by its place in the stream. So a position ``(block, offset)`` fixes everything that
+follows: every batch carries the position after it, the trainer keeps the last one per worker in its
+checkpoints, and a resumed run skips at most one block's raw (undecoded) samples to continue exactly
+where it stopped.
 
 The mix is per *sample*: a set is drawn with probability proportional to its weight divided by its
 mean samples per shard (measured on a few of its shards), so sets whose shards hold more or fewer
@@ -40,22 +42,19 @@ import json
 import logging
 import math
 import random
-import tarfile
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
-from webdataset.filters import _shuffle
-from webdataset.tariterators import group_by_keys, tar_file_expander
 
 from ieiw.model.buckets import Buckets, Shape
 from ieiw.model.conditioning import SIZE_COND
 from ieiw.model.sample_decode import bucket_of, decode_item
-from ieiw.storage import fs
-from ieiw.storage.shards import expand_shard_urls
+from ieiw.storage.shards import ShardReadError, count_samples, expand_shard_urls, shard_samples
 
 log = logging.getLogger(__name__)
 
@@ -112,13 +111,21 @@ class StreamState:
         self.seen.update(batch.get("source", ()))
 
     def to_json(self) -> dict:
-        return {"num_workers": self.num_workers, "positions": self.positions, "batches": self.batches,
-                "seen": dict(self.seen)}
+        return {
+            "num_workers": self.num_workers,
+            "positions": self.positions,
+            "batches": self.batches,
+            "seen": dict(self.seen),
+        }
 
     @classmethod
     def from_json(cls, data: dict) -> StreamState:
-        return cls(data["num_workers"], [tuple(p) for p in data["positions"]], data["batches"],
-                   Counter(data.get("seen", {})))
+        return cls(
+            data["num_workers"],
+            [tuple(p) for p in data["positions"]],
+            data["batches"],
+            Counter(data.get("seen", {})),
+        )
 
 
 class ShardStream(IterableDataset):
@@ -191,15 +198,25 @@ class ShardStream(IterableDataset):
                     yield from self._bucket_batch(worker, block, group, shape, position, drops)
             empty = empty + 1 if seen == 0 else 0
             if empty >= MAX_EMPTY_BLOCKS:
-                raise RuntimeError(f"{MAX_EMPTY_BLOCKS} blocks in a row held no samples: "
-                                   "are the shards empty?")
+                raise RuntimeError(
+                    f"{MAX_EMPTY_BLOCKS} blocks in a row held no samples: are the shards empty?"
+                )
             block, skip = block + 1, 0
 
-    def _bucket_batch(self, worker: int, block: int, group: list[tuple[int, dict]], shape: Shape,
-                      position: tuple[int, int, int], drops: Counter) -> Iterator[dict]:
+    def _bucket_batch(
+        self,
+        worker: int,
+        block: int,
+        group: list[tuple[int, dict]],
+        shape: Shape,
+        position: tuple[int, int, int],
+        drops: Counter,
+    ) -> Iterator[dict]:
         """The batch of one bucket's samples (none when not one of them could be decoded)."""
-        items = [decode_item(raw, self._sample_rng(worker, block, offset), self.settings, drops, shape)
-                 for offset, raw in group]
+        items = [
+            decode_item(raw, self._sample_rng(worker, block, offset), self.settings, drops, shape)
+            for offset, raw in group
+        ]
         items = [i for i in items if i is not None]
         if items:
             yield collate(items, position, drops)
@@ -218,8 +235,9 @@ class ShardStream(IterableDataset):
                     yield block, offset, item
             empty = empty + 1 if seen == 0 else 0
             if empty >= MAX_EMPTY_BLOCKS:
-                raise RuntimeError(f"{MAX_EMPTY_BLOCKS} blocks in a row held no samples: "
-                                   "are the shards empty?")
+                raise RuntimeError(
+                    f"{MAX_EMPTY_BLOCKS} blocks in a row held no samples: are the shards empty?"
+                )
             block, skip = block + 1, 0
 
     def _block(self, worker: int, block: int, drops: Counter) -> Iterator[dict]:
@@ -230,7 +248,8 @@ class ShardStream(IterableDataset):
             shard_set = rng.choices(self.sets, weights=self.shard_weights)[0]
             chosen.append((rng.choice(shard_set.urls), shard_set))
         streams = [read_shard(url, x.text_field, drops, x.name) for url, x in chosen]
-        return _shuffle(interleave(streams), bufsize=s.shuffle_buffer, initial=s.shuffle_buffer, rng=rng)
+        mixed = iter(wds.RoundRobin(streams, longest=True))  # one sample of each shard in turn
+        return wds.shuffle(bufsize=s.shuffle_buffer, initial=s.shuffle_buffer, rng=rng)(mixed)
 
     def _sample_rng(self, worker: int, block: int, offset: int) -> random.Random:
         s = self.settings
@@ -238,35 +257,19 @@ class ShardStream(IterableDataset):
 
 
 def read_shard(url: str, text_field: str, drops: Counter, source: str = "") -> Iterator[dict]:
-    """The raw samples (``{"__key__", extension: bytes}``) of one shard, read with WebDataset."""
+    """The raw samples (``{"__key__", extension: bytes}``) of one shard, read by the project's one shard
+    reader (:func:`ieiw.storage.shards.shard_samples`); unreadable data is counted in ``drops`` and
+    ends the shard instead of the training run."""
 
     def count_and_continue(exn: Exception) -> bool:
         drops["unreadable-shard"] += 1
-        log.warning("skipping unreadable data in %s: %s", url, exn)
+        log.warning("%s: the shard ends here", exn)
         return True
 
-    filesystem, path = fs.get_fs(url)
-    with filesystem.open(path, "rb") as stream:
-        files = tar_file_expander([{"url": url, "stream": stream}], handler=count_and_continue)
-        for sample in group_by_keys(files, handler=count_and_continue):
-            sample["__text_field__"] = text_field
-            sample["__source__"] = source
-            yield sample
-
-
-def count_shard_samples(url: str) -> int:
-    """The samples of one shard, from its tar headers only (member data is skipped, not read)."""
-    filesystem, path = fs.get_fs(url)
-    keys, last = 0, None
-    with filesystem.open(path, "rb") as stream, tarfile.open(fileobj=stream, mode="r:") as tar:
-        for info in tar:
-            base = info.name.rsplit("/", 1)[-1]
-            if not info.isfile() or "." not in base:
-                continue
-            key = info.name[: len(info.name) - len(base)] + base.split(".", 1)[0]
-            if key != last:
-                keys, last = keys + 1, key
-    return keys
+    for sample in shard_samples(url, on_error=count_and_continue):
+        sample["__text_field__"] = text_field
+        sample["__source__"] = source
+        yield sample
 
 
 def measure_samples_per_shard(urls: list[str], most: int = SHARDS_MEASURED) -> float:
@@ -278,8 +281,8 @@ def measure_samples_per_shard(urls: list[str], most: int = SHARDS_MEASURED) -> f
     counts = []
     for i in picked:
         try:
-            counts.append(count_shard_samples(urls[i]))
-        except (OSError, tarfile.TarError) as exc:
+            counts.append(count_samples(urls[i]))
+        except (OSError, ShardReadError) as exc:
             log.warning("cannot count the samples of %s: %s", urls[i], exc)
     return sum(counts) / len(counts) if counts else 0.0
 
@@ -300,20 +303,12 @@ def estimated_samples(sets: list[SourceSet]) -> int:
     return math.ceil(total)
 
 
-def interleave(streams: list[Iterator[dict]]) -> Iterator[dict]:
-    """Round-robin over ``streams`` until all are exhausted."""
-    active = list(streams)
-    while active:
-        for stream in list(active):
-            try:
-                yield next(stream)
-            except StopIteration:
-                active.remove(stream)
-
-
 def collate(items: list[dict], position: tuple[int, int, int], drops: Counter) -> dict:
-    batch: dict = {"text": [i["text"] for i in items], "key": [i["key"] for i in items],
-                   "source": [i["source"] for i in items]}
+    batch: dict = {
+        "text": [i["text"] for i in items],
+        "key": [i["key"] for i in items],
+        "source": [i["source"] for i in items],
+    }
     for name in ("src", "tgt", "src_lat", "tgt_lat", SIZE_COND):
         if name in items[0]:
             batch[name] = torch.stack([i[name] for i in items])
@@ -326,8 +321,13 @@ def make_loader(sets: list[SourceSet], settings: StreamSettings, state: StreamSt
     """A data loader over :class:`ShardStream`; ``state.num_workers`` worker processes (0: in process)."""
     stream = ShardStream(sets, settings, state)
     workers = state.num_workers
-    return DataLoader(stream, batch_size=None, num_workers=workers, persistent_workers=False,
-                      prefetch_factor=2 if workers else None)
+    return DataLoader(
+        stream,
+        batch_size=None,
+        num_workers=workers,
+        persistent_workers=False,
+        prefetch_factor=2 if workers else None,
+    )
 
 
 def expand_sets(sets) -> list[SourceSet]:
@@ -348,8 +348,16 @@ def expand_sets(sets) -> list[SourceSet]:
 def mix_report(names: list[str], weights: list[float], counts: list[int]) -> dict:
     """Samples seen per set against the configured weights: ``share`` should be near ``weight_share``."""
     total, weight_total = sum(counts), sum(weights)
-    rows = [{"name": n, "weight": w, "weight_share": w / weight_total, "samples": c,
-             "share": c / total if total else 0.0} for n, w, c in zip(names, weights, counts, strict=True)]
+    rows = [
+        {
+            "name": n,
+            "weight": w,
+            "weight_share": w / weight_total,
+            "samples": c,
+            "share": c / total if total else 0.0,
+        }
+        for n, w, c in zip(names, weights, counts, strict=True)
+    ]
     return {"samples": total, "sets": rows}
 
 

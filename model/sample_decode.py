@@ -1,7 +1,7 @@
 """One training sample from its raw tar members: the text it trains on, its bucket, and its source
 and target cropped and flipped identically (images, or cached latents written by
-:mod:`ieiw.model.latent_cache`). :mod:`ieiw.model.data` streams raw samples and batches what this
-module decodes."""
+:mod:`ieiw.model.latent_cache`). :mod:`ieiw.model.data` streams raw samples (as the one shard reader,
+:func:`ieiw.storage.shards.shard_samples`, gives them) and batches what this module decodes."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from ieiw.model.buckets import Shape, crop_pair, image_size
 from ieiw.model.conditioning import SIZE_COND
 from ieiw.storage.images import decode_image
 from ieiw.storage.schema import SampleMeta
+from ieiw.storage.shards import member as find_member  # the one rule for "the member <stem>.*"
 
 if TYPE_CHECKING:
     from ieiw.model.data import StreamSettings
@@ -79,8 +80,9 @@ def sample_text(meta: SampleMeta, text_field: str) -> str | None:
     return getattr(meta, text_field)
 
 
-def decode_item(raw: dict, rng: random.Random, s: StreamSettings, drops: Counter,
-                shape: Shape | None = None) -> dict | None:
+def decode_item(
+    raw: dict, rng: random.Random, s: StreamSettings, drops: Counter, shape: Shape | None = None
+) -> dict | None:
     """Decode one raw sample and apply the same random crop and flip to source and target (to
     ``shape``, a bucket, or a square of ``s.resolution``)."""
     try:
@@ -93,8 +95,14 @@ def decode_item(raw: dict, rng: random.Random, s: StreamSettings, drops: Counter
             return None
         if LATENT_MEMBER in raw:
             src, tgt, ids = crop_latents(_latents(raw), s, rng, shape)
-            return {"src_lat": src, "tgt_lat": tgt, "text": text, "key": meta.key,
-                    "source": raw.get("__source__", ""), SIZE_COND: torch.tensor(ids)}
+            return {
+                "src_lat": src,
+                "tgt_lat": tgt,
+                "text": text,
+                "key": meta.key,
+                "source": raw.get("__source__", ""),
+                SIZE_COND: torch.tensor(ids),
+            }
         src_img = decode_image(find_member(raw, "src"))
         tgt_img = decode_image(find_member(raw, "tgt"))
     except KeyError as exc:
@@ -106,15 +114,14 @@ def decode_item(raw: dict, rng: random.Random, s: StreamSettings, drops: Counter
         log.warning("sample %s cannot be decoded: %s", raw.get("__key__"), exc)
         return None
     src, tgt, ids = crop_pair(src_img, tgt_img, shape or (s.resolution, s.resolution), s.random_flip, rng)
-    return {"src": to_tensor(src), "tgt": to_tensor(tgt), "text": text, "key": meta.key,
-            "source": raw.get("__source__", ""), SIZE_COND: torch.tensor(ids)}
-
-
-def find_member(raw: dict, stem: str) -> bytes:
-    for name, value in raw.items():
-        if name.split(".", 1)[0] == stem and isinstance(value, bytes):
-            return value
-    raise KeyError(f"{stem}.*")
+    return {
+        "src": to_tensor(src),
+        "tgt": to_tensor(tgt),
+        "text": text,
+        "key": meta.key,
+        "source": raw.get("__source__", ""),
+        SIZE_COND: torch.tensor(ids),
+    }
 
 
 def resize_short_side(image: np.ndarray, size: int, like: tuple[int, int] | None = None) -> np.ndarray:
@@ -136,8 +143,9 @@ def crop_and_flip(
     return src, tgt
 
 
-def crop_latents(tensors: dict[str, torch.Tensor], s: StreamSettings, rng: random.Random,
-                 shape: Shape | None = None):
+def crop_latents(
+    tensors: dict[str, torch.Tensor], s: StreamSettings, rng: random.Random, shape: Shape | None = None
+):
     """The cached-latent counterpart of :func:`crop_and_flip` (flips use the cached flipped latents), to
     ``shape`` (a bucket) or a square of ``s.resolution``; also returns the crop's SDXL size ids."""
     flipped = s.random_flip and rng.random() < 0.5

@@ -1,18 +1,22 @@
-"""WebDataset tar shards: a bounded, atomic writer and a streaming reader.
+"""WebDataset tar shards: a bounded, atomic writer and the project's one shard reader.
 
 A shard holds, per sample, ``<key>.src.<ext>``, ``<key>.tgt.<ext>``, an optional
 ``<key>.mask.png`` and ``<key>.json`` (the :class:`~storage.schema.SampleMeta`). Any WebDataset
-reader opens them; :func:`iter_samples` reads them back here, also from fsspec URLs.
+reader opens them. Every reader here, the trainer's stream included, reads tars through
+:func:`shard_samples` (WebDataset's tar expander and key grouping over fsspec streams), or, for random
+access and counting, :func:`shard_index` (tar headers only). Which shards a stage folder holds is its
+committed manifest's say (:func:`expand_shard_urls`), never a folder listing.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import json
 import tarfile
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -65,11 +69,12 @@ def difference_mask(sample: Sample, threshold: int = DIFFERENCE_THRESHOLD) -> np
 
 
 def decode_sample(members: dict[str, bytes]) -> Sample:
-    """Rebuild a :class:`Sample` from the members of one tar group."""
+    """Rebuild a :class:`Sample` from the members of one tar group (or a raw sample of
+    :func:`shard_samples`)."""
     record = json.loads(members["json"])
     meta = SampleMeta.model_validate(record)
-    src = _one(members, "src")
-    tgt = _one(members, "tgt")
+    src = member(members, "src")
+    tgt = member(members, "tgt")
     mask = members.get("mask.png") if record.get("mask_kind", "given") == "given" else None
     return Sample(
         meta=meta,
@@ -77,13 +82,6 @@ def decode_sample(members: dict[str, bytes]) -> Sample:
         target=decode_image(tgt),
         mask=decode_image(mask, "L") if mask is not None else None,
     )
-
-
-def _one(members: dict[str, bytes], stem: str) -> bytes:
-    for name, data in members.items():
-        if name.split(".", 1)[0] == stem:
-            return data
-    raise KeyError(f"sample has no {stem}.* member (has {sorted(members)})")
 
 
 @dataclass
@@ -178,42 +176,157 @@ class ShardWriter:
         self._tar = self._context = self._handle = self._current = None
 
 
-def iter_tar_groups(url: str) -> Iterator[tuple[str, dict[str, bytes]]]:
-    """Yield ``(key, {extension: bytes})`` for each sample of one tar shard, streaming."""
+# ---------------------------------------------------------------------------------------------- reading
+#
+# One reader for every shard of the project (ours, candidate and latent-cache shards, anyone's WebDataset):
+# WebDataset's own tar expander and key grouping (``webdataset.tariterators``) over a stream that fsspec
+# opens, so ``s3://``, ``memory://`` and local paths read alike and a sample is exactly what
+# ``webdataset.WebDataset`` makes of it. WebDataset's ``tarfile_samples`` differs only in opening URLs with
+# its own ``gopen``, which knows no fsspec file systems. WebDataset is imported where it reads: importing
+# it imports torch, seconds that a command which never reads a shard should not pay.
+
+ErrorHandler = Callable[[Exception], bool]
+
+
+class ShardReadError(tarfile.ReadError):
+    """A shard that cannot be read to its end: truncated, corrupt, not a tar, or holding a member twice.
+
+    A :class:`tarfile.TarError`, so code that catches tar errors catches it; ``url`` names the shard and
+    ``reason`` says what was wrong (the original exception is its ``__cause__``).
+    """
+
+    def __init__(self, url: str, reason: BaseException | str) -> None:
+        self.url = url
+        self.reason = reason if isinstance(reason, str) else _reason(reason)
+        super().__init__(f"shard {url} is unreadable: {self.reason}")
+
+    def __reduce__(self):
+        return type(self), (self.url, self.reason)
+
+
+def _reason(exn: BaseException) -> str:
+    """What went wrong, without the stream objects WebDataset appends to an exception's ``args``."""
+    first = exn.args[0] if exn.args else None
+    text = first.split(" @ ", 1)[0] if isinstance(first, str) else (getattr(exn, "strerror", None) or "")
+    return f"{type(exn).__name__}: {text}" if text else type(exn).__name__
+
+
+def shard_samples(url: str, on_error: ErrorHandler | None = None) -> Iterator[dict]:
+    """The samples of one shard, as WebDataset gives them: ``{"__key__", "__url__", <ext>: bytes}``.
+
+    Consecutive members are grouped into samples by key, the file name up to its first dot: the member
+    ``<key>.src.png`` is the sample's ``src.png``. Without ``on_error``, a shard that cannot be read to its
+    end raises :class:`ShardReadError` after the samples before the damage; with it, each error is handed
+    to ``on_error`` as a :class:`ShardReadError` and reading goes on while it returns True (WebDataset's
+    handler rule: a damaged tar then ends the shard). A shard that cannot be opened raises the file
+    system's ``OSError`` either way.
+    """
+    from webdataset import reraise_exception
+    from webdataset.tariterators import group_by_keys, tar_file_expander
+
     filesystem, path = fs.get_fs(url)
-    with filesystem.open(path, "rb") as handle, tarfile.open(fileobj=handle, mode="r|*") as tar:
-        key: str | None = None
-        group: dict[str, bytes] = {}
-        for info in tar:
-            if not info.isfile():
-                continue
-            base = info.name.rsplit("/", 1)[-1]
-            if "." not in base:
-                continue
-            member_key, ext = base.split(".", 1)
-            extracted = tar.extractfile(info)
-            data = extracted.read() if extracted is not None else b""
-            if key is not None and member_key != key:
-                yield key, group
-                group = {}
-            key = member_key
-            group[ext] = data
-        if key is not None:
-            yield key, group
+    with filesystem.open(path, "rb") as stream:
+        handler = reraise_exception if on_error is None else functools.partial(_handed, on_error, url)
+        files = tar_file_expander([{"url": url, "stream": stream}], handler=handler)
+        samples = group_by_keys(files, handler=handler)
+        if on_error is not None:
+            yield from samples
+            return
+        try:
+            yield from samples
+        except Exception as exn:  # anything the tar reader raises: the consumer's errors stay its own
+            raise ShardReadError(url, exn) from exn
 
 
-def iter_samples(urls: Iterable[str]) -> Iterator[Sample]:
+def _handed(on_error: ErrorHandler, url: str, exn: Exception) -> bool:
+    error = ShardReadError(url, exn)
+    error.__cause__ = exn
+    return on_error(error)
+
+
+def iter_shard_samples(urls: Iterable[str] | str, on_error: ErrorHandler | None = None) -> Iterator[dict]:
+    """:func:`shard_samples` of every shard of ``urls`` (stage folders, shard files or folders of shards,
+    resolved by :func:`expand_shard_urls`), one shard after another."""
+    for url in expand_shard_urls(urls):
+        yield from shard_samples(url, on_error)
+
+
+def sample_members(raw: dict) -> dict[str, bytes]:
+    """The tar members of one raw sample by extension, without WebDataset's ``__key__``/``__url__``."""
+    return {name: value for name, value in raw.items() if not name.startswith("__")}
+
+
+def member(members: dict, stem: str) -> bytes:
+    """The bytes of the member ``<stem>.*`` (``src`` finds ``src.png`` or ``src.jpg``); KeyError if none."""
+    for name, value in members.items():
+        if name.split(".", 1)[0] == stem and isinstance(value, bytes):
+            return value
+    raise KeyError(
+        f"sample has no {stem}.* member (has {sorted(n for n in members if not n.startswith('__'))})"
+    )
+
+
+def iter_tar_groups(url: str) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """``(key, {extension: bytes})`` for each sample of one shard (:func:`shard_samples`)."""
+    for raw in shard_samples(url):
+        yield raw["__key__"], sample_members(raw)
+
+
+def iter_samples(urls: Iterable[str] | str) -> Iterator[Sample]:
     """Yield every sample of the given shards (files or directories of shards), in order."""
-    for url in expand_shard_urls(urls):
-        for _, members in iter_tar_groups(url):
-            yield decode_sample(members)
+    for raw in iter_shard_samples(urls):
+        yield decode_sample(raw)
 
 
-def iter_metas(urls: Iterable[str]) -> Iterator[SampleMeta]:
+def iter_metas(urls: Iterable[str] | str) -> Iterator[SampleMeta]:
     """Yield only the metadata of every sample, without decoding images."""
-    for url in expand_shard_urls(urls):
-        for _, members in iter_tar_groups(url):
-            yield SampleMeta.model_validate(json.loads(members["json"]))
+    for raw in iter_shard_samples(urls):
+        yield SampleMeta.model_validate_json(raw["json"])
+
+
+@dataclass(frozen=True)
+class TarMember:
+    """Where one member's bytes lie in its shard (``data`` holds them when the index was asked to read it)."""
+
+    key: str
+    ext: str
+    offset: int
+    size: int
+    data: bytes | None = None
+
+
+def shard_index(url: str, read: Callable[[str], bool] | None = None) -> list[TarMember]:
+    """The members of one shard from its tar headers, keyed as :func:`shard_samples` keys them; member data
+    is skipped (seeked over), except that of members whose extension ``read`` accepts.
+
+    For random access (one seek and one read per member later) and for counting samples cheaply.
+    """
+    from webdataset.tariterators import base_plus_ext
+
+    filesystem, path = fs.get_fs(url)
+    out: list[TarMember] = []
+    with filesystem.open(path, "rb") as handle:
+        try:
+            with tarfile.open(fileobj=handle, mode="r:") as tar:
+                for info in tar:
+                    key, ext = base_plus_ext(info.name) if info.isreg() else (None, None)
+                    if key is None:
+                        continue
+                    ext = ext.lower()
+                    data = None
+                    if read is not None and read(ext):
+                        extracted = tar.extractfile(info)
+                        data = extracted.read() if extracted is not None else b""
+                    out.append(TarMember(key, ext, info.offset_data, info.size, data))
+        except (tarfile.TarError, EOFError) as exn:
+            raise ShardReadError(url, exn) from exn
+    return out
+
+
+def count_samples(url: str) -> int:
+    """The samples of one shard, from its tar headers only (member data is not read)."""
+    keys = [m.key for m in shard_index(url)]
+    return sum(1 for i, key in enumerate(keys) if i == 0 or key != keys[i - 1])
 
 
 def expand_shard_urls(urls: Iterable[str] | str) -> list[str]:

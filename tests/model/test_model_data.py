@@ -13,9 +13,10 @@ import pytest
 import torch
 from synthetic_edits import make_sample, write_synthetic_shards
 
-from ieiw.model.data import SourceSet, StreamSettings, StreamState, make_loader
+from ieiw.model.data import SourceSet, StreamSettings, StreamState, make_loader, read_shard
 from ieiw.model.sample_decode import crop_and_flip, decode_item
-from ieiw.storage.shards import ShardSpec, encode_sample
+from ieiw.storage import fs
+from ieiw.storage.shards import ShardSpec, encode_sample, shard_index, shard_samples
 
 
 def test_source_and_target_get_the_same_crop_and_flip():
@@ -36,8 +37,7 @@ def test_source_and_target_get_the_same_crop_and_flip():
 def test_decode_item_applies_one_crop_to_both(edit_shards):
     sample = make_sample(np.random.default_rng(5), 0, size=32)
     sample.target = 255 - sample.source
-    raw = {"__key__": sample.key, "__text_field__": "instruction",
-           **encode_sample(sample, ShardSpec())}
+    raw = {"__key__": sample.key, "__text_field__": "instruction", **encode_sample(sample, ShardSpec())}
     drops: Counter = Counter()
     item = decode_item(raw, random.Random(3), StreamSettings(resolution=24), drops)
     assert item["src"].shape == (3, 24, 24) and item["text"] == sample.meta.instruction
@@ -46,8 +46,13 @@ def test_decode_item_applies_one_crop_to_both(edit_shards):
 
 
 def _batches(sets, state, n, **settings):
-    loader = make_loader(sets, StreamSettings(**{"resolution": 24, "batch_size": 4, "shuffle_buffer": 8,
-                                                 "shards_per_block": 2, **settings}), state)
+    loader = make_loader(
+        sets,
+        StreamSettings(
+            **{"resolution": 24, "batch_size": 4, "shuffle_buffer": 8, "shards_per_block": 2, **settings}
+        ),
+        state,
+    )
     out = []
     for batch in itertools.islice(iter(loader), n):
         state.advance(batch)
@@ -86,10 +91,12 @@ def test_bad_samples_are_counted_not_fatal(tmp_path):
     good = [make_sample(rng, i) for i in range(6)]
     shard = tmp_path / "bad.tar"
     with tarfile.open(shard, "w") as tar:
+
         def add(name, data):
             info = tarfile.TarInfo(name)
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
+
         for i, sample in enumerate(good):
             members = encode_sample(sample, ShardSpec())
             if i == 1:
@@ -113,3 +120,36 @@ def test_empty_shards_raise_a_clear_error(tmp_path):
         pass
     with pytest.raises(RuntimeError, match="held no samples"):
         _batches([SourceSet([str(shard)])], StreamState(0), 1)
+
+
+def test_a_truncated_shard_is_counted_and_the_stream_goes_on(tmp_path):
+    """The trainer reads through the one shard reader, lenient: the samples before the damage train, the
+    damage is a counted drop, and the next block reads on."""
+    (whole,) = write_synthetic_shards(str(tmp_path / "whole"), 8, 8, seed=3)
+    complete = [r["__key__"] for r in shard_samples(whole)]
+    fourth = next(m for m in shard_index(whole) if m.key == complete[3])
+    cut = tmp_path / "cut.tar"
+    cut.write_bytes(fs.read_bytes(whole)[: fourth.offset + fourth.size // 2])  # inside its first member
+    drops: Counter = Counter()
+    assert [r["__key__"] for r in read_shard(str(cut), "instruction", drops)] == complete[:3]
+    assert drops["unreadable-shard"] >= 1
+    batches = _batches([SourceSet([str(cut)])], StreamState(0), 6, batch_size=2, shards_per_block=1)
+    assert {k for b in batches for k in b["key"]} == set(complete[:3])
+    assert batches[-1]["drops"]["unreadable-shard"] >= 3  # every block that read the shard counted it
+
+
+def test_the_stream_reads_fsspec_urls_as_it_reads_files(tmp_path):
+    """The same shards under ``memory://`` and on disk give the same batches for a seed; another seed or
+    another rank gives another order of the same data."""
+    local = write_synthetic_shards(str(tmp_path / "local"), 24, 6, seed=4)
+    remote = write_synthetic_shards("memory://stream-test/shards", 24, 6, seed=4)
+    assert remote[0].startswith("memory://")
+
+    def keys(urls, **settings):
+        # one shard a block: fsspec's memory file system hands every open of a path the same file object
+        batches = _batches([SourceSet(urls)], StreamState(0), 8, shards_per_block=1, **settings)
+        return [k for b in batches for k in b["key"]]
+
+    assert keys(remote) == keys(local) == keys(local)
+    for other in ({"seed": 1}, {"rank": 1}):
+        assert keys(local, **other) != keys(local)

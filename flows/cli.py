@@ -192,6 +192,13 @@ def inspect(
     n: int = typer.Option(5, help="how many samples to list"),
 ) -> None:
     """Counts by task and instruction source, drops by reason, and a few samples."""
+    builds = [path for path in shards if _build_stages(path)]
+    if builds:
+        for path in builds:
+            console.print(f"{escape(path)} is a build's folder; name one of its stages:")
+            for stage, rows, kept in _build_stages(path):
+                console.print(f"  ieiw inspect {escape(stage)}   ({kept} samples kept of {rows} rows)")
+        raise typer.Exit(2)
     urls = expand_shard_urls(_shard_inputs(shards))
     tasks: collections.Counter = collections.Counter()
     sources: collections.Counter = collections.Counter()
@@ -212,6 +219,23 @@ def inspect(
             dropped = frame[~frame["kept"]]["drop_reason"].value_counts().to_dict()
             console.print(f"manifest {folder}: {len(frame)} rows, dropped by reason: {dropped}")
     console.print(table)
+
+
+def _build_stages(path: str) -> list[tuple[str, int, int]]:
+    """``(stage folder, manifest rows, kept)`` of the stages in a build's folder (empty when ``path`` is
+    a stage folder itself, or holds none)."""
+    if "://" in path or not os.path.isdir(path) or manifest.is_stage_folder(path):
+        return []
+    found = []
+    for root, dirs, _ in os.walk(path):
+        inside = ("shards", "manifest", "inputs")
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d not in inside)
+        if root != path and manifest.is_stage_folder(root):
+            frame = manifest.read_manifest(root)
+            kept = int(frame["kept"].sum()) if "kept" in frame and len(frame) else 0
+            found.append((root, len(frame), kept))
+            dirs[:] = []
+    return found
 
 
 def _shard_inputs(paths: list[str]) -> list[str]:

@@ -1,5 +1,6 @@
 import re
 
+from cli_text import words
 from typer.testing import CliRunner
 
 from ieiw.flows.cli import app
@@ -16,7 +17,7 @@ def _stage(phrasecut, tmp_path):
     results = removal_stage(
         list(iter_records(annotations, images)), build_inpainter(InpaintConfig()), RemovalSettings()
     )
-    url = str(tmp_path / "stage")
+    url = str(tmp_path if tmp_path.name == "removal" else tmp_path / "stage")
     commit_batch(results, url, "removal-test")
     return url
 
@@ -27,6 +28,14 @@ def test_inspect_counts_tasks_and_lists_samples(phrasecut, tmp_path):
     assert result.exit_code == 0, result.output
     assert "16 samples" in result.output and "add=8" in result.output and "remove=8" in result.output
     assert "template:add=8" in result.output and "dropped by reason: {}" in result.output
+
+
+def test_inspect_of_a_build_folder_names_its_stages(phrasecut, tmp_path):
+    url = _stage(phrasecut, tmp_path / "build" / "removal")
+    result = runner.invoke(app, ["inspect", str(tmp_path / "build")])
+    assert result.exit_code == 2, result.output
+    assert "is a build's folder; name one of its stages" in words(result.output)
+    assert f"ieiw inspect {url} (16 samples kept of 16 rows)" in words(result.output)
 
 
 def test_gallery_writes_a_page_with_every_pair(phrasecut, tmp_path):

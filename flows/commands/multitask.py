@@ -80,19 +80,20 @@ def multitask_demo(
     """Render a few keypoint, segmentation and enhancement samples on the bundled photos."""
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from ieiw.flows.multitask import multitask
     from ieiw.flows.server import ensure_server
+    from ieiw.flows.stage_flow import run_stage_flow
     from ieiw.pipelines.multitask.demo import demo_multitask_config
+    from ieiw.pipelines.multitask.stage import MultitaskStage
     from ieiw.pipelines.sources.demo import materialize_demo_images
+    from ieiw.storage.layout import BuildLayout
 
     materialize_demo_images(images)
     config = demo_multitask_config(os.path.abspath(images))
+    stage = MultitaskStage(config, BuildLayout(os.path.abspath(output)).generator("multitask"))
     with temporary_settings(updates={PREFECT_API_URL: ensure_server()}):
-        summary = multitask(config, os.path.abspath(output))
-    console.print(
-        f"multitask demo: kept {summary['kept']} by task {summary['by_task']}, dropped {summary['dropped']}"
-    )
-    console.print(f"shards: {os.path.join(output, 'multitask', 'shards')}")
+        summary = run_stage_flow(stage, rebuild="changed")  # the demo owns its folder
+    console.print(f"multitask demo: {summary.outcome()}; by task {summary.by_task}")
+    console.print(f"shards: {stage.url}/shards (read them through {stage.url}/manifest.parquet)")
 
 
 def register(app: typer.Typer) -> None:

@@ -1,11 +1,21 @@
-"""The multi-task stage: mixed records -> keypoint, segmentation and enhancement samples, or drops."""
+"""The multi-task stage: mixed records -> keypoint, segmentation and enhancement samples, or drops.
+
+:class:`MultitaskStage` is the generator on the one stage contract: its input is every configured
+source's records (:func:`iter_multitask_records`), a batch is rendered by :func:`multitask_stage` with
+the captions table (loaded once per worker), and a folder of images that grew is new input.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import itertools
-from collections.abc import Iterable, Iterator
+import json
+import os
+from collections.abc import Iterable, Iterator, Mapping
+from functools import partial
+from typing import Any
 
+from ieiw.pipelines.multitask.captions import load_captions
 from ieiw.pipelines.multitask.config import (
     CocoKeypointSource,
     CocoStuffSource,
@@ -36,7 +46,13 @@ from ieiw.pipelines.multitask.segmentation_sources import (
     iter_phrasecut_referring,
     iter_refcoco,
 )
+from ieiw.storage.config import Role, WorkerEnv, config_fingerprint, input_limits, walk_fields
+from ieiw.storage.fingerprint import Fingerprint
 from ieiw.storage.schema import Drop, Result
+from ieiw.storage.shards import ShardSpec
+from ieiw.storage.stage import HOST, ModelSpec, Stage, folder_listing_key, model_key
+
+GENERATOR = "multitask"
 
 _RENDERERS = (  # record type, its renderer, the config section the renderer takes
     (KeypointRecord, render_keypoint_sample, "keypoints"),
@@ -129,3 +145,66 @@ def iter_multitask_records(config: MultitaskConfig) -> Iterator[MultitaskRecord 
                     source.images, list(source.degradations), source.per_image, source.dataset
                 )
             yield from _limited(_licensed(items, source.license), config.enhancement.limit)
+
+
+class MultitaskStage(Stage):
+    """Keypoint, segmentation and enhancement records rendered as edits, a batch at a time."""
+
+    name = GENERATOR
+
+    def __init__(self, config: MultitaskConfig, url: str, shards: ShardSpec | None = None) -> None:
+        super().__init__(url, config.batch_size, shards)
+        self.config = config
+
+    def fingerprint(self, env: WorkerEnv) -> Fingerprint:
+        return config_fingerprint(self.name, self.config, env)
+
+    def records(self) -> Iterator[MultitaskRecord | Drop]:
+        return iter_multitask_records(self.config)
+
+    def models(self) -> Mapping[str, ModelSpec]:
+        """The captions table (COCO captions files, parsed once per worker process), if configured."""
+        paths = list(self.config.captions)
+        if not paths:
+            return {}
+        return {
+            "captions": ModelSpec(
+                model_key("captions", None, _stats(paths)), partial(load_captions, paths), HOST
+            )
+        }
+
+    def run(self, records: list[Any], models: Mapping[str, Any]) -> list[Result]:
+        return multitask_stage(records, self.config, models.get("captions") or {})
+
+    def input_key(self) -> str | None:
+        """The limits and a cheap listing (names and sizes) of every image folder: images added to a
+        folder are new input. The annotation files are in the fingerprint by content; a remote or
+        missing one must be read again to be known."""
+        files = [str(v) for v in _values(self.config, Role.INPUT_FILE)]
+        if any("://" in path or not os.path.isfile(path) for path in files):
+            return None
+        folders = sorted({str(v) for v in _values(self.config, Role.INPUT_FOLDER)})
+        return json.dumps(
+            {"limits": input_limits(self.config), "folders": folder_listing_key(*folders)}, sort_keys=True
+        )
+
+
+def _values(config: MultitaskConfig, role: Role) -> list[Any]:
+    """Every non-empty value of the fields of ``role``, at any depth (lists flattened)."""
+    found: list[Any] = []
+    for _, field_role, value, _ in walk_fields(config):
+        if field_role is role:
+            found += [v for v in (value if isinstance(value, (list, tuple)) else [value]) if v]
+    return found
+
+
+def _stats(paths: list[str]) -> list[tuple[str, int, int]]:
+    """Files by path, size and modification time: a changed file is another table in a worker's cache."""
+    out = []
+    for path in paths:
+        try:
+            stat = os.stat(path)
+            out.append((path, stat.st_size, stat.st_mtime_ns))
+        except OSError:
+            out.append((path, -1, -1))
+    return out

@@ -39,27 +39,43 @@ def state_path(config: WebEditsConfig, stage_dir: str) -> str:
 
 @dataclass
 class CrawlSetup:
+    """The crawl of one process: what a batch needs to download and pair its posts."""
+
     fetcher: SafeFetcher
     state: CrawlState
     downloader: ImageDownloader
     crawler: Crawler
+    state_file: tuple[int, int] | None = None  # (device, inode) of the state file when it was opened
 
     def close(self) -> None:
         self.crawler.close()
         self.state.close()
         self.fetcher.session.close()
 
-    def stats(self) -> dict:
-        deferred = {f"posts_deferred_{r}": n for r, n in self.state.deferred_reasons().items()}
+    def is_current(self) -> bool:
+        """The state file is still the one this crawl opened (a rebuild deletes the stage's folder)."""
+        return self.state_file is not None and _file_identity(self.state.path) == self.state_file
+
+    def snapshot(self) -> dict:
+        """What the listing saw in this process, and what the state file holds now: posts by status,
+        the posts waiting for the next run by reason, downloads by outcome (every run's)."""
+        listing = self.crawler.counts
+        requests = {k.removeprefix("requests/"): n for k, n in listing.items() if k.startswith("requests/")}
         return {
-            **dict(self.crawler.counts),
-            **deferred,  # the posts waiting for the next run now, as the state says
-            "downloads_fetched": self.downloader.fetched,
-            "downloads_reused": self.downloader.reused,
-            "requests_by_host": dict(self.fetcher.requests_made),
-            "downloads_by_outcome": self.state.download_counts(),
-            "posts_by_status": self.state.post_counts(),
+            **{k: n for k, n in sorted(listing.items()) if not k.startswith("requests/")},
+            "listing_requests_by_host": dict(sorted(requests.items())),
+            "posts_waiting": dict(sorted(self.state.deferred_reasons().items())),
+            "posts_by_status": dict(sorted(self.state.post_counts().items())),
+            "downloads_by_outcome": dict(sorted(self.state.download_counts().items())),
         }
+
+
+def _file_identity(path: str) -> tuple[int, int] | None:
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return stat.st_dev, stat.st_ino
 
 
 def build_crawl(config: WebEditsConfig, stage_dir: str, fingerprint: str | None = None) -> CrawlSetup:
@@ -70,4 +86,4 @@ def build_crawl(config: WebEditsConfig, stage_dir: str, fingerprint: str | None 
         state.bind(fingerprint)
     downloader = ImageDownloader(fetcher, state, ImageCache(config.download.cache_dir), config.download)
     crawler = Crawler(build_source(config, fetcher), downloader, state, config)
-    return CrawlSetup(fetcher, state, downloader, crawler)
+    return CrawlSetup(fetcher, state, downloader, crawler, _file_identity(state.path))

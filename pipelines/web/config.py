@@ -69,7 +69,6 @@ class RedditSourceConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-
     kind: Literal["reddit"] = "reddit"
     subreddits: list[str] = Field(default_factory=lambda: ["PhotoshopRequest"])
     sort: Literal["new", "hot", "top"] = "new"
@@ -87,7 +86,6 @@ class DumpSourceConfig(BaseModel):
     """Offline Reddit archives: zstandard-compressed newline-delimited JSON of submissions and comments."""
 
     model_config = ConfigDict(extra="forbid")
-
 
     kind: Literal["reddit_dump"] = "reddit_dump"
     submissions: list[str] = input_file()

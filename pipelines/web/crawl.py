@@ -7,12 +7,17 @@ images in the crawler's threads (per-host limits, robots.txt, ``Retry-After`` an
 apply in the fetcher) and gives one item per post, in the batch's order: a :class:`CrawledPost` for
 the pairing stage, a :class:`~storage.schema.Drop` for a post with nothing to pair, or nothing for a
 post deferred to the next run by a transient failure.
+
+A deferred post gives nothing, but its batch commits: the runner counts its record as done. The next
+run's listing offers it again as a :class:`RetriedPost` (``<record id>#retry<n>``), the input of a new
+batch, until it is crawled or dropped for good; its samples keep the keys they would have had.
+What each batch did (posts, downloads, requests per host) is counted in its own
+:class:`~ieiw.pipelines.web.tally.Tally`, whichever threads did the work.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -24,6 +29,7 @@ from ieiw.pipelines.web.fetcher import FetchError
 from ieiw.pipelines.web.hosts import link_problem, urls_in_text
 from ieiw.pipelines.web.posts import EditCandidate, PostSource, WebPost
 from ieiw.pipelines.web.state import CrawlState, DownloadRecord
+from ieiw.pipelines.web.tally import Tally, carry, count, counting
 from ieiw.storage.schema import Drop, Provenance, Task, stable_key
 
 log = logging.getLogger(__name__)
@@ -45,6 +51,24 @@ class CrawledPost:
     @property
     def record_id(self) -> str:
         return self.post.record_id
+
+
+RETRY = "#retry"
+
+
+@dataclass(frozen=True)
+class RetriedPost:
+    """A post deferred (a transient failure) in a batch that committed, offered again: attempt ``n``."""
+
+    post: WebPost
+    attempt: int
+
+    @property
+    def record_id(self) -> str:
+        return f"{self.post.record_id}{RETRY}{self.attempt}"
+
+
+ListedPost = WebPost | RetriedPost
 
 
 def post_provenance(post: WebPost) -> Provenance:
@@ -138,46 +162,62 @@ class Crawler:
         self.downloader = downloader
         self.state = state
         self.config = config
-        self.counts: Counter = Counter()
-        self._counts_lock = threading.Lock()
+        self._listed = Tally()  # what the listing saw (in the process that lists: the stage's lead)
         # one pool for every batch in flight: ``workers`` posts crawl at once, whatever the batches
         self._pool = ThreadPoolExecutor(max(1, config.download.workers), thread_name_prefix="crawl")
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
 
-    def _count(self, name: str, n: int = 1) -> None:
-        with self._counts_lock:
-            self.counts[name] += n
+    @property
+    def counts(self) -> Counter:
+        """What the listing saw: posts seen, listed before, already done, retried; its requests."""
+        return self._listed.counts
 
     # -- the input ----------------------------------------------------------------------------------
 
-    def listing(self, done: Iterable[str] = ()) -> Iterator[WebPost]:
+    def listing(self, done: Iterable[str] = (), listed: Iterable[str] = ()) -> Iterator[ListedPost]:
         """Every post once, numbered: the recorded listing first, then what the source lists anew.
 
         Each new post is recorded in the state before it is yielded, so a rerun yields the same
         posts in the same order (up to ``max_posts``) and the batches cut from it are the same.
-        ``done``: record ids committed before (yielded too, only counted).
+        ``done``: record ids committed before (yielded too, only counted), ``listed``: record ids the
+        stage has listed in a batch. A done post the state holds as deferred is yielded as its next
+        :class:`RetriedPost` instead (or the one listed and not committed yet).
         """
-        done = set(done)
+        done, listed = set(done), set(listed)
+        deferred = self.state.post_ids("deferred") if done else set()
         limit = self.config.max_posts
         seen: set[str] = set()
 
-        def take(post: WebPost) -> WebPost:
+        def take(post: WebPost) -> ListedPost:
             seen.add(post.record_id)
-            self._count("posts_seen")
-            if post.record_id in done:
-                self._count("posts_already_done")
+            self._listed.add("posts_seen")
+            if post.record_id not in done:
+                return post
+            self._listed.add("posts_already_done")
+            attempt = 1
+            while RetriedPost(post, attempt).record_id in done:
+                attempt += 1
+            retry = RetriedPost(post, attempt)
+            if post.record_id in deferred or retry.record_id in listed:
+                self._listed.add("posts_retried")
+                return retry
             return post
 
         for post in self.state.listed():
             if limit is not None and len(seen) >= limit:
                 return
-            self._count("posts_listed_before")
+            self._listed.add("posts_listed_before")
             yield take(post)
         if limit is not None and len(seen) >= limit:
             return
-        for post in self.source.iter_posts():
+        posts = iter(self.source.iter_posts())
+        while True:
+            with counting(self._listed):  # the listing's requests
+                post = next(posts, None)
+            if post is None:
+                return
             if post.record_id in seen:
                 continue
             self.state.record_listed(post)
@@ -187,13 +227,15 @@ class Crawler:
 
     # -- one batch ----------------------------------------------------------------------------------
 
-    def crawl_batch(self, posts: list[WebPost]) -> list[CrawledPost | Drop]:
+    def crawl_batch(self, posts: list[ListedPost]) -> list[CrawledPost | Drop]:
         """Crawl ``posts`` concurrently; their results in the batch's order, none for a deferred post.
 
         A post gives a :class:`CrawledPost` (to pair), or its drop with one row per answer link; every
-        post that is not deferred also gives a row per other link of its request.
+        post that is not deferred also gives a row per other link of its request. What the batch did is
+        counted in the calling thread's current tally.
         """
-        futures = [self._pool.submit(self._crawl_one, post) for post in posts]
+        plain = [p.post if isinstance(p, RetriedPost) else p for p in posts]
+        futures = [self._pool.submit(carry(self._crawl_one), post) for post in plain]
         results: list[CrawledPost | Drop] = []
         for future in futures:
             results.extend(future.result())
@@ -203,13 +245,15 @@ class Crawler:
         early = self._early_drop(post)
         if early is not None:
             self.state.record_post(post, "dropped", early.reason)
-            self._count("posts_dropped_early")
+            count("posts_dropped_early")
             return [early, *post_link_drops(post)]
         post, outcome = self._crawl_post(post)
         if outcome is None:  # deferred: nothing of it is committed this run
             return []
         if isinstance(outcome, Drop):
+            count("posts_dropped")
             return [outcome, *candidate_drops(post, outcome.reason), *post_link_drops(post)]
+        count("posts_crawled")
         return [outcome, *post_link_drops(post)]
 
     def _early_drop(self, post: WebPost) -> Drop | None:
@@ -227,7 +271,7 @@ class Crawler:
     def _defer(self, post: WebPost, reason: str) -> None:
         """A transient failure (timeout, 5xx, 429): recorded in the state, not committed, retried next run."""
         self.state.record_post(post, "deferred", reason)
-        self._count(f"posts_deferred_{reason}")
+        count(f"posts_deferred_{reason}")
 
     def _crawl_post(self, post: WebPost) -> tuple[WebPost, CrawledPost | Drop | None]:
         """Answers, original, then edits of one post (in a worker thread); each outcome goes to the state.

@@ -10,6 +10,7 @@ from ieiw.pipelines.web.fetcher import FetchError, SafeFetcher
 from ieiw.pipelines.web.hosts import resolve_image_url
 from ieiw.pipelines.web.images import ImageCache, check_image
 from ieiw.pipelines.web.state import CrawlState, DownloadRecord
+from ieiw.pipelines.web.tally import count
 
 
 class ImageDownloader:
@@ -38,21 +39,27 @@ class ImageDownloader:
     def download(self, url: str) -> DownloadRecord:
         prior = self.state.download(url)
         if self._final(prior):
-            self.reused += 1
-            return prior
+            return self._reuse(prior)
         with self._guard:
             lock = self._locks.setdefault(url, threading.Lock())
         with lock:  # two posts sharing an image: the second waits and reuses the first's result
             prior = self.state.download(url)
             if self._final(prior):
-                self.reused += 1
-                return prior
+                return self._reuse(prior)
             record = self._fetch(url)
             self.state.record_download(record)
             with self._guard:
                 self._tried.add(url)
                 self.fetched += 1
+            count("downloads_fetched")
+            count(f"downloads/{'ok' if record.ok else record.reason}")
             return record
+
+    def _reuse(self, record: DownloadRecord) -> DownloadRecord:
+        with self._guard:
+            self.reused += 1
+        count("downloads_reused")
+        return record
 
     def _fetch(self, url: str) -> DownloadRecord:
         try:

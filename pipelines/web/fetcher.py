@@ -33,6 +33,7 @@ from ieiw.pipelines.web.addresses import (
 from ieiw.pipelines.web.config import DownloadConfig
 from ieiw.pipelines.web.limits import HostLimiter
 from ieiw.pipelines.web.session import make_session
+from ieiw.pipelines.web.tally import count
 
 log = logging.getLogger(__name__)
 
@@ -315,6 +316,7 @@ class SafeFetcher:
     def _count(self, host: str) -> None:
         with self._count_lock:
             self.requests_made[host] += 1
+        count(f"requests/{host}")
 
 
 def _urllib3_errors() -> type[Exception]:

@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 
 from ieiw.pipelines.web.config import PairingConfig
-from ieiw.pipelines.web.crawl import LICENSE, CrawledPost, Crawler, post_drop
+from ieiw.pipelines.web.crawl import LICENSE, CrawledPost, Crawler, ListedPost, post_drop
 from ieiw.pipelines.web.images import load_rgb
 from ieiw.pipelines.web.instruction import InstructionRewriter, make_instruction
 from ieiw.pipelines.web.posts import EditCandidate, WebPost
@@ -74,7 +74,7 @@ def web_edits_stage(
 
 
 def crawl_and_pair(
-    posts: list[WebPost],
+    posts: list[ListedPost],
     crawler: Crawler,
     settings: PairingConfig,
     rewriter: InstructionRewriter | None = None,

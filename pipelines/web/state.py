@@ -199,6 +199,12 @@ class CrawlState:
             rows = self._conn.execute("SELECT status, COUNT(*) FROM posts GROUP BY status").fetchall()
         return {str(status): int(count) for status, count in rows}
 
+    def post_ids(self, status: str) -> set[str]:
+        """The record ids of the posts whose last outcome is ``status``."""
+        with self._lock:
+            rows = self._conn.execute("SELECT record_id FROM posts WHERE status = ?", (status,)).fetchall()
+        return {str(record_id) for (record_id,) in rows}
+
     def deferred_reasons(self) -> dict[str, int]:
         """Posts now waiting for the next run (a transient failure), by reason."""
         with self._lock:

@@ -7,7 +7,6 @@ import pytest
 import zstandard
 from web_images import edits, jpeg_bytes, photo
 
-from ieiw.flows.web_edits import web_fingerprint
 from ieiw.pipelines.web.config import (
     DownloadConfig,
     DumpSourceConfig,
@@ -19,52 +18,93 @@ from ieiw.pipelines.web.crawl import CrawledPost
 from ieiw.pipelines.web.images import ImageCache
 from ieiw.pipelines.web.pairing import generator_info, pair_key, web_edits_stage
 from ieiw.pipelines.web.posts import EditCandidate, WebPost
+from ieiw.pipelines.web.stage import WebEditsStage
 from ieiw.pipelines.web.state import DownloadRecord
+from ieiw.storage.config import Role, WorkerEnv, role_of
+from ieiw.storage.fingerprint import Fingerprint
 from ieiw.storage.schema import Sample
 
-# Every field of every web config is either in its OUTPUT_FIELDS (fingerprinted) or here: a new field
-# fails this test until someone decides which it is.
-OPERATIONAL = {
+SET, OP, LIM, FILE, OUT = Role.SETTING, Role.OPERATIONAL, Role.LIMIT, Role.INPUT_FILE, Role.OUTPUT
+# What every field of every web config is. Settings shape which pairs exist (fingerprinted); how
+# politely, fast or safely the crawl runs is operational; dumps are input files (by content); limits
+# bound the listing. A new field fails this test until someone decides which it is.
+ROLES = {
     DownloadConfig: {
-        "user_agent",
-        "connect_timeout",
-        "read_timeout",
-        "deadline_seconds",
-        "max_json_bytes",
-        "max_redirects",
-        "max_retries",
-        "backoff_seconds",
-        "max_backoff_seconds",
-        "max_retry_after_seconds",
-        "per_host_concurrency",
-        "per_host_requests_per_second",
-        "workers",
-        "respect_robots",
-        "allowed_origins",
-        "allow_private_addresses",
-        "cache_dir",
-        "retry_failed_transient",
+        "user_agent": OP,
+        "connect_timeout": OP,
+        "read_timeout": OP,
+        "deadline_seconds": OP,
+        "max_bytes": SET,  # a larger image is refused: no pair
+        "max_json_bytes": OP,
+        "max_pixels": SET,  # a larger image counts as a decompression bomb: no pair
+        "min_side": SET,  # a smaller image is a thumbnail: no pair
+        "max_redirects": OP,
+        "max_retries": OP,
+        "backoff_seconds": OP,
+        "max_backoff_seconds": OP,
+        "max_retry_after_seconds": OP,
+        "per_host_concurrency": OP,
+        "per_host_requests_per_second": OP,
+        "workers": OP,
+        "respect_robots": OP,
+        "allowed_origins": OP,
+        "allow_private_addresses": OP,
+        "cache_dir": OUT,
+        "retry_failed_transient": OP,
     },
     RedditSourceConfig: {
-        "max_pages",
-        "page_size",
-        "base_url",
-        "oauth_base_url",
-        "token_url",
-        "client_id_env",
-        "client_secret_env",
+        "kind": SET,
+        "subreddits": SET,
+        "sort": SET,
+        "time_filter": SET,
+        "max_pages": LIM,
+        "page_size": OP,
+        "base_url": OP,
+        "oauth_base_url": OP,
+        "token_url": OP,
+        "client_id_env": OP,
+        "client_secret_env": OP,
     },
-    DumpSourceConfig: {"index_dir"},
-    PairingConfig: set(),
-    WebEditsConfig: {"state_path", "defer_transient_posts", "max_posts", "batch_size"},
+    DumpSourceConfig: {
+        "kind": SET,
+        "submissions": FILE,
+        "comments": FILE,
+        "subreddits": SET,
+        "index_dir": OUT,
+    },
+    PairingConfig: {
+        "ssim_min": SET,
+        "orb_inliers_min": SET,
+        "orb_inlier_fraction_min": SET,
+        "identical_max_change": SET,
+        "max_aspect_change": SET,
+        "max_side": SET,
+        "max_edits_per_post": SET,
+        "similarity_weight": SET,
+    },
+    WebEditsConfig: {
+        "source": SET,
+        "download": SET,
+        "pairing": SET,
+        "state_path": OUT,
+        "drop_over_18": SET,
+        "drop_nsfw_flair": SET,
+        "skip_authors": SET,
+        "defer_transient_posts": OP,
+        "max_posts": LIM,
+        "batch_size": OP,
+    },
 }
 
 
-@pytest.mark.parametrize("model", list(OPERATIONAL), ids=lambda m: m.__name__)
-def test_every_setting_is_either_fingerprinted_or_operational(model):
-    output = set(model.OUTPUT_FIELDS)
-    assert not output & OPERATIONAL[model]
-    assert output | OPERATIONAL[model] == set(model.model_fields)
+@pytest.mark.parametrize("model", list(ROLES), ids=lambda m: m.__name__)
+def test_every_field_declares_its_role_or_is_a_setting_on_purpose(model):
+    assert set(ROLES[model]) == set(model.model_fields), "a field was added or removed: decide its role"
+    assert {name: role_of(model, name) for name in model.model_fields} == ROLES[model]
+
+
+def web_fingerprint(config: WebEditsConfig) -> Fingerprint:
+    return WebEditsStage(config, "/nowhere/web_edits").fingerprint(WorkerEnv())
 
 
 def _config(**changes) -> WebEditsConfig:

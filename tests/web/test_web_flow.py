@@ -1,4 +1,5 @@
-"""The web_edits flow end to end against the fixture server and a real (temporary) Prefect server."""
+"""The web_edits stage end to end through the one runner, against the fixture server and a real
+(temporary) Prefect server."""
 
 from __future__ import annotations
 
@@ -18,11 +19,12 @@ from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 from web_fixture_server import FixtureServer
 from web_scenarios import FAULT_PATHS, FAULT_REASONS, GOOD_POSTS, LINK_REASONS, bulk_site, fault_site
 
-from ieiw.flows.web_edits import web_edits
+from ieiw.flows.commands.web import crawl_counts, load_web_config, run_crawl
 from ieiw.pipelines.web.config import WebEditsConfig
 from ieiw.pipelines.web.pairing import generator_info, pair_key
 from ieiw.pipelines.web.posts import WebPost
 from ieiw.storage import manifest
+from ieiw.storage.config import ConfigError
 from ieiw.storage.shards import ShardSpec, expand_shard_urls, iter_samples
 from ieiw.storage.stage_folder import StageChanged
 
@@ -59,15 +61,20 @@ def test_flow_keeps_every_good_pair_and_records_every_bad_one(prefect_api, tmp_p
     output = str(tmp_path / "out")
     with FixtureServer(site) as server:
         config = WebEditsConfig.model_validate(_config(server.base, tmp_path))
-        summary = web_edits(config, output, ShardSpec(max_samples=3))
+        summary = run_crawl(config, output, ShardSpec(max_samples=3))
         first_run = list(site.paths())
-        again = web_edits(config, output, ShardSpec(max_samples=3))  # a rerun: everything is done already
+        # a rerun: everything is done already but the deferred post, which it retries (failing again)
+        again = run_crawl(config, output, ShardSpec(max_samples=3))
         rerun = site.paths()[len(first_run) :]
+        kept_before = set(manifest.read_manifest(os.path.join(output, "web_edits"))["key"])
+        site.images["/fault/orig/error500.jpg"] = site.images["/img/astronaut.jpg"]  # the server recovered
+        recovered = run_crawl(config, output, ShardSpec(max_samples=3))
 
     frame = manifest.read_manifest(os.path.join(output, "web_edits"))
     frame["drop_reason"] = frame["drop_reason"].fillna("kept")
     kept = frame[frame["kept"]]
     assert dict(zip(kept["image_id"], kept["region_id"])) == {
+        "orig500": "o1",  # deferred twice, kept by the third run
         "good1": "c1",
         "gallery1": "g1",
         "preview1": "v1",
@@ -75,7 +82,7 @@ def test_flow_keeps_every_good_pair_and_records_every_bad_one(prefect_api, tmp_p
         "busy1": "b1",
         "links1": "l2-0",
     }
-    assert set(GOOD_POSTS) == set(kept["image_id"]) and summary["kept"] == len(GOOD_POSTS)
+    assert {*GOOD_POSTS, "orig500"} == set(kept["image_id"]) and summary.kept == len(GOOD_POSTS)
     faults = frame[frame["image_id"] == "faults1"]
     reasons = dict(zip(faults["region_id"], faults["drop_reason"]))
     for index, path in enumerate(FAULT_PATHS):
@@ -84,7 +91,7 @@ def test_flow_keeps_every_good_pair_and_records_every_bad_one(prefect_api, tmp_p
     assert reasons["f12"] == "kept"  # served as text/plain, but the bytes are a JPEG
     assert reasons["f13"] == "edit_not_chosen"  # the 429-then-200 edit is fine, only ranked second
     by_post = frame.groupby("image_id")["drop_reason"].apply(set).to_dict()
-    assert by_post["nsfw1"] == {"over_18"} and "orig500" not in by_post  # a 5xx original: retried next run
+    assert by_post["nsfw1"] == {"over_18"} and by_post["orig500"] == {"kept"}  # a 5xx original: retried
     assert by_post["text1"] == {"no_original_image"} and by_post["noedits1"] == {"no_edits"}
     assert by_post["chat1"] == {"instruction_empty"}
     assert by_post["good1"] == {"kept", "edit_not_same_scene", "edit_not_chosen"}
@@ -138,13 +145,27 @@ def test_flow_keeps_every_good_pair_and_records_every_bad_one(prefect_api, tmp_p
     assert sorted(set(rerun) - {"/r/PhotoshopRequest/new.json", "/robots.txt"}) == [
         "/fault/orig/error500.jpg"
     ]
-    assert again["kept"] == 0 and again["resumed_records"] == len(site.posts) - 1
+    # the deferred post's batch committed without it; each rerun offers it again as a batch of its own
+    assert again.kept == 0 and again.records_committed_before == len(site.posts) and again.records == 1
+    assert again.batches == 1 and not again.dropped
 
-    crawl = summary["crawl"]
+    crawl, crawl_again = crawl_counts(summary), crawl_counts(again)
     assert crawl["posts_seen"] == len(site.posts) and crawl["downloads_by_outcome"]["ok"] >= 14
-    assert again["crawl"]["posts_listed_before"] == len(site.posts)  # the rerun keeps the recorded order
+    assert crawl["downloads_this_run"]["ok"] >= 14 and crawl["downloads_fetched"] == sum(
+        crawl["downloads_this_run"].values()
+    )
+    # every request to the site counted once: the listing's in the lead, each batch's in its own tally
+    assert crawl["requests_by_host"][server.base] == len(first_run)
+    assert crawl_again["requests_by_host"] == {server.base: len(rerun)}
+    assert crawl_again["posts_listed_before"] == len(site.posts)  # the rerun keeps the recorded order
     assert crawl["posts_deferred_original_http_500"] == 1 and crawl["posts_by_status"]["deferred"] == 1
-    assert again["crawl"]["posts_deferred_original_http_500"] == 1  # retried by the rerun, failing again
+    assert crawl["posts_waiting"] == {"original_http_500": 1}
+    assert crawl_again["posts_deferred_original_http_500"] == 1  # retried by the rerun, failing again
+    assert crawl_again["posts_retried"] == 1 and crawl_again["posts_waiting"] == {"original_http_500": 1}
+    # once its original downloads, it is paired like any other post: its key is the one it always had
+    assert recovered.records == 1 and recovered.kept == 1 and crawl_counts(recovered)["posts_waiting"] == {}
+    generator = generator_info(config.pairing)
+    assert set(frame["key"]) - kept_before == {pair_key(_post("orig500"), "o1", generator)}
     with get_client(sync_client=True) as client:
         keys = {
             a.key
@@ -227,7 +248,7 @@ def uninterrupted(prefect_api, tmp_path_factory) -> tuple[set[str], set[str], se
     tmp_path = tmp_path_factory.mktemp("uninterrupted")
     with FixtureServer(_kill_site()) as server:
         config = WebEditsConfig.model_validate(_kill_config(server.base, tmp_path))
-        web_edits(config, str(tmp_path / "out"))
+        run_crawl(config, str(tmp_path / "out"))
     stage = str(tmp_path / "out" / "web_edits")
     keys, batches = _committed_view(stage)
     frame = manifest.read_manifest(stage)
@@ -289,7 +310,7 @@ def test_sigkill_at_random_points_then_resume(prefect_api, tmp_path, seed, unint
         == expected_kept
         == {pair_key(_post(p.post_id), p.comments[0].comment_id, generator) for p in site.posts}
     )
-    assert summary["resumed_records"] == len(committed)
+    assert summary["records_committed_before"] == len(committed)
     assert summary["kept"] == KILL_POSTS - len(committed)
     # the finished run left no shard that no part lists
     on_disk = {os.path.basename(u) for u in os.listdir(os.path.join(stage, "shards")) if u.endswith(".tar")}
@@ -308,19 +329,19 @@ def test_a_changed_pairing_setting_stops_the_rerun_and_rebuild_redoes_it(prefect
     stage = os.path.join(output, "web_edits")
     with FixtureServer(site) as server:
         config = _config(server.base, tmp_path, batch_size=2)
-        first = web_edits(WebEditsConfig.model_validate(config), output)
+        first = run_crawl(WebEditsConfig.model_validate(config), output)
         first_keys = set(manifest.read_manifest(stage)["key"])
         faster = _config(
             server.base, tmp_path, batch_size=3, download={"workers": 2, "per_host_concurrency": 1}
         )
-        again = web_edits(WebEditsConfig.model_validate(faster), output)  # operational only: resumes
+        again = run_crawl(WebEditsConfig.model_validate(faster), output)  # operational only: resumes
         stricter = _config(server.base, tmp_path, batch_size=2, pairing={"max_edits_per_post": 2})
         with pytest.raises(StageChanged) as changed:
-            web_edits(WebEditsConfig.model_validate(stricter), output)
-        rebuilt = web_edits(WebEditsConfig.model_validate(stricter), output, rebuild="yes")
-    assert first["kept"] == 4 and again["kept"] == 0 and again["resumed_records"] == 4
+            run_crawl(WebEditsConfig.model_validate(stricter), output)
+        rebuilt = run_crawl(WebEditsConfig.model_validate(stricter), output, rebuild="yes")
+    assert first.kept == 4 and again.kept == 0 and again.records_committed_before == 4 and again.records == 0
     assert "web_edits.pairing.max_edits_per_post: 1 -> 2" in str(changed.value)
-    assert rebuilt["rebuilt"] and rebuilt["resumed_records"] == 0 and rebuilt["kept"] == 4
+    assert rebuilt.rebuilt and rebuilt.records_committed_before == 0 and rebuilt.kept == 4
     generator = generator_info(WebEditsConfig.model_validate(stricter).pairing)
     frame = manifest.read_manifest(stage)
     assert set(frame[frame["kept"]]["key"]) == {
@@ -338,3 +359,95 @@ def _post(post_id: str) -> WebPost:
         original_url=None,
         permalink="",
     )
+
+
+def test_crawl_reads_a_build_config_and_options_override_its_section(tmp_path):
+    """`ieiw crawl` reads the build config through the one loader (paths relative to the file) and the
+    command line overrides its web_edits section; a bad option or a missing dump is one line."""
+    folder = tmp_path / "project"
+    folder.mkdir()
+    (folder / "dump.zst").write_bytes(b"")
+    config_path = folder / "crawl.yaml"
+    config_path.write_text(
+        yaml.safe_dump(
+            {
+                "output": "out",
+                "shards": {"max_samples": 7},
+                "web_edits": {
+                    "source": {"kind": "reddit", "subreddits": ["PhotoshopRequest"]},
+                    "download": {"cache_dir": "cache"},
+                    "max_posts": 10,
+                },
+            }
+        )
+    )
+    config, output, build = load_web_config(config_path, {"max_posts": 3, "subreddits": ["picrequests"]})
+    assert output == str(folder / "out") and build is not None and build.shards.max_samples == 7
+    assert config.max_posts == 3 and config.source.subreddits == ["picrequests"]
+    assert config.download.cache_dir == str(folder / "cache")  # relative to the config file
+    dumps, _, _ = load_web_config(config_path, {"submissions": [str(folder / "dump.zst")], "comments": []})
+    assert dumps.source.kind == "reddit_dump" and dumps.source.submissions == [str(folder / "dump.zst")]
+    assert dumps.source.subreddits == ["PhotoshopRequest"] and dumps.max_posts == 10
+
+    with pytest.raises(ConfigError) as bad:
+        load_web_config(config_path, {"batch_size": "many"})
+    assert str(bad.value).startswith(f"{config_path}: web_edits.batch_size:") and "\n" not in str(bad.value)
+    with pytest.raises(ConfigError) as missing:
+        load_web_config(None, {"submissions": [str(folder / "gone.zst")], "output": str(tmp_path)})
+    assert "web_edits.source.submissions: no file" in str(missing.value)
+    with pytest.raises(ConfigError) as no_output:
+        load_web_config(None, {})
+    assert "output: required" in str(no_output.value)
+
+
+def test_the_crawl_on_a_two_process_dask_cluster_matches_threads(prefect_api, tmp_path):
+    """Batches on two Dask worker processes, each with its own crawl of the one state file: the same
+    batches and keys as on threads, and every request to the site counted once in the summary."""
+    from ieiw.flows.config import RunnerConfig
+    from ieiw.flows.runners import make_task_runner
+
+    site = bulk_site(8)
+    dask = RunnerConfig(task_runner="dask", max_workers=2, gpus="none")
+    with FixtureServer(site) as server:
+        config = WebEditsConfig.model_validate(_config(server.base, tmp_path, batch_size=3))
+        threads = run_crawl(config, str(tmp_path / "threads"))
+        asked = len(site.log)
+        on_dask = run_crawl(config, str(tmp_path / "dask"), runner=dask, task_runner=make_task_runner(dask))
+        asked_dask = len(site.log) - asked
+    a, b = (str(tmp_path / name / "web_edits") for name in ("threads", "dask"))
+    assert on_dask.kept == threads.kept == 8 and on_dask.batches == threads.batches == 3
+    assert _committed_view(a)[1] == _committed_view(b)[1]  # the same batches
+    assert sorted(manifest.read_manifest(a)["key"]) == sorted(manifest.read_manifest(b)["key"])
+    crawl = crawl_counts(on_dask)
+    assert crawl["posts_seen"] == 8 and crawl["posts_crawled"] == 8
+    assert sum(crawl["requests_by_host"].values()) == asked_dask
+    assert crawl["downloads_this_run"] == crawl_counts(threads)["downloads_this_run"]
+
+
+def test_a_crawl_left_open_is_not_reused_after_a_rebuild_wiped_its_state(tmp_path):
+    """A run that died after listing leaves this process's crawl open; a rebuild deletes the stage's
+    folder and with it the state file: the next run builds a new crawl on the new state file, rather
+    than writing the listing and the downloads into the deleted one."""
+    import itertools
+
+    from ieiw.pipelines.web.stage import CRAWL, WebEditsStage
+    from ieiw.storage.runner import LOADS, RunOptions, ThreadExecutor, run_stage
+
+    site = bulk_site(4)
+    with FixtureServer(site) as server:
+        config = WebEditsConfig.model_validate(_config(server.base, tmp_path, batch_size=2))
+        stage = WebEditsStage(config, str(tmp_path / "out" / "web_edits"))
+        key = stage.models()[CRAWL].key
+        with ThreadExecutor(2) as executor:
+            assert run_stage(stage, executor).kept == 4
+            loads = LOADS[key]
+            assert len(list(itertools.islice(stage.records(), 2))) == 2  # then the run died: no finish
+            assert LOADS[key] == loads + 1
+            summary = run_stage(stage, executor, RunOptions(rebuild="yes"))
+    assert summary.rebuilt and summary.kept == 4
+    state = tmp_path / "out" / "web_edits" / "crawl_state.sqlite"
+    assert state.exists()
+    with sqlite3.connect(f"file:{state}?mode=ro", uri=True) as db:
+        assert db.execute("SELECT COUNT(*) FROM listing").fetchone()[0] == 4
+        assert db.execute("SELECT COUNT(*) FROM downloads WHERE ok = 1").fetchone()[0] >= 8
+    assert LOADS[key] == loads + 2  # the stale crawl was replaced, once

@@ -107,8 +107,18 @@ def stage_flow(stage: Stage, runner: RunnerConfig | None = None, rebuild: Rebuil
     publish_summary(summary)
     if stage.writes == "samples":
         publish_sample_table(summary)
+    publisher = stage_artifacts().get(stage.name.split(" ", 1)[0])
+    if publisher is not None:
+        publisher(summary)
     logger.info("%s: %s", stage.name, summary.outcome())
     return summary.to_dict()
+
+
+def stage_artifacts() -> dict[str, Callable[[StageSummary], None]]:
+    """What a kind of stage shows in its flow run beside the counts: the crawl's requests and downloads."""
+    from ieiw.flows.commands.web import publish_crawl
+
+    return {"web_edits": publish_crawl}
 
 
 def run_stage_flow(
@@ -134,8 +144,9 @@ def run_stage_flow(
 def publish_summary(summary: StageSummary) -> None:
     """Counts as a table artifact and a Markdown summary, visible on the flow run in the UI."""
     key = artifact_key(summary.stage)
-    rows = [{"outcome": "kept", "reason": "", "count": summary.kept}] if not summary.rows else []
-    rows += [{"outcome": "rows", "reason": name, "count": n} for name, n in summary.counts.items()]
+    rows = [{"outcome": "kept", "reason": "", "count": summary.kept}] if summary.writes == "samples" else []
+    what = "rows" if summary.writes == "rows" else "count"
+    rows += [{"outcome": what, "reason": name, "count": n} for name, n in summary.counts.items()]
     rows += [{"outcome": "dropped", "reason": r, "count": n} for r, n in summary.dropped.items()]
     create_table_artifact(
         rows or [{"outcome": "nothing", "reason": "", "count": 0}],

@@ -330,6 +330,7 @@ class StageSummary:
 
     stage: str
     url: str
+    writes: str = "samples"  # what the stage writes: samples (shards) or rows (its own table)
     fingerprint: str = ""
     batches: int = 0  # run now
     batches_committed_before: int = 0
@@ -366,7 +367,7 @@ class StageSummary:
             if self.records_committed_before
             else ""
         )
-        if self.rows or self.counts:
+        if self.writes == "rows":
             counts = ", ".join(f"{k} {v}" for k, v in sorted(self.counts.items()))
             return (
                 f"{self.rows} rows from {self.records} records" + (f" ({counts})" if counts else "") + before
@@ -406,6 +407,7 @@ def complete_summary(stage: Stage) -> StageSummary | None:
     return StageSummary(
         stage.name,
         stage.url,
+        writes=stage.writes,
         fingerprint=digest,
         records_committed_before=int(record.get("records") or 0),
         complete=True,
@@ -539,6 +541,7 @@ def run_stage(
     return StageSummary(
         stage.name,
         stage.url,
+        writes=stage.writes,
         fingerprint=writer.digest,
         batches=merged["batches"],
         batches_committed_before=noted["batches_committed_before"],

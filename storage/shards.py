@@ -15,7 +15,6 @@ import functools
 import io
 import json
 import tarfile
-import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
@@ -137,11 +136,10 @@ class ShardWriter:
         if self._current is None:
             self._start()
         assert self._tar is not None and self._current is not None
-        mtime = time.time()
         for ext, data in members.items():
             info = tarfile.TarInfo(f"{sample.key}.{ext}")
             info.size = len(data)
-            info.mtime = mtime
+            info.mtime = 0  # the same samples make the same bytes, whenever and wherever they are written
             self._tar.addfile(info, io.BytesIO(data))
         self._current.keys.append(sample.key)
         self._current.bytes += size

@@ -87,24 +87,14 @@ def run_crawl(
     rebuild: Rebuild = "no",
     task_runner: Any = None,
 ) -> StageSummary:
-    """Crawl into ``<output>/web_edits`` (shards, manifest, crawl state) through the one runner, then
-    publish what the crawl did; committed batches are never redone, deferred posts are retried."""
+    """Crawl into ``<output>/web_edits`` (shards, manifest, crawl state) through the one runner (its flow
+    run shows what the crawl did); committed batches are never redone, deferred posts are retried."""
     from ieiw.flows.stage_flow import run_stage_flow
     from ieiw.pipelines.web.stage import WebEditsStage
     from ieiw.storage.layout import BuildLayout
 
     stage = WebEditsStage(config, BuildLayout(output).generator("web_edits"), shards)
-    summary = run_stage_flow(stage, runner, rebuild, task_runner)
-    publish_task()(summary)
-    return summary
-
-
-def publish_task():
-    """:func:`publish_crawl` as a Prefect task run of its own (artifacts belong to a run)."""
-    from prefect import task
-    from prefect.cache_policies import NO_CACHE
-
-    return task(publish_crawl, name="publish-crawl", cache_policy=NO_CACHE, persist_result=False)
+    return run_stage_flow(stage, runner, rebuild, task_runner)
 
 
 def crawl_counts(summary: StageSummary) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from pathlib import Path
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
 
-from ieiw.model.config import load_train_config
+from ieiw.model.config import load_train_config, missing_stage_inputs
 from ieiw.model.curriculum import (
     check_ready,
     is_complete,
@@ -30,6 +30,7 @@ from ieiw.model.curriculum import (
     run_summary,
     select,
 )
+from ieiw.storage.config import ConfigError
 
 __all__ = ["accelerate_command", "run_summary", "train", "train_stage", "train_stage_flow"]
 
@@ -89,7 +90,11 @@ def stage_markdown(summary: dict) -> str:
 
 @flow(name="ieiw_train_stage", flow_run_name="stage-{stage_name}", log_prints=True)
 def train_stage_flow(config_path: str, stage_name: str, num_processes: int = 1, retries: int = 0) -> dict:
-    """One stage of a training run, as its own flow run."""
+    """One stage of a training run, as its own flow run. Shard sets of the stage that are not there stop
+    it before its task starts (a retry would not make them)."""
+    stage = select(plan_stages(load_train_config(config_path)), stage_name)[0]
+    if not is_complete(stage) and (problems := missing_stage_inputs(stage.config)):
+        raise ConfigError(f"stage {stage_name}", problems)
     summary = train_stage.with_options(retries=retries)(config_path, stage_name, num_processes)
     get_run_logger().info(
         "stage %s: %s steps, last loss %s; model in %s",

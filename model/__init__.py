@@ -9,8 +9,8 @@
 - :mod:`ieiw.model.candidate_shards`: their shard format, readers and random-access index.
 - :mod:`ieiw.model.data`: the seeded, resumable WebDataset batch stream.
 - :mod:`ieiw.model.sample_decode`: one sample decoded, cropped and flipped (images or cached latents).
-- :mod:`ieiw.model.latent_cache`: the VAE-latent cache pass (:mod:`ieiw.model.latent_encoding` encodes
-  one shard; :mod:`ieiw.model.ranks` are the processes it runs on).
+- :mod:`ieiw.model.latent_cache`: the VAE-latent cache, a stage run on the processes of a training run.
+- :mod:`ieiw.model.inputs`: what the model layer's stages read and use, by identity (shards, trained models).
 - :mod:`ieiw.model.inference`: ``edit_image`` and batch edits with a trained model.
 - :mod:`ieiw.model.evaluate`: CLIP metrics on held-out shards.
 - :mod:`ieiw.model.export_hf`: shards to a Hugging Face dataset for diffusers' InstructPix2Pix example.

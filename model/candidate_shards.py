@@ -275,6 +275,10 @@ class CandidateIndex:
         """Where ``<key>.<member>`` lies (e.g. ``src.png``, ``cand_03.png``); KeyError if absent."""
         return self._members[(key, member)]
 
+    def find(self, key: str, member: str) -> MemberLocation | None:
+        """Where ``<key>.<member>`` lies, or None when the shards do not hold it."""
+        return self._members.get((key, member))
+
     def read(self, key: str, member: str) -> bytes:
         """The bytes of ``<key>.<member>`` (e.g. ``src.png``, ``cand_03.png``); KeyError if absent."""
         return read_member(self.location(key, member))

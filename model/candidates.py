@@ -3,42 +3,58 @@
 :func:`generate_candidates` makes them with a loaded InstructPix2Pix-style pipeline, batched over
 samples, in the format of :mod:`ieiw.model.candidate_shards`.
 
-:func:`build_candidates` (``ieiw candidates``) writes them as a stage folder
-(:mod:`ieiw.storage.stage_folder`): its fingerprint (:func:`candidates_fingerprint`) holds the
-checkpoint's identity by content (which is also what each :class:`CandidateSetting` names, never the
-checkpoint's path), the candidate settings and the identities of the source shards; the source
-samples are cut into batches of ``per_shard`` in input order, one candidate shard and one committed
-manifest part per batch, so a killed run resumes where it stopped and readers see only committed
-batches.
+:class:`CandidatesStage` (``ieiw candidates``, :func:`build_candidates`) is a ``rows`` stage run by the
+one runner (:func:`ieiw.storage.runner.run_stage`): its fingerprint (:class:`CandidatesConfig`'s fields,
+read by :func:`ieiw.storage.config.config_fingerprint`) holds the trained model's identity by its weights
+and configs (:func:`ieiw.model.inputs.trained_model_identity`, which is also what each
+:class:`CandidateSetting` names, never the checkpoint's path), the candidate settings and the identities
+of the source shards; the source samples are its records in input order (the sample key is the record
+id), cut by the runner into batches of ``per_shard``, one candidate shard and one committed manifest part
+per batch, so a killed run resumes where it stopped and readers see only committed batches. The edit
+pipeline is one of the stage's models, loaded once per worker.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import random
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
 from PIL import Image
+from pydantic import BaseModel, ConfigDict, Field
 
 from ieiw.model.candidate_shards import (
     FORMAT,
     CandidateHeader,
     CandidateSet,
     CandidateSetting,
-    CandidateShardWriter,
+    candidate_shard,
 )
 from ieiw.model.family import size_kwargs
-from ieiw.model.inputs import input_identities
+from ieiw.model.inputs import input_identities, trained_model_identity
 from ieiw.storage import fs, manifest
 from ieiw.storage.commit import batch_name
+from ieiw.storage.config import (
+    WorkerEnv,
+    config_fingerprint,
+    input_folder,
+    limit,
+    model_ref,
+    operational,
+    precision,
+)
 from ieiw.storage.fingerprint import Fingerprint
-from ieiw.storage.identity import model_identity
+from ieiw.storage.runner import RunOptions, StageSummary, ThreadExecutor, run_stage
 from ieiw.storage.schema import Sample, stable_key
-from ieiw.storage.shards import iter_samples
-from ieiw.storage.stage_folder import Rebuild, open_stage
+from ieiw.storage.shards import SHARD_SUFFIX, iter_samples
+from ieiw.storage.stage import ModelSpec, Rows, Stage, gpu_tags, model_key
+from ieiw.storage.stage_folder import Rebuild
 
 DEFAULT_TEXT_GUIDANCE = (5.0, 7.5, 10.0, 12.5)
 DEFAULT_IMAGE_GUIDANCE = (1.0, 1.25, 1.5, 1.75, 2.0)
@@ -222,131 +238,136 @@ CANDIDATES_SCHEMA = pa.schema(
 )
 
 
-def candidates_fingerprint(
-    model: str,
-    shard_urls: Sequence[str],
-    n: int = 20,
-    steps: int = 20,
-    resolution: int = 256,
-    base_seed: int = 0,
-    text_guidance: Sequence[float] = DEFAULT_TEXT_GUIDANCE,
-    image_guidance: Sequence[float] = DEFAULT_IMAGE_GUIDANCE,
-) -> Fingerprint:
-    """What determines a candidates folder: the checkpoint by content, the settings, the source shards
-    by identity (how many sources, and how they are batched, only say how much is made)."""
-    return Fingerprint(
-        stage=STAGE,
-        settings={
-            "format": FORMAT,
-            "n": int(n),
-            "steps": int(steps),
-            "resolution": int(resolution),
-            "seed": int(base_seed),
-            "text_guidance": [float(t) for t in text_guidance],
-            "image_guidance": [float(i) for i in image_guidance],
-        },
-        models={"model": model_identity(model)},
-        upstream=input_identities(list(shard_urls)),
-    )
+class CandidatesConfig(BaseModel):
+    """What ``ieiw candidates`` makes: N edits per source sample with a trained model, and how."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # a trained model folder (diffusers layout) or a hub id: by its weights and configs
+    model: str = model_ref(identity="model_identity")
+    shards: list[str] = input_folder()  # source shards, folders or stage folders (by identity upstream)
+    n: int = Field(default=20, ge=1)
+    steps: int = Field(default=20, ge=1)
+    resolution: int = Field(default=256, gt=0)
+    seed: int = 0
+    text_guidance: list[float] = Field(default_factory=lambda: list(DEFAULT_TEXT_GUIDANCE), min_length=1)
+    image_guidance: list[float] = Field(default_factory=lambda: list(DEFAULT_IMAGE_GUIDANCE), min_length=1)
+    # fp16: half precision on a GPU (fp32 on a CPU), as the edit pipeline loads by default
+    dtype: Literal["fp16", "fp32"] = precision("fp16")
+    device: str = operational("auto")
+    batch_size: int = operational(8, ge=1)  # samples per pipeline call
+    per_shard: int = operational(50, ge=1)  # samples per batch: one candidate shard each
+    limit: int | None = limit(None)  # at most this many source samples
+
+    def model_identity(self, value: str) -> str | None:
+        return trained_model_identity(value)
 
 
-def _source_chunks(
-    samples: Iterable[Sample], size: int, done: set[str]
-) -> Iterator[tuple[int, list[Sample]]]:
-    """The sources cut in input order into chunks of ``size`` (committed ones included, so a chunk
-    never depends on what a previous run finished); yields (sources in the chunk, pending ones)."""
-    seen: set[str] = set()
-    stream = iter(samples)
-    while chunk := list(itertools.islice(stream, size)):
-        pending = []
-        for sample in chunk:
-            if sample.key not in seen and sample.key not in done:
-                pending.append(sample)
-            seen.add(sample.key)
-        yield len(chunk), pending
+@dataclass(frozen=True)
+class SourceRecord:
+    """One source sample to make candidates of (its key is the record id)."""
+
+    record_id: str
+    sample: Sample
+
+
+def load_pipeline(model: str, device: str, dtype: str) -> Any:
+    """The edit pipeline of ``model`` on ``device`` (fp16 on a GPU unless ``dtype`` is fp32)."""
+    from ieiw.model.inference import load_edit_pipeline
+
+    return load_edit_pipeline(model, device=device, half=None if dtype == "fp16" else False)
+
+
+class CandidatesStage(Stage):
+    """N candidate edits of each source sample, ``per_shard`` samples a batch, one candidate shard each."""
+
+    name = STAGE
+    writes = "rows"
+    schema = CANDIDATES_SCHEMA
+
+    def __init__(self, config: CandidatesConfig, url: str) -> None:
+        super().__init__(url, config.per_shard, tags=gpu_tags(True, config.device))
+        self.config = config
+        # what each candidate's setting names as its checkpoint: the model by identity, never its path
+        self.checkpoint = trained_model_identity(config.model) or config.model
+
+    def fingerprint(self, env: WorkerEnv) -> Fingerprint:
+        return config_fingerprint(
+            STAGE, self.config, env, upstream=input_identities(self.config.shards), extra={"format": FORMAT}
+        )
+
+    def records(self) -> Iterator[SourceRecord]:
+        samples = iter_samples(list(self.config.shards))
+        if self.config.limit is not None:
+            samples = itertools.islice(samples, self.config.limit)
+        for sample in samples:
+            yield SourceRecord(sample.key, sample)
+
+    def total(self) -> int | None:
+        return self.config.limit
+
+    def models(self) -> Mapping[str, ModelSpec]:
+        config = self.config
+        return {
+            "pipe": ModelSpec(
+                model_key("edit_pipeline", None, self.checkpoint, config.dtype),
+                partial(load_pipeline, config.model, config.device, config.dtype),
+                config.device,
+            )
+        }
+
+    def run(self, records: list[SourceRecord], models: Mapping[str, Any]) -> Rows:
+        config = self.config
+        batch = batch_name(self.batch_prefix, [r.record_id for r in records])
+        shard = f"{batch}{SHARD_SUFFIX}"
+        sets = list(
+            generate_candidates(
+                models["pipe"],
+                [r.sample for r in records],
+                config.n,
+                self.checkpoint,
+                config.steps,
+                config.resolution,
+                config.seed,
+                config.text_guidance,
+                config.image_guidance,
+                config.batch_size,
+            )
+        )
+        rows = [
+            {
+                "key": s.key,
+                "record_id": s.key,
+                "batch": batch,
+                "shard": shard,
+                "instruction": s.header.instruction,
+                "candidates": len(s.candidates),
+                "fingerprint": "",  # the commit writes the stage's
+            }
+            for s in sets
+        ]
+        files = {fs.join(manifest.SHARD_DIR, shard): candidate_shard(sets)}
+        return Rows(pa.Table.from_pylist(rows, schema=CANDIDATES_SCHEMA), files, {"sets": len(sets)})
+
+    def info(self) -> dict[str, Any]:
+        return {"model": self.config.model, "checkpoint": self.checkpoint}
 
 
 def build_candidates(
-    load_pipe: Callable[[], Any],
-    model: str,
-    shard_urls: Sequence[str],
+    config: CandidatesConfig,
     out_url: str,
-    *,
-    n: int = 20,
-    steps: int = 20,
-    resolution: int = 256,
-    base_seed: int = 0,
-    text_guidance: Sequence[float] = DEFAULT_TEXT_GUIDANCE,
-    image_guidance: Sequence[float] = DEFAULT_IMAGE_GUIDANCE,
-    batch_size: int = 8,
-    per_shard: int = 50,
-    limit: int | None = None,
     rebuild: Rebuild = "no",
-    progress: Any = None,
-) -> dict:
-    """Generate the candidates of the first ``limit`` source samples into the stage folder ``out_url``.
-
-    Opens the folder with :func:`candidates_fingerprint` (another fingerprint raises
-    :class:`~ieiw.storage.stage_folder.StageChanged` before any work unless ``rebuild``), skips sources
-    already committed, and calls ``load_pipe`` (which loads the pipeline of ``model``) only when there is
-    work. Returns a summary: sets written, sets already there, shards, the stage's fingerprint.
-    """
-    fingerprint = candidates_fingerprint(
-        model, shard_urls, n, steps, resolution, base_seed, text_guidance, image_guidance
-    )
-    checkpoint = fingerprint.models["model"] or model
-    written = reused = 0
-    shards: list[str] = []
-    with open_stage(out_url, fingerprint, rebuild=rebuild, info={"model": model}) as writer:
-        done = writer.completed_record_ids()
-        samples = iter_samples(list(shard_urls))
-        pipe = None
-        for total, pending in _source_chunks(itertools.islice(samples, limit), per_shard, done):
-            reused += total - len(pending)
-            if progress is not None and total > len(pending):
-                progress(total - len(pending))
-            if not pending:
-                continue
-            pipe = pipe if pipe is not None else load_pipe()
-            batch = batch_name(STAGE, [s.key for s in pending])
-            rows = []
-            with CandidateShardWriter(
-                fs.join(out_url, manifest.SHARD_DIR), prefix=batch, max_sets=per_shard
-            ) as shard_writer:
-                for candidate_set in generate_candidates(
-                    pipe,
-                    pending,
-                    n,
-                    checkpoint,
-                    steps,
-                    resolution,
-                    base_seed,
-                    text_guidance,
-                    image_guidance,
-                    batch_size,
-                    progress,
-                ):
-                    shard = shard_writer.write(candidate_set)
-                    rows.append(
-                        {
-                            "key": candidate_set.key,
-                            "record_id": candidate_set.key,
-                            "batch": batch,
-                            "shard": shard.rsplit("/", 1)[-1],
-                            "instruction": candidate_set.header.instruction,
-                            "candidates": len(candidate_set.candidates),
-                        }
-                    )
-            writer.commit_files(batch, pa.Table.from_pylist(rows, schema=CANDIDATES_SCHEMA))
-            written += len(rows)
-            shards += shard_writer.written
-        writer.finish({"sets_written": written, "sets_reused": reused}, schema=CANDIDATES_SCHEMA)
-    return {
-        "written": written,
-        "reused": reused,
-        "shards": shards,
-        "fingerprint": writer.digest,
-        "checkpoint": checkpoint,
-        "rebuilt": writer.rebuilt,
-        "cleaned": writer.cleaned,
-    }
+    progress: Callable[[int, int | None], None] | None = None,
+    executor: Any = None,
+) -> StageSummary:
+    """Generate the candidates of the first ``config.limit`` source samples into the stage ``out_url``
+    (on ``executor``, by default one thread of this process; the pipeline is loaded only when there is
+    work). Another fingerprint raises :class:`~ieiw.storage.stage_folder.StageChanged` before any work
+    unless ``rebuild``; committed sources are never made again. ``progress(done, to do)`` is called
+    after each batch. The summary's ``rows`` are the sets written now, ``records_committed_before`` those
+    already there, ``batches`` the shards written now."""
+    stage = CandidatesStage(config, out_url)
+    with contextlib.ExitStack() as stack:
+        if executor is None:
+            executor = stack.enter_context(ThreadExecutor(1))
+        return run_stage(stage, executor, RunOptions(rebuild=rebuild), progress)

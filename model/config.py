@@ -11,14 +11,19 @@ plain single-stage config of this same shape. A config without ``stages`` is one
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Annotated, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
-from ieiw.storage.config import input_folder, model_ref, operational, output
-from ieiw.storage.fs import resolve_path
+from ieiw.storage.config import (
+    ConfigError,
+    input_folder,
+    load_config_file,
+    missing_inputs,
+    model_ref,
+    operational,
+    output,
+)
 
 # rewritten_instruction: the quality judge's wording of the pair when it wrote one (sample_decode.sample_text)
 TextField = Literal["instruction", "pretrain_caption", "rewritten_instruction"]
@@ -190,24 +195,22 @@ class TrainConfig(BaseModel):
         return self
 
 
-def load_train_config(path: str | os.PathLike) -> TrainConfig:
-    """Read a training config; relative local paths in it are relative to the file's folder."""
-    path = Path(path)
-    with open(path, encoding="utf-8") as handle:
-        raw = yaml.safe_load(handle) or {}
-    config = TrainConfig.model_validate(raw)
-    base = path.resolve().parent
-    config.output_dir = resolve_path(config.output_dir, base)
-    if _looks_local(config.base_model, base):
-        config.base_model = resolve_path(config.base_model, base)
-    if config.data.latent_cache:
-        config.data.latent_cache = resolve_path(config.data.latent_cache, base)
-    for shard_set in config.data.sets + [s for stage in config.stages or [] for s in stage.data]:
-        shard_set.urls = [resolve_path(u, base) for u in shard_set.urls]
+def load_train_config(path: str | os.PathLike, check_inputs: bool = True) -> TrainConfig:
+    """Read a training config with the one config loader (:func:`ieiw.storage.config.load_config_file`):
+    ``${VARS}`` from the environment, relative paths relative to the file's folder, one line per
+    problem in a :class:`~ieiw.storage.config.ConfigError`.
+
+    ``check_inputs`` checks the run's own inputs now (the base model, the shard sets of a config without
+    stages); a curriculum stage's shard sets are checked when that stage starts
+    (:func:`missing_stage_inputs`), as its instruction-tuning picks may not exist before it."""
+    config = load_config_file(path, TrainConfig, check_inputs=False)
+    if check_inputs:
+        problems = missing_inputs(config.model_copy(update={"stages": None}))
+        if problems:
+            raise ConfigError(str(path), problems)
     return config
 
 
-def _looks_local(value: str, base: Path) -> bool:
-    """A hub id is ``owner/name``; anything that exists on disk or starts like a path is local."""
-    value = os.path.expanduser(os.path.expandvars(value))
-    return value.startswith((".", "/", "~")) or (base / value).exists()
+def missing_stage_inputs(config: TrainConfig) -> list[str]:
+    """One line per shard set input of a (single-stage) config that is not there."""
+    return missing_inputs(config.data, "data")

@@ -25,8 +25,9 @@ import torch
 from accelerate import PartialState
 
 from ieiw.model.checkpoints import checkpoint_dirs
-from ieiw.model.config import StageConfig, TrainConfig
+from ieiw.model.config import StageConfig, TrainConfig, missing_stage_inputs
 from ieiw.model.trainer import train
+from ieiw.storage.config import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +108,11 @@ def settings_fingerprint(stage: Stage) -> str:
 
 
 def check_ready(stage: Stage, plan: list[Stage]) -> None:
-    """Raise :class:`StageNotReady` unless the stage's previous stage (if any) is complete."""
+    """Raise :class:`StageNotReady` unless the stage's previous stage (if any) is complete, and a
+    :class:`~ieiw.storage.config.ConfigError` when a shard set of the stage is not there."""
+    problems = missing_stage_inputs(stage.config)
+    if problems:
+        raise ConfigError(f"stage {stage.name}", problems)
     if stage.previous is None:
         return
     before = next(s for s in plan if s.name == stage.previous)

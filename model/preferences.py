@@ -10,8 +10,10 @@ Where the pairs come from (each a :class:`PreferencePair` naming two candidates 
   gives a candidate set's candidates a score (:class:`ScoredCandidates`, or the JSON lines
   :func:`read_scored` reads) gives pairs whose scores differ by at least ``margin``, largest first.
 
-:func:`export_preferences` writes them as a stage folder (:mod:`ieiw.storage.stage_folder`: its fingerprint
-holds the candidates' identity, the pairs and the settings; the same pairs exported again do nothing).
+:func:`export_preferences` writes them through :class:`PreferencesStage`, a ``samples`` stage run by the one
+runner (its records are the pairs in order, ``<key>:<chosen>><rejected>`` the record id; its fingerprint
+holds the candidates' identity, the pairs and how they were chosen; the same pairs exported again do
+nothing).
 Every pair is one WebDataset sample of task ``preference``: ``src.png`` (the source), ``tgt.png`` (the
 chosen edit, so any reader of ours trains on it as an edit), ``rejected.png``, ``mask.png`` (where the
 chosen edit differs from the source) and the flat ``json`` (instruction, provenance of the source sample,
@@ -22,20 +24,31 @@ diffusers' Diffusion-DPO example (:data:`DPO_COLUMNS`), plus the source image.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+from pydantic import BaseModel, ConfigDict, Field
 
-from ieiw.model.candidate_shards import CandidateHeader, CandidateIndex, candidate_member
-from ieiw.storage.commit import BatchReport, batch_name, committed_batch_report
+from ieiw.model.candidate_shards import (
+    CandidateHeader,
+    CandidateIndex,
+    MemberLocation,
+    candidate_member,
+    read_member,
+)
+from ieiw.model.review.export import held
+from ieiw.storage.config import WorkerEnv, config_fingerprint
 from ieiw.storage.fingerprint import Fingerprint
 from ieiw.storage.images import decode_image, encode_image
+from ieiw.storage.runner import RunOptions, StageSummary, ThreadExecutor, run_stage
 from ieiw.storage.schema import (
     Drop,
     EncodedSample,
@@ -49,7 +62,8 @@ from ieiw.storage.schema import (
     stable_key,
 )
 from ieiw.storage.shards import ShardSpec, difference_mask, expand_shard_urls, iter_tar_groups
-from ieiw.storage.stage_folder import StageChanged, open_stage
+from ieiw.storage.stage import Stage
+from ieiw.storage.stage_folder import StageChanged
 
 FORMAT = "ieiw-preferences/1"
 STAGE = "preferences"
@@ -185,9 +199,31 @@ def _setting(header: CandidateHeader, position: int) -> dict:
     return {"position": position, **header.settings[position].model_dump(mode="json")}
 
 
-def preference_sample(pair: PreferencePair, index: CandidateIndex) -> Result:
-    """The shard sample of one pair, or a drop when its candidates are not in the candidate shards."""
+@dataclass(frozen=True)
+class PairRecord:
+    """One pair to write: its candidate set's header and where its three images lie (None: not there)."""
+
+    record_id: str
+    pair: PreferencePair
+    header: CandidateHeader | None
+    source: MemberLocation | None = None
+    chosen: MemberLocation | None = None
+    rejected: MemberLocation | None = None
+
+
+def pair_record(pair: PreferencePair, index: CandidateIndex) -> PairRecord:
+    """What writing ``pair`` needs of the candidate shards ``index`` covers."""
     header = index.headers.get(pair.sample_key)
+    positions = range(len(header.settings)) if header is not None else range(0)
+    if header is None or pair.chosen not in positions or pair.rejected not in positions:
+        return PairRecord(pair.pair_id, pair, header)
+    members = ("src.png", candidate_member(pair.chosen), candidate_member(pair.rejected))
+    return PairRecord(pair.pair_id, pair, header, *(index.find(pair.sample_key, m) for m in members))
+
+
+def preference_sample(record: PairRecord) -> Result:
+    """The shard sample of one pair, or a drop when its candidates are not in the candidate shards."""
+    pair, header = record.pair, record.header
     record_id = pair.pair_id
     source_meta = header.source_meta if header is not None else None
     if source_meta is not None:
@@ -198,8 +234,7 @@ def preference_sample(pair: PreferencePair, index: CandidateIndex) -> Result:
         provenance = Provenance(
             dataset="review", image_id=pair.sample_key, extra={"source_key": pair.sample_key}
         )
-    positions = range(len(header.settings)) if header is not None else range(0)
-    if header is None or pair.chosen not in positions or pair.rejected not in positions:
+    if header is None or record.source is None or record.chosen is None or record.rejected is None:
         return Drop(
             key=stable_key(STAGE, record_id, "candidate_missing"),
             reason="candidate_missing",
@@ -216,9 +251,9 @@ def preference_sample(pair: PreferencePair, index: CandidateIndex) -> Result:
         settings={"chosen": chosen, "rejected": rejected, "choosers": list(pair.choosers)},
     )
     key = sample_key(Task.PREFERENCE, provenance, generator)
-    source = index.read(pair.sample_key, "src.png")
-    chosen_png = index.read(pair.sample_key, candidate_member(pair.chosen))
-    rejected_png = index.read(pair.sample_key, candidate_member(pair.rejected))
+    source = read_member(record.source)
+    chosen_png = read_member(record.chosen)
+    rejected_png = read_member(record.rejected)
     meta = SampleMeta(
         key=key,
         task=Task.PREFERENCE,
@@ -258,16 +293,6 @@ class PreferencesExist(FileExistsError):
     """The output folder holds preferences made from other pairs or settings."""
 
 
-@dataclass
-class PreferenceExport:
-    """What an export wrote (or found already there)."""
-
-    report: BatchReport
-    pairs: int
-    by_chooser: Counter = field(default_factory=Counter)
-    hf: dict | None = None
-
-
 def pairs_digest(pairs: list[PreferencePair]) -> str:
     return stable_key(
         [
@@ -277,19 +302,59 @@ def pairs_digest(pairs: list[PreferencePair]) -> str:
     )
 
 
-def preferences_fingerprint(
-    index: CandidateIndex, pairs: list[PreferencePair], spec: ShardSpec, settings: Mapping | None = None
-) -> Fingerprint:
-    """The candidates by identity, the pairs themselves, how they were chosen and the shard encoding."""
-    return Fingerprint(
-        stage=STAGE,
-        settings={
-            "format": FORMAT,
-            **dict(settings or {}),
-            "shards": spec.model_dump(mode="json", include={"image_format", "jpeg_quality"}),
-        },
-        upstream={**index.identity(), "pairs": f"pairs:{pairs_digest(pairs)}"},
-    )
+class PreferencesConfig(BaseModel):
+    """How the pairs of an export were chosen (``picks``: the votes they need; ``scores``: the margin),
+    which shapes the export as much as the pairs themselves."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    choice: dict[str, Any] = Field(default_factory=dict)
+
+
+class PreferencesStage(Stage):
+    """Preference pairs as ``preference`` samples (see the module docstring)."""
+
+    name = STAGE
+
+    def __init__(
+        self,
+        pairs: list[PreferencePair],
+        index: CandidateIndex,
+        url: str,
+        spec: ShardSpec,
+        settings: Mapping | None = None,
+    ) -> None:
+        super().__init__(url, spec.max_samples, spec)
+        self.config = PreferencesConfig(choice=dict(settings or {}))
+        self.pairs = pairs
+        self.candidates = index.identity()
+        self.sources = list(index.sources)
+        self._index: CandidateIndex | None = index  # read where the stage is planned; never sent along
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_index": None}
+
+    def fingerprint(self, env: WorkerEnv) -> Fingerprint:
+        upstream = {**self.candidates, "pairs": f"pairs:{pairs_digest(self.pairs)}"}
+        return config_fingerprint(STAGE, self.config, env, upstream=upstream, extra={"format": FORMAT})
+
+    def records(self) -> Iterator[PairRecord]:
+        index = self._index if self._index is not None else CandidateIndex.build(self.sources)
+        for pair in self.pairs:
+            yield pair_record(pair, index)
+
+    def total(self) -> int:
+        return len(self.pairs)
+
+    def run(self, records: list[PairRecord], models: Mapping[str, Any]) -> list[Result]:
+        return [preference_sample(r) for r in records]
+
+    def finish(self, writer: Any, summary: Mapping[str, Any]) -> dict[str, Any]:
+        return {
+            "pairs": len(self.pairs),
+            "by_chooser": dict(sorted(Counter(p.chooser for p in self.pairs).items())),
+            **held(self.url),
+        }
 
 
 def export_preferences(
@@ -300,32 +365,30 @@ def export_preferences(
     overwrite: bool = False,
     settings: Mapping | None = None,
     hf_dir: str | None = None,
-) -> PreferenceExport:
-    """Write ``pairs`` as one committed batch of the stage folder ``out_url`` (and, with ``hf_dir``, the
-    Hugging Face dataset of :func:`write_dpo_dataset`). ``settings`` (how the pairs were chosen) go into
-    the fingerprint. The same pairs exported again change nothing; other pairs or settings raise
+    executor: Any = None,
+) -> StageSummary:
+    """Write ``pairs`` into the stage folder ``out_url`` (and, with ``hf_dir``, the Hugging Face dataset
+    of :func:`write_dpo_dataset`, whose figures are the summary's ``extra["hf"]``). ``settings`` (how the
+    pairs were chosen) go into the fingerprint. The same pairs exported again change nothing (no batch
+    runs; ``extra["held"]`` says what the stage holds); other pairs or settings raise
     :class:`PreferencesExist` unless ``overwrite``, which replaces the previous export."""
     spec = spec or ShardSpec(max_samples=500)
     if len({p.pair_id for p in pairs}) != len(pairs):
         raise ValueError("two pairs prefer the same candidate to the same other one: merge them first")
-    fingerprint = preferences_fingerprint(index, pairs, spec, settings)
-    name = batch_name(STAGE, [p.pair_id for p in pairs])
-    by_chooser = Counter(p.chooser for p in pairs)
+    stage = PreferencesStage(pairs, index, out_url, spec, settings)
     try:
-        with open_stage(out_url, fingerprint, rebuild="changed" if overwrite else "no") as writer:
-            if name in writer.committed_batches():
-                report = committed_batch_report(out_url, name)
-            else:
-                report = writer.commit(name, (preference_sample(p, index) for p in pairs), spec)
-                writer.finish({"kept": report.kept, "pairs": len(pairs), "by_chooser": dict(by_chooser)})
+        with contextlib.ExitStack() as stack:
+            if executor is None:
+                executor = stack.enter_context(ThreadExecutor(1))
+            summary = run_stage(stage, executor, RunOptions(rebuild="changed" if overwrite else "no"))
     except StageChanged as changed:
         lines = "\n".join(f"  {c}" for c in changed.changes)
         raise PreferencesExist(
             f"{out_url} already holds preferences of other pairs or settings:\n{lines}\n"
             "pass overwrite (--overwrite) to replace them, or pick a new folder"
         ) from changed
-    hf = write_dpo_dataset(out_url, hf_dir) if hf_dir else None
-    return PreferenceExport(report, len(pairs), by_chooser, hf)
+    summary.extra["hf"] = write_dpo_dataset(out_url, hf_dir) if hf_dir else None
+    return summary
 
 
 # ---------------------------------------------------------------------------------------------- Hugging Face

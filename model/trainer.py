@@ -118,8 +118,6 @@ def cache_latents(
         [u for s in sets for u in s.urls],
         config.data.latent_cache,
         fingerprint,
-        accelerator.device,
-        models.vae.dtype,
         info={"vae": vae_from},
     )
     if accelerator.is_main_process:

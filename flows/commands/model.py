@@ -53,8 +53,11 @@ def register(app: typer.Typer) -> None:
         ),
     ) -> None:
         """Train (or resume) the editing model: every stage of the config in order, or one --stage."""
+        from ieiw.model.config import load_train_config
         from ieiw.model.curriculum import StageNotReady, mix_table
+        from ieiw.storage.config import ConfigError
 
+        load_train_config(config)  # a bad config is one line (exit 2) before anything starts
         try:
             if prefect:
                 from prefect.settings import PREFECT_API_URL, temporary_settings
@@ -69,6 +72,8 @@ def register(app: typer.Typer) -> None:
             else:
                 summaries = _train_directly(config, stage, num_processes)
         except (StageNotReady, ValueError) as error:
+            if isinstance(error, ConfigError):
+                raise  # the command line prints it in one line per problem, exit 2
             console.print(f"[red]{error}[/red]")
             raise typer.Exit(1) from error
         for summary in summaries:

@@ -68,12 +68,15 @@ def register(app: typer.Typer) -> None:
         except StageBusy as busy:
             console.print(f"[red]{busy}[/red]")
             raise typer.Exit(1) from busy
-        report = result.report
-        state = "already held" if report.skipped else "exported"
+        extra = result.extra
+        if not result.batches and result.records_committed_before:
+            state, kept, dropped = "already held", extra["held"], extra["held_dropped"]
+        else:
+            state, kept, dropped = "exported", result.kept, result.dropped
         console.print(
-            f"{state} {report.kept} preference pairs in [bold]{out}[/bold] (by {dict(result.by_chooser)}; "
-            f"dropped {dict(report.dropped) or 'none'})"
+            f"{state} {kept} preference pairs in [bold]{out}[/bold] (by {extra['by_chooser']}; "
+            f"dropped {dict(dropped) or 'none'})"
         )
-        if result.hf:
-            console.print(f"Hugging Face dataset: {result.hf['rows']} rows in [bold]{hf}[/bold]")
-            console.print(result.hf["train_command"])
+        if extra["hf"]:
+            console.print(f"Hugging Face dataset: {extra['hf']['rows']} rows in [bold]{hf}[/bold]")
+            console.print(extra["hf"]["train_command"])

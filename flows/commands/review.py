@@ -36,6 +36,17 @@ def _floats(text: str) -> list[float]:
     return values
 
 
+def _bar_progress(bar):
+    """A runner's ``progress(done, to do)`` shown on a tqdm bar."""
+
+    def update(done: int, left: int | None) -> None:
+        if left is not None and bar.total != left:
+            bar.total = left
+        bar.update(done - bar.n)
+
+    return update
+
+
 def _progress_table(store) -> Table:
     table = Table("reviewer", "assigned", "done", "skipped", "remaining", "picks")
     for row in store.progress():
@@ -75,32 +86,34 @@ def register(app: typer.Typer) -> None:
         --out is a stage folder: a rerun with the same settings resumes (or does nothing), one with
         other settings, another checkpoint or other source shards stops and names what changed.
         """
+        from pydantic import ValidationError
         from tqdm.auto import tqdm
 
-        from ieiw.model.candidates import build_candidates
-        from ieiw.model.inference import load_edit_pipeline
+        from ieiw.model.candidates import CandidatesConfig, build_candidates
         from ieiw.storage.lease import StageBusy
         from ieiw.storage.stage_folder import StageChanged
 
-        texts, images = _floats(text_guidance), _floats(image_guidance)
+        try:
+            config = CandidatesConfig(
+                model=model,
+                shards=shards,
+                n=n,
+                steps=steps,
+                resolution=resolution,
+                seed=seed,
+                text_guidance=_floats(text_guidance),
+                image_guidance=_floats(image_guidance),
+                batch_size=batch_size,
+                per_shard=per_shard,
+                device=device,
+                limit=limit,
+            )
+        except ValidationError as bad:
+            raise typer.BadParameter("; ".join(e["msg"] for e in bad.errors())) from bad
         with tqdm(total=limit, desc="candidates", unit="sample") as bar:
             try:
                 summary = build_candidates(
-                    lambda: load_edit_pipeline(model, device=device),
-                    model,
-                    shards,
-                    out,
-                    n=n,
-                    steps=steps,
-                    resolution=resolution,
-                    base_seed=seed,
-                    text_guidance=texts,
-                    image_guidance=images,
-                    batch_size=batch_size,
-                    per_shard=per_shard,
-                    limit=limit,
-                    rebuild="yes" if rebuild else "no",
-                    progress=bar.update,
+                    config, out, rebuild="yes" if rebuild else "no", progress=_bar_progress(bar)
                 )
             except StageChanged as changed:
                 lines = "\n".join(f"  {c}" for c in changed.changes)
@@ -113,8 +126,8 @@ def register(app: typer.Typer) -> None:
                 console.print(f"[red]{busy}[/red]")
                 raise typer.Exit(1) from busy
         console.print(
-            f"wrote {summary['written']} candidate sets ({len(summary['shards'])} shards; "
-            f"{summary['reused']} already there) to [bold]{out}[/bold]"
+            f"wrote {summary.rows} candidate sets ({summary.batches} shards; "
+            f"{summary.records_committed_before} already there) to [bold]{out}[/bold]"
         )
 
     @app.command("review-token")
@@ -245,10 +258,11 @@ def register(app: typer.Typer) -> None:
             raise typer.Exit(1) from busy
         finally:
             store.close()
-        if report.skipped:
-            console.print(f"{out} already holds this export ({report.kept} picked edits): nothing to do")
+        if not report.batches and report.records_committed_before:
+            held = report.extra["held"]
+            console.print(f"{out} already holds this export ({held} picked edits): nothing to do")
             return
         console.print(
             f"exported {report.kept} picked edits to [bold]{out}[/bold] "
-            f"({len(report.shards)} shards); dropped {dict(report.dropped) or 'none'}"
+            f"({report.shards} shards); dropped {dict(report.dropped) or 'none'}"
         )

@@ -1,13 +1,15 @@
 """The quality judge on review candidates: its scores and reasons next to each candidate edit in the
 review app, and how well they agree with what people picked (``ieiw judge-agreement``).
 
-:func:`judge_candidates` (``ieiw judge-candidates``) judges every candidate edit of a candidate stage
-(source, candidate, the instruction, the source sample's task and so its rubric) into a stage folder
-of its own (default ``<candidates>/quality/judgements``): one batch per candidate shard, named
-``judge-<shard>``, whose manifest part is that shard's judgements. Its fingerprint holds the judge
-model's identity, its settings and rubric versions, and the candidates' identity; answers go
-through the judge's cache (default ``<candidates>/quality/judge-cache``), so a rerun, or a rebuild
-after a change elsewhere, asks only what was never answered.
+:class:`JudgementsStage` (``ieiw judge-candidates``, :func:`judge_candidates`) is a ``rows`` stage run by
+the one runner: its records are the candidate sets of a candidates stage in input order (the sample key
+is the record id), and a batch's manifest part holds the judgements of its sets' candidates (source,
+candidate, the instruction, the source sample's task and so its rubric). It lives in a stage folder of
+its own (default ``<candidates>/quality/judgements``); its fingerprint holds the judge's config as its
+fields declare (the model by identity, decoding settings, rubric versions) and the candidates' identity.
+The judge is the stage's model, loaded once per worker, and answers through its content-addressed cache,
+which lives beside the candidates in their build's layout (``caches/judge``), never inside a stage
+folder, so a rerun, or a rebuild of either stage, asks only what was never answered.
 
 :func:`candidate_judgements` reads them back by ``(sample key, position)`` for the review app;
 :func:`agreement_rows` joins them with the finished reviews of a review database for
@@ -16,24 +18,38 @@ after a change elsewhere, asks only what was never answered.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import posixpath
-import time
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
 
 import pandas as pd
 import pyarrow as pa
 
-from ieiw.model.candidate_shards import FORMAT, CandidateHeader, candidate_member
+from ieiw.model.candidate_shards import CandidateIndex, MemberLocation, candidate_member, read_member
 from ieiw.model.inputs import input_identities
 from ieiw.model.review.reports import ReviewReports
 from ieiw.quality.agreement import ScoreAgreement, judge_agreement
-from ieiw.quality.judge import JUDGE_COLUMNS, JUDGE_SCORES, Judge, JudgeRequest, default_cache_url
+from ieiw.quality.judge import (
+    JUDGE_COLUMNS,
+    JUDGE_SCORES,
+    JUDGE_UNREADABLE,
+    Judge,
+    JudgeConfig,
+    JudgeRequest,
+)
 from ieiw.storage import fs, manifest
+from ieiw.storage.config import WorkerEnv, config_fingerprint
 from ieiw.storage.fingerprint import Fingerprint
-from ieiw.storage.shards import expand_shard_urls, iter_tar_groups
-from ieiw.storage.stage_folder import Rebuild, open_stage
+from ieiw.storage.layout import BuildLayout
+from ieiw.storage.runner import RunOptions, StageSummary, ThreadExecutor, run_stage
+from ieiw.storage.stage import HOST, ModelSpec, Rows, Stage, model_key
+from ieiw.storage.stage_folder import Rebuild
 
 STAGE = "candidate_judgements"
 JUDGEMENTS_DIR = "quality/judgements"
@@ -55,91 +71,145 @@ def default_judgements_url(candidates_url: str) -> str:
     return fs.join(candidates_url, JUDGEMENTS_DIR)
 
 
-def judgements_fingerprint(judge: Judge, candidates_url: str) -> Fingerprint:
-    """What determines the judgements: the judge (model by identity, settings, rubric versions) and
-    the candidates by identity."""
-    return Fingerprint(
-        stage=STAGE,
-        settings={"judge": judge.config.fingerprint_settings()},
-        models={"judge.model": judge.model},
-        upstream=input_identities([candidates_url]),
-    )
+def judge_answers_url(candidates_url: str, config: JudgeConfig) -> str:
+    """Where the judge's answers are cached: the config's ``cache_url``, else the ``caches/judge`` of
+    the build the candidates belong to (outside every stage folder, so no rebuild wipes it)."""
+    return config.cache_url or BuildLayout.of_stage(candidates_url).judge_answers
 
 
-def _shard_requests(shard_url: str) -> tuple[list[JudgeRequest], list[dict]]:
-    requests, rows = [], []
-    shard = posixpath.basename(shard_url)
-    for _, members in iter_tar_groups(shard_url):
-        header = CandidateHeader.model_validate_json(members["json"])
-        if header.format != FORMAT:
-            raise ValueError(f"{shard_url}: {header.key}: unknown candidate format {header.format!r}")
+@dataclass(frozen=True)
+class CandidateSetRecord:
+    """One candidate set to judge: where its source and candidates lie, and what the judge is told."""
+
+    record_id: str  # the sample key
+    shard: str
+    task: str
+    instruction: str
+    source: MemberLocation | None
+    candidates: tuple[MemberLocation | None, ...]
+
+
+def candidate_records(candidates_url: str) -> Iterator[CandidateSetRecord]:
+    """The candidate sets of ``candidates_url`` in input order, with where each member lies."""
+    index = CandidateIndex.build(candidates_url)
+    for key, header in index.headers.items():
         task = str(header.source_meta.task) if header.source_meta is not None else "aligned"
-        for position in range(len(header.settings)):
-            requests.append(
-                JudgeRequest(
-                    f"{header.key}:{position}",
-                    task,
-                    header.instruction,
-                    members["src.png"],
-                    members[candidate_member(position)],
+        members = [index.find(key, "src.png")]
+        members += [index.find(key, candidate_member(p)) for p in range(len(header.settings))]
+        shard = posixpath.basename(members[0].url) if members[0] else ""
+        yield CandidateSetRecord(key, shard, task, header.instruction, members[0], tuple(members[1:]))
+
+
+def _bytes(location: MemberLocation | None) -> bytes:
+    return read_member(location) if location is not None else b""  # nothing: the judge says unreadable
+
+
+def load_judge(config: JudgeConfig, cache_url: str) -> Judge:
+    return Judge.from_config(config, cache_url)
+
+
+class JudgementsStage(Stage):
+    """The judge's verdict on every candidate of a candidates stage, a few candidate sets a batch."""
+
+    name = STAGE
+    writes = "rows"
+    schema = JUDGEMENTS_SCHEMA
+
+    def __init__(self, config: JudgeConfig, candidates_url: str, url: str, batch_size: int = 8) -> None:
+        super().__init__(url, batch_size)
+        self.config = config
+        self.candidates_url = candidates_url
+        self.cache_url = judge_answers_url(candidates_url, config)
+
+    def fingerprint(self, env: WorkerEnv) -> Fingerprint:
+        # a served judge computes in whatever its server does: the workers' precision is not its
+        exclude = ("dtype",) if self.config.backend == "openai" else ()
+        upstream = input_identities([self.candidates_url])
+        return config_fingerprint(STAGE, self.config, env, upstream=upstream, exclude=exclude)
+
+    def records(self) -> Iterator[CandidateSetRecord]:
+        return candidate_records(self.candidates_url)
+
+    def models(self) -> Mapping[str, ModelSpec]:
+        config = self.config
+        device = HOST if config.backend == "openai" else config.device
+        return {
+            "judge": ModelSpec(
+                model_key("judge", config, self.cache_url),
+                partial(load_judge, config, self.cache_url),
+                device,
+            )
+        }
+
+    def run(self, records: list[CandidateSetRecord], models: Mapping[str, Any]) -> Rows:
+        judge: Judge = models["judge"]
+        requests, rows = [], []
+        for record in records:
+            source = _bytes(record.source)
+            for position, location in enumerate(record.candidates):
+                record_id = f"{record.record_id}:{position}"
+                requests.append(
+                    JudgeRequest(record_id, record.task, record.instruction, source, _bytes(location))
                 )
-            )
-            rows.append(
-                {
-                    "key": header.key,
-                    "record_id": f"{header.key}:{position}",
-                    "position": position,
-                    "task": task,
-                    "shard": shard,
-                }
-            )
-    return requests, rows
+                rows.append(
+                    {
+                        "key": record.record_id,
+                        "record_id": record_id,
+                        "position": position,
+                        "task": record.task,
+                        "shard": record.shard,
+                        "fingerprint": "",  # the commit writes the stage's
+                    }
+                )
+        counts: Counter = Counter()
+        for row, judgement in zip(rows, judge.judge(requests), strict=True):
+            row.update(judgement.columns())
+            counts["judged"] += 1
+            counts["failed"] += judgement.error is not None
+            counts["cache_hits"] += judgement.cached
+            counts["requests"] += not judgement.cached and judgement.error != JUDGE_UNREADABLE
+        return Rows(pa.Table.from_pylist(rows, schema=JUDGEMENTS_SCHEMA), counts=counts)
+
+    def info(self) -> dict[str, Any]:
+        return {"candidates_url": self.candidates_url, "judge_answers": self.cache_url}
 
 
 def judge_candidates(
-    judge: Judge,
+    judge: JudgeConfig | Judge,
     candidates_url: str,
     out_url: str | None = None,
     rebuild: Rebuild = "no",
     progress: Callable[[int], None] | None = None,
-) -> dict:
-    """Judge every candidate of ``candidates_url`` not judged yet into the stage ``out_url``."""
-    out_url = out_url or default_judgements_url(candidates_url)
-    judge = judge.with_cache(default_cache_url(out_url))
-    started = time.perf_counter()
-    judged = failed = 0
-    shards = expand_shard_urls([candidates_url])
-    with open_stage(
-        out_url,
-        judgements_fingerprint(judge, candidates_url),
-        rebuild=rebuild,
-        info={"candidates_url": candidates_url},
-    ) as writer:
-        done = writer.committed_batches()
-        for shard_url in shards:
-            batch = f"judge-{posixpath.basename(shard_url).removesuffix('.tar')}"
-            if batch in done:
-                continue
-            requests, rows = _shard_requests(shard_url)
-            for row, judgement in zip(rows, judge.judge(requests, progress), strict=True):
-                row.update(judgement.columns())
-                judged += 1
-                failed += judgement.error is not None
-            writer.commit_files(batch, pa.Table.from_pylist(rows, schema=JUDGEMENTS_SCHEMA))
-        seconds = round(time.perf_counter() - started, 3)
-        writer.finish(
-            {"judged": judged, "failed": failed, "compute_seconds": seconds}, schema=JUDGEMENTS_SCHEMA
-        )
-    return {
-        "out_url": out_url,
-        "shards": len(shards),
-        "judged": judged,
-        "failed": failed,
-        "requests": judge.requests_sent,
-        "cache_hits": judge.cache_hits,
-        "fingerprint": writer.digest,
-        "rebuilt": writer.rebuilt,
-    }
+    batch_size: int = 8,
+    executor: Any = None,
+) -> StageSummary:
+    """Judge every candidate of ``candidates_url`` not judged yet into the stage ``out_url`` (default
+    :func:`default_judgements_url`), on ``executor`` (by default one thread of this process; each batch
+    sends up to the judge's ``max_in_flight`` requests at once). ``progress(n)`` is called with the
+    candidate sets judged, batch by batch. The summary's ``counts`` say how many candidates were judged,
+    failed, answered from the cache and sent to the judge now."""
+    config = judge.config if isinstance(judge, Judge) else judge
+    stage = JudgementsStage(
+        config, candidates_url, out_url or default_judgements_url(candidates_url), batch_size
+    )
+    with contextlib.ExitStack() as stack:
+        if executor is None:
+            executor = stack.enter_context(ThreadExecutor(1))
+        return run_stage(stage, executor, RunOptions(rebuild=rebuild), _increments(progress))
+
+
+def _increments(progress: Callable[[int], None] | None) -> Callable[[int, int | None], None] | None:
+    """A runner's ``progress(done, to do)`` as increments."""
+    if progress is None:
+        return None
+    seen = 0
+
+    def update(done: int, left: int | None) -> None:
+        nonlocal seen
+        progress(done - seen)
+        seen = done
+
+    return update
 
 
 def read_judgements(url: str) -> pd.DataFrame:

@@ -127,9 +127,7 @@ def test_the_latent_cache_is_keyed_by_the_buckets(tiny_base, shaped_shards, tmp_
     square = cache_fingerprint(str(tiny_base), 24)
     bucketed = cache_fingerprint(str(tiny_base), 24, buckets=buckets)
     assert square.digest != bucketed.digest and bucketed.settings["buckets"] == buckets.to_json()
-    result = build_latent_cache(
-        models.vae, [str(shaped_shards)], str(tmp_path / "cache"), bucketed, "cpu", torch.float32
-    )
+    result = build_latent_cache(models.vae, [str(shaped_shards)], str(tmp_path / "cache"), bucketed)
     assert result.folder.rsplit("/", 1)[-1].startswith("b24-") and result.counts["cached"] == 60
     assert read_record(result.folder)["fingerprint"]["settings"]["buckets"] == buckets.to_json()
     settings = _settings(buckets=buckets)

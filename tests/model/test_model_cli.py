@@ -164,3 +164,74 @@ def test_train_command_without_prefect(cli, tiny_base, edit_shards, tmp_path):
     result = cli("train", config, "--no-prefect")
     assert "last loss" in result.output
     assert (tmp_path / "run" / "model_index.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        ({"data": {"resoluton": 24}}, "data.resoluton: unknown field (did you mean resolution?)"),
+        ({"output_dir": "${IEIW_NOT_SET}/run"}, "output_dir: uses ${IEIW_NOT_SET}, but IEIW_NOT_SET is not"),
+        ({"data": {"sets": [{"urls": ["no-such-shards"]}]}}, "data.sets[0].urls: no folder"),
+    ],
+    ids=["typo", "unset variable", "missing shards"],
+)
+def test_a_bad_train_config_is_one_line_and_exit_2(tiny_base, edit_shards, tmp_path, capsys, change,
+                                                    expected):
+    from ieiw.flows.cli import main
+
+    data = {"sets": [{"urls": [str(edit_shards)]}]}
+    values = {"base_model": str(tiny_base), "output_dir": "run", "data": data}
+    for key, value in change.items():
+        values[key] = {**values[key], **value} if isinstance(value, dict) else value
+    config = tmp_path / "train.yaml"
+    config.write_text(yaml.safe_dump(values))
+    with pytest.raises(SystemExit) as stopped:
+        main(["train", str(config), "--no-prefect"])
+    error = capsys.readouterr().err
+    assert stopped.value.code == 2, error
+    assert f"{config}: {expected}" in error and "Traceback" not in error
+    assert not (tmp_path / "run").exists()  # nothing started
+
+
+def test_a_second_train_beside_a_model_keeps_its_identity_and_candidates_resume(tiny_base, edit_shards,
+                                                                                tmp_path):
+    """A trained model is its weights and configs: what a second `ieiw train` writes beside them (logs,
+    checkpoints, loss curves, mix reports) is not the model, so candidates made from it resume."""
+    from small_training import small_config
+
+    from ieiw.flows.commands.review import register as register_review
+    from ieiw.model.inputs import trained_model_identity
+    from ieiw.model.trainer import train
+    from ieiw.storage.identity import model_identity
+    from ieiw.storage.stage_folder import read_record
+
+    config = small_config(tiny_base, edit_shards, tmp_path / "model", max_steps=2, checkpoint_every=1)
+    model = train(config)
+    identity, whole = trained_model_identity(model), model_identity(model)
+    assert (model / "checkpoints").is_dir() and (model / "logs").is_dir()
+    app = typer.Typer()
+    register_review(app)
+    runner = CliRunner()
+    out = tmp_path / "candidates"
+    small = ["--model", model, "--shards", edit_shards, "--out", out, "-n", 2, "--steps", 1,
+             "--resolution", 32, "--per-shard", 1, "--device", "cpu"]
+
+    def candidates(limit: int):
+        return runner.invoke(app, ["candidates", *[str(a) for a in small], "--limit", str(limit)])
+
+    first = candidates(1)
+    assert first.exit_code == 0 and "wrote 1 candidate sets" in first.output, first.output
+    logs = sorted(p.relative_to(model) for p in (model / "logs").rglob("*") if p.is_file())
+
+    train(config)  # again: resumes at its last step and writes its logs, reports and model once more
+    assert sorted(p.relative_to(model) for p in (model / "logs").rglob("*") if p.is_file()) != logs
+    assert model_identity(model) != whole  # the whole folder changed ...
+    assert trained_model_identity(model) == identity  # ... the model did not
+    resumed = candidates(2)
+    assert resumed.exit_code == 0, resumed.output
+    assert "wrote 1 candidate sets" in resumed.output and "1 already there" in resumed.output
+    assert read_record(str(out))["fingerprint"]["models"] == {"model": identity}
+
+    (model / "unet" / "config.json").write_text((model / "unet" / "config.json").read_text() + "\n")
+    changed = candidates(2)  # a changed component is another model: refused, nothing made
+    assert changed.exit_code == 1 and "candidates.model: sha256-tree" in " ".join(changed.output.split())

@@ -286,3 +286,28 @@ def test_train_flow_runs_each_stage_as_a_subflow(prefect_api, tiny_base, stage_s
         runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(name=FlowRunFilterName(
             any_=["stage-pretrain", "stage-task_mix", "stage-instruction_tuning"])))
         assert {r.name for r in runs} >= {"stage-pretrain", "stage-task_mix", "stage-instruction_tuning"}
+
+
+def test_a_stage_whose_shards_are_not_made_yet_loads_and_stops_in_one_line_when_it_starts(
+    tiny_base, stage_shards, tmp_path, capsys
+):
+    """The picks of instruction tuning come after the earlier stages are trained: the config loads
+    without them, and the stage stops before any work, in one line that names its field (exit 2)."""
+    from ieiw.flows.cli import main
+    from ieiw.model.curriculum import check_ready
+    from ieiw.storage.config import ConfigError
+
+    values = _curriculum(tiny_base, stage_shards, Path("run")).model_dump(mode="json")
+    values["stages"][2]["data"][0]["urls"] = ["picks-not-made-yet"]  # relative to the config's folder
+    config_file = tmp_path / "curriculum.yaml"
+    config_file.write_text(yaml.safe_dump(values))
+    plan = plan_stages(load_train_config(config_file))
+    check_ready(plan[0], plan)
+    missing = f"data.sets[0].urls: no folder {tmp_path / 'picks-not-made-yet'}"
+    with pytest.raises(ConfigError, match=r"stage instruction_tuning: data\.sets\[0\]\.urls: no folder"):
+        check_ready(plan[2], plan)
+    with pytest.raises(SystemExit) as stopped:
+        main(["train", str(config_file), "--stage", "instruction_tuning", "--no-prefect"])
+    error = capsys.readouterr().err
+    assert stopped.value.code == 2 and f"stage instruction_tuning: {missing}" in error, error
+    assert "Traceback" not in error and not (tmp_path / "run").exists()

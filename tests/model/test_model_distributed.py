@@ -68,5 +68,5 @@ def test_two_training_processes_fill_one_latent_cache(tiny_base, edit_shards, tm
     folder = cache_folder(str(cache), cache_fingerprint(str(tiny_base), 24))
     parts = manifest.read_table(folder, schema=CACHE_SCHEMA).to_pylist()
     assert sorted(p["rank"] for p in parts) == [0, 0, 1, 1] and sum(p["samples"] for p in parts) == 48
-    assert read_record(folder)["runs"][-1]["ranks"] == 2
+    assert read_record(folder)["runs"][-1]["extra"]["ranks"] == 2
     assert (tmp_path / "run" / "model_index.json").exists()

@@ -34,9 +34,7 @@ def _vae(base) -> AutoencoderKL:
 
 
 def _cache(base, inputs, root, vae=None):
-    return build_latent_cache(
-        vae or _vae(base), inputs, str(root), cache_fingerprint(str(base), 24), "cpu", torch.float32
-    )
+    return build_latent_cache(vae or _vae(base), inputs, str(root), cache_fingerprint(str(base), 24))
 
 
 def _parts(folder) -> list[dict]:
@@ -53,7 +51,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _launch_two_ranks(base, inputs: str, root: Path, out: Path) -> list[dict]:
+def _launch_two_ranks(base, inputs: str, root: Path, out: Path, *extra: str) -> list[dict]:
     out.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     command = [
@@ -71,6 +69,7 @@ def _launch_two_ranks(base, inputs: str, root: Path, out: Path) -> list[dict]:
         inputs,
         str(root),
         str(out),
+        *extra,
     ]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=400)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -88,10 +87,10 @@ def test_two_ranks_share_the_cache_through_one_lease_and_equal_one_rank(tiny_bas
     two = tmp_path / "two"
     _cache(tiny_base, inputs[:2], two)
     folder = Path(cache_folder(str(two), fingerprint))
-    temporary = folder / "shards" / ".lat-0123.tar.tmp-deadbeef"
-    orphan = folder / "shards" / "lat-killed.tar"
+    temporary = folder / "shards" / ".latent-cache-0123.tar.tmp-deadbeef"
+    orphan = folder / "shards" / "latent-cache-killed.tar"
     temporary.write_bytes(b"half a shard")
-    shutil.copy(next((folder / "shards").glob("lat-*.tar")), orphan)
+    shutil.copy(next((folder / "shards").glob("latent-cache-*.tar")), orphan)
 
     results = _launch_two_ranks(tiny_base, str(stage), two, tmp_path / "ranks")
     assert results[0] == results[1]  # every rank gets the same cache shards back
@@ -103,7 +102,8 @@ def test_two_ranks_share_the_cache_through_one_lease_and_equal_one_rank(tiny_bas
     assert {p["fingerprint"] for p in parts} == {fingerprint.digest}
     # the holder cleaned what the killed run left, once, before the ranks started; nothing else went
     record = read_record(str(folder))
-    assert record["runs"][-1]["cleaned"] == {"temporaries": 1, "uncommitted_shards": 1}
+    assert record["runs"][-1]["extra"]["cleaned"] == {"temporaries": 1, "uncommitted_shards": 1}
+    assert record["runs"][-1]["extra"]["ranks"] == 2
     assert not temporary.exists() and not orphan.exists()
     assert sorted(p.name for p in (folder / "shards").iterdir()) == sorted(p["shard"] for p in parts)
     assert read_lease(str(folder)) is None
@@ -118,6 +118,24 @@ def test_two_ranks_share_the_cache_through_one_lease_and_equal_one_rank(tiny_bas
         assert Path(two_ranks).read_bytes() == Path(one_rank).read_bytes()
     cached_keys = {key for url in one.shards.values() for key in _latents(url)}
     assert cached_keys == set(written["committed"])
+
+
+def test_a_failure_on_one_rank_raises_on_every_rank_and_keeps_what_committed(tiny_base, tmp_path):
+    stage = tmp_path / "stage"
+    write_synthetic_stage(str(stage), count=24, per_batch=6, seed=5)
+    inputs = manifest.committed_shards(str(stage))
+    root = tmp_path / "cache"
+    results = _launch_two_ranks(tiny_base, str(stage), root, tmp_path / "ranks", "1")  # rank 1's VAE breaks
+    for result in results:  # both ranks raised, each saying which rank failed and why
+        assert result["error"].startswith("CacheFailed") and "rank 1" in result["error"], result
+        assert "the VAE of rank 1 broke" in result["error"]
+    folder = cache_folder(str(root), cache_fingerprint(str(tiny_base), 24))
+    assert read_lease(folder) is None  # rank 0 let the stage go
+    parts = _parts(folder)
+    assert [p["rank"] for p in parts] == [0, 0]  # rank 0's share committed, rank 1's never did
+    again = _cache(tiny_base, [str(stage)], root)  # a rerun encodes only what is missing
+    assert again.counts == {"cached": 12, "shards_cached": 2, "shards_reused": 2}
+    assert sorted(again.shards) == sorted(inputs) and all(again.shards.values())
 
 
 def test_another_vae_gets_another_cache_and_a_moved_one_the_same(tiny_base, edit_shards, tmp_path):
@@ -140,14 +158,8 @@ def test_another_vae_gets_another_cache_and_a_moved_one_the_same(tiny_base, edit
     again = _cache(moved, [str(edit_shards)], root)
     assert again.folder == first.folder and again.counts == {"shards_reused": 4}
 
-    other_resolution = build_latent_cache(
-        _vae(tiny_base),
-        [str(edit_shards)],
-        str(root),
-        cache_fingerprint(str(tiny_base), 16),
-        "cpu",
-        torch.float32,
-    )
+    other_resolution = build_latent_cache(_vae(tiny_base), [str(edit_shards)], str(root),
+                                          cache_fingerprint(str(tiny_base), 16))
     assert other_resolution.folder != first.folder and other_resolution.counts["cached"] == 48
 
 

@@ -208,13 +208,12 @@ def test_ieiw_edit_and_evaluate_use_the_sdxl_pipeline(sdxl_model, shaped, tiny_c
 
 def test_candidates_of_an_sdxl_model_keep_the_working_size(sdxl_model, shaped, tmp_path):
     from ieiw.model.candidate_shards import iter_candidate_sets
-    from ieiw.model.candidates import build_candidates
+    from ieiw.model.candidates import CandidatesConfig, build_candidates
 
-    summary = build_candidates(
-        lambda: load_edit_pipeline(str(sdxl_model), device="cpu"), str(sdxl_model), [str(shaped)],
-        str(tmp_path / "cands"), n=2, steps=1, resolution=32, limit=2, per_shard=2,
-    )
-    assert summary["written"] == 2
+    config = CandidatesConfig(model=str(sdxl_model), shards=[str(shaped)], n=2, steps=1, resolution=32,
+                              limit=2, per_shard=2, device="cpu")
+    summary = build_candidates(config, str(tmp_path / "cands"))
+    assert summary.rows == 2 and summary.batches == 1
     for candidate_set in iter_candidate_sets(str(tmp_path / "cands")):
         assert all(c.shape == candidate_set.source.shape for c in candidate_set.candidates)
         assert max(candidate_set.source.shape[:2]) == 32  # not SDXL's default 1024 px

@@ -50,3 +50,25 @@ def write_candidate_shards(directory: str, n_samples: int = 6, n_candidates: int
                            size: int = 48, dataset: str = "fixture") -> list[str]:
     sets = candidate_sets(n_samples, n_candidates, size, dataset)
     return write_candidate_sets(sets, directory, max_sets=per_shard)
+
+
+def write_candidate_stage(url: str, batches: list[list[CandidateSet]]) -> str:
+    """Candidate sets committed as a candidates stage folder, one batch (and shard) per list, as
+    `ieiw candidates` commits them; more batches may be added later with the same fingerprint."""
+    import pyarrow as pa
+
+    from ieiw.model.candidate_shards import candidate_shard
+    from ieiw.model.candidates import CANDIDATES_SCHEMA, STAGE
+    from ieiw.storage.fingerprint import Fingerprint
+    from ieiw.storage.schema import stable_key
+    from ieiw.storage.stage_folder import open_stage
+
+    with open_stage(url, Fingerprint(stage=STAGE, settings={"fixture": True})) as writer:
+        for sets in batches:
+            batch = f"candidates-{stable_key([s.key for s in sets])[:16]}"
+            rows = [{"key": s.key, "record_id": s.key, "batch": batch, "shard": f"{batch}.tar",
+                     "instruction": s.header.instruction, "candidates": len(s.candidates)} for s in sets]
+            writer.commit_files(batch, pa.Table.from_pylist(rows, schema=CANDIDATES_SCHEMA),
+                                {f"shards/{batch}.tar": candidate_shard(sets)})
+        writer.finish(schema=CANDIDATES_SCHEMA)
+    return url

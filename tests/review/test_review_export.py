@@ -34,7 +34,7 @@ def test_export_writes_aligned_shards_with_provenance(store, candidate_index, tm
     expected = review_some(store)
     out = str(tmp_path / "aligned")
     report = export_picks(store, candidate_index, out)
-    assert report.kept == 3 and not report.dropped
+    assert report.kept == 3 and not report.dropped and report.records == 3 and report.complete
     samples = list(iter_samples([f"{out}/shards"]))
     assert sorted((s.meta.provenance.extra["source_key"], s.meta.generator.settings["candidate"])
                   for s in samples) == sorted((k, p) for k, ps in expected.items() for p in ps)
@@ -59,7 +59,8 @@ def test_export_writes_aligned_shards_with_provenance(store, candidate_index, tm
 
     keys = sorted(s.key for s in samples)
     again = export_picks(store, candidate_index, out)  # the same picks: nothing to do
-    assert again.skipped and again.kept == 3
+    assert again.batches == 0 and again.records == 0 and again.records_committed_before == 3
+    assert again.extra["held"] == 3
     assert sorted(s.key for s in iter_samples([out])) == keys
     with pytest.raises(ExportExists, match="min_votes: 1 -> 2"):
         export_picks(store, candidate_index, out, min_votes=2)
@@ -76,4 +77,4 @@ def test_picks_missing_from_the_shards_are_dropped_with_a_reason(store, candidat
     report = export_picks(store, first_shard_only, str(tmp_path / "partial"))
     assert sum(len(p) for k, p in expected.items() if k not in first_shard_only) == 1
     assert report.kept == 2 and dict(report.dropped) == {"candidate_missing": 1}
-    assert report.total == 3
+    assert report.records == 3 and report.extra["held_dropped"] == {"candidate_missing": 1}

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -15,12 +16,13 @@ import yaml
 from chat_server import ChatServer
 from fastapi.testclient import TestClient
 from judge_server import check_judge_request, images
-from review_fixtures import write_candidate_shards
+from review_fixtures import candidate_sets, write_candidate_shards, write_candidate_stage
 from typer.testing import CliRunner
 
 from ieiw.model.candidate_shards import CandidateIndex
 from ieiw.model.review.app import create_app
 from ieiw.model.review.judging import (
+    JudgementsStage,
     candidate_judgements,
     default_judgements_url,
     judge_agreement_report,
@@ -29,7 +31,9 @@ from ieiw.model.review.judging import (
 )
 from ieiw.model.review.serve import free_port
 from ieiw.model.review.store import ReviewStore
-from ieiw.quality.judge import Judge, JudgeConfig
+from ieiw.quality.judge import JudgeConfig
+from ieiw.storage.config import WorkerEnv
+from ieiw.storage.layout import BuildLayout
 
 N_SAMPLES, N_CANDIDATES = 4, 6
 
@@ -68,7 +72,7 @@ def judge_config(server: ChatServer) -> JudgeConfig:
 
 @pytest.fixture
 def judged(candidates, server) -> str:
-    judge_candidates(Judge.from_config(judge_config(server)), candidates)
+    judge_candidates(judge_config(server), candidates)
     return default_judgements_url(candidates)
 
 
@@ -79,22 +83,48 @@ def brightness_order(index: CandidateIndex, key: str) -> list[int]:
     return list(np.argsort(means)[::-1])
 
 
-def test_every_candidate_is_judged_once(candidates, server):
+def test_every_candidate_is_judged_once(candidates, server, tmp_path):
     before = len(server.requests)
-    first = judge_candidates(Judge.from_config(judge_config(server)), candidates)
-    assert first["judged"] == N_SAMPLES * N_CANDIDATES == first["requests"] and first["failed"] == 0
+    first = judge_candidates(judge_config(server), candidates)
+    assert first.counts["judged"] == N_SAMPLES * N_CANDIDATES == first.counts["requests"]
+    assert first.counts["failed"] == 0 and first.records == N_SAMPLES and first.complete
     assert len(server.requests) - before == N_SAMPLES * N_CANDIDATES and server.problems == []
     table = read_judgements(default_judgements_url(candidates))
     assert len(table) == N_SAMPLES * N_CANDIDATES and table["record_id"].is_unique
     assert set(table["task"]) == {"remove"} and set(table["judge_rubric"]) == {"remove@1"}
-    again = judge_candidates(Judge.from_config(judge_config(server)), candidates)
-    assert again["judged"] == 0 and again["requests"] == 0  # every batch is committed
-    rebuilt = judge_candidates(Judge.from_config(judge_config(server)), candidates, rebuild="yes")
-    assert rebuilt["rebuilt"] and rebuilt["judged"] == N_SAMPLES * N_CANDIDATES
-    assert (
-        rebuilt["requests"] == 0 and rebuilt["cache_hits"] == N_SAMPLES * N_CANDIDATES
-    )  # the cache answered
+    # the answers are cached beside the candidates in their build's layout, never inside a stage folder
+    answers = BuildLayout.of_stage(candidates).judge_answers
+    assert answers == str(tmp_path / "caches" / "judge") and any(Path(answers).rglob("*.json"))
+    again = judge_candidates(judge_config(server), candidates)
+    assert again.batches == 0 and again.counts.get("requests", 0) == 0  # every batch is committed
+    assert again.records_committed_before == N_SAMPLES
+    rebuilt = judge_candidates(judge_config(server), candidates, rebuild="yes")
+    assert rebuilt.rebuilt and rebuilt.counts["judged"] == N_SAMPLES * N_CANDIDATES
+    assert rebuilt.counts.get("requests", 0) == 0  # the cache answered
+    assert rebuilt.counts["cache_hits"] == N_SAMPLES * N_CANDIDATES
     assert len(server.requests) - before == N_SAMPLES * N_CANDIDATES
+
+
+def test_judgements_grow_with_their_candidates_and_never_judge_a_set_twice(server, tmp_path):
+    """Candidate sets committed to the candidates stage later become new batches of the judgements."""
+    sets = candidate_sets(N_SAMPLES + 2, N_CANDIDATES)
+    candidates = write_candidate_stage(str(tmp_path / "candidates"), [sets[:3], sets[3:4]])
+    first = judge_candidates(judge_config(server), candidates, batch_size=2)
+    assert first.batches == 2 and first.counts["requests"] == N_SAMPLES * N_CANDIDATES
+    write_candidate_stage(candidates, [sets[4:]])  # the same stage, grown by a batch
+    before = len(server.requests)
+    grown = judge_candidates(judge_config(server), candidates, batch_size=2)
+    assert grown.records_committed_before == N_SAMPLES and grown.records == 2 and grown.batches == 1
+    assert grown.counts["judged"] == 2 * N_CANDIDATES and len(server.requests) - before == 2 * N_CANDIDATES
+    table = read_judgements(default_judgements_url(candidates))
+    assert sorted(table["key"].unique()) == sorted(s.key for s in sets) and table["record_id"].is_unique
+
+
+def test_a_served_judge_is_fingerprinted_alike_for_every_kind_of_worker(candidates, server):
+    stage = JudgementsStage(judge_config(server), candidates, default_judgements_url(candidates))
+    cpu, gpu = WorkerEnv(), WorkerEnv("cuda NVIDIA H100 80GB HBM3", True)
+    assert stage.full_fingerprint(cpu).digest == stage.full_fingerprint(gpu).digest
+    assert stage.full_fingerprint(cpu).models == {"model": "api:review-judge"}
 
 
 def test_review_app_shows_the_judge_next_to_each_candidate(candidates, judged, tmp_path):
@@ -204,7 +234,7 @@ def test_judge_candidates_and_judge_agreement_commands(candidates, server, tmp_p
     assert missing.exit_code != 0 and "judge-candidates" in missing.output
     made = runner.invoke(app, ["judge-candidates", candidates, "--config", str(config)])
     assert made.exit_code == 0, made.output
-    assert json.loads(made.output[made.output.index("{") :])["judged"] == N_SAMPLES * N_CANDIDATES
+    assert json.loads(made.output[made.output.index("{") :])["counts"]["judged"] == N_SAMPLES * N_CANDIDATES
     index = CandidateIndex.build(candidates)
     store = ReviewStore(db)
     store.import_candidates(index.headers.values())

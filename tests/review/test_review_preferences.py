@@ -90,7 +90,7 @@ def test_export_writes_preference_shards_and_a_dpo_dataset(reviewed, candidate_i
     assert len(pairs) == 13 + 7  # the first sample as above (8 candidates), the fifth: 2 over seven
     out, hf = str(tmp_path / "prefs"), str(tmp_path / "hf")
     result = export_preferences(pairs, candidate_index, out, hf_dir=hf)
-    assert result.report.kept == 20 and not result.report.dropped and result.by_chooser == {"human": 20}
+    assert result.kept == 20 and not result.dropped and result.extra["by_chooser"] == {"human": 20}
     frame = manifest.read_manifest(out)
     assert len(frame) == 20 and set(frame["task"]) == {"preference"}
     samples = {s.key: s for s in iter_samples([out])}  # any reader of ours: the chosen edit is the target
@@ -126,16 +126,16 @@ def test_export_writes_preference_shards_and_a_dpo_dataset(reviewed, candidate_i
         assert preferred == members["tgt.png"] and other == members[REJECTED_MEMBER]
         assert Image.open(io.BytesIO(preferred)).convert("RGB").size == (48, 48)
         assert row["caption"] == samples[row["key"]].meta.instruction and row["chooser"] == "human"
-    assert "--dataset_split_name train" in result.hf["train_command"]
+    assert "--dataset_split_name train" in result.extra["hf"]["train_command"]
 
     again = export_preferences(pairs, candidate_index, out)  # the same pairs: nothing to do
-    assert again.report.skipped and again.report.kept == 20
+    assert again.batches == 0 and again.extra["held"] == 20 and again.records_committed_before == 20
     fewer = human_pairs(*store.votes(), min_net_votes=2)
     with pytest.raises(PreferencesExist, match="pairs"):
         export_preferences(fewer, candidate_index, out)
     assert len(manifest.read_manifest(out)) == 20  # refused before any change
     replaced = export_preferences(fewer, candidate_index, out, overwrite=True)
-    assert replaced.report.kept == 6 and len(list(iter_samples([out]))) == 6
+    assert replaced.kept == 6 and replaced.rebuilt and len(list(iter_samples([out]))) == 6
 
 
 def test_judge_scores_and_picks_in_one_export_and_missing_candidates_dropped(
@@ -147,8 +147,8 @@ def test_judge_scores_and_picks_in_one_export_and_missing_candidates_dropped(
     first_shard = CandidateIndex.build(f"{candidate_dir}/candidates-0000.tar")
     assert queue[4] not in first_shard  # its candidates lie in the second shard
     result = export_preferences(pairs, first_shard, str(tmp_path / "mixed"))
-    assert result.by_chooser == {"human": 20, "judge": 2}
-    assert result.report.kept == 15 and dict(result.report.dropped) == {"candidate_missing": 7}
+    assert result.extra["by_chooser"] == {"human": 20, "judge": 2}
+    assert result.kept == 15 and dict(result.dropped) == {"candidate_missing": 7}
     judged = [s for s in iter_samples([str(tmp_path / "mixed")]) if s.meta.extra["chooser"] == "judge"]
     assert sorted(s.meta.extra["margin"] for s in judged) == [0.4, 0.7]
     assert all(s.meta.extra["choosers"] == ["judge:tiny@rubric-1"] for s in judged)

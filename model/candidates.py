@@ -6,7 +6,7 @@ samples, in the format of :mod:`ieiw.model.candidate_shards`.
 :class:`CandidatesStage` (``ieiw candidates``, :func:`build_candidates`) is a ``rows`` stage run by the
 one runner (:func:`ieiw.storage.runner.run_stage`): its fingerprint (:class:`CandidatesConfig`'s fields,
 read by :func:`ieiw.storage.config.config_fingerprint`) holds the trained model's identity by its weights
-and configs (:func:`ieiw.model.inputs.trained_model_identity`, which is also what each
+and configs (:func:`ieiw.storage.identity.model_identity`, which is also what each
 :class:`CandidateSetting` names, never the checkpoint's path), the candidate settings and the identities
 of the source shards; the source samples are its records in input order (the sample key is the record
 id), cut by the runner into batches of ``per_shard``, one candidate shard and one committed manifest part
@@ -37,7 +37,7 @@ from ieiw.model.candidate_shards import (
     candidate_shard,
 )
 from ieiw.model.family import size_kwargs
-from ieiw.model.inputs import input_identities, trained_model_identity
+from ieiw.model.inputs import input_identities
 from ieiw.storage import fs, manifest
 from ieiw.storage.commit import batch_name
 from ieiw.storage.config import (
@@ -50,6 +50,7 @@ from ieiw.storage.config import (
     precision,
 )
 from ieiw.storage.fingerprint import Fingerprint
+from ieiw.storage.identity import model_identity
 from ieiw.storage.runner import RunOptions, StageSummary, ThreadExecutor, run_stage
 from ieiw.storage.schema import Sample, stable_key
 from ieiw.storage.shards import SHARD_SUFFIX, iter_samples
@@ -244,7 +245,7 @@ class CandidatesConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     # a trained model folder (diffusers layout) or a hub id: by its weights and configs
-    model: str = model_ref(identity="model_identity")
+    model: str = model_ref()
     shards: list[str] = input_folder()  # source shards, folders or stage folders (by identity upstream)
     n: int = Field(default=20, ge=1)
     steps: int = Field(default=20, ge=1)
@@ -258,9 +259,6 @@ class CandidatesConfig(BaseModel):
     batch_size: int = operational(8, ge=1)  # samples per pipeline call
     per_shard: int = operational(50, ge=1)  # samples per batch: one candidate shard each
     limit: int | None = limit(None)  # at most this many source samples
-
-    def model_identity(self, value: str) -> str | None:
-        return trained_model_identity(value)
 
 
 @dataclass(frozen=True)
@@ -289,7 +287,7 @@ class CandidatesStage(Stage):
         super().__init__(url, config.per_shard, tags=gpu_tags(True, config.device))
         self.config = config
         # what each candidate's setting names as its checkpoint: the model by identity, never its path
-        self.checkpoint = trained_model_identity(config.model) or config.model
+        self.checkpoint = model_identity(config.model) or config.model
 
     def fingerprint(self, env: WorkerEnv) -> Fingerprint:
         return config_fingerprint(

@@ -11,22 +11,16 @@ changed input gives another one:
 - an input folder or pattern (:func:`input_identities`): a stage folder is its digest; anything else
   the identities of the shards a reader takes from it (:func:`ieiw.storage.manifest.resolve_shards`),
   labelled by the stage's name or the input's place, never by a path;
-- a trained model (:func:`trained_model_identity`): a diffusers pipeline folder by its weights and
-  configs only (``model_index.json`` and the files of the components it names), never by the logs,
-  checkpoints and reports that training writes beside them.
+- a trained model: :func:`ieiw.storage.identity.model_identity`, which takes a diffusers pipeline
+  folder by its weights and configs only, never by the logs and checkpoints training writes beside them.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
 import posixpath
 from collections.abc import Iterable
-from pathlib import Path
 
 from ieiw.storage import fs, manifest
-from ieiw.storage.identity import file_digest, model_identity
 from ieiw.storage.schema import stable_key
 from ieiw.storage.stage_folder import read_record
 
@@ -107,52 +101,3 @@ def input_identities(urls: Iterable[str] | str) -> dict[str, str]:
             unique = f"{label}#{n}"
         out[unique] = identity
     return out
-
-
-PIPELINE_INDEX = "model_index.json"
-
-
-def pipeline_files(folder: str | os.PathLike) -> list[Path] | None:
-    """The files that define a diffusers pipeline folder: ``model_index.json`` and every file of each
-    component it names (``unet/``, ``vae/``, ``text_encoder/``, ``tokenizer/``, ``scheduler/``...), hidden
-    ones left out; None when ``folder`` is not a pipeline folder. Whatever else lies there (``logs/``,
-    ``checkpoints/``, loss curves, mix reports, markers) is not the model."""
-    root = Path(folder)
-    index = root / PIPELINE_INDEX
-    if not index.is_file():
-        return None
-    try:
-        entries = json.loads(index.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    components = sorted(
-        name
-        for name, value in entries.items()
-        if not name.startswith("_") and isinstance(value, list) and value and value[0] is not None
-    )
-    files = [index]
-    for name in components:
-        part = root / name
-        if part.is_file():
-            files.append(part)
-        elif part.is_dir():
-            files += sorted(p for p in part.rglob("*") if p.is_file())
-    return sorted(f for f in files if not any(x.startswith(".") for x in f.relative_to(root).parts))
-
-
-def trained_model_identity(reference: str | os.PathLike | None) -> str | None:
-    """A model by its weights and configs: a diffusers pipeline folder (a trained model, or a base
-    checkpoint) is ``sha256-tree:<hex>`` over :func:`pipeline_files` (relative names and digests, as
-    :func:`ieiw.storage.identity.folder_digest` takes a whole folder, so a folder that holds only the
-    pipeline has the same identity by either rule); anything else as
-    :func:`ieiw.storage.identity.model_identity` says (a file, another folder, a hub id)."""
-    if reference is None:
-        return None
-    files = pipeline_files(reference) if os.path.isdir(os.fspath(reference)) else None
-    if files is None:
-        return model_identity(reference)
-    root = Path(reference)
-    digest = hashlib.sha256()
-    for file in files:
-        digest.update(f"{file.relative_to(root).as_posix()}\0{file_digest(file)}\n".encode())
-    return f"sha256-tree:{digest.hexdigest()}"

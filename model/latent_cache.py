@@ -56,12 +56,13 @@ from tqdm.auto import tqdm
 
 from ieiw.model.buckets import Buckets, cover_size, resize
 from ieiw.model.data import read_shard
-from ieiw.model.inputs import shard_identities, trained_model_identity
+from ieiw.model.inputs import shard_identities
 from ieiw.model.sample_decode import LATENT_MEMBER, find_member, resize_short_side, to_tensor
 from ieiw.storage import fs, manifest
 from ieiw.storage.commit import batch_name
 from ieiw.storage.config import WorkerEnv
 from ieiw.storage.fingerprint import Fingerprint
+from ieiw.storage.identity import model_identity
 from ieiw.storage.images import decode_image
 from ieiw.storage.runner import RunOptions, StageSummary, WorkerMismatch, forget_models, run_stage
 from ieiw.storage.shards import expand_shard_urls
@@ -94,7 +95,7 @@ def vae_identity(model: str) -> str | None:
     resolved revision."""
     value = os.fspath(model)
     vae = os.path.join(value, "vae")
-    return trained_model_identity(vae if os.path.isdir(vae) else value)
+    return model_identity(vae if os.path.isdir(vae) else value)
 
 
 def cache_fingerprint(

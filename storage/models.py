@@ -89,8 +89,9 @@ def parse(text: str | os.PathLike) -> Reference:
 
 
 def identity(text: str | os.PathLike | None) -> str | None:
-    """What a model is, by content: a local file's SHA-256, a local folder's tree digest, a hub id at its
-    commit (``hf:<id>@<commit>``), a pinned URL's SHA-256; anything else by its name."""
+    """What a model is, by content: a local file's SHA-256, a local folder's tree digest (a diffusers
+    pipeline folder's over its weights and configs only: :func:`pipeline_files`), a hub id at its commit
+    (``hf:<id>@<commit>``), a pinned URL's SHA-256; anything else by its name."""
     from ieiw.storage.identity import file_digest, folder_digest
 
     if text is None:
@@ -101,7 +102,13 @@ def identity(text: str | os.PathLike | None) -> str | None:
         if os.path.isfile(path):
             return f"sha256:{file_digest(path)}"
         if os.path.isdir(path):
-            return f"sha256-tree:{folder_digest(path)}"
+            files = pipeline_files(path)
+            if files is None:
+                return f"sha256-tree:{folder_digest(path)}"
+            digest = hashlib.sha256()
+            for file in files:
+                digest.update(f"{file.relative_to(path).as_posix()}\0{file_digest(file)}\n".encode())
+            return f"sha256-tree:{digest.hexdigest()}"
         return ref.value
     if ref.kind == "hub":
         commit = ref.revision if ref.pinned else cached_commit(ref.value, ref.revision or "main")
@@ -112,6 +119,41 @@ def identity(text: str | os.PathLike | None) -> str | None:
         cached = _cached_download(ref)
         return f"sha256:{_sha256(cached)}" if cached else ref.value
     return ref.value
+
+
+PIPELINE_INDEX = "model_index.json"
+
+
+def pipeline_files(folder: str | os.PathLike) -> list[Path] | None:
+    """The files that define a diffusers pipeline folder: ``model_index.json`` and every file of each
+    component it names (``unet/``, ``vae/``, ``text_encoder/``, ``tokenizer/``, ``scheduler/``...),
+    hidden ones left out; None when ``folder`` is not a pipeline folder. Whatever else lies there
+    (``logs/``, ``checkpoints/``, loss curves, mix reports) is not the model: a trained model's identity
+    survives a second ``ieiw train`` that changed no weight. A folder holding only the pipeline has the
+    same identity by this rule as by a whole-folder digest."""
+    import json
+
+    root = Path(folder)
+    index = root / PIPELINE_INDEX
+    if not index.is_file():
+        return None
+    try:
+        entries = json.loads(index.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    components = sorted(
+        name
+        for name, value in entries.items()
+        if not name.startswith("_") and isinstance(value, list) and value and value[0] is not None
+    )
+    files = [index]
+    for name in components:
+        part = root / name
+        if part.is_file():
+            files.append(part)
+        elif part.is_dir():
+            files += sorted(p for p in part.rglob("*") if p.is_file())
+    return sorted(f for f in files if not any(x.startswith(".") for x in f.relative_to(root).parts))
 
 
 # --------------------------------------------------------------------------------------------- the hub

@@ -200,14 +200,13 @@ def test_a_second_train_beside_a_model_keeps_its_identity_and_candidates_resume(
     from small_training import small_config
 
     from ieiw.flows.commands.review import register as register_review
-    from ieiw.model.inputs import trained_model_identity
     from ieiw.model.trainer import train
-    from ieiw.storage.identity import model_identity
+    from ieiw.storage.identity import folder_digest, model_identity
     from ieiw.storage.stage_folder import read_record
 
     config = small_config(tiny_base, edit_shards, tmp_path / "model", max_steps=2, checkpoint_every=1)
     model = train(config)
-    identity, whole = trained_model_identity(model), model_identity(model)
+    identity, whole = model_identity(model), folder_digest(model)
     assert (model / "checkpoints").is_dir() and (model / "logs").is_dir()
     app = typer.Typer()
     register_review(app)
@@ -225,8 +224,8 @@ def test_a_second_train_beside_a_model_keeps_its_identity_and_candidates_resume(
 
     train(config)  # again: resumes at its last step and writes its logs, reports and model once more
     assert sorted(p.relative_to(model) for p in (model / "logs").rglob("*") if p.is_file()) != logs
-    assert model_identity(model) != whole  # the whole folder changed ...
-    assert trained_model_identity(model) == identity  # ... the model did not
+    assert folder_digest(model) != whole  # the whole folder changed ...
+    assert model_identity(model) == identity  # ... the model did not
     resumed = candidates(2)
     assert resumed.exit_code == 0, resumed.output
     assert "wrote 1 candidate sets" in resumed.output and "1 already there" in resumed.output

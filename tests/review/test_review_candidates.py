@@ -24,8 +24,8 @@ from ieiw.model.candidate_shards import (  # noqa: E402
 )
 from ieiw.model.candidates import candidate_settings, display_order, generate_candidates  # noqa: E402
 from ieiw.model.inference import load_edit_pipeline  # noqa: E402
-from ieiw.model.inputs import trained_model_identity  # noqa: E402
 from ieiw.storage import manifest  # noqa: E402
+from ieiw.storage.identity import model_identity  # noqa: E402
 from ieiw.storage.shards import iter_samples  # noqa: E402
 from ieiw.storage.stage_folder import read_record  # noqa: E402
 
@@ -158,11 +158,11 @@ def test_candidates_command(tiny_ip2p, tmp_path):
     assert len(sets) == 2 and all(len(s.candidates) == 3 for s in sets)
     assert {s.text_guidance for s in sets[0].header.settings} == {6.0, 8.0}
     # the checkpoint by content, never by where it lies
-    assert {s.checkpoint for s in sets[0].header.settings} == {trained_model_identity(str(tiny_ip2p))}
+    assert {s.checkpoint for s in sets[0].header.settings} == {model_identity(str(tiny_ip2p))}
     for shard in manifest.committed_shards(str(out)):
         assert str(tiny_ip2p).encode() not in Path(shard).read_bytes()
     record = read_record(str(out))
-    assert record["fingerprint"]["models"] == {"model": trained_model_identity(str(tiny_ip2p))}
+    assert record["fingerprint"]["models"] == {"model": model_identity(str(tiny_ip2p))}
 
     same = candidates("--model", tiny_ip2p, "--shards", tmp_path / "src", "--out", out, "--limit", 2,
                       "--per-shard", 2, *SMALL)
@@ -219,7 +219,7 @@ def test_candidates_and_export_keys_do_not_depend_on_where_the_checkpoint_lies(t
         store.close()
         assert report.kept == 3
         samples = list(iter_samples([str(tmp_path / f"aligned{i}")]))
-        assert {s.meta.generator.model for s in samples} == {trained_model_identity(str(tiny_ip2p))}
+        assert {s.meta.generator.model for s in samples} == {model_identity(str(tiny_ip2p))}
         keys.append(sorted(s.key for s in samples))
     assert headers[0] == headers[1] and digests[0] == digests[1]
     assert keys[0] == keys[1] and len(keys[0]) == 3

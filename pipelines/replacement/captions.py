@@ -15,7 +15,6 @@ from pydantic import BaseModel, ConfigDict
 
 from ieiw.pipelines.instructions.templates import a_phrase
 from ieiw.storage.config import model_ref, operational, precision
-from ieiw.storage.identity import model_identity
 
 
 class CaptionConfig(BaseModel):
@@ -49,7 +48,6 @@ class BlipCaptioner:
             raise ValueError("caption.backend 'blip' needs caption.model: a hub id or a local folder")
         self.config = config
         self.batch_size = config.batch_size
-        self.model_name = model_identity(config.model)  # by content: never a local path in a sample
         use_cuda = config.device == "auto" and torch.cuda.is_available()
         self.device = torch.device(
             "cuda" if use_cuda else ("cpu" if config.device == "auto" else config.device)
@@ -59,13 +57,6 @@ class BlipCaptioner:
         self.processor = BlipProcessor.from_pretrained(config.model)
         self.model = BlipForConditionalGeneration.from_pretrained(config.model, torch_dtype=self.dtype)
         self.model.to(self.device).eval()
-
-    def settings(self) -> dict:
-        return {
-            "max_new_tokens": self.config.max_new_tokens,
-            "num_beams": self.config.num_beams,
-            "prompt": self.config.prompt,
-        }
 
     @torch.inference_mode()
     def caption(self, images: Sequence[np.ndarray]) -> list[str]:

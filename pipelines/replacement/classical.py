@@ -7,8 +7,6 @@ keeps gradients, so the object keeps its contrast to its old background while th
 
 from __future__ import annotations
 
-from typing import Any
-
 import cv2
 import numpy as np
 
@@ -25,15 +23,6 @@ class SeamlessClonePainter:
     def __init__(self, config: PaintConfig) -> None:
         self.config = config
         self.inpainter = OpenCVInpainter(radius=config.inpaint_radius)
-
-    def settings(self) -> dict[str, Any]:
-        return {
-            "dilation": self.config.dilation,
-            "inpaint_radius": self.config.inpaint_radius,
-            "fit": self.config.fit,
-            "clone_margin": self.config.clone_margin,
-            "clone": "normal",
-        }
 
     def paint(self, jobs: list[PaintJob]) -> list[Painted]:
         return [self._paint_one(job) for job in jobs]

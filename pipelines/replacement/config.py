@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -71,7 +70,9 @@ class DatabaseConfig(BaseModel):
     url: str | None = output(None)  # a folder or fsspec URL (s3://...); None: <output>/object_database
     objects_per_image: int = 8  # best kept regions of each image stored
     batch_size: int = operational(16)
-    build_if_missing: bool = operational(True)  # the replacement flow builds the database first when absent
+    # false: this build never builds the database (one made elsewhere, at ``url``): its stage stops
+    # instead, unless asked for it (``ieiw replacement --database-only`` or ``--rebuild-database``)
+    build_if_missing: bool = operational(True)
     index: IndexConfig = Field(default_factory=IndexConfig)
 
 
@@ -118,31 +119,3 @@ class ReplacementConfig(BaseModel):
 
     def needs_proposer(self) -> bool:
         return any(isinstance(s, ImageFolderSource) for s in self.sources)
-
-    def resolve_paths(self, resolve: Callable[[str], str], resolve_output: Callable[[str], str]) -> None:
-        """Rewrite every file path with ``resolve`` (inputs that may be hub ids or tags) or
-        ``resolve_output`` (folders this run writes), e.g. to make them relative to a config file."""
-        for source in self.sources:
-            for name in ("folders", "images", "segmentation_csv", "masks", "class_descriptions"):
-                value = getattr(source, name, None)
-                if isinstance(value, list):
-                    setattr(source, name, [resolve(v) for v in value])
-                elif isinstance(value, str):
-                    setattr(source, name, resolve(value))
-        inputs = [
-            (self.proposer.sam, "checkpoint"),
-            (self.embedder, "pretrained"),
-            (self.embedder, "model_config_file"),
-            (self.labels, "class_descriptions"),
-            (self.paint, "model"),
-            (self.caption, "model"),
-        ]
-        for section, name in inputs:
-            value = getattr(section, name)
-            if value:
-                setattr(section, name, resolve(value))
-        if self.database.url:
-            self.database.url = resolve_output(self.database.url)
-        llm = self.instructions.llm
-        if llm is not None and llm.cache_dir:
-            llm.cache_dir = resolve_output(llm.cache_dir)

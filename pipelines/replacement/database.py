@@ -92,6 +92,19 @@ def part_table(part: str, rows: list[dict]) -> pa.Table:
     return table.append_column("part", pa.array([part] * len(rows), pa.string()))
 
 
+def part_files(part: str, vectors: np.ndarray, images: list[dict] | None = None) -> dict[str, bytes]:
+    """A part's own files, by their path in the database: its vectors (and its table of ``images``, rows
+    of :data:`IMAGES`), written before the manifest part that commits it."""
+    buffer = io.BytesIO()
+    np.save(buffer, np.ascontiguousarray(vectors, dtype=np.float32))
+    files = {vectors_path(part): buffer.getvalue()}
+    if images is not None:
+        table = io.BytesIO()
+        pq.write_table(pa.Table.from_pylist(images, schema=IMAGES), table)
+        files[images_path(part)] = table.getvalue()
+    return files
+
+
 def write_part(
     db_url: str,
     part: str,
@@ -102,18 +115,12 @@ def write_part(
     stage: str = "object_database",
     images: list[dict] | None = None,
 ) -> str:
-    """Commit one part: its vectors (and its table of ``images``, rows of :data:`IMAGES`) first, then
-    its metadata as the manifest part that commits it (if the stage's lease is still ``holder``'s;
-    ``None`` skips the check)."""
+    """Commit one part outside a run of the stage (synthetic databases, tools): its files, then its rows
+    as the manifest part that commits it (if the stage's lease is still ``holder``'s; ``None`` skips the
+    check). The object database stage returns the same files and rows to the runner instead."""
     if len(vectors) != len(rows):
         raise ValueError(f"{len(rows)} rows for {len(vectors)} vectors")
-    buffer = io.BytesIO()
-    np.save(buffer, np.ascontiguousarray(vectors, dtype=np.float32))
-    files = {vectors_path(part): buffer.getvalue()}
-    if images is not None:
-        table = io.BytesIO()
-        pq.write_table(pa.Table.from_pylist(images, schema=IMAGES), table)
-        files[images_path(part)] = table.getvalue()
+    files = part_files(part, vectors, images)
     return commit_files(db_url, part, part_table(part, rows), files, fingerprint, holder, stage)
 
 
@@ -124,7 +131,8 @@ def part_names(db_url: str) -> list[str]:
 
 def remove_uncommitted(db_url: str) -> int:
     """Delete the files of parts whose manifest part never committed (a killed run's); returns how many
-    parts. Only the holder of the database's lease calls this, before its workers start."""
+    parts. Only the holder of the database's lease calls this, before its batches run (the stage does,
+    when its run lists its input)."""
     committed = set(part_names(db_url))
     removed: set[str] = set()
     for suffix in (".npy", ".images.parquet"):
@@ -149,8 +157,8 @@ class ObjectDatabase:
         if self.parts:
             column = manifest.read_table(url, columns=["part"], schema=PART_SCHEMA).column("part")
             counts.update(column.to_pylist())
-        self.offsets = np.concatenate([[0], np.cumsum([counts[p] for p in self.parts], dtype=np.int64)])
-        self.offsets = self.offsets.astype(np.int64)
+        self.counts = [int(counts[p]) for p in self.parts]  # a part may hold no object (and no vectors)
+        self.offsets = np.concatenate([[0], np.cumsum(self.counts, dtype=np.int64)]).astype(np.int64)
         self._tables: OrderedDict[str, pa.Table] = OrderedDict()
         self._cached_parts = cached_parts
         self._lock = threading.Lock()  # batches in threads share one database
@@ -173,15 +181,20 @@ class ObjectDatabase:
             return np.load(fs.get_fs(url)[1], mmap_mode="r", allow_pickle=False)
         return np.load(io.BytesIO(fs.read_bytes(url)), allow_pickle=False)
 
+    def _filled(self) -> list[str]:
+        """The parts that hold objects, in row order."""
+        return [part for part, count in zip(self.parts, self.counts, strict=True) if count]
+
     @property
     def dim(self) -> int:
-        if not self.parts:
+        filled = self._filled()
+        if not filled:
             raise ValueError(f"object database {self.url} is empty")
-        return int(self.vectors(self.parts[0]).shape[1])
+        return int(self.vectors(filled[0]).shape[1])
 
     def iter_vectors(self, chunk_rows: int = 65536) -> Iterator[np.ndarray]:
         """Every vector in row order, in chunks of at most ``chunk_rows`` (one part in memory)."""
-        for part in self.parts:
+        for part in self._filled():
             vectors = self.vectors(part)
             for start in range(0, len(vectors), chunk_rows):
                 yield np.ascontiguousarray(vectors[start : start + chunk_rows], dtype=np.float32)
@@ -195,7 +208,7 @@ class ObjectDatabase:
         for index, part in enumerate(self.parts):
             start, stop = int(self.offsets[index]), int(self.offsets[index + 1])
             mine = rows[(rows >= start) & (rows < stop)] - start
-            if len(mine):
+            if len(mine) and stop > start:
                 picked.append(np.asarray(self.vectors(part)[mine], dtype=np.float32))
         return np.concatenate(picked)
 
@@ -215,7 +228,7 @@ class ObjectDatabase:
             return pq.read_table(handle, columns=columns)
 
     def iter_column(self, name: str) -> Iterator[list]:
-        for part in self.parts:
+        for part in self._filled():
             yield self._read_part(part, [name]).column(name).to_pylist()
 
     def row(self, row: int) -> dict:

@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from ieiw.pipelines.replacement.database import ObjectDatabase, image_key
 from ieiw.quality.faiss_search import search_guard
 from ieiw.storage import fs
-from ieiw.storage.config import operational
+from ieiw.storage.config import WorkerEnv, config_fingerprint, operational
 from ieiw.storage.identity import cache_root
 from ieiw.storage.optional import import_faiss
 from ieiw.storage.schema import stable_key
@@ -42,8 +42,7 @@ INDEX_DIR = "index"
 INDEX_FILE = "objects.faiss"
 INFO_FILE = "index.json"  # written last: marks a saved index complete
 FILES = (INDEX_FILE, "image_keys.npy", "label_ids.npy", INFO_FILE)
-OPERATIONAL = {"gpu", "chunk_rows"}
-QUERY_TIME = {"nprobe", "ef_search"}  # applied when the index is loaded, not when it is built
+QUERY_TIME = ("nprobe", "ef_search")  # settings applied when the index is loaded, not when it is built
 
 
 class IndexConfig(BaseModel):
@@ -64,6 +63,14 @@ class IndexConfig(BaseModel):
 def gpu_available() -> bool:
     faiss = import_faiss()
     return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
+
+
+def faiss_device() -> str:
+    """Where FAISS builds and searches an index on this machine, in words."""
+    try:
+        return "GPU (faiss-gpu)" if gpu_available() else "cpu"
+    except (ImportError, RuntimeError):
+        return "FAISS not installed"
 
 
 def resolve_kind(config: IndexConfig, count: int) -> str:
@@ -206,12 +213,15 @@ def build_index(db: ObjectDatabase, config: IndexConfig) -> ObjectIndex:
 # ---------------------------------------------------------------------------- the index of a database
 
 
+def build_settings(config: IndexConfig) -> dict:
+    """The settings that shape the built index (by the one fingerprint rule, query-time ones apart)."""
+    return dict(config_fingerprint("object_index", config, WorkerEnv(), exclude=QUERY_TIME).settings)
+
+
 def index_key(database_digest: str, signature: str, config: IndexConfig) -> str:
     """What an index was built from: the database (fingerprint and committed parts) and the settings
-    that shape the built index (query-time and operational ones apart)."""
-    return stable_key(
-        "object-index", database_digest, signature, config.model_dump(exclude=OPERATIONAL | QUERY_TIME)
-    )
+    that shape the built index."""
+    return stable_key("object-index", database_digest, signature, build_settings(config))
 
 
 def index_url(db_url: str, key: str) -> str:
@@ -244,7 +254,8 @@ def index_info(db_url: str, key: str) -> dict:
 
 
 def store_index(index: ObjectIndex, db_url: str, key: str) -> str:
-    """Save ``index`` in the database under ``index/<key>/`` and remove indexes of other keys.
+    """Save ``index`` in the database under ``index/<key>/`` and remove the stale ones (built over other
+    parts: an index of the same parts with other settings is kept, so switching back costs nothing).
 
     The caller holds the database's lease. A local database gets the files directly; an object store
     gets them uploaded from the local cache copy (each file one PUT or multipart upload, atomic there),
@@ -261,7 +272,7 @@ def store_index(index: ObjectIndex, db_url: str, key: str) -> str:
         for name in FILES:
             filesystem.put_file(os.path.join(staging, name), posixpath.join(path, name))
         _settle(staging, local)
-    _prune(db_url, key)
+    _prune(db_url, key, index.signature)
     return target
 
 
@@ -302,11 +313,22 @@ def _settle(staging: str, final: str) -> None:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def _prune(db_url: str, keep: str) -> None:
+def _prune(db_url: str, keep: str, signature: str) -> None:
+    """Remove every index but ``keep`` that was not built over the parts of ``signature`` (or not
+    completely)."""
     filesystem, path = fs.get_fs(fs.join(db_url, INDEX_DIR))
     filesystem.invalidate_cache(path)
     if not filesystem.exists(path):
         return
     for entry in filesystem.ls(path, detail=False):
-        if posixpath.basename(entry.rstrip("/")) != keep:
+        name = posixpath.basename(entry.rstrip("/"))
+        if name == keep:
+            continue
+        try:
+            built_over = json.loads(fs.read_bytes(fs.join(db_url, INDEX_DIR, name, INFO_FILE))).get(
+                "signature"
+            )
+        except (FileNotFoundError, ValueError):
+            built_over = None
+        if built_over != signature:
             filesystem.rm(entry, recursive=True)

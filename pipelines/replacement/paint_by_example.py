@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import os
 import threading
-from typing import Any
 
 import numpy as np
 import torch
@@ -136,19 +135,6 @@ class PaintByExamplePainter:
         self.pipe = load_paint_by_example(config.model or "", self.device, self.dtype)
         self.batch_size = config.batch_size
         self._lock = threading.Lock()  # the scheduler keeps state per call: batches in threads take turns
-
-    def settings(self) -> dict[str, Any]:
-        c = self.config
-        return {
-            "resolution": c.resolution,
-            "steps": c.steps,
-            "guidance_scale": c.guidance_scale,
-            "mask_mode": c.mask_mode,
-            "window_scale": c.window_scale,
-            "dilation": c.dilation,
-            "wide_regions": c.wide_regions,
-            "precision": str(self.dtype).removeprefix("torch."),
-        }
 
     def paint(self, jobs: list[PaintJob]) -> list[Painted | Refused]:
         """Paint every job that fits (in batches); a wide one under ``drop`` comes back ``Refused``."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Literal, Protocol
 
 import cv2
 import numpy as np
@@ -68,13 +68,11 @@ class Refused:
 
 
 class Painter(Protocol):
-    """``backend``, ``model`` (its identity by content or hub revision, never a path) and ``settings()``
-    go into each sample's key."""
+    """``backend`` and ``model`` (its identity by content or hub revision, never a path) name the
+    painter in each sample (the settings that shape it are read from the config into its key)."""
 
     backend: str
     model: str | None
-
-    def settings(self) -> dict[str, Any]: ...
 
     def paint(self, jobs: list[PaintJob]) -> list[Painted | Refused]: ...
 

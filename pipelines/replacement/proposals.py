@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Protocol
 
 import numpy as np
 
@@ -10,13 +10,11 @@ from ieiw.pipelines.replacement.records import Region, mask_region_id, unique_re
 
 
 class Proposer(Protocol):
-    """Proposes candidate regions for one image; ``name`` and ``settings()`` go into each sample's key
-    (settings name models by content, never by path). Region ids derive from the masks' content
-    (:func:`~ieiw.pipelines.replacement.records.mask_region_id`)."""
+    """Proposes candidate regions for one image. Region ids derive from the masks' content
+    (:func:`~ieiw.pipelines.replacement.records.mask_region_id`); what shapes them is read from the
+    config (``proposer:``) into the keys of the samples on proposed regions."""
 
     name: str
-
-    def settings(self) -> dict[str, Any]: ...
 
     def propose(self, image: np.ndarray) -> list[Region]: ...
 
@@ -30,14 +28,6 @@ class FelzenszwalbProposer:
         self, scale: float = 400.0, sigma: float = 0.8, min_size: int = 200, max_regions: int = 64
     ) -> None:
         self.scale, self.sigma, self.min_size, self.max_regions = scale, sigma, min_size, max_regions
-
-    def settings(self) -> dict[str, Any]:
-        return {
-            "scale": self.scale,
-            "sigma": self.sigma,
-            "min_size": self.min_size,
-            "max_regions": self.max_regions,
-        }
 
     def propose(self, image: np.ndarray) -> list[Region]:
         from skimage.segmentation import felzenszwalb

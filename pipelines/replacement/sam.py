@@ -18,7 +18,6 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ieiw.pipelines.replacement.records import Region, mask_region_id, unique_regions
 from ieiw.storage.config import model_ref, operational
-from ieiw.storage.identity import model_identity
 
 
 class SamArchitecture(BaseModel):
@@ -62,18 +61,8 @@ class SamConfig(BaseModel):
     min_mask_region_area: int = 0
 
     def generator_settings(self) -> dict[str, Any]:
+        """The keyword arguments of ``SamAutomaticMaskGenerator``."""
         return self.model_dump(exclude={"checkpoint", "model_type", "architecture", "device"})
-
-    def shaping_settings(self) -> dict[str, Any]:
-        """What shapes the masks SAM proposes, with the checkpoint by content (never its path):
-        for sample keys and the fingerprints of the stages that use SAM. ``points_per_batch`` only
-        cuts the prompts into batches and ``device`` says where they run: both left out."""
-        return {
-            "model_type": self.model_type,
-            "architecture": self.architecture.model_dump() if self.architecture else None,
-            "checkpoint": model_identity(self.checkpoint),
-            **{k: v for k, v in self.generator_settings().items() if k != "points_per_batch"},
-        }
 
 
 def build_custom_sam(arch: SamArchitecture):
@@ -153,10 +142,6 @@ class SamProposer:
             self.model, output_mode="binary_mask", **config.generator_settings()
         )
         self._lock = threading.Lock()  # the predictor holds the current image: batches in threads take turns
-        self._settings = config.shaping_settings()
-
-    def settings(self) -> dict[str, Any]:
-        return self._settings
 
     @torch.inference_mode()
     def propose(self, image: np.ndarray) -> list[Region]:

@@ -12,14 +12,15 @@ import pytest
 from test_ops_object_store import _objects, object_store  # noqa: F401  (the moto server fixture)
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), os.pardir, "replacement"))
+from replacement_build import run  # noqa: E402
 from replacement_fixtures import write_sa1b  # noqa: E402
 from replacement_tiny_models import tiny_clip  # noqa: E402
 
 from ieiw.flows.config import RunnerConfig  # noqa: E402
-from ieiw.flows.models import clear_models  # noqa: E402
-from ieiw.flows.replacement import replacement  # noqa: E402
 from ieiw.pipelines.replacement.config import ReplacementConfig  # noqa: E402
 from ieiw.storage import manifest  # noqa: E402
+from ieiw.storage.layout import OBJECT_DATABASE  # noqa: E402
+from ieiw.storage.runner import forget_models  # noqa: E402
 from ieiw.storage.shards import ShardSpec, iter_samples  # noqa: E402
 from ieiw.storage.stage_folder import read_record  # noqa: E402
 
@@ -50,11 +51,11 @@ def test_replacement_builds_end_to_end_on_s3(prefect_api, object_store, config, 
     monkeypatch.chdir(tmp_path)  # a store URL taken for a local path would show up here as "s3:"
     runner = RunnerConfig(max_workers=1, retries=0)
     spec = ShardSpec(max_samples=4)
-    clear_models()
-    first = replacement(config, OUTPUT, spec, runner)
-    assert first["kept"] == 6 and first["dropped"] == {"bad_annotation": 1}
-    database = first["database"]
-    assert database["objects"] == 6 and database["dropped"]["bad_annotation"] == 1
+    forget_models()
+    first = run(config, OUTPUT, spec, runner)
+    assert first["replacement"].kept == 6 and first["replacement"].dropped == {"bad_annotation": 1}
+    database = first[OBJECT_DATABASE].extra
+    assert database["objects"] == 6 and first[OBJECT_DATABASE].dropped == {"bad_annotation": 1}
 
     keys = _objects(endpoint, "builds/replace/")
     assert not [k for k in keys if ".tmp-" in k] and not os.path.exists(tmp_path / "s3:")
@@ -79,15 +80,17 @@ def test_replacement_builds_end_to_end_on_s3(prefect_api, object_store, config, 
     }
     assert "s3://" not in str(pairs) and str(tmp_path) not in str(pairs)
 
-    again = replacement(config, OUTPUT, spec, runner)
-    assert again["kept"] == 0 and again["resumed_records"] == 4 and again["database"]["reused"]
+    again = run(config, OUTPUT, spec, runner)
+    assert again[OBJECT_DATABASE].skipped and again["replacement"].skipped
+    assert again["replacement"].records_committed_before == 4
 
     # another machine: no local copy of the index; it is downloaded from the store, and the rebuilt
     # pairs have the same keys
     shutil.rmtree(tmp_path / "cache" / "object-index")
-    clear_models()
-    rebuilt = replacement(config, OUTPUT, spec, runner, rebuild="yes")
-    assert rebuilt["rebuilt"] and rebuilt["kept"] == 6 and rebuilt["database"]["reused"]
+    forget_models()
+    rebuilt = run(config, OUTPUT, spec, runner, rebuild=True)
+    assert rebuilt["replacement"].rebuilt and rebuilt["replacement"].kept == 6
+    assert rebuilt[OBJECT_DATABASE].skipped  # complete: reused as it is
     assert os.path.isfile(tmp_path / "cache" / "object-index" / index_key / "objects.faiss")
     assert sorted(s.key for s in iter_samples(f"{OUTPUT}/replacement")) == sorted(s.key for s in samples)
     frame = manifest.read_manifest(f"{OUTPUT}/replacement")

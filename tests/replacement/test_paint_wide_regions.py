@@ -12,8 +12,9 @@ import pytest
 
 from ieiw.pipelines.replacement.paint_by_example import PaintByExamplePainter, paint_window
 from ieiw.pipelines.replacement.painting import PaintConfig, Painted, PaintJob, Refused, dilate
-from ieiw.pipelines.replacement.settings import replacement_settings
-from ieiw.pipelines.replacement.stage import _paint_all
+from ieiw.pipelines.replacement.pairs import _paint_all
+from ieiw.pipelines.replacement.stage import ReplacementStage
+from ieiw.storage.config import WorkerEnv
 
 
 def _job(height: int, width: int, box: tuple[int, int, int, int], seed: int = 0) -> PaintJob:
@@ -66,18 +67,24 @@ def test_a_wide_region_is_dropped_with_its_own_reason(paint_by_example_dir):
     refused = results[1]
     assert isinstance(refused, Refused) and refused.reason == "region_wider_than_window"
     assert "164x28" in refused.detail and "64px square" in refused.detail
-    assert painter.settings()["wide_regions"] == "drop"
 
 
-def test_the_wide_setting_shapes_the_pairs_of_paint_by_example_only():
+def test_the_wide_setting_shapes_the_pairs(tmp_path):
     from ieiw.pipelines.replacement.config import ReplacementConfig
 
     base = {"sources": [{"kind": "sa1b", "folders": ["/nowhere"]}]}
-    classical = ReplacementConfig.model_validate(base)
-    assert "wide_regions" not in replacement_settings(classical)["paint"]
-    pbe = ReplacementConfig.model_validate(
-        {**base, "paint": {"backend": "paint_by_example", "model": "Fantasy-Studio/Paint-by-Example"}}
-    )
-    assert replacement_settings(pbe)["paint"]["wide_regions"] == "letterbox"
+
+    def fingerprint(paint: dict):
+        config = ReplacementConfig.model_validate({**base, "paint": paint})
+        return ReplacementStage(config, str(tmp_path / "pairs"), str(tmp_path / "db")).fingerprint(
+            WorkerEnv()
+        )
+
+    pbe = {"backend": "paint_by_example", "model": str(tmp_path)}
+    letterbox = fingerprint(pbe)
+    assert letterbox.settings["paint"]["wide_regions"] == "letterbox"
+    assert fingerprint({**pbe, "wide_regions": "drop"}).changes(letterbox) == [
+        'replacement.paint.wide_regions: "letterbox" -> "drop"'
+    ]
     with pytest.raises(ValueError, match="objects_per_image"):
         ReplacementConfig.model_validate({**base, "regions_per_image": 9})

@@ -1,27 +1,27 @@
-"""The replacement flows end to end: fixtures with tiny models, and the demo photos with the
-classical backends through the `ieiw replacement` command."""
+"""The object database and the replacement pairs end to end: fixtures with tiny models, and the demo
+photos with the classical backends through the `ieiw replacement` command."""
 
 from __future__ import annotations
 
-import json
 import re
 
 import pytest
-import typer
 import yaml
+from cli_text import words
+from replacement_build import run
 from replacement_fixtures import write_openimages, write_sa1b
 from replacement_llm_server import ChatServer
-from typer.testing import CliRunner
 
-from ieiw.flows.commands.replacement import register
+from ieiw.flows.cli import main
 from ieiw.flows.config import RunnerConfig
-from ieiw.flows.models import LOADS, clear_models
-from ieiw.flows.replacement import replacement
 from ieiw.pipelines.replacement.config import ReplacementConfig
 from ieiw.pipelines.sources.demo import DEMO_IMAGES, materialize_demo_images
 from ieiw.storage import manifest
 from ieiw.storage.identity import model_identity
+from ieiw.storage.layout import OBJECT_DATABASE
+from ieiw.storage.runner import LOADS, forget_models
 from ieiw.storage.shards import ShardSpec, iter_samples
+from ieiw.storage.stage_folder import read_record
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 
@@ -34,7 +34,7 @@ def _llm_answer(body: dict) -> str:
 
 
 def test_replacement_flow_with_tiny_models(tmp_path, clip_config, sam_config, paint_by_example_dir, blip_dir):
-    clear_models()
+    forget_models()
     sa1b_dir = write_sa1b(str(tmp_path / "sa1b"), n_images=4, size=128)
     oi = write_openimages(str(tmp_path / "oi"), n_images=3, size=128)
     (tmp_path / "photos").mkdir()
@@ -83,15 +83,24 @@ def test_replacement_flow_with_tiny_models(tmp_path, clip_config, sam_config, pa
         )
         output = str(tmp_path / "build")
         runner = RunnerConfig(max_workers=2, retries=0)
-        summary = replacement(config, output, ShardSpec(max_samples=50), runner)
+        summaries = run(config, output, ShardSpec(max_samples=50), runner)
 
-        database = summary["database"]
-        assert database["objects"] == 4 * 2 + 3 * 2 and database["index"] == "flat"
-        assert database["dropped"]["bad_annotation"] == 1
-        assert database["dropped"]["touches_border"] == 4 and database["dropped"]["fragmented"] == 4
-        assert json.loads((tmp_path / "build/object_database/summary.json").read_text())["objects"] == 14
-        assert summary["kept"] == 4 * 2 + 3 * 2
-        assert summary["dropped"] == {"bad_annotation": 1, "no_semantic_region": 1}  # SAM's random regions
+        database = summaries[OBJECT_DATABASE]
+        assert (
+            database.extra["objects"] == database.rows == 4 * 2 + 3 * 2 and database.extra["index"] == "flat"
+        )
+        assert database.dropped == {"bad_annotation": 1}  # the truncated annotation file
+        assert database.counts["images"] == 8 and database.counts["objects"] == 14
+        assert database.counts["touches_border"] == 4 and database.counts["fragmented"] == 4
+        assert database.batches == 3  # 9 records in batches of 3
+        recorded = read_record(f"{output}/object_database")["runs"][-1]
+        assert (
+            recorded["extra"]["objects"] == 14
+            and recorded["extra"]["index_key"] == database.extra["index_key"]
+        )
+        summary = summaries["replacement"]
+        assert summary.kept == 4 * 2 + 3 * 2
+        assert summary.dropped == {"bad_annotation": 1, "no_semantic_region": 1}  # SAM's random regions
 
         samples = list(iter_samples([f"{output}/replacement/shards"]))
         assert len(samples) == 14
@@ -123,16 +132,37 @@ def test_replacement_flow_with_tiny_models(tmp_path, clip_config, sam_config, pa
         }
         frame = manifest.read_manifest(f"{output}/replacement")
         assert len(frame) == 16 and frame["kept"].sum() == 14
-        assert all(count == 1 for count in LOADS.values()) and len(LOADS) >= 7  # every model loaded once
+        # every model loaded once in this process (threads share it), for both stages' batches
+        assert all(count == 1 for count in LOADS.values()), LOADS
+        kinds = {key.split(":", 1)[0] for key in LOADS}
+        assert kinds == {
+            "clip",
+            "labeler",
+            "proposer",
+            "objects",
+            "painter",
+            "captioner",
+            "llm",
+            "sample-settings",
+        }
         requests = len(server.requests)
 
-        again = replacement(config, output, ShardSpec(max_samples=50), runner)
-        assert again["kept"] == 0 and again["resumed_records"] == 9 and again["database"]["reused"]
-        assert len(server.requests) == requests
+        again = run(config, output, ShardSpec(max_samples=50), runner)
+        assert again[OBJECT_DATABASE].skipped and again["replacement"].skipped
+        assert again["replacement"].kept == 0 and again["replacement"].records_committed_before == 9
+        assert len(server.requests) == requests and all(count == 1 for count in LOADS.values())
 
 
-def test_replacement_demo_photos_with_classical_backends_through_the_cli(tmp_path, clip_config):
-    clear_models()
+def _ieiw(capsys, *args: str) -> tuple[int, str]:
+    """``ieiw ARGS`` in this process, as a user runs it: its exit status and what it printed."""
+    with pytest.raises(SystemExit) as exited:
+        main(list(args))
+    printed = capsys.readouterr()
+    return exited.value.code or 0, words(printed.out + printed.err)
+
+
+def test_replacement_demo_photos_with_classical_backends_through_the_cli(tmp_path, clip_config, capsys):
+    forget_models()
     images = tmp_path / "demo-images"
     materialize_demo_images(str(images))
     config_path = tmp_path / "replacement.yaml"
@@ -159,16 +189,12 @@ def test_replacement_demo_photos_with_classical_backends_through_the_cli(tmp_pat
             }
         )
     )
-    app = typer.Typer()
-    app.callback()(lambda: None)  # a group, as in `ieiw`, so the command is named on the line
-    register(app)
-    cli = CliRunner()
-    database = cli.invoke(app, ["replacement", str(config_path), "--database-only"])
-    assert database.exit_code == 0, database.output
-    assert "object database:" in database.output
-    result = cli.invoke(app, ["replacement", str(config_path)])
-    assert result.exit_code == 0, result.output
-    assert "replacement: kept" in result.output
+    status, printed = _ieiw(capsys, "replacement", str(config_path), "--database-only")
+    assert status == 0, printed
+    assert "object_database: " in printed and " rows from " in printed and "replacement: " not in printed
+    status, printed = _ieiw(capsys, "replacement", str(config_path))
+    assert status == 0, printed
+    assert "object_database: complete" in printed and "replacement: kept" in printed
 
     frame = manifest.read_manifest(str(tmp_path / "out/replacement"))
     samples = list(iter_samples([str(tmp_path / "out/replacement/shards")]))
@@ -176,9 +202,9 @@ def test_replacement_demo_photos_with_classical_backends_through_the_cli(tmp_pat
     for sample in samples:
         meta = sample.meta
         assert meta.generator.backend == "seamless_clone" and meta.generator.model is None
-        assert meta.generator.settings["regions"]["proposer"] == "felzenszwalb"
+        assert meta.generator.settings["regions"]["backend"] == "felzenszwalb"
         assert re.fullmatch(r"fz-[0-9a-f]{16}", meta.provenance.region_id)
-        assert meta.generator.settings["caption"] == "class_names"
+        assert meta.generator.settings["caption"]["backend"] == "class_names"
         assert meta.instruction_source.startswith("template:replace#")
         assert meta.extra["source_caption"].startswith("a photo with ")
         assert meta.extra["target_object"] in meta.instruction
@@ -186,16 +212,15 @@ def test_replacement_demo_photos_with_classical_backends_through_the_cli(tmp_pat
         changed = (sample.source != sample.target).any(axis=2)
         assert changed.any() and not changed[sample.mask == 0].any()
 
-    # a changed proposer setting stops the command, naming it and the option that rebuilds
+    # a changed proposer setting stops the command in one line, naming it and the option that rebuilds
     raw = yaml.safe_load(config_path.read_text())
     raw["replacement"]["proposer"]["felzenszwalb_scale"] = 300.0
     config_path.write_text(yaml.safe_dump(raw))
-    refused = cli.invoke(app, ["replacement", str(config_path)])
-    assert refused.exit_code == 2, refused.output
-    flat = " ".join(refused.output.split())
-    assert "object_database.proposer.felzenszwalb_scale: 400.0 -> 300.0" in flat
-    assert "--rebuild-database" in flat
-    rebuilt = cli.invoke(app, ["replacement", str(config_path), "--rebuild-database"])
-    assert rebuilt.exit_code == 0, rebuilt.output
+    status, printed = _ieiw(capsys, "replacement", str(config_path))
+    assert status == 2, printed
+    assert "object_database.proposer.felzenszwalb_scale: 400.0 -> 300.0" in printed
+    assert "--rebuild-database" in printed and "Traceback" not in printed
+    status, printed = _ieiw(capsys, "replacement", str(config_path), "--rebuild-database")
+    assert status == 0, printed
     for sample in iter_samples([str(tmp_path / "out/replacement/shards")]):
-        assert sample.meta.generator.settings["regions"]["scale"] == 300.0
+        assert sample.meta.generator.settings["regions"]["felzenszwalb_scale"] == 300.0

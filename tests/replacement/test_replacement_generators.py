@@ -68,7 +68,7 @@ def test_replacement_paint_by_example_loads_and_paints(paint_by_example_dir):
     saved = PaintByExampleImageEncoder.from_pretrained(str(paint_by_example_dir), subfolder="image_encoder")
     for name, tensor in saved.state_dict().items():
         assert torch.equal(painter.pipe.image_encoder.state_dict()[name], tensor), name
-    assert painter.settings()["precision"] == "float32" and painter.backend == "paint_by_example"
+    assert painter.dtype == torch.float32 and painter.backend == "paint_by_example"
     jobs = [_job(seed=1), _job(seed=2), _job(seed=1)]
     painted = painter.paint(jobs)
     assert len(painted) == 3

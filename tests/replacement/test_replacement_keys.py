@@ -10,28 +10,26 @@ import struct
 
 import numpy as np
 import pytest
+from replacement_build import run
 from replacement_fixtures import draw_objects, write_sa1b
 
 from ieiw.flows.config import RunnerConfig
-from ieiw.flows.models import clear_models
-from ieiw.flows.replacement import (
-    database_fingerprint,
-    replacement,
-    replacement_fingerprint,
-)
 from ieiw.pipelines.replacement.config import ReplacementConfig
 from ieiw.pipelines.replacement.database import ObjectDatabase, write_part
 from ieiw.pipelines.replacement.index import IndexConfig, build_index
 from ieiw.pipelines.replacement.labels import ZeroShotLabeler
 from ieiw.pipelines.replacement.objects import object_batch
 from ieiw.pipelines.replacement.painting import build_painter
+from ieiw.pipelines.replacement.pairs import PairModels, StoredObjects, make_pairs, sample_settings
 from ieiw.pipelines.replacement.proposals import FelzenszwalbProposer
 from ieiw.pipelines.replacement.records import Region, mask_region_id
 from ieiw.pipelines.replacement.sources import iter_records
-from ieiw.pipelines.replacement.stage import ReplacementModels, replacement_stage
+from ieiw.pipelines.replacement.stage import ObjectDatabaseStage, ReplacementStage
 from ieiw.quality.embeddings import ClipEmbedder, EmbedderConfig, register_model_config
 from ieiw.storage import manifest
+from ieiw.storage.config import WorkerEnv
 from ieiw.storage.identity import model_identity
+from ieiw.storage.runner import forget_models
 from ieiw.storage.schema import Sample
 from ieiw.storage.shards import ShardSpec, iter_samples
 from ieiw.storage.stage_folder import read_record
@@ -46,7 +44,8 @@ GOLDEN_CLIP_CONFIG = {
 # The key of the one sample the golden build makes. It changes when anything that goes into a key
 # changes: a setting added to the key, a default, the provenance, how a model is identified. Such a
 # change makes every rebuilt dataset's keys new; make it on purpose, and update this value then.
-GOLDEN_KEY = "0729c9a8a65998283dac0a7b"
+# (Last changed on purpose in issue 21: the settings are read by the one fingerprint rule.)
+GOLDEN_KEY = "804c245b6736760e828eb808"
 
 
 def _write_safetensors(path, tensors: dict[str, np.ndarray]) -> None:
@@ -108,21 +107,20 @@ def _golden_config(sa1b_dir: str, clip: EmbedderConfig) -> ReplacementConfig:
 
 
 def _stage_samples(config: ReplacementConfig, db_url: str) -> list[Sample]:
-    """The database and the stage as plain functions, models loaded through the production loaders."""
+    """The database's batch and the pairs as plain functions, models loaded through the production
+    loaders, keys for a CPU worker."""
     embedder = ClipEmbedder.from_config(config.embedder)
     labeler = ZeroShotLabeler(embedder, config.labels.names(), config.labels.prompt)
     records = list(iter_records(config))
     batch = object_batch(records, embedder, None, labeler, config)
     write_part(db_url, "objects-0", batch.vectors, batch.rows)
     database = ObjectDatabase(db_url)
-    models = ReplacementModels(
-        embedder=embedder,
-        index=build_index(database, IndexConfig(kind="flat")),
-        database=database,
+    models = PairModels(
+        objects=StoredObjects(database, build_index(database, IndexConfig(kind="flat"))),
         painter=build_painter(config.paint),
-        labeler=labeler,
+        settings=sample_settings(config, WorkerEnv()),
     )
-    return [r for r in replacement_stage(records, models, config) if isinstance(r, Sample)]
+    return [r for r in make_pairs(records, models, config) if isinstance(r, Sample)]
 
 
 def test_replacement_golden_key(tmp_path):
@@ -133,7 +131,16 @@ def test_replacement_golden_key(tmp_path):
     first = next(s for s in samples if s.meta.provenance.image_id == "1000")
     meta = first.meta
     assert meta.provenance.region_id == "100000" and meta.provenance.extra["reference"]["image_id"] == "1001"
-    assert meta.generator.settings["embedder"]["pretrained"] == model_identity(clip.pretrained)
+    settings = meta.generator.settings
+    assert settings["embedder"]["pretrained"] == model_identity(clip.pretrained)
+    assert settings["embedder"]["model_config_file"] == model_identity(clip.model_config_file)
+    assert settings["embedder"]["precision"] == "fp32" and settings["regions"] == "annotations"
+    assert settings["database"]["objects_per_image"] == 1 and settings["labels"]["vocabulary"] == [
+        "cup",
+        "cat",
+        "car",
+    ]
+    assert not {"sources", "proposer", "regions_per_image", "limit", "batch_size"} & set(settings)
     assert meta.key == GOLDEN_KEY, json.dumps(meta.generator.model_dump(mode="json"), indent=1)
 
 
@@ -224,10 +231,10 @@ def test_replacement_keys_equal_with_the_model_files_at_another_path(
     runner = RunnerConfig(max_workers=1, retries=0)
     outputs = {}
     for name, config in (("here", here), ("there", there)):
-        clear_models()
+        forget_models()
         outputs[name] = str(tmp_path / f"build-{name}")
-        summary = replacement(config, outputs[name], ShardSpec(max_samples=50), runner)
-        assert summary["kept"] > 0
+        summaries = run(config, outputs[name], ShardSpec(max_samples=50), runner)
+        assert summaries["replacement"].kept > 0
     keys = {name: sorted(s.key for s in iter_samples(f"{url}/replacement")) for name, url in outputs.items()}
     assert keys["here"] == keys["there"] and len(set(keys["here"])) == len(keys["here"])
     frames = {name: manifest.read_manifest(f"{url}/replacement") for name, url in outputs.items()}
@@ -239,8 +246,8 @@ def test_replacement_keys_equal_with_the_model_files_at_another_path(
     for sample in proposed:
         assert re.fullmatch(r"sam-[0-9a-f]{16}", sample.meta.provenance.region_id)
         regions = sample.meta.generator.settings["regions"]
-        assert regions["proposer"] == "sam" and regions["points_per_side"] == 4
-        assert regions["checkpoint"] == model_identity(sam_config.checkpoint)
+        assert regions["backend"] == "sam" and regions["sam"]["points_per_side"] == 4
+        assert regions["sam"]["checkpoint"] == model_identity(sam_config.checkpoint)
     for sample in samples:
         assert str(tmp_path) not in sample.meta.generator.model_dump_json()
 
@@ -249,5 +256,11 @@ def test_replacement_keys_equal_with_the_model_files_at_another_path(
         records = [read_record(f"{url}/{stage}")["fingerprint"] for url in outputs.values()]
         assert records[0] == records[1]
         assert str(tmp_path) not in json.dumps(records[0])
-    assert database_fingerprint(here).digest == database_fingerprint(there).digest
-    assert replacement_fingerprint(here, "d").digest == replacement_fingerprint(there, "d").digest
+    env = WorkerEnv()
+    databases = [ObjectDatabaseStage(c, str(tmp_path / "no-db")).fingerprint(env) for c in (here, there)]
+    assert databases[0].digest == databases[1].digest
+    pairs = [
+        ReplacementStage(c, str(tmp_path / "p"), str(tmp_path / "no-db")).fingerprint(env)
+        for c in (here, there)
+    ]
+    assert pairs[0].digest == pairs[1].digest

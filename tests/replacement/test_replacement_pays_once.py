@@ -1,7 +1,8 @@
 """Replacement pays for SAM and CLIP once: the object database runs them, and the replacement stage
 takes each image's regions, masks, labels and vectors from the database instead of running them again.
 
-The flows run for real (threads runner, tiny SAM and CLIP loaded through the production loaders);
+The stages run for real (Prefect flow runs on threads, tiny SAM and CLIP loaded through the production
+loaders);
 forward hooks on SAM's image encoder and CLIP's image tower count every image that goes through them.
 """
 
@@ -13,15 +14,15 @@ from collections import Counter
 import numpy as np
 import pytest
 from PIL import Image
+from replacement_build import run, stages
 from replacement_fixtures import bad_regions, draw_objects, rle, write_sa1b
 
-from ieiw.flows import replacement as flows
 from ieiw.flows.config import RunnerConfig
-from ieiw.flows.models import cached_entries, clear_models
 from ieiw.pipelines.replacement.config import ReplacementConfig
 from ieiw.pipelines.replacement.database import ObjectDatabase
 from ieiw.pipelines.replacement.sources import iter_records
 from ieiw.storage import manifest
+from ieiw.storage.runner import LOADS, forget_models, loaded_models, worker_model
 from ieiw.storage.shards import ShardSpec, iter_samples
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
@@ -67,37 +68,46 @@ def _count_images(module, counts: Counter, name: str):
 
 
 def test_sam_and_clip_run_once_per_image_across_the_database_and_the_stage(tmp_path, clip_config, sam_config):
-    clear_models()
+    forget_models()
     config = _config(tmp_path, clip_config, sam_config)
     images = [r for r in iter_records(config) if not hasattr(r, "reason")]
     proposed = [r for r in images if r.regions is None]
     assert len(images) == 5 and len(proposed) == 2
-    # the models the flows will load, loaded first through the same cache, with counters on them
+    # the models the stages will load, loaded first through the workers' cache, with counters on them
+    output = str(tmp_path / "build")
+    specs = stages(config, output)[0].models()
     counts: Counter = Counter()
-    clip = flows.embedder(config)
+    clip = worker_model(specs["embedder"])
     hooks = [
         _count_images(clip.model.visual, counts, "clip"),
-        _count_images(flows.proposer(config).model.image_encoder, counts, "sam"),
+        _count_images(worker_model(specs["proposer"]).model.image_encoder, counts, "sam"),
     ]
+    embed_images = clip.embed_images
+
+    def counted(crops, *args, **kwargs):  # the crops asked for (a forward pass pads to its batch size)
+        counts["clip crops"] += len(crops)
+        return embed_images(crops, *args, **kwargs)
+
+    clip.embed_images = counted
     try:
-        output = str(tmp_path / "build")
-        summary = flows.replacement(config, output, ShardSpec(max_samples=50), RunnerConfig(max_workers=2))
+        summary = run(config, output, ShardSpec(max_samples=50), RunnerConfig(max_workers=2))["replacement"]
     finally:
         for hook in hooks:
             hook.remove()
+        del clip.embed_images
 
     database = ObjectDatabase(f"{output}/object_database")
     stored = Counter((database.row(r)["dataset"], database.row(r)["image_id"]) for r in range(len(database)))
-    assert summary["kept"] > 0 and len(stored) == 5  # every image kept a region; pairs were made
+    assert summary.kept > 0 and len(stored) == 5  # every image kept a region; pairs were made
     # SAM: once per image without masks. CLIP: once per image (all its crops in one call), each
     # stored region embedded exactly once: none of it again for the pairs
     assert counts["sam calls"] == counts["sam images"] == len(proposed)
-    assert counts["clip calls"] == len(images)
-    assert counts["clip images"] == len(database) == sum(stored.values())
+    assert counts["clip calls"] == len(images) and counts["clip images"] == len(images) * clip.batch_size
+    assert counts["clip crops"] == len(database) == sum(stored.values())
 
     # the stage's samples carry the database's regions: its masks, labels and the query vectors
     samples = list(iter_samples(f"{output}/replacement"))
-    assert len(samples) == summary["kept"]
+    assert len(samples) == summary.kept
     for sample in samples:
         meta = sample.meta
         rows = database.image_rows(meta.provenance.dataset, meta.provenance.image_id)
@@ -107,10 +117,11 @@ def test_sam_and_clip_run_once_per_image_across_the_database_and_the_stage(tmp_p
         assert meta.extra["object_id"] == row["object_id"]
     by_image = Counter((s.meta.provenance.dataset, s.meta.provenance.image_id) for s in samples)
     assert max(by_image.values()) <= config.regions_per_image
-    # the replacement stage loaded neither model: only the database's batches put them in the cache
-    loaded_kinds = {key.split(":", 1)[0] for key, _ in cached_entries()}
-    assert {"clip", "proposer", "painter"} <= loaded_kinds
-    assert len(cached_entries("clip")) == 1 and len(cached_entries("proposer")) == 1
+    # every model loaded once, and the replacement stage loaded neither CLIP nor SAM again (nor another
+    # copy): only the database's batches use them
+    assert all(count == 1 for count in LOADS.values()), LOADS
+    assert {"clip", "proposer", "painter", "objects"} <= {key.split(":", 1)[0] for key, _ in loaded_models()}
+    assert len(loaded_models("clip")) == 1 and len(loaded_models("proposer")) == 1
 
 
 def _write_image_without_objects(folder, image_id: int = 1999, size: int = 128) -> None:
@@ -137,7 +148,7 @@ def _write_image_without_objects(folder, image_id: int = 1999, size: int = 128) 
 def test_an_image_without_stored_regions_says_what_selection_rejected(tmp_path, clip_config):
     """The database records every image it read with its rejected regions by reason, so the stage's drop
     of an image without a stored region names them, without running selection (or SAM) again."""
-    clear_models()
+    forget_models()
     folder = tmp_path / "sa1b"
     write_sa1b(str(folder), n_images=2, size=128, broken=False)
     _write_image_without_objects(folder)
@@ -151,19 +162,29 @@ def test_an_image_without_stored_regions_says_what_selection_rejected(tmp_path, 
         }
     )
     counts: Counter = Counter()
-    hook = _count_images(flows.embedder(config).model.visual, counts, "clip")
+    output = str(tmp_path / "build")
+    embedder = worker_model(stages(config, output)[0].models()["embedder"])
+    hook = _count_images(embedder.model.visual, counts, "clip")
     try:
-        output = str(tmp_path / "build")
-        summary = flows.replacement(config, output, ShardSpec(), RunnerConfig(max_workers=1, retries=0))
+        summaries = run(config, output, ShardSpec(), RunnerConfig(max_workers=1, retries=0))
     finally:
         hook.remove()
+    summary = summaries["replacement"]
     assert counts["clip calls"] == 2  # the two images with objects, in the database build only
     rejected = {"fragmented": 1, "region_too_small": 1, "touches_border": 1}
     database = ObjectDatabase(f"{output}/object_database")
     assert database.image_rows("sa1b", "1999") == [] and database.regions_dropped("sa1b", "1999") == rejected
     assert database.regions_dropped("sa1b", "1000") == {**rejected, "low_predicted_iou": 1}
     assert database.regions_dropped("sa1b", "no-such-image") is None
-    assert summary["dropped"] == {"no_semantic_region": 1} and summary["kept"] == 2
+    assert summary.dropped == {"no_semantic_region": 1} and summary.kept == 2
+    assert summaries["object_database"].counts == {
+        "images": 3,
+        "objects": 4,  # two per image with objects, none of the third
+        "fragmented": 3,
+        "region_too_small": 3,
+        "touches_border": 3,
+        "low_predicted_iou": 2,
+    }
     frame = manifest.read_manifest(f"{output}/replacement")
     drop = frame[~frame["kept"]].iloc[0]
     assert drop["drop_reason"] == "no_semantic_region" and drop["image_id"] == "1999"

@@ -85,7 +85,7 @@ def test_replacement_tiny_sam_loads_through_the_production_loader(sam_config):
     regions = proposer.propose(image[:200])
     assert regions and all(r.mask_array.shape == (200, 256) for r in regions)
     assert all(r.predicted_iou is not None and r.stability_score is not None for r in regions)
-    assert proposer.settings()["points_per_side"] == 4 and proposer.settings()["pred_iou_thresh"] == 0.0
+    assert len(proposer.generator.point_grids[0]) == 4 * 4 and proposer.generator.pred_iou_thresh == 0.0
 
 
 def test_replacement_sam_defaults_and_clear_errors(tmp_path, sam_config):

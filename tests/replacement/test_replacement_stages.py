@@ -7,17 +7,9 @@ import json
 
 import numpy as np
 import pytest
+from replacement_build import run, stages
 from replacement_fixtures import write_openimages, write_sa1b
 
-from ieiw.flows.config import RunnerConfig
-from ieiw.flows.models import clear_models
-from ieiw.flows.replacement import (
-    DATABASE_STAGE,
-    database_fingerprint,
-    object_database,
-    replacement,
-    replacement_fingerprint,
-)
 from ieiw.pipelines.replacement.config import ReplacementConfig
 from ieiw.pipelines.replacement.database import ObjectDatabase, write_part
 from ieiw.pipelines.replacement.index import (
@@ -31,9 +23,15 @@ from ieiw.pipelines.replacement.index import (
     open_index,
     store_index,
 )
+from ieiw.pipelines.replacement.stage import ObjectDatabaseStage, ReplacementStage
 from ieiw.storage import fs, manifest
-from ieiw.storage.shards import ShardSpec, iter_samples
+from ieiw.storage.config import WorkerEnv
+from ieiw.storage.layout import OBJECT_DATABASE
+from ieiw.storage.runner import forget_models
+from ieiw.storage.shards import iter_samples
 from ieiw.storage.stage_folder import StageChanged, read_record
+
+ENV = WorkerEnv()  # a CPU worker
 
 
 def _config(tmp_path, clip_config, sam_config, **changes) -> ReplacementConfig:
@@ -72,18 +70,26 @@ def _config(tmp_path, clip_config, sam_config, **changes) -> ReplacementConfig:
     return ReplacementConfig.model_validate(raw)
 
 
+def _fingerprints(config: ReplacementConfig, output) -> tuple:
+    """The database's and the pairs' fingerprints (no database built: the pairs' upstream is the digest
+    the database would have)."""
+    database = f"{output}/object_database"
+    pairs = ReplacementStage(config, f"{output}/replacement", database)
+    return ObjectDatabaseStage(config, database).fingerprint(ENV), pairs.full_fingerprint(ENV)
+
+
 def test_replacement_fingerprints_hold_what_shapes_the_output_and_no_path(tmp_path, clip_config, sam_config):
     config = _config(tmp_path, clip_config, sam_config)
-    database = database_fingerprint(config)
-    record = json.dumps(database.record())
-    assert str(tmp_path) not in record and str(tmp_path) not in json.dumps(
-        replacement_fingerprint(config, database.digest).record()
+    database, pairs = _fingerprints(config, tmp_path / "build")
+    assert str(tmp_path) not in json.dumps(database.record()) and str(tmp_path) not in json.dumps(
+        pairs.record()
     )
-    assert database.models["embedder"].startswith("sha256:") and database.models["sam"].startswith("sha256:")
-    pairs = replacement_fingerprint(config, database.digest)
-    assert pairs.upstream == {DATABASE_STAGE: database.digest}
+    assert database.models["embedder.pretrained"].startswith("sha256:")
+    assert database.models["proposer.sam.checkpoint"].startswith("sha256:")
+    assert pairs.upstream == {OBJECT_DATABASE: database.digest}
 
-    # where things are, how big the batches are, which device: none of it changes a fingerprint
+    # where things are, how big the batches are, which device, how much input: none of it changes a
+    # fingerprint
     operational = _config(
         tmp_path,
         clip_config,
@@ -91,81 +97,87 @@ def test_replacement_fingerprints_hold_what_shapes_the_output_and_no_path(tmp_pa
         **{
             "database.url": "s3://bucket/elsewhere",
             "database.batch_size": 7,
+            "database.index.gpu": "never",
+            "database.index.chunk_rows": 5,
             "batch_size": 5,
             "embedder.device": "cuda",
+            "embedder.batch_size": 3,
+            "paint.batch_size": 9,
             "proposer.sam.points_per_batch": 3,
             "limit": 2,
         },
     )
-    assert database_fingerprint(operational).digest == database.digest
-    assert replacement_fingerprint(operational, database.digest).digest == pairs.digest
+    moved = _fingerprints(operational, tmp_path / "elsewhere")
+    assert moved[0].digest == database.digest and moved[1].digest == pairs.digest
 
     # a SAM setting changes both, and is named
-    sam = _config(tmp_path, clip_config, sam_config, **{"proposer.sam.points_per_side": 3})
-    assert database_fingerprint(sam).changes(database) == [
-        "object_database.proposer.sam.points_per_side: 4 -> 3"
-    ]
-    assert "replacement.proposer.sam.points_per_side: 4 -> 3" in replacement_fingerprint(
-        sam, database.digest
-    ).changes(pairs)
-    # a retrieval or index query setting changes the pairs, not the database
-    probe = _config(tmp_path, clip_config, sam_config, **{"database.index.nprobe": 64})
-    assert database_fingerprint(probe).digest == database.digest
-    assert replacement_fingerprint(probe, database.digest).changes(pairs) == [
-        "replacement.index.nprobe: 16 -> 64"
-    ]
+    sam = _fingerprints(
+        _config(tmp_path, clip_config, sam_config, **{"proposer.sam.points_per_side": 3}), tmp_path / "b"
+    )
+    assert sam[0].changes(database) == ["object_database.proposer.sam.points_per_side: 4 -> 3"]
+    assert "replacement.proposer.sam.points_per_side: 4 -> 3" in sam[1].changes(pairs)
+    # a retrieval or index setting changes the pairs, not the database
+    for name, value, line in (
+        ("database.index.nprobe", 64, "replacement.database.index.nprobe: 16 -> 64"),
+        ("database.index.kind", "hnsw", 'replacement.database.index.kind: "flat" -> "hnsw"'),
+        ("retrieval.k", 8, "replacement.retrieval.k: 32 -> 8"),
+    ):
+        changed = _fingerprints(_config(tmp_path, clip_config, sam_config, **{name: value}), tmp_path / "b")
+        assert changed[0].digest == database.digest and changed[1].changes(pairs) == [line]
+    # the number of objects kept per image changes both
+    kept = _fingerprints(
+        _config(tmp_path, clip_config, sam_config, **{"database.objects_per_image": 5}), tmp_path / "b"
+    )
+    assert kept[0].changes(database) == ["object_database.database.objects_per_image: 8 -> 5"]
     # the Open Images annotations by content: an edited CSV changes the database
     csv = tmp_path / "oi" / "segmentation.csv"
     csv.write_text(csv.read_text().replace("0.9,", "0.8,"))
-    assert any("segmentation_csv" in c for c in database_fingerprint(config).changes(database))
+    assert any("segmentation_csv" in c for c in _fingerprints(config, tmp_path / "b")[0].changes(database))
 
 
 def _summary_keys(url: str) -> list[str]:
     return sorted(s.key for s in iter_samples(f"{url}/replacement"))
 
 
+def _parts(tmp_path) -> list[str]:
+    return sorted(p.name for p in (tmp_path / "build/object_database/parts").iterdir())
+
+
 @pytest.mark.usefixtures("prefect_server")
 def test_replacement_refuses_a_changed_sam_setting_and_rebuild_database_rebuilds_both(
     tmp_path, clip_config, sam_config
 ):
-    clear_models()
+    forget_models()
     output = str(tmp_path / "build")
-    runner = RunnerConfig(max_workers=1, retries=0)
-    spec = ShardSpec(max_samples=50)
     config = _config(tmp_path, clip_config, sam_config)
-    first = replacement(config, output, spec, runner)
-    assert first["kept"] > 0 and first["database"]["objects"] > 0
-    # a rerun with nothing changed reuses both
-    again = replacement(config, output, spec, runner)
-    assert again["kept"] == 0 and again["database"]["reused"] and not again["rebuilt"]
-    # what a killed database run leaves (vectors of a part that never committed, a temporary) is
-    # removed by the next run that holds the database; committed parts are kept
+    first = run(config, output)
+    objects = first[OBJECT_DATABASE].extra["objects"]
+    assert first["replacement"].kept > 0 and objects > 0
+    # a rerun with nothing changed starts neither stage: both are complete for this input
+    again = run(config, output)
+    assert again[OBJECT_DATABASE].skipped and again["replacement"].skipped
+    assert again["replacement"].kept == 0 and not again["replacement"].rebuilt
     db_url = f"{output}/object_database"
-    committed = sorted(p.name for p in (tmp_path / "build/object_database/parts").iterdir())
-    (tmp_path / "build/object_database/parts/objects-killed.npy").write_bytes(b"partial")
-    (tmp_path / "build/object_database/parts/.objects-x.npy.tmp-1234").write_bytes(b"partial")
-    finished = object_database(config, output, spec, runner)
-    assert finished["batches_resumed"] == 3 and "batches" not in finished
-    assert sorted(p.name for p in (tmp_path / "build/object_database/parts").iterdir()) == committed
-    assert len(ObjectDatabase(db_url)) == first["database"]["objects"]
+    committed = _parts(tmp_path)
+    assert len(ObjectDatabase(db_url)) == objects
     keys = _summary_keys(output)
-    database_record = read_record(f"{output}/object_database")
+    database_record = read_record(db_url)
     pairs_record = read_record(f"{output}/replacement")
     assert pairs_record["fingerprint"]["upstream"] == {
-        DATABASE_STAGE: database_record["fingerprint"]["digest"]
+        OBJECT_DATABASE: database_record["fingerprint"]["digest"]
     }
 
     # a changed SAM setting stops before any work, naming it; nothing was changed
     changed = _config(tmp_path, clip_config, sam_config, **{"proposer.sam.points_per_side": 3})
     with pytest.raises(StageChanged) as refused:
-        replacement(changed, output, spec, runner)
-    assert refused.value.stage == DATABASE_STAGE
+        run(changed, output)
+    assert refused.value.stage == OBJECT_DATABASE
     assert "object_database.proposer.sam.points_per_side: 4 -> 3" in str(refused.value)
     assert "--rebuild object_database" in str(refused.value)
-    assert read_record(f"{output}/object_database") == database_record
+    assert read_record(db_url) == database_record
     assert read_record(f"{output}/replacement") == pairs_record and _summary_keys(output) == keys
     with pytest.raises(StageChanged, match="points_per_side: 4 -> 3"):
-        object_database(changed, output, spec, runner)
+        run(changed, output, database_only=True)
 
     # a changed pairs setting stops the pairs, naming it, before any work: not even a database that
     # would have to be built first (here a new one elsewhere, which the fingerprints do not depend on)
@@ -173,43 +185,50 @@ def test_replacement_refuses_a_changed_sam_setting_and_rebuild_database_rebuilds
         tmp_path, clip_config, sam_config, min_change=2.0, **{"database.url": str(tmp_path / "other-db")}
     )
     with pytest.raises(StageChanged, match=r"replacement\.min_change: 1\.0 -> 2\.0"):
-        replacement(other, output, spec, runner)
+        run(other, output)
     assert not (tmp_path / "other-db").exists()
-    assert read_record(f"{output}/object_database")["fingerprint"] == database_record["fingerprint"]
+    assert read_record(db_url)["fingerprint"] == database_record["fingerprint"]
 
     # another index: the pairs are rebuilt on a new index over the same parts (nothing re-embedded)
     hnsw = _config(tmp_path, clip_config, sam_config, **{"database.index.kind": "hnsw"})
-    with pytest.raises(StageChanged, match=r'replacement\.index\.kind: "flat" -> "hnsw"'):
-        replacement(hnsw, output, spec, runner)
-    reindexed = replacement(hnsw, output, spec, runner, rebuild="yes")
-    assert reindexed["rebuilt"] and reindexed["database"]["reused"] and reindexed["kept"] == first["kept"]
-    assert reindexed["database"]["index_key"] != first["database"]["index_key"]
-    assert index_info(db_url, reindexed["database"]["index_key"])["kind"] == "hnsw"
+    with pytest.raises(StageChanged, match=r'replacement\.database\.index\.kind: "flat" -> "hnsw"'):
+        run(hnsw, output)
+    reindexed = run(hnsw, output, rebuild=True)
+    assert reindexed[OBJECT_DATABASE].skipped  # complete: its batches are not looked at again
+    assert reindexed["replacement"].rebuilt and reindexed["replacement"].kept == first["replacement"].kept
+    database = ObjectDatabase(db_url)
+    digest = database_record["fingerprint"]["digest"]
+    flat_key = index_key(digest, database.signature(), IndexConfig(kind="flat"))
+    hnsw_key = index_key(digest, database.signature(), IndexConfig(kind="hnsw"))
+    assert first[OBJECT_DATABASE].extra["index_key"] == flat_key
+    assert index_info(db_url, hnsw_key)["kind"] == "hnsw"
     assert read_record(db_url)["fingerprint"] == database_record["fingerprint"]
-    assert not has_index(db_url, first["database"]["index_key"])  # the stale index was removed
-    assert sorted(p.name for p in (tmp_path / "build/object_database/parts").iterdir()) == committed
+    assert has_index(db_url, flat_key)  # an index of the same parts is kept: switching back costs nothing
+    assert _parts(tmp_path) == committed
 
     # rebuild_database rebuilds the database and, downstream of it, the pairs
-    rebuilt = replacement(config, output, spec, runner, rebuild_database="yes")
-    assert rebuilt["database"]["rebuilt"] and rebuilt["rebuilt"]
-    assert rebuilt["kept"] == first["kept"] and _summary_keys(output) == keys  # same settings, same keys
+    rebuilt = run(config, output, rebuild_database=True)
+    assert rebuilt[OBJECT_DATABASE].rebuilt and rebuilt["replacement"].rebuilt
+    assert rebuilt["replacement"].kept == first["replacement"].kept
+    assert _summary_keys(output) == keys  # same settings, same keys
 
     # with the changed setting: every sample and every object is made with it, nothing old is left
-    clear_models()
-    rebuilt = replacement(changed, output, spec, runner, rebuild_database="yes")
-    assert rebuilt["database"]["rebuilt"] and rebuilt["rebuilt"]
+    forget_models()
+    rebuilt = run(changed, output, rebuild_database=True)
+    assert rebuilt[OBJECT_DATABASE].rebuilt and rebuilt["replacement"].rebuilt
     samples = list(iter_samples(f"{output}/replacement"))
-    assert samples and len(samples) == rebuilt["kept"]
+    assert samples and len(samples) == rebuilt["replacement"].kept
     proposed = [s for s in samples if s.meta.provenance.dataset == "photos"]
-    assert proposed and {s.meta.generator.settings["regions"]["points_per_side"] for s in proposed} == {3}
-    record = read_record(f"{output}/object_database")["fingerprint"]
-    assert record["digest"] == database_fingerprint(changed).digest
+    assert proposed
+    assert {s.meta.generator.settings["regions"]["sam"]["points_per_side"] for s in proposed} == {3}
+    record = read_record(db_url)["fingerprint"]
+    assert record["digest"] == stages(changed, output)[0].fingerprint(ENV).digest
     assert read_record(f"{output}/replacement")["fingerprint"]["upstream"] == {
-        DATABASE_STAGE: record["digest"]
+        OBJECT_DATABASE: record["digest"]
     }
     frame = manifest.read_manifest(f"{output}/replacement")
-    assert frame["key"].is_unique and set(frame["fingerprint"]) == {rebuilt["fingerprint"]}
-    parts = manifest.read_table(f"{output}/object_database", columns=["fingerprint"])
+    assert frame["key"].is_unique and set(frame["fingerprint"]) == {rebuilt["replacement"].fingerprint}
+    parts = manifest.read_table(db_url, columns=["fingerprint"])
     assert set(parts.column("fingerprint").to_pylist()) == {record["digest"]}
 
 

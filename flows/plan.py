@@ -242,7 +242,7 @@ def make_plan(config: BuildConfig, stages: list[str] | None = None, table: list[
         done = plan.state.startswith("complete")
         for work in stage.workload(inputs):
             left = 0 if done else _left(work.items, inputs, plan.committed)
-            item = estimate(work.operation, work.items, left, table, work.scale)
+            item = estimate(work.operation, work.items, left, table, work.scale * _per(work, table))
             item.figure += f" ({work.note})" if work.note else ""
             plan.work.append(item)
         plans.append(plan)
@@ -260,6 +260,18 @@ def make_plan(config: BuildConfig, stages: list[str] | None = None, table: list[
     if any(p.inputs is None for p in plans):
         notes.append("Some inputs cannot be counted here (unreadable, remote, or only known once crawled).")
     return Plan(config.name, config.out(), plans, gpus, notes)
+
+
+def _per(work, table: list[dict]) -> float:
+    """What one item of ``work`` costs in items of the figure it is estimated from (its ``per`` values
+    against the figure's ``params``: 25 steps against a figure measured at 50 is half)."""
+    figure = pick_figure(table, work.operation) or {}
+    params = figure.get("params") or {}
+    factor = 1.0
+    for name, value in work.per.items():
+        if params.get(name):
+            factor *= float(value) / float(params[name])
+    return factor
 
 
 def _left(items: int | None, inputs: int | None, committed: int | None) -> int | None:

@@ -489,6 +489,7 @@ def run_stage(
     fingerprint, pinned = fingerprint_target(stage, env)
     noted: Counter = Counter()
     reports: list[BatchReport] = []
+    input_key = stage.input_key()  # before listing: input that appears during the run is not claimed
     with open_for_run(stage, fingerprint, options, logger) as writer:
         if writer.rebuilt:
             logger.warning("%s: rebuilding (%s)", stage.name, "; ".join(writer.changes) or "asked to")
@@ -534,7 +535,7 @@ def run_stage(
                 **({"extra": extra} if extra else {}),
             },
             schema=stage.schema,
-            complete_for=stage.input_key(),
+            complete_for=input_key,
             records=records_held,
             env=asdict(env),
         )

@@ -85,13 +85,15 @@ class ModelUse:
 
 @dataclass(frozen=True)
 class Work:
-    """GPU work a stage does over ``items`` inputs of an operation of the throughput table (``scale``:
-    what one item costs in figures of the table's item, as 25 steps against a figure measured at 50)."""
+    """GPU work a stage does over ``items`` inputs of an operation of the throughput table. ``per``: what
+    one item is made of, where the table's figure was measured with other values (``{"steps": 25}``
+    against a figure at 50 steps costs half); ``scale``: any further factor."""
 
     operation: str
     items: int | None
     scale: float = 1.0
     note: str = ""
+    per: Mapping[str, float] = field(default_factory=dict)
 
 
 class Stage:

@@ -101,7 +101,6 @@ log = logging.getLogger(__name__)
 
 # The files of the sources' folders that make records: annotations, images, masks.
 SOURCE_SUFFIXES = (".json", *folder.IMAGE_SUFFIXES)
-PBE_FIGURE_STEPS = 50  # the steps of Paint-by-Example the throughput table's figure is taken at
 
 
 class DatabaseNotReady(RuntimeError):
@@ -540,7 +539,7 @@ class ReplacementStage(Stage):
         if config.paint.backend == "paint_by_example":
             steps = config.paint.steps
             work.append(
-                Work("pbe_pairs", pairs, scale=steps / PBE_FIGURE_STEPS, note=f"{steps} steps per pair")
+                Work("pbe_pairs", pairs, per={"steps": steps}, note=f"{steps} steps per pair")
             )
         if config.caption.backend == "blip":
             work.append(Work("blip_captions", None if pairs is None else 2 * pairs))

@@ -114,10 +114,13 @@ def load_demo_config(workdir: str | os.PathLike | None = None) -> BuildConfig:
     return load_config(demo_config_path(), variables={DEMO_DIR_VARIABLE: folder})
 
 
-def load_config(path: str | os.PathLike, variables: dict[str, str] | None = None) -> BuildConfig:
-    """Read a build config (``path`` may be :data:`DEMO`, the packaged demo); see the module docstring."""
+def load_config(
+    path: str | os.PathLike, variables: dict[str, str] | None = None, check_inputs: bool = True
+) -> BuildConfig:
+    """Read a build config (``path`` may be :data:`DEMO`, the packaged demo); see the module docstring.
+    ``check_inputs=False`` only validates it (a recipe read where its data is not)."""
     if str(path) == DEMO and variables is None:
         return load_demo_config()
-    config = load_config_file(path, BuildConfig, variables)
+    config = load_config_file(path, BuildConfig, variables, check_inputs=check_inputs)
     config._source = str(path)
     return config

@@ -22,9 +22,9 @@ from prefect.client.schemas.actions import WorkPoolCreate
 from prefect.exceptions import ObjectNotFound
 from prefect.variables import Variable
 
-from ieiw.flows.models import GPU_TAG
 from ieiw.flows.resources import DEPLOYMENTS, resource_path
 from ieiw.flows.server import prefect_executable
+from ieiw.storage.stage import GPU_TAG
 
 WORK_POOL = "ieiw-process"
 GPU_POOL_VARIABLE = "ieiw_gpu_pool"  # {"size": fixed slots or null, "workers": ["<host>/gpu<N>", ...]}

@@ -37,6 +37,12 @@ def visible_gpus() -> list[str]:
         return []
 
 
+def worker_gpu() -> str | None:
+    """The GPU this process is pinned to (``CUDA_VISIBLE_DEVICES`` naming exactly one), else None."""
+    visible = [g for g in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if g.strip()]
+    return visible[0].strip() if len(visible) == 1 else None
+
+
 def worker_gpus(config: RunnerConfig) -> list[str]:
     """The GPUs that get a Dask worker each: the visible ones (``auto``, where torch sees any), the
     listed ones, or none."""

@@ -1,27 +1,75 @@
 """``ieiw`` quality commands: score, filter, build-giqa-index, quality-report, judge-candidates,
 judge-agreement.
 
-Registered by ``flows/cli.py`` with ``register(app)``. ``--config`` is a YAML build config whose
-``quality:`` section is a :class:`ieiw.quality.config.QualityConfig` (or a file that is only that section).
+Registered by ``flows/cli.py`` with ``register(app)``. ``--config`` is a build config (read by the one
+loader, :func:`ieiw.flows.config.load_config`) whose ``quality:`` section configures scoring and the
+policy and whose ``runner:`` section says where batches run; without it, the defaults. ``score`` and
+``filter`` run their stage (:class:`~ieiw.quality.scoring.ScoreStage`,
+:class:`~ieiw.quality.filtering.FilterStage`) through the one runner as a flow run of its own, at the
+places of the build their candidates belong to (:meth:`ieiw.storage.layout.BuildLayout.of_stage`), and
+print its outcome in one line (``--json``: the whole summary). :func:`publish_quality_artifacts` shows
+what a score or filter run found in the Prefect UI (score means and histograms; the filter's outcomes,
+histograms before and after, and links to the report's pages).
 """
 
 from __future__ import annotations
 
+import base64
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+if TYPE_CHECKING:
+    from ieiw.flows.config import RunnerConfig
+    from ieiw.quality.config import QualityConfig
+    from ieiw.storage.runner import StageSummary
+    from ieiw.storage.stage import Stage
+
 ConfigOption = Annotated[
-    Path | None, typer.Option("--config", "-c", help="YAML build config (quality section)")
+    Path | None, typer.Option("--config", "-c", help="build config YAML (its quality: and runner: sections)")
 ]
+RebuildOption = Annotated[
+    bool, typer.Option("--rebuild", help="rebuild the stage, whatever it holds (caches are kept)")
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="print the stage's summary as JSON")]
 
 
-def _config(path: Path | None):
+def _load(path: Path | None) -> tuple[QualityConfig, RunnerConfig]:
+    """The quality and runner sections of the build config at ``path`` (defaults without one)."""
+    from ieiw.flows.config import RunnerConfig, load_config
     from ieiw.quality.config import QualityConfig
 
-    return QualityConfig.from_yaml(path) if path else QualityConfig()
+    if path is None:
+        return QualityConfig(), RunnerConfig()
+    config = load_config(path)
+    return config.section("quality"), config.runner
+
+
+def _config(path: Path | None) -> QualityConfig:
+    return _load(path)[0]
+
+
+def run_quality_stage(stage: Stage, runner: RunnerConfig, rebuild: bool) -> StageSummary:
+    """Run a score or filter stage as its own flow run on the configured (or a local) Prefect server,
+    then publish what it found."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from ieiw.flows.server import ensure_server
+    from ieiw.flows.stage_flow import run_stage_flow
+
+    with temporary_settings(updates={PREFECT_API_URL: ensure_server()}):
+        summary = run_stage_flow(stage, runner, "yes" if rebuild else "no")
+        publish_quality_artifacts(stage, summary)
+    return summary
+
+
+def _print(stage: Stage, summary: StageSummary, as_json: bool) -> None:
+    if as_json:
+        typer.echo(json.dumps(summary.to_dict(), indent=2, default=str))
+    else:
+        typer.echo(f"{stage.name}: {summary.outcome()}")
 
 
 def register(app: typer.Typer) -> None:
@@ -30,30 +78,51 @@ def register(app: typer.Typer) -> None:
         candidates: Annotated[str, typer.Argument(help="candidate stage URL (holds shards/ and manifest/)")],
         config: ConfigOption = None,
         scores: Annotated[
-            str | None, typer.Option(help="scores table URL [<candidates>/quality/scores]")
+            str | None, typer.Option(help="scores stage URL [<build>/scores/<generator>]")
         ] = None,
+        rebuild: RebuildOption = False,
+        as_json: JsonOption = False,
     ) -> None:
-        """Embed and score candidate shards (resumable: scored shards are skipped)."""
-        from ieiw.flows.score import score_flow
+        """Embed and score committed candidate shards (resumable: scored shards are skipped)."""
+        from ieiw.quality.scoring import ScoreStage
+        from ieiw.storage.layout import BuildLayout, generator_name
 
-        result = score_flow(candidates, scores, _config(config).model_dump(mode="json"))
-        typer.echo(json.dumps(result, indent=2, default=str))
+        quality, runner = _load(config)
+        layout = BuildLayout.of_stage(candidates)
+        stage = ScoreStage(quality, candidates, scores or layout.scores(generator_name(candidates)), layout)
+        _print(stage, run_quality_stage(stage, runner, rebuild), as_json)
 
     @app.command("filter")
     def filter_command(
         candidates: Annotated[str, typer.Argument(help="candidate stage URL")],
-        out: Annotated[str, typer.Argument(help="final stage URL (shards, manifest, report)")],
+        out: Annotated[str, typer.Argument(help="final stage URL (shards and manifest)")],
         config: ConfigOption = None,
         scores: Annotated[
-            str | None, typer.Option(help="scores table URL [<candidates>/quality/scores]")
+            str | None, typer.Option(help="scores stage URL [<build>/scores/<generator>]")
         ] = None,
-        report: Annotated[str | None, typer.Option(help="report URL [<out>/report]")] = None,
+        report: Annotated[str | None, typer.Option(help="report URL [<build>/reports/<generator>]")] = None,
+        rebuild: RebuildOption = False,
+        as_json: JsonOption = False,
     ) -> None:
-        """Apply the filter policy and write the final shards, manifest and report."""
-        from ieiw.flows.filter import filter_flow
+        """Apply the filter policy to scored candidates: the final shards, manifest and report."""
+        from ieiw.quality.filtering import FilterStage
+        from ieiw.storage.layout import BuildLayout, generator_name
+        from ieiw.storage.stage_folder import read_record
 
-        result = filter_flow(candidates, out, scores, _config(config).model_dump(mode="json"), report)
-        typer.echo(json.dumps(result, indent=2, default=str))
+        quality, runner = _load(config)
+        layout = BuildLayout.of_stage(candidates)
+        generator = generator_name(candidates)
+        scores_url = scores or layout.scores(generator)
+        if read_record(scores_url) is None:
+            raise typer.BadParameter(
+                f"no scores at {scores_url}: run `ieiw score {candidates}` first", param_hint="--scores"
+            )
+        report_url = report or layout.report(generator)
+        stage = FilterStage(quality, candidates, scores_url, out, report_url, layout)
+        summary = run_quality_stage(stage, runner, rebuild)
+        _print(stage, summary, as_json)
+        if not as_json:
+            typer.echo(f"report: {report_url}")
 
     @app.command("build-giqa-index")
     def build_giqa_index_command(
@@ -92,21 +161,24 @@ def register(app: typer.Typer) -> None:
         candidates: Annotated[str, typer.Argument(help="candidate stage URL")],
         final: Annotated[str, typer.Argument(help="final stage URL written by `ieiw filter`")],
         config: ConfigOption = None,
-        scores: Annotated[str | None, typer.Option(help="scores table URL")] = None,
-        out: Annotated[str | None, typer.Option(help="report URL [<final>/report]")] = None,
+        scores: Annotated[
+            str | None, typer.Option(help="scores stage URL [<build>/scores/<generator>]")
+        ] = None,
+        out: Annotated[str | None, typer.Option(help="report URL [<build>/reports/<generator>]")] = None,
     ) -> None:
         """(Re)write the quality report: histograms, drop counts, dropped samples, gallery."""
-        from ieiw.quality.config import default_scores_url
         from ieiw.quality.report import write_report
         from ieiw.quality.scoring import read_scores
-        from ieiw.storage import fs
+        from ieiw.storage.layout import BuildLayout, generator_name
 
         quality = _config(config)
+        layout = BuildLayout.of_stage(candidates)
+        generator = generator_name(candidates)
         report = write_report(
             candidates,
-            read_scores(scores or default_scores_url(candidates)),
+            read_scores(scores or layout.scores(generator)),
             final,
-            out or fs.join(final, "report"),
+            out or layout.report(generator),
             quality.policy,
             quality.report_images,
         )
@@ -139,12 +211,11 @@ def register_judge(app: typer.Typer) -> None:
         from tqdm.auto import tqdm
 
         from ieiw.model.review.judging import judge_candidates
-        from ieiw.quality.judge import Judge
 
-        judge = Judge.from_config(_judge_config(config))
+        judge = _judge_config(config)  # the judgements stage loads the judge itself, once per worker
         with tqdm(desc="judge", unit="candidate") as bar:
             result = judge_candidates(judge, candidates, out, "yes" if rebuild else "no", bar.update)
-        typer.echo(json.dumps(result, indent=2, default=str))
+        typer.echo(json.dumps(result.to_dict(), indent=2, default=str))
 
     @app.command("judge-agreement")
     def judge_agreement_command(
@@ -225,3 +296,84 @@ def _embed_reference_images(inputs, out_dir: Path, features: str, inception_chec
     )
     typer.echo(f"embedded {result['embedded']} reference images, {result['corrupt']} unreadable")
     return str(out_dir)
+
+
+# ------------------------------------------------------------------------------------ artifacts
+
+
+def publish_quality_artifacts(stage: Stage, summary: StageSummary) -> None:
+    """What a score or filter run found, as Prefect artifacts (nothing for a run that had nothing to
+    do): a score run's means per task and score histograms; a filter run's outcomes by task, histograms
+    before and after, and links to the report's pages. Keys are the stage's (``score-removal-means``)."""
+    from ieiw.flows.stage_flow import artifact_key
+
+    if summary.skipped or not summary.extra:
+        return
+    kind = stage.name.split(" ", 1)[0]
+    key = artifact_key(stage.name)
+    if kind == "score":
+        _publish_scores(stage, summary, key)
+    elif kind == "filter":
+        _publish_filter(stage, summary, key)
+
+
+def _publish_scores(stage: Stage, summary: StageSummary, key: str) -> None:
+    from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+    from ieiw.quality.report import score_histograms
+    from ieiw.quality.scoring import read_scores
+
+    totals = summary.extra
+    rows = [{"task": task, **means} for task, means in totals.get("mean_by_task", {}).items()]
+    create_table_artifact(
+        rows or [{"task": "none"}],
+        key=f"{key}-means",
+        description=f"{stage.name}: {totals.get('samples', 0)} scored samples, errors {totals.get('errors')}",
+    )
+    scores = read_scores(stage.url)
+    histograms = score_histograms(scores[scores["error"].isna()], scores.iloc[0:0])
+    if histograms:
+        create_markdown_artifact(
+            markdown_images(histograms),
+            key=f"{key}-histograms",
+            description=f"{stage.name}: score histograms per task (before filtering)",
+        )
+
+
+def _publish_filter(stage: Stage, summary: StageSummary, key: str) -> None:
+    from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
+
+    from ieiw.storage import fs
+
+    files: dict[str, str] = summary.extra.get("report", {})
+    create_table_artifact(
+        summary.extra.get("outcomes") or [{"outcome": "none"}],
+        key=f"{key}-outcomes",
+        description=f"{stage.name}: every candidate's outcome (kept or drop reason) by task",
+    )
+    pngs = {
+        name.removeprefix("hist_"): fs.read_bytes(url)
+        for name, url in files.items()
+        if name.startswith("hist_")
+    }
+    if pngs:
+        create_markdown_artifact(
+            markdown_images(pngs),
+            key=f"{key}-histograms",
+            description=f"{stage.name}: score histograms per task, before (grey) and after (blue)",
+        )
+    for name in ("index_html", "dropped_html", "gallery_html"):
+        url = files.get(name)
+        if url:
+            link = url if "://" in url else Path(url).resolve().as_uri()
+            create_link_artifact(
+                link, link_text=name.replace("_html", ""), key=f"{key}-{name.replace('_', '-')}"
+            )
+
+
+def markdown_images(pngs: dict[str, bytes]) -> str:
+    """Markdown with the PNGs inlined, for the Prefect UI."""
+    return "\n\n".join(
+        f"### {name}\n\n![{name}](data:image/png;base64,{base64.b64encode(png).decode('ascii')})"
+        for name, png in pngs.items()
+    )

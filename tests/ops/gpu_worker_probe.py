@@ -6,11 +6,12 @@ import os
 
 
 def load_inpainter_and_report(lama_path: str) -> dict:
-    """Load LaMa through the removal flow's own batch function, with three spellings of this worker's
-    device and three batch sizes, and report the environment and what the model cache holds."""
-    from ieiw.flows.config import RemovalConfig
-    from ieiw.flows.models import LOADS, cached_entries, worker_gpu
-    from ieiw.flows.removal import removal_batch
+    """Load LaMa as the removal stage's batches do (its model spec through the worker's cache), with three
+    spellings of this worker's device and three batch sizes, and report the environment and what the
+    model cache holds."""
+    from ieiw.flows.runners import worker_gpu
+    from ieiw.pipelines.removal import RemovalConfig, RemovalStage
+    from ieiw.storage.runner import LOADS, loaded_models, worker_model
 
     for device, batch_size in ((None, 2), ("auto", 4), ("cpu", 8)):
         config = RemovalConfig.model_validate(
@@ -24,12 +25,12 @@ def load_inpainter_and_report(lama_path: str) -> dict:
                 },
             }
         )
-        removal_batch([], config)  # no records: the batch function still loads (or reuses) its model
-    inpainters = [key for key, _ in cached_entries("inpainter")]
+        worker_model(RemovalStage(config, "/nowhere/removal").models()["inpainter"])
+    inpainters = [key for key, _ in loaded_models("inpainter")]
     return {
         "pid": os.getpid(),
         "CUDA_VISIBLE_DEVICES": os.environ.get("CUDA_VISIBLE_DEVICES"),
         "pinned": worker_gpu(),
-        "entries": cached_entries("inpainter"),
+        "entries": loaded_models("inpainter"),
         "loads": sum(LOADS[key] for key in inpainters),
     }

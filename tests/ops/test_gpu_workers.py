@@ -20,7 +20,7 @@ from gpu_worker_probe import load_inpainter_and_report
 from phrasecut_fixture import write_phrasecut
 from tiny_lama import save_tiny_lama
 
-from ieiw.flows.config import RemovalConfig, RunnerConfig
+from ieiw.flows.config import RunnerConfig
 from ieiw.flows.deploy import (
     GPU_POOL_VARIABLE,
     ensure_work_pool,
@@ -32,9 +32,11 @@ from ieiw.flows.deploy import (
     unregister_gpu_worker,
     worker_environment,
 )
-from ieiw.flows.models import cached_entries, clear_models
-from ieiw.flows.removal import removal
 from ieiw.flows.runners import gpu_cluster, make_task_runner, worker_gpus
+from ieiw.flows.stage_flow import run_stage_flow
+from ieiw.pipelines.removal import RemovalConfig, RemovalStage
+from ieiw.storage.runner import forget_models, loaded_models, worker_model
+from ieiw.storage.stage import ModelSpec, model_key
 
 TESTS = Path(__file__).resolve().parents[1]
 
@@ -72,21 +74,24 @@ def test_each_dask_gpu_worker_sees_its_gpu_and_holds_one_copy_of_a_model(lama_pa
 
 
 def test_the_model_cache_never_holds_two_copies_on_one_device(lama_path):
-    clear_models()
+    forget_models()
     here = load_inpainter_and_report(lama_path)
     assert here["loads"] == 1 and [device for _, device in here["entries"]] == ["cpu"]
-    from ieiw.flows.models import cached_model, model_key
+    from functools import partial
+
     from ieiw.pipelines.inpaint import InpaintConfig, build_inpainter
 
     small, large = (InpaintConfig(backend="lama", model=lama_path, batch_size=n) for n in (2, 16))
-    first = cached_model(model_key("inpainter", small), lambda: build_inpainter(small), None, 2)
-    second = cached_model(model_key("inpainter", large), lambda: build_inpainter(large), "cpu", 16)
+    first = worker_model(ModelSpec(model_key("inpainter", small), partial(build_inpainter, small), None, 2))
+    second = worker_model(
+        ModelSpec(model_key("inpainter", large), partial(build_inpainter, large), "cpu", 16)
+    )
     assert (first.batch_size, second.batch_size) == (2, 16) and first.module is second.module
     # what the model is does make another entry: a crop strategy is another inpainter
     crop = InpaintConfig(backend="lama", model=lama_path, strategy="crop")
-    cached_model(model_key("inpainter", crop), lambda: build_inpainter(crop), "cpu")
-    assert len(cached_entries("inpainter")) == 2
-    clear_models()
+    worker_model(ModelSpec(model_key("inpainter", crop), partial(build_inpainter, crop), "cpu"))
+    assert len(loaded_models("inpainter")) == 2
+    forget_models()
 
 
 def test_a_removal_build_runs_on_gpu_pinned_dask_workers(prefect_api, tmp_path, lama_path):
@@ -99,10 +104,9 @@ def test_a_removal_build_runs_on_gpu_pinned_dask_workers(prefect_api, tmp_path, 
         }
     )
     runner = RunnerConfig(task_runner="dask", gpus=["0", "1"], retries=0)
-    summary = removal.with_options(task_runner=make_task_runner(runner))(
-        config, str(tmp_path / "out"), None, runner
-    )
-    assert summary["by_task"] == {"add": 8, "remove": 8} and summary["batches"] == 4
+    stage = RemovalStage(config, str(tmp_path / "out" / "removal"))
+    summary = run_stage_flow(stage, runner, task_runner=make_task_runner(runner))
+    assert summary.by_task == {"add": 8, "remove": 8} and summary.batches == 4
 
 
 def test_the_gpu_limit_counts_the_gpus_of_the_pool(prefect_api):

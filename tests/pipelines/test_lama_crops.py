@@ -1,6 +1,6 @@
 """LaMa's crop strategy: square windows around masks, resized to one size and batched across images of
 any size, pasted back inside the mask only; the strategy and its sizes are part of the removal
-fingerprint and the keys, and the whole-image default keeps the fingerprints and keys it had."""
+fingerprint and the keys."""
 
 from __future__ import annotations
 
@@ -12,12 +12,11 @@ from hypothesis import strategies as st
 from phrasecut_fixture import write_phrasecut
 from tiny_lama import save_tiny_lama
 
-from ieiw.flows.config import RemovalConfig
-from ieiw.flows.fingerprints import section_fingerprint
 from ieiw.pipelines.inpaint import InpaintConfig, build_inpainter
 from ieiw.pipelines.inpaint.crops import cut, mask_window, paste_window
-from ieiw.pipelines.removal import RemovalSettings, removal_stage
+from ieiw.pipelines.removal import RemovalConfig, RemovalSettings, removal_stage
 from ieiw.pipelines.sources.phrasecut import iter_records
+from ieiw.storage.config import config_fingerprint
 
 SIZES = [(61, 83), (300, 120), (40, 40), (500, 375), (375, 500), (97, 640)]
 
@@ -118,38 +117,28 @@ def test_a_window_holds_the_mask_and_its_margin_and_is_as_small_as_it_may_be(
     assert np.array_equal(out[mask == 0], image[mask == 0]) and (out[mask > 0] == 7).all()
 
 
-def test_crop_settings_are_in_the_removal_fingerprint_and_keys_and_the_default_leaves_them_out(
-    lama_path, tmp_path
-):
+def test_crop_settings_are_in_the_removal_fingerprint_and_keys(lama_path, tmp_path):
     annotations, images = write_phrasecut(str(tmp_path / "phrasecut"), n_images=2, size=128)
     source = {"annotations": [annotations], "images": images}
     whole = RemovalConfig.model_validate(
         {"source": source, "inpaint": {"backend": "lama", "model": lama_path}}
     )
-    assert set(whole.inpaint.model_dump()) == {
-        "backend",
-        "model",
-        "model_md5",
-        "device",
-        "batch_size",
-        "opencv_radius",
-        "opencv_method",
-    }  # the dump (and so the fingerprint) of the whole-image default is what it was
     crop = whole.model_copy(
         update={"inpaint": whole.inpaint.model_copy(update={"strategy": "crop", "window": 256})}
     )
-    assert section_fingerprint("removal", crop).changes(section_fingerprint("removal", whole)) == [
-        "removal.inpaint.crop_margin: (unset) -> 128",
-        'removal.inpaint.strategy: (unset) -> "crop"',
-        "removal.inpaint.window: (unset) -> 256",
+
+    def fingerprint(config: RemovalConfig):
+        return config_fingerprint("removal", config)
+
+    assert fingerprint(crop).changes(fingerprint(whole)) == [
+        'removal.inpaint.strategy: "whole" -> "crop"',
+        "removal.inpaint.window: 512 -> 256",
     ]
     smaller = crop.model_copy(update={"inpaint": crop.inpaint.model_copy(update={"window": 128})})
-    assert section_fingerprint("removal", smaller).changes(section_fingerprint("removal", crop)) == [
-        "removal.inpaint.window: 256 -> 128"
-    ]
+    assert fingerprint(smaller).changes(fingerprint(crop)) == ["removal.inpaint.window: 256 -> 128"]
     # a batch size is not what the output is
     faster = crop.model_copy(update={"inpaint": crop.inpaint.model_copy(update={"batch_size": 16})})
-    assert section_fingerprint("removal", faster).digest == section_fingerprint("removal", crop).digest
+    assert fingerprint(faster).digest == fingerprint(crop).digest
 
     record = next(iter(iter_records(annotations, images)))
     keys = {}

@@ -20,10 +20,6 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from ieiw.storage import manifest
-from ieiw.storage.gallery import write_gallery
-from ieiw.storage.shards import expand_shard_urls, iter_metas, iter_samples
-
 if TYPE_CHECKING:
     from ieiw.flows.config import BuildConfig
 
@@ -194,6 +190,9 @@ def inspect(
     n: int = typer.Option(5, help="how many samples to list"),
 ) -> None:
     """Counts by task and instruction source, drops by reason, and a few samples."""
+    from ieiw.storage import manifest
+    from ieiw.storage.shards import expand_shard_urls, iter_metas
+
     builds = [path for path in shards if _build_stages(path)]
     if builds:
         for path in builds:
@@ -226,6 +225,8 @@ def inspect(
 def _build_stages(path: str) -> list[tuple[str, int, int]]:
     """``(stage folder, manifest rows, kept)`` of the stages in a build's folder (empty when ``path`` is
     a stage folder itself, or holds none)."""
+    from ieiw.storage import manifest
+
     if "://" in path or not os.path.isdir(path) or manifest.is_stage_folder(path):
         return []
     found = []
@@ -242,6 +243,8 @@ def _build_stages(path: str) -> list[tuple[str, int, int]]:
 
 def _shard_inputs(paths: list[str]) -> list[str]:
     """A stage output folder (with ``shards/``) stands for its shards."""
+    from ieiw.storage import manifest
+
     out = []
     for path in paths:
         nested = os.path.join(path, manifest.SHARD_DIR)
@@ -257,6 +260,9 @@ def gallery(
     skip: int = typer.Option(0, help="skip this many samples first"),
 ) -> None:
     """Write an HTML page of pairs (source | target | instruction) to open in a browser."""
+    from ieiw.storage.gallery import write_gallery
+    from ieiw.storage.shards import expand_shard_urls, iter_samples
+
     samples = itertools.islice(iter_samples(expand_shard_urls(_shard_inputs(shards))), skip, None)
     write_gallery(samples, output, limit=limit)
     console.print(f"wrote {output}")

@@ -15,9 +15,8 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from ieiw.flows.config import BuildConfig
-
 if TYPE_CHECKING:
+    from ieiw.flows.config import BuildConfig
     from ieiw.storage.runner import StageSummary
     from ieiw.storage.stage import Stage
 

@@ -11,7 +11,9 @@ points, as modules of ``ieiw.quality``:
 - ``judge`` (a VLM judge's scores and reasons) with ``judge_rubrics`` (the versioned rubrics and the
   answer parser) and ``judge_backends`` (an OpenAI-compatible endpoint, a local transformers model),
   ``verifier`` (open-vocabulary object checks), ``agreement`` (the judge against human picks)
-- ``policy`` (the declarative filter policy), ``scoring``, ``filtering``
+- ``fixed_batches`` (every model call at one batch shape: a result never depends on its batch-mates)
+- ``policy`` (the declarative filter policy), ``scoring`` (the score stage), ``filtering`` (the filter
+  stage) with ``build_flags`` (duplicates and eval-set leaks across the build), ``identities``
 - ``report`` (histograms, drop counts, HTML pages)
 - ``config`` (the ``quality:`` section of a build config)
 - ``task_decoders``, ``task_metrics``, ``task_evaluation`` (task answers read back out of edits, and

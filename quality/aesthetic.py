@@ -15,9 +15,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from ieiw.quality.fixed_batches import padded_rows
+
 CLIP_L14_DIM = 768
 HIDDEN = (1024, 128, 64, 16)
 DROPOUTS = (0.2, 0.2, 0.1)
+BATCH = 256  # rows per forward pass: one fixed shape for every call
 
 
 class AestheticPredictor(nn.Module):
@@ -43,8 +46,11 @@ class AestheticPredictor(nn.Module):
         return self.layers(embeddings).squeeze(-1)
 
     @torch.inference_mode()
-    def score(self, embeddings: np.ndarray, batch_size: int = 4096) -> np.ndarray:
-        """Ratings of L2-normalised CLIP image embeddings ``(N, input_dim)``; returns ``(N,)`` float32."""
+    def score(self, embeddings: np.ndarray, batch_size: int = BATCH) -> np.ndarray:
+        """Ratings of L2-normalised CLIP image embeddings ``(N, input_dim)``; returns ``(N,)`` float32.
+
+        Every forward pass holds exactly ``batch_size`` rows (:mod:`ieiw.quality.fixed_batches`), so a
+        rating does not depend on which embeddings were rated with it."""
         embeddings = np.asarray(embeddings, dtype=np.float32)
         if embeddings.ndim != 2 or embeddings.shape[1] != self.input_dim:
             raise ValueError(
@@ -53,9 +59,8 @@ class AestheticPredictor(nn.Module):
             )
         device = next(self.parameters()).device
         out = []
-        for start in range(0, len(embeddings), batch_size):
-            chunk = torch.from_numpy(embeddings[start : start + batch_size]).to(device)
-            out.append(self(chunk).float().cpu().numpy())
+        for block, real in padded_rows(embeddings, batch_size):
+            out.append(self(torch.from_numpy(block).to(device)).float().cpu().numpy()[:real])
         return np.concatenate(out) if out else np.zeros(0, np.float32)
 
 

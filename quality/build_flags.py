@@ -1,12 +1,14 @@
 """The filter's build-wide flags: duplicates across the whole build, evaluation-set leaks and pairs
 whose embeddings are missing from the cache, computed once from the scores (keys, hashes and image
-digests, no pixels) by the filter stage's lease holder and kept in its folder
-(``quality/flags.parquet``), tagged with the stage's digest and the input they were computed over."""
+digests, no pixels) on the lead of a filter run (:class:`ieiw.quality.filtering.FilterStage`) and kept
+in its folder for people (``quality/flags.parquet``), tagged with the stage's digest and the input they
+were computed over. They are a function of that input: a resumed run computes the same ones."""
 
 from __future__ import annotations
 
 import io
 import logging
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -19,7 +21,6 @@ from ieiw.quality.duplicates import EvalSet, PairFingerprints, find_duplicates
 from ieiw.quality.embeddings import EmbeddingCache
 from ieiw.quality.policy import FilterPolicy
 from ieiw.quality.scoring import iter_groups_safely
-from ieiw.quality.stage_target import StageTarget
 from ieiw.storage import fs
 from ieiw.storage.lease import check_holder
 from ieiw.storage.shards import decode_sample, expand_shard_urls
@@ -102,16 +103,17 @@ def compute_flags(
     )
 
 
-def write_flags(target: StageTarget, flags: pd.DataFrame, input_digest: str) -> str:
-    """Keep the flags in the filter's stage folder, tagged with its digest and input (holder only)."""
-    check_holder(target.url, target.stage, target.holder)
+def write_flags(writer: Any, flags: pd.DataFrame, input_key: str | None) -> str:
+    """Keep the flags in the filter's stage folder, tagged with its digest and input; ``writer`` is the
+    open stage (:class:`~ieiw.storage.stage_folder.StageWriter`: only its lease holder writes)."""
+    check_holder(writer.url, writer.stage, writer.holder)
     table = pa.Table.from_pandas(flags, preserve_index=False)
     table = table.replace_schema_metadata(
-        {_FLAGS_FINGERPRINT: target.digest.encode(), _FLAGS_INPUT: input_digest.encode()}
+        {_FLAGS_FINGERPRINT: writer.digest.encode(), _FLAGS_INPUT: str(input_key).encode()}
     )
     buffer = io.BytesIO()
     pq.write_table(table, buffer)
-    url = fs.join(target.url, FLAGS_PATH)
+    url = fs.join(writer.url, FLAGS_PATH)
     fs.write_bytes_atomic(url, buffer.getvalue())
     return url
 
@@ -168,20 +170,3 @@ def flags_for(flags: pd.DataFrame | None, keys) -> pd.DataFrame | None:
     if flags is None:
         return None
     return flags[flags["key"].isin(set(keys))].reset_index(drop=True)
-
-
-def prepare_flags(
-    target: StageTarget,
-    scores: pd.DataFrame,
-    policy: FilterPolicy,
-    cache: EmbeddingCache | None,
-    eval_set: EvalSet | None,
-    input_digest: str,
-) -> pd.DataFrame:
-    """The build-wide flags of ``scores``: those the stage keeps when they were computed with this
-    digest over this input, else computed now (by the holder) and kept."""
-    flags = read_flags(target.url, target.digest, input_digest)
-    if flags is None:
-        flags = compute_flags(scores, policy, cache, eval_set)
-        write_flags(target, flags, input_digest)
-    return flags

@@ -1,6 +1,7 @@
-"""The quality section of a build config: scoring models, the filter policy, the eval set, outputs.
+"""The quality section of a build config: scoring models, the filter policy, the eval set, final shards.
 
-A YAML build config embeds it under ``quality:`` (see :mod:`ieiw.quality.policy` for the policy part)::
+A YAML build config embeds it under ``quality:`` and is read by the one config loader
+(:func:`ieiw.flows.config.load_config`; see :mod:`ieiw.quality.policy` for the policy part)::
 
     quality:
       scoring:
@@ -10,28 +11,23 @@ A YAML build config embeds it under ``quality:`` (see :mod:`ieiw.quality.policy`
       policy:
         default: {aesthetic_src_min: 4.5, aesthetic_tgt_min: 4.5, aesthetic_max_diff: 1.0}
       eval_set: [/data/eval/shards]
+
+Where the scores, the caches, the final shards and the report live is the build's layout
+(:class:`ieiw.storage.layout.BuildLayout`), not this section's.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
-from ieiw.quality.embeddings import EmbeddingCache
 from ieiw.quality.policy import FilterPolicy
 from ieiw.quality.scoring import ScoringConfig
-from ieiw.storage import fs
 from ieiw.storage.config import input_file, operational
 from ieiw.storage.shards import ShardSpec
 
-SCORES_DIR = "quality/scores"
-EMBEDDINGS_DIR = "embeddings"
-
 
 class QualityConfig(BaseModel):
-    """Everything the ``score`` and ``filter`` flows need besides their input and output URLs."""
+    """Everything the ``score`` and ``filter`` stages need besides their places in the build."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -49,28 +45,9 @@ class QualityConfig(BaseModel):
 
         return data_identity(url)
 
-    @classmethod
-    def from_yaml(cls, path: str | Path, section: str = "quality") -> QualityConfig:
-        """Read the ``quality`` section of a build config (or a file that is only that section)."""
-        data = yaml.safe_load(Path(path).read_text()) or {}
-        if not isinstance(data, dict):
-            raise ValueError(f"{path} is not a YAML mapping")
-        return cls.model_validate(data.get(section, data))
-
 
 def default_scores_url(candidates_url: str) -> str:
     """Where the scores of a generator's candidates live: beside them in their build's layout."""
     from ieiw.storage.layout import scores_of
 
     return scores_of(candidates_url)
-
-
-def cache_root(config: QualityConfig, scores_url: str) -> str:
-    """Where embeddings are cached: ``scoring.cache_url`` (shared, never cleaned by a stage), or the
-    scores stage's own ``embeddings/`` folder (cleaned by that stage's lease holder)."""
-    return config.scoring.cache_url or fs.join(scores_url, EMBEDDINGS_DIR)
-
-
-def embedding_cache(config: QualityConfig, scores_url: str) -> EmbeddingCache:
-    """The embedding cache of the configured embedder, under its identity by content."""
-    return EmbeddingCache(cache_root(config, scores_url), config.scoring.embedder.identity())

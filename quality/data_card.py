@@ -7,7 +7,10 @@ from the records the stages wrote when they made their output (``stage.json``, r
 :func:`ieiw.storage.stage_folder.read_record`): the fingerprint's settings, models by content and
 upstream digests, ``info`` such as where the model files were, and every run with its wall time,
 compute time and device. The stages of one generator are its candidate stage, the score stage the
-final stage read (recorded in its ``info``) and the final stage.
+final stage read (recorded in its ``info``; else where the build's layout puts it) and the final stage.
+Besides counts, sources and cost, the card tells what newer recipes add: multi-turn sessions counted by
+length, and the VLM judge's and object verifier's checks (score histograms per task, drops per policy
+rule, judge failures, rewritten instructions).
 """
 
 from __future__ import annotations
@@ -21,14 +24,16 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import yaml
 
-from ieiw.quality.card_sections import judge_section, sessions_section
-from ieiw.quality.card_sections import markdown_table as _table
-from ieiw.quality.config import default_scores_url
+from ieiw.quality.policy import RULE_ORDER
+from ieiw.quality.scoring import JUDGE_SCORES, VERIFY_COLUMNS, read_scores
+from ieiw.quality.verifier import VERIFY_SCORES
 from ieiw.storage import fs, manifest
 from ieiw.storage.identity import short
+from ieiw.storage.layout import scores_of
 from ieiw.storage.stage_folder import read_record
 
 VERSIONED = ("ieiw-builder", "torch", "diffusers", "transformers", "open-clip-torch", "faiss-cpu", "prefect")
@@ -100,7 +105,7 @@ def build_stages(
         candidates[generator] = made
         ordered.append(made)
         final = _recorded(f"filter {generator}", (final_urls or {}).get(generator))
-        scores_url = (final.info.get("scores_url") if final else None) or default_scores_url(url)
+        scores_url = (final.info.get("scores_url") if final else None) or scores_of(url)
         score = _recorded(f"score {generator}", scores_url)
         for stage, reads in ((score, None), (final, score)):
             if stage is None:
@@ -170,7 +175,7 @@ def render_data_card(
             else:
                 after = int((final_kept["task"] == task).sum()) if final_kept is not None else 0
             counts.append({"stage": stage, "task": task, "candidates": len(group), "final": after})
-    out += ["## Samples per task", "", _table(pd.DataFrame(counts))]
+    out += ["## Samples per task", "", markdown_table(pd.DataFrame(counts))]
     out += sessions_section(frames, final_frames)
 
     drops = []
@@ -178,7 +183,7 @@ def render_data_card(
         if len(frame):
             for reason, count in frame.loc[~frame["kept"], "drop_reason"].value_counts().items():
                 drops.append({"stage": stage, "reason": reason, "count": int(count)})
-    out += ["## Dropped, by reason", "", _table(pd.DataFrame(drops))]
+    out += ["## Dropped, by reason", "", markdown_table(pd.DataFrame(drops))]
 
     kept_all = [f[f["kept"]] for g, f in frames.items() if len(f) and g not in final_frames]
     kept_all += [f[f["kept"]] for f in final_frames.values() if len(f)]
@@ -198,7 +203,7 @@ def render_data_card(
         "",
         "Every sample's `json` also names its image id, region and URL, so removals can be honoured.",
         "",
-        _table(sources),
+        markdown_table(sources),
     ]
 
     generators = (
@@ -226,10 +231,10 @@ def render_data_card(
     out += [
         "## Generators and models",
         "",
-        _table(generators),
+        markdown_table(generators),
         "Models by identity (content digest, or hub id and revision), as the stages recorded them:",
         "",
-        _table(pd.DataFrame(models)),
+        markdown_table(pd.DataFrame(models)),
     ]
 
     out += [
@@ -239,7 +244,7 @@ def render_data_card(
         "wall time is the runs' elapsed time, compute time sums the time batches spent working (on the "
         "device shown).",
         "",
-        _table(pd.DataFrame([_cost(stage) for stage in stages])),
+        markdown_table(pd.DataFrame([_cost(stage) for stage in stages])),
     ]
     if estimate:
         out += _estimate_section(estimate, stages)
@@ -264,6 +269,153 @@ def render_data_card(
     for stage in stages:
         out += _settings_section(stage)
     return "\n".join(out)
+
+
+# ---------------------------------------------------- sessions, the judge and the object checks
+
+
+def markdown_table(frame: pd.DataFrame) -> str:
+    """A frame as a Markdown table (``_none_`` when empty)."""
+    if frame.empty:
+        return "_none_\n"
+    header = "| " + " | ".join(str(c) for c in frame.columns) + " |"
+    rule = "|" + "---|" * len(frame.columns)
+    rows = ["| " + " | ".join(str(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join([header, rule, *rows]) + "\n"
+
+
+def session_lengths(frame: pd.DataFrame) -> pd.DataFrame:
+    """Kept multi-turn sessions of a manifest by task and number of turns (``task, turns, sessions``)."""
+    if not len(frame) or "session_id" not in frame.columns:
+        return pd.DataFrame(columns=["task", "turns", "sessions"])
+    turns = frame[frame["kept"] & frame["session_id"].notna() & (frame["turn"].fillna(-1) >= 1)]
+    per_session = turns.groupby(["task", "session_id"]).size().reset_index(name="turns")
+    return per_session.groupby(["task", "turns"]).size().reset_index(name="sessions")
+
+
+def sessions_section(
+    frames: Mapping[str, pd.DataFrame], final_frames: Mapping[str, pd.DataFrame]
+) -> list[str]:
+    """Sessions counted by length, before and after the filter (which may shorten or break a session)."""
+    tables = []
+    for stage, frame in frames.items():
+        made = session_lengths(frame)
+        if not len(made):
+            continue
+        if stage in final_frames:
+            final = session_lengths(final_frames[stage]).rename(columns={"sessions": "final"})
+            made = made.merge(final, on=["task", "turns"], how="outer").fillna(0)
+        else:
+            made["final"] = "not filtered"
+        made.insert(0, "stage", stage)
+        tables.append(made.astype({"turns": int, "sessions": int}))
+    if not tables:
+        return []
+    rows = pd.concat(tables).sort_values(["stage", "task", "turns"])
+    if rows["final"].map(lambda v: isinstance(v, float)).any():
+        rows["final"] = rows["final"].map(lambda v: int(v) if isinstance(v, float) else v)
+    return [
+        "## Multi-turn sessions",
+        "",
+        "Successive edits of one image, counted by their number of turns: each turn is a sample "
+        "(`session_id`, `turn` in its `json`), and the whole session one more (`turn` 0).",
+        "",
+        markdown_table(rows),
+    ]
+
+
+JUDGE_BINS = 10  # the judge's 0-10 scores in bins of one point (the last holds 9 to 10)
+
+
+def _judge_histograms(scores: pd.DataFrame) -> pd.DataFrame:
+    """Per task and judge score: how many pairs fell in each one-point bin, and the mean."""
+    rows = []
+    for task, group in scores.groupby("task"):
+        for name in JUDGE_SCORES:
+            values = group[name].dropna().to_numpy(dtype=float) if name in group else []
+            if not len(values):
+                continue
+            counts, _ = np.histogram(values, bins=JUDGE_BINS, range=(0.0, float(JUDGE_BINS)))
+            bins = {f"{b}-{b + 1}": int(c) for b, c in enumerate(counts)}
+            rows.append(
+                {"task": task, "score": name, **bins, "pairs": len(values), "mean": round(values.mean(), 2)}
+            )
+    return pd.DataFrame(rows)
+
+
+def judge_section(finals: Mapping[str, RecordedStage], candidates: Mapping[str, RecordedStage]) -> list[str]:
+    """The judge's and the object verifier's part of the card: the judge's score histograms per task,
+    the pairs each policy rule dropped, the judge's failures and the instructions it rewrote."""
+    histograms, rules, failures, rewritten = [], [], [], []
+    used = False  # a judge or a verifier scored some stage's pairs
+    for generator, final in finals.items():
+        made = candidates.get(generator)
+        scores_url = final.info.get("scores_url") or (scores_of(made.url) if made else None)
+        if scores_url is None:
+            continue
+        try:
+            scores = read_scores(scores_url)
+        except (FileNotFoundError, OSError, ValueError):
+            scores = pd.DataFrame()
+        frame = manifest.read_manifest(final.url)
+        dropped = frame.loc[~frame["kept"]] if len(frame) else frame
+        for (reason, task), count in (
+            dropped.groupby(["drop_reason", "task"]).size().items() if len(dropped) else []
+        ):
+            if reason in RULE_ORDER or str(reason).startswith(("missing_", "judge_", "verify_")):
+                rules.append({"stage": generator, "rule": reason, "task": task, "dropped": int(count)})
+        if scores.empty or "judge_overall" not in scores:
+            continue
+        ok = scores[scores["error"].isna()]
+        judged = ok[ok[list(JUDGE_SCORES)].notna().any(axis=1) | ok["judge_error"].notna()]
+        verified = ok[ok[list(VERIFY_SCORES)].notna().any(axis=1) | ok[VERIFY_COLUMNS[0]].notna()]
+        if judged.empty and verified.empty:
+            continue
+        used = True
+        table = _judge_histograms(judged)
+        if len(table):
+            histograms.append(table.assign(stage=generator))
+        for (task, reason), count in judged.groupby(["task", "judge_error"]).size().items():
+            failures.append({"stage": generator, "task": task, "judge failure": reason, "pairs": int(count)})
+        kept = set(frame.loc[frame["kept"], "key"]) if len(frame) else set()
+        for task, group in judged.groupby("task"):
+            with_text = group["judge_instruction"].notna()
+            rewritten.append(
+                {
+                    "stage": generator,
+                    "task": task,
+                    "judged": len(group),
+                    "rewritten": int(with_text.sum()),
+                    "rewritten and kept": int((with_text & group["key"].isin(kept)).sum()),
+                }
+            )
+    if not used:
+        return []
+    out = [
+        "## Judge and object checks",
+        "",
+        "The VLM judge's scores (0 to 10) per task, counted in one-point bins, from the score stage the "
+        "final stage read; the histograms of every score, before and after filtering, are in the report.",
+        "",
+    ]
+    if histograms:
+        joined = pd.concat(histograms)
+        out += [markdown_table(joined[["stage", *[c for c in joined.columns if c != "stage"]]])]
+    out += ["Pairs each rule of the filter policy dropped (the first rule a pair fails names its drop):", ""]
+    out += [markdown_table(pd.DataFrame(rules))]
+    if failures:
+        out += ["Pairs the judge gave no usable answer for:", "", markdown_table(pd.DataFrame(failures))]
+    if any(r["rewritten"] for r in rewritten):
+        out += [
+            "Instructions the judge rewrote from the pair it saw (kept beside the original, "
+            "`instruction_alternatives`; the trainer reads them with `text_field: rewritten_instruction`):",
+            "",
+            markdown_table(pd.DataFrame(rewritten)),
+        ]
+    return out
+
+
+# ----------------------------------------------------------------------------- cost and settings
 
 
 def _cost(stage: RecordedStage) -> dict[str, Any]:
@@ -310,7 +462,7 @@ def _estimate_section(estimate: Mapping[str, Any], stages: list[RecordedStage]) 
         "whole of each stage, from measured throughputs (`ieiw build CONFIG --plan` prints it), beside the "
         "compute time the stage measured above.",
         "",
-        _table(pd.DataFrame(rows)),
+        markdown_table(pd.DataFrame(rows)),
     ]
     return lines + [f"> **Note:** {note}" for note in estimate.get("notes") or []] + [""]
 

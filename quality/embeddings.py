@@ -38,8 +38,9 @@ import torch
 from PIL import Image
 from pydantic import BaseModel, ConfigDict
 
+from ieiw.quality.fixed_batches import padded_chunks
 from ieiw.storage import fs
-from ieiw.storage.config import input_file, model_ref, operational, precision
+from ieiw.storage.config import WorkerEnv, effective_precision, input_file, model_ref, operational, precision
 from ieiw.storage.identity import file_digest, model_identity
 from ieiw.storage.schema import stable_key
 
@@ -71,14 +72,20 @@ class EmbedderConfig(BaseModel):
             "model_config_file": f"sha256:{file_digest(config_file)}" if config_file else None,
         }
 
-    def identity(self) -> str:
+    def identity(self, env: WorkerEnv | None = None) -> str:
         """The embedder's name for caches: ``<model>-<digest of its content identities>``, plus the
-        half precision it runs at on this host's GPU (vectors computed in bf16 are not fp32 vectors)."""
+        half precision it runs at on this process's GPU, or on the workers of ``env`` (vectors computed
+        in bf16 are not fp32 vectors)."""
         name = re.sub(r"[^A-Za-z0-9._-]+", "-", self.model).strip("-") or "clip"
         parts: dict[str, str | None] = self.model_identities()
-        half = _autocast_dtype(resolve_device(self.device), self.precision)
-        if half is not None:
-            parts = {**parts, "autocast": str(half).removeprefix("torch.")}
+        if env is None:
+            half = _autocast_dtype(resolve_device(self.device), self.precision)
+            autocast = str(half).removeprefix("torch.") if half is not None else None
+        else:
+            computed = effective_precision(self.precision, self.device, env)
+            autocast = {"bf16 on cuda": "bfloat16", "fp16 on cuda": "float16"}.get(computed)
+        if autocast is not None:
+            parts = {**parts, "autocast": autocast}
         return f"{name}-{stable_key('clip-embedder', parts)[:16]}"
 
 
@@ -158,20 +165,24 @@ class ClipEmbedder:
         return self._dim
 
     def embed_images(self, images: Sequence[np.ndarray]) -> np.ndarray:
-        """Embed HxWx3 ``uint8`` RGB arrays; returns ``(N, D)`` float32 with unit-length rows."""
+        """Embed HxWx3 ``uint8`` RGB arrays; returns ``(N, D)`` float32 with unit-length rows.
+
+        Every forward pass holds exactly ``batch_size`` images (:mod:`ieiw.quality.fixed_batches`), so
+        an image's vector does not depend on which images it was embedded with."""
         out = []
-        for start in range(0, len(images), self.batch_size):
-            chunk = images[start : start + self.batch_size]
-            pixels = torch.stack([self.preprocess(Image.fromarray(_rgb(a))) for a in chunk])
-            out.append(self._encode(self.model.encode_image, pixels))
+        for chunk, real in padded_chunks(images, self.batch_size):
+            pixels = torch.stack([self.preprocess(Image.fromarray(_rgb(a))) for a in chunk[:real]])
+            pixels = torch.cat([pixels, pixels[:1].expand(len(chunk) - real, *pixels.shape[1:])])
+            out.append(self._encode(self.model.encode_image, pixels)[:real])
         return np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)
 
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
-        """Embed texts; returns ``(N, D)`` float32 with unit-length rows."""
+        """Embed texts; returns ``(N, D)`` float32 with unit-length rows (at the fixed batch shape, as
+        :meth:`embed_images`)."""
         out = []
-        for start in range(0, len(texts), self.batch_size):
-            tokens = self.tokenizer(list(texts[start : start + self.batch_size]))
-            out.append(self._encode(self.model.encode_text, tokens))
+        for chunk, real in padded_chunks(list(texts), self.batch_size):
+            tokens = self.tokenizer(chunk)
+            out.append(self._encode(self.model.encode_text, tokens)[:real])
         return np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)
 
     @torch.inference_mode()
@@ -220,35 +231,52 @@ class EmbeddingCache:
     ``<part>.keys.parquet`` (the N keys in row order). The keys file is written after its vectors
     and marks the part complete; a killed writer leaves at most an unreferenced ``.npy`` (and a
     temporary file). Only the keys are held in memory; vectors are read per part (memory-mapped for
-    local files). An instance reads the index once: open a new one per run.
+    local files).
 
-    Cleaning what killed writers left (:meth:`remove_orphans`) is the job of the lease holder of the
-    stage whose folder holds the cache, before its workers start; a cache shared by several stages
-    (``scoring.cache_url``) is never cleaned, since another stage may be writing a part right then.
+    One instance serves a process for as long as it lives (a worker's stages load it once): asked for
+    keys it does not know, it reads the parts other processes wrote since, and it forgets parts that
+    were removed (a cache deleted by hand is a cache that holds nothing). The cache is content-addressed
+    and lives outside every stage folder, so no stage's rebuild removes it.
+
+    A cache several stages or processes write at once is never cleaned by any of them
+    (:meth:`remove_orphans` is for a person or a tool, when nothing writes it).
     """
 
     def __init__(self, url: str, namespace: str) -> None:
         self.url = fs.join(url, namespace)
         self._where: dict[str, tuple[str, int]] = {}
-        self._loaded = False
-        self._lock = threading.RLock()  # one cache per process, shared by a flow's task threads
+        self._parts: set[str] = set()  # the parts whose keys are in the index
+        self._lock = threading.RLock()  # one cache per process, shared by its batches' threads
+        self._listed = False
 
     def _load_index(self) -> None:
         with self._lock:
-            if not self._loaded:
-                self._read_index()
+            if not self._listed:
+                self._refresh()
 
-    def _read_index(self) -> None:
-        for keys_url in fs.list_files(self.url, ".keys.parquet"):
-            if posixpath.basename(keys_url).startswith("."):
-                continue
-            filesystem, path = fs.get_fs(keys_url)
-            with filesystem.open(path, "rb") as handle:
-                keys = pq.read_table(handle).column("key").to_pylist()
-            part = keys_url[: -len(".keys.parquet")]
-            for row, key in enumerate(keys):
-                self._where[key] = (part, row)
-        self._loaded = True
+    def _refresh(self) -> None:
+        """Read the keys of parts written since the last look, and forget parts that are gone."""
+        with self._lock:
+            parts = {
+                u[: -len(".keys.parquet")]
+                for u in fs.list_files(self.url, ".keys.parquet")
+                if not posixpath.basename(u).startswith(".")
+            }
+            gone = self._parts - parts
+            if gone:
+                self._where = {k: v for k, v in self._where.items() if v[0] not in gone}
+                self._parts -= gone
+            for part in sorted(parts - self._parts):
+                try:
+                    filesystem, path = fs.get_fs(part + ".keys.parquet")
+                    with filesystem.open(path, "rb") as handle:
+                        keys = pq.read_table(handle).column("key").to_pylist()
+                except FileNotFoundError:
+                    continue  # removed while listed
+                for row, key in enumerate(keys):
+                    self._where.setdefault(key, (part, row))
+                self._parts.add(part)
+            self._listed = True
 
     def __len__(self) -> int:
         self._load_index()
@@ -256,7 +284,7 @@ class EmbeddingCache:
 
     def remove_orphans(self) -> int:
         """Delete vectors no keys file references and temporary files (leftovers of killed writers);
-        only the holder of the stage that owns the cache's folder calls this. Returns how many."""
+        only while nothing writes the cache. Returns how many."""
         removed = 0
         with self._lock:
             marked = {u[: -len(".keys.parquet")] for u in fs.list_files(self.url, ".keys.parquet")}
@@ -265,29 +293,37 @@ class EmbeddingCache:
                 orphan = url.endswith(".npy") and url[: -len(".npy")] not in marked
                 if orphan or ".tmp-" in name:
                     removed += int(fs.remove(url))
-            self._where.clear()
-            self._loaded = False
         return removed
 
     def __contains__(self, key: str) -> bool:
-        self._load_index()
-        return key in self._where
+        return not self.missing([key])
 
     def missing(self, keys: Sequence[str]) -> list[str]:
+        """The keys the cache does not hold (after reading what other processes added since)."""
         self._load_index()
-        return [k for k in keys if k not in self._where]
+        lacking = [k for k in keys if k not in self._where]
+        if lacking:
+            self._refresh()
+            lacking = [k for k in lacking if k not in self._where]
+        return lacking
 
     def get(self, keys: Sequence[str]) -> dict[str, np.ndarray]:
-        """The cached vectors of ``keys`` that are present (absent keys are left out)."""
+        """The cached vectors of ``keys`` that are present (absent keys, and keys of a part removed
+        meanwhile, are left out)."""
         self._load_index()
         by_part: dict[str, list[tuple[str, int]]] = {}
-        for key in keys:
-            if key in self._where:
-                part, row = self._where[key]
-                by_part.setdefault(part, []).append((key, row))
+        with self._lock:
+            for key in keys:
+                if key in self._where:
+                    part, row = self._where[key]
+                    by_part.setdefault(part, []).append((key, row))
         found: dict[str, np.ndarray] = {}
         for part, wanted in by_part.items():
-            vectors = _open_npy(part + ".npy")
+            try:
+                vectors = _open_npy(part + ".npy")
+            except FileNotFoundError:
+                self._refresh()  # the part was removed: its keys are not in the cache any more
+                continue
             for key, row in wanted:
                 found[key] = np.array(vectors[row], dtype=np.float32)
         return found
@@ -315,6 +351,7 @@ class EmbeddingCache:
         fs.write_bytes_atomic(part + ".keys.parquet", buffer.getvalue())
         for row, i in enumerate(fresh):
             self._where[keys[i]] = (part, row)
+        self._parts.add(part)
 
 
 def _open_npy(url: str) -> np.ndarray:
@@ -334,7 +371,8 @@ def embed_images_cached(
     """Embeddings of ``keys``, computing (and caching) only those the cache lacks.
 
     ``load_images`` decodes the images of the keys it is given, so cached images are never decoded
-    for the embedder.
+    for the embedder. A vector does not depend on which others were computed with it (the embedder
+    runs at a fixed batch shape), so a cached vector equals a fresh one bit for bit.
     """
     if cache is None:
         return embedder.embed_images(load_images(list(keys)))
@@ -342,4 +380,7 @@ def embed_images_cached(
     if todo:
         cache.put(todo, embedder.embed_images(load_images(todo)))
     found = cache.get(keys)
+    lost = [k for k in dict.fromkeys(keys) if k not in found]  # removed from the cache meanwhile
+    if lost:
+        found.update(zip(lost, embedder.embed_images(load_images(lost)), strict=True))
     return np.stack([found[k] for k in keys]) if keys else np.zeros((0, embedder.dim), np.float32)

@@ -23,8 +23,11 @@ from __future__ import annotations
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
+from ieiw.quality.fixed_batches import padded_rows
 from ieiw.quality.giqa_index import Metric, ReferenceIndex, load_reference_index
 from ieiw.storage.config import model_ref, operational
+
+QUERIES = 64  # queries per search: one fixed shape for every call
 
 
 class GiqaConfig(BaseModel):
@@ -78,10 +81,16 @@ class KnnGiqa:
         return self.reference.meta.features
 
     def score(self, features: np.ndarray) -> np.ndarray:
+        """The GIQA score of each feature row. Queries are searched ``QUERIES`` at a time exactly
+        (padded, see :mod:`ieiw.quality.fixed_batches`): faiss picks its distance kernel by the number
+        of queries, so a score must not depend on how many others were searched with it."""
         if len(features) == 0:
             return np.zeros(0, np.float32)
-        distances, ids = self.reference.search(features, self.k)
-        return giqa_from_distances(distances, ids, self.eps)
+        out = []
+        for block, real in padded_rows(np.asarray(features, dtype=np.float32), QUERIES):
+            distances, ids = self.reference.search(block, self.k)
+            out.append(giqa_from_distances(distances[:real], ids[:real], self.eps))
+        return np.concatenate(out)
 
 
 def brute_force_giqa(

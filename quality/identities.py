@@ -1,6 +1,7 @@
-"""Identities by content of what the quality stages read besides models: the GIQA reference index and
-the evaluation set. Fingerprints use them, so a rebuilt index or another eval set is a change the
-score or filter stage names, while the same files at another path are not.
+"""Identities by content of what the quality stages read besides models: the GIQA reference index, the
+evaluation set and the stages they read (by their recorded digests). Fingerprints use them, so a
+rebuilt index, another eval set or other candidates is a change the score or filter stage names, while
+the same files at another path are not.
 """
 
 from __future__ import annotations
@@ -46,3 +47,13 @@ def data_identity(url: str) -> str:
     if "://" not in url and os.path.isfile(url):
         return f"sha256:{file_digest(url)}"
     return model_identity(url) or url
+
+
+UNRECORDED = "unrecorded"
+
+
+def upstream_digest(stage_url: str) -> str:
+    """The recorded fingerprint digest of a stage another one reads (``unrecorded`` for a folder written
+    without a stage record, by an older version or by hand): the reader's fingerprint holds it."""
+    recorded = recorded_fingerprint(stage_url)
+    return recorded.digest if recorded is not None else UNRECORDED

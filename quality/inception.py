@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from ieiw.quality.aesthetic import load_state_dict_safely
 from ieiw.quality.embeddings import resolve_device
+from ieiw.quality.fixed_batches import padded_chunks
 
 INPUT_SIZE = 299
 FEATURE_DIM = 2048
@@ -49,11 +50,13 @@ class InceptionFeatures:
 
     @torch.inference_mode()
     def embed_images(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        """Features of HxWx3 ``uint8`` images, ``batch_size`` per forward pass exactly (padded, see
+        :mod:`ieiw.quality.fixed_batches`): an image's features do not depend on its batch-mates."""
         out = []
-        for start in range(0, len(images), self.batch_size):
-            chunk = [_to_tensor(a) for a in images[start : start + self.batch_size]]
-            pixels = torch.cat(chunk).to(self.device)
-            out.append(self.model(pixels).float().cpu().numpy())
+        for chunk, real in padded_chunks(images, self.batch_size):
+            pixels = torch.cat([_to_tensor(a) for a in chunk[:real]])
+            pixels = torch.cat([pixels, pixels[:1].expand(len(chunk) - real, *pixels.shape[1:])])
+            out.append(self.model(pixels.to(self.device)).float().cpu().numpy()[:real])
         return np.concatenate(out) if out else np.zeros((0, FEATURE_DIM), np.float32)
 
 

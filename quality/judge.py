@@ -32,6 +32,7 @@ import json
 import logging
 import math
 import posixpath
+import re
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
@@ -276,7 +277,7 @@ class Judge:
                 rubric=rubric.identity(rewrite),
                 model=self.model,
                 error=JUDGE_UNREADABLE,
-                detail=str(error)[:300],
+                detail=re.sub(r" at 0x[0-9a-fA-F]+", "", str(error))[:300],  # no memory addresses
             )
         decoding = {"temperature": self.config.temperature, "max_tokens": self.config.max_tokens}
         key = judge_key(

@@ -1,16 +1,22 @@
 """The score stage: embed and score the samples of candidate shards into a Parquet scores table.
 
-The scores table is a stage folder (:mod:`ieiw.storage.stage_folder`, default
-``<candidates>/quality/scores``): one batch per committed candidate shard, named
-``score-<shard name>`` (fixed by the shard, whatever finished first), whose manifest part *is* the
-shard's scores and commits them. A rerun skips committed batches; the stage's fingerprint (scoring
-settings, the models by content, the candidates' digest) is checked when it is opened, so parts
-made with another model or from other candidates are never mixed with new ones. Readers
-(:func:`read_scores`) see committed parts only. Within a shard, samples are decoded and scored
-``batch_size`` at a time, so memory does not grow with shard size. CLIP image embeddings go through
-an :class:`~quality.embeddings.EmbeddingCache` kept under the embedder's identity by content and
-keyed by the digest of the encoded image, so an image shared by many pairs (one photo, many removed
-objects) or seen by an earlier run is embedded once.
+:class:`ScoreStage` is a ``rows`` stage of the one stage contract (:mod:`ieiw.storage.stage`): its
+input is the candidate stage's committed shards, one shard per batch; a batch's manifest part *is* the
+shard's scores and commits them. A rerun skips committed batches; the stage's fingerprint (the scoring
+section read by its fields' roles: settings, the models by identity, the precision the workers compute
+in; and the candidates' recorded digest) is checked when it is opened, so parts made with another model
+or from other candidates are never mixed with new ones. Readers (:func:`read_scores`) see committed
+parts only. Within a shard, samples are decoded and scored ``batch_size`` at a time, so memory does not
+grow with shard size. CLIP image embeddings go through an
+:class:`~ieiw.quality.embeddings.EmbeddingCache` kept under the embedder's identity by content and keyed
+by the digest of the encoded image, so an image shared by many pairs (one photo, many removed objects)
+or seen by an earlier run is embedded once. The cache and the judge's answers live beside the stages in
+the build's layout (:class:`~ieiw.storage.layout.BuildLayout`), never inside one: ``--rebuild score``
+keeps them.
+
+Every model call runs at one fixed batch shape (:mod:`ieiw.quality.fixed_batches`), so a sample's scores
+never depend on which samples shared its call: a resumed run, another worker or a warmer cache gives
+the same bytes as one uninterrupted run.
 
 Scores per sample (NaN when the model for it is not configured):
 
@@ -26,7 +32,7 @@ With ``scoring.judge`` (:mod:`ieiw.quality.judge`), the judge's scores ``judge_c
 it gave no usable answer. With ``scoring.verifier`` (:mod:`ieiw.quality.verifier`), the object
 checks ``verify_removed_src``, ``verify_removed_tgt``, ``verify_added_src``, ``verify_added_tgt``,
 the queries asked (``verify_queries``) or ``verify_error``. Both are asked once per scoring batch,
-for all its pairs at once.
+for all its pairs at once; the judge's requests flow on while the next batches are scored.
 
 A sample whose json or image cannot be decoded gets a row with ``error`` set
 (``corrupt_json``, ``corrupt_image``, ``missing_image``); the filter turns it into a counted drop.
@@ -34,46 +40,59 @@ A sample whose json or image cannot be decoded gets a row with ``error`` set
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import logging
 import posixpath
+import re
 import tarfile
-import time
-from collections import deque
-from collections.abc import Iterable, Iterator
+from collections import Counter, deque
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from functools import partial
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-from pydantic import BaseModel, ConfigDict, Field
+from PIL import Image, UnidentifiedImageError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ieiw.quality import similarity
 from ieiw.quality.aesthetic import AestheticPredictor, load_aesthetic_predictor
 from ieiw.quality.duplicates import phash
 from ieiw.quality.embeddings import ClipEmbedder, EmbedderConfig, EmbeddingCache, embed_images_cached
 from ieiw.quality.giqa import GiqaConfig, KnnGiqa
+from ieiw.quality.identities import upstream_digest
 from ieiw.quality.judge import (
     JUDGE_COLUMNS,
     JUDGE_SCORES,
     Judge,
     JudgeConfig,
+    JudgeRequest,
     PendingJudgements,
 )
-from ieiw.quality.scoring_inputs import (
-    DecodedPair,
-    decode_pair,
-    judge_requests,
-    pair_captions,
-    verification_columns,
-    verify_pairs,
-)
-from ieiw.quality.stage_target import StageTarget
-from ieiw.quality.verifier import VERIFY_SCORES, ObjectVerifier, VerifierConfig
+from ieiw.quality.verifier import VERIFY_SCORES, ObjectVerifier, Verification, VerifierConfig, VerifyItem
 from ieiw.storage import manifest
-from ieiw.storage.config import model_ref, operational, output
+from ieiw.storage.answer_cache import PromptCache
+from ieiw.storage.config import (
+    WorkerEnv,
+    config_fingerprint,
+    model_ref,
+    model_references,
+    operational,
+    output,
+)
+from ieiw.storage.fingerprint import Fingerprint
+from ieiw.storage.images import decode_image
+from ieiw.storage.layout import BuildLayout, generator_name
+from ieiw.storage.schema import SampleMeta, stable_key
 from ieiw.storage.shards import iter_tar_groups
-from ieiw.storage.stage_folder import commit_files
+from ieiw.storage.stage import HOST, ModelSpec, Rows, Stage, gpu_tags, model_key
+
+if TYPE_CHECKING:
+    from ieiw.quality.config import QualityConfig
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +143,7 @@ class ScoringConfig(BaseModel):
     aesthetic_checkpoint: str | None = model_ref(None)
     giqa: GiqaConfig | None = None
     cache_url: str | None = output(None)  # default: the build's embedding cache
-    batch_size: int = operational(64)
+    batch_size: int = operational(64)  # samples decoded and scored at a time (memory, not results)
     judge: JudgeConfig | None = None  # a VLM judge's scores and reasons (quality.judge)
     verifier: VerifierConfig | None = None  # open-vocabulary object checks (quality.verifier)
 
@@ -137,7 +156,7 @@ class ScoringModels:
     aesthetic: AestheticPredictor | None = None
     giqa: KnnGiqa | None = None
     giqa_features: object | None = None  # InceptionFeatures when the index holds inception features
-    judge: Judge | None = None  # without a cache: callers give theirs (Judge.with_cache)
+    judge: Judge | None = None  # without an answer cache: the stage gives it the build's
     verifier: ObjectVerifier | None = None
 
     @classmethod
@@ -171,13 +190,101 @@ class ScoringModels:
         return cls(embedder, aesthetic, giqa, features, judge, verifier)
 
 
-def shard_name(shard_url: str) -> str:
-    return posixpath.basename(str(shard_url))[: -len(".tar")]
+# ------------------------------------------------------------------------------------------- inputs
 
 
-def score_batch_name(shard_url: str) -> str:
-    """The score stage's batch of one candidate shard: fixed by the shard's name."""
-    return f"{STAGE}-{shard_name(shard_url)}"
+def error_detail(error: BaseException, limit: int = 300) -> str:
+    """An error's message as a table keeps it: without the memory addresses some messages name
+    (``<_io.BytesIO object at 0x7f..>``), so the same input gives the same bytes on every run."""
+    return re.sub(r" at 0x[0-9a-fA-F]+", "", str(error))[:limit]
+
+
+def digest(data: bytes) -> str:
+    """Content key of an encoded image: the embedding cache key."""
+    return hashlib.sha256(data).hexdigest()[:24]
+
+
+@dataclass
+class DecodedPair:
+    key: str
+    meta: SampleMeta
+    source: np.ndarray
+    target: np.ndarray
+    digest_src: str
+    digest_tgt: str
+    src_bytes: bytes
+    tgt_bytes: bytes
+    mask_bytes: bytes | None
+
+
+def member(members: dict[str, bytes], stem: str) -> bytes | None:
+    for name, data in members.items():
+        if name.split(".", 1)[0] == stem:
+            return data
+    return None
+
+
+def decode_pair(key: str, members: dict[str, bytes], shard: str) -> DecodedPair | dict:
+    """The decoded sample, or an error row."""
+    row = {"key": key, "shard": shard}
+    try:
+        meta = SampleMeta.model_validate_json(members["json"])
+    except (KeyError, ValidationError, ValueError) as error:
+        return {**row, "error": "corrupt_json", "error_detail": error_detail(error)}
+    row.update(record_id=meta.record_id, task=str(meta.task))
+    src, tgt = member(members, "src"), member(members, "tgt")
+    if src is None or tgt is None:
+        return {**row, "error": "missing_image", "error_detail": f"members: {sorted(members)}"}
+    try:
+        source, target = decode_image(src), decode_image(tgt)
+    except (UnidentifiedImageError, OSError, ValueError) as error:
+        return {**row, "error": "corrupt_image", "error_detail": error_detail(error)}
+    return DecodedPair(key, meta, source, target, digest(src), digest(tgt), src, tgt, member(members, "mask"))
+
+
+def pair_captions(meta: SampleMeta) -> tuple[str, str] | None:
+    extra = meta.extra
+    src, tgt = extra.get("source_caption"), extra.get("target_caption")
+    captions = extra.get("captions")
+    if isinstance(captions, dict):
+        src, tgt = src or captions.get("source"), tgt or captions.get("target")
+    return (src, tgt) if isinstance(src, str) and isinstance(tgt, str) and src and tgt else None
+
+
+def judge_requests(decoded: list[DecodedPair]) -> list[JudgeRequest]:
+    return [
+        JudgeRequest(d.key, str(d.meta.task), d.meta.instruction, d.src_bytes, d.tgt_bytes) for d in decoded
+    ]
+
+
+def verify_pairs(decoded: list[DecodedPair], verifier: ObjectVerifier) -> list[Verification]:
+    items = []
+    for d in decoded:
+        mask = None
+        if d.mask_bytes is not None:
+            try:
+                mask = decode_mask(d.mask_bytes)
+            except (UnidentifiedImageError, OSError, ValueError):
+                mask = None  # an unreadable mask: the pair cannot be checked (verify_no_mask)
+        items.append(VerifyItem(d.key, str(d.meta.task), d.meta.extra, d.source, d.target, mask))
+    return verifier.verify(items)
+
+
+def verification_columns(verification: Verification) -> dict:
+    return {
+        **{name: float(verification.scores[name]) for name in VERIFY_SCORES},
+        "verify_error": verification.error,
+        "verify_queries": json.dumps(verification.queries, sort_keys=True) if verification.queries else None,
+    }
+
+
+def decode_mask(data: bytes) -> np.ndarray:
+    """A mask member as HxW ``uint8`` (nonzero inside)."""
+    with Image.open(io.BytesIO(data)) as image:
+        return np.asarray(image.convert("L"))
+
+
+# ------------------------------------------------------------------------------------------ scoring
 
 
 def score_batch(
@@ -294,12 +401,13 @@ def score_shard(
     models: ScoringModels,
     cache: EmbeddingCache | None,
     batch_size: int = 64,
-    judge_cache_url: str | None = None,
+    judge: Judge | None = None,
 ) -> list[dict]:
-    """Score rows of every sample in one candidate shard, streaming ``batch_size`` samples at a time
-    (the judge answers through the cache at ``judge_cache_url``)."""
+    """Score rows of every sample in one candidate shard, streaming ``batch_size`` samples at a time;
+    ``judge`` (default ``models.judge``) carries its answer cache. The judge's requests of up to
+    :data:`JUDGE_BACKLOG` scoring batches are in flight while the next batches are scored."""
     shard = posixpath.basename(str(shard_url))
-    judge = models.judge.with_cache(judge_cache_url) if models.judge is not None else None
+    judge = judge or models.judge
     rows: list[dict] = []
     pending: list[DecodedPair] = []
     waiting: deque[tuple[list[dict], PendingJudgements | None]] = deque()  # batches the judge still has
@@ -325,63 +433,124 @@ def score_shard(
     return rows
 
 
-def commit_scores(target: StageTarget, shard_url: str, rows: list[dict]) -> str:
-    """Commit one candidate shard's scores as the score stage's batch (if ``target`` still holds the
-    stage's lease); returns the part's URL."""
-    table = pa.Table.from_pylist(rows, schema=SCORES_SCHEMA)
-    return commit_files(
-        target.url, score_batch_name(shard_url), table, None, target.digest, target.holder, target.stage
-    )
+# ----------------------------------------------------------------------------------------- the stage
 
 
-def run_score_shard(
-    shard_url: str,
-    target: StageTarget,
-    models: ScoringModels,
-    cache: EmbeddingCache | None,
-    batch_size: int = 64,
-    judge_cache_url: str | None = None,
-) -> dict:
-    """Score one candidate shard and commit its batch; returns a small summary for logs and the record."""
-    started = time.perf_counter()
-    rows = score_shard(shard_url, models, cache, batch_size, judge_cache_url)
-    commit_scores(target, shard_url, rows)
-    return {
-        "shard": shard_name(shard_url),
-        "batch": score_batch_name(shard_url),
-        "skipped": False,
-        "samples": len(rows),
-        "errors": sum(1 for r in rows if r.get("error")),
-        "judge_errors": sum(1 for r in rows if r.get("judge_error")),
-        "seconds": round(time.perf_counter() - started, 3),
-    }
+@dataclass(frozen=True)
+class CandidateShard:
+    """One committed candidate shard: the score stage's unit of work (its record id is the shard's name)."""
+
+    record_id: str
+    url: str
 
 
-def pending_shards(shard_urls: Iterable[str], committed: set[str]) -> list[str]:
-    """The candidate shards whose score batch is not committed yet, in order."""
-    return [s for s in shard_urls if score_batch_name(s) not in committed]
+class ScoreStage(Stage):
+    """Score a generator's committed candidate shards, one shard per batch, into the scores table.
+
+    The committed shards are read once per stage object (the input key and the records of a run agree):
+    make one object per run, as the build does."""
+
+    name = STAGE
+    writes = "rows"
+    schema = SCORES_SCHEMA
+
+    def __init__(self, config: QualityConfig, candidates_url: str, url: str, layout: BuildLayout) -> None:
+        scoring = config.scoring
+        super().__init__(url, batch_size=1, tags=gpu_tags(True, scoring.embedder.device))
+        self.name = f"{STAGE} {generator_name(candidates_url)}"
+        self.scoring = scoring
+        self.candidates_url = candidates_url
+        self.embeddings_url = scoring.cache_url or layout.embeddings
+        judge = scoring.judge
+        self.judge_answers_url = (judge.cache_url or layout.judge_answers) if judge is not None else None
+        self._shards: list[str] | None = None  # the committed candidate shards, read once per run
+        self._identities: str | None = None  # the models' identities, once the fingerprint knows them
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_shards"] = None  # the lead's listing stays on the lead
+        return state
+
+    def fingerprint(self, env: WorkerEnv) -> Fingerprint:
+        fingerprint = config_fingerprint(
+            STAGE,
+            self.scoring,
+            env,
+            upstream={"candidates": upstream_digest(self.candidates_url)},
+            extra={"scores_version": SCORES_VERSION},
+        )
+        self._identities = stable_key(dict(fingerprint.models))
+        return fingerprint
+
+    def candidate_shards(self) -> list[str]:
+        """The candidate stage's committed shards (never a folder listing), read once per stage object."""
+        if self._shards is None:
+            self._shards = manifest.committed_shards(self.candidates_url)
+        return self._shards
+
+    def records(self) -> Iterator[CandidateShard]:
+        for url in self.candidate_shards():
+            yield CandidateShard(posixpath.basename(url), url)
+
+    def input_key(self) -> str | None:
+        """The committed candidate shards, by name (their content is in the candidates' digest)."""
+        return stable_key("score-input", sorted(posixpath.basename(u) for u in self.candidate_shards()))
+
+    def total(self) -> int | None:
+        return len(self.candidate_shards())
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "models": model_references(self.scoring),
+            "candidates_url": self.candidates_url,
+            "embedding_cache": self.embeddings_url,
+            **({"judge_answers": self.judge_answers_url} if self.judge_answers_url else {}),
+        }
+
+    def models(self) -> Mapping[str, ModelSpec]:
+        """The scoring models (one spec: they are loaded together and share the embedder's device), the
+        embedding cache and the judge's answer cache (objects of the worker's memory)."""
+        scoring = self.scoring
+        identities = self._identities or stable_key(
+            dict(config_fingerprint(STAGE, scoring, WorkerEnv()).models)
+        )
+        namespace = scoring.embedder.identity()
+        specs = {
+            "scoring": ModelSpec(
+                model_key("scoring", scoring, identities),
+                partial(ScoringModels.load, scoring),
+                scoring.embedder.device,
+            ),
+            "embeddings": ModelSpec(
+                f"embedding-cache:{self.embeddings_url}:{namespace}",
+                partial(EmbeddingCache, self.embeddings_url, namespace),
+                HOST,
+            ),
+        }
+        if self.judge_answers_url is not None:
+            specs["judge_answers"] = ModelSpec(
+                f"judge-answers:{self.judge_answers_url}", partial(PromptCache, self.judge_answers_url), HOST
+            )
+        return specs
+
+    def run(self, records: list[CandidateShard], models: Mapping[str, Any]) -> Rows:
+        scoring: ScoringModels = models["scoring"]
+        judge = None
+        if scoring.judge is not None:
+            judge = Judge(scoring.judge.config, scoring.judge.backend, models.get("judge_answers"))
+        rows: list[dict] = []
+        for shard in records:
+            rows += score_shard(shard.url, scoring, models["embeddings"], self.scoring.batch_size, judge)
+        counts: Counter = Counter(r["error"] for r in rows if r.get("error"))
+        counts.update(r["judge_error"] for r in rows if r.get("judge_error"))
+        return Rows(pa.Table.from_pylist(rows, schema=SCORES_SCHEMA), counts=dict(counts))
+
+    def finish(self, writer: Any, summary: Mapping[str, Any]) -> dict[str, Any]:
+        """Counts and score means per task of the whole table (what the flow shows)."""
+        return score_summary(read_scores(self.url))
 
 
-def score_shards(
-    target: StageTarget,
-    shard_urls: list[str],
-    models: ScoringModels,
-    cache: EmbeddingCache | None,
-    batch_size: int = 64,
-    judge_cache_url: str | None = None,
-) -> list[dict]:
-    """Score every shard of ``shard_urls`` not committed yet, in this process (the ``score`` flow maps
-    :func:`run_score_shard` over workers instead)."""
-    committed = manifest.completed_batches(target.url)
-    done = [
-        {"shard": shard_name(s), "batch": score_batch_name(s), "skipped": True, "samples": 0, "errors": 0}
-        for s in shard_urls
-        if score_batch_name(s) in committed
-    ]
-    return done + [
-        run_score_shard(s, target, models, cache, batch_size, judge_cache_url)
-        for s in pending_shards(shard_urls, committed)
-    ]
+# ------------------------------------------------------------------------------------------ reading
 
 
 def read_scores(
@@ -398,7 +567,7 @@ def read_scores(
     return frame
 
 
-def summary(scores: pd.DataFrame) -> dict:
+def score_summary(scores: pd.DataFrame) -> dict:
     """Counts and score means per task, for artifacts."""
     out = {"samples": int(len(scores)), "errors": json.loads(scores["error"].value_counts().to_json())}
     if "judge_error" in scores and scores["judge_error"].notna().any():

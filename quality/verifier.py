@@ -31,8 +31,8 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from ieiw.quality.fixed_batches import padded_chunks
 from ieiw.storage.config import model_ref, operational
-from ieiw.storage.identity import model_identity
 
 VERIFY_SCORES: tuple[str, ...] = (
     "verify_removed_src",
@@ -43,6 +43,7 @@ VERIFY_SCORES: tuple[str, ...] = (
 NO_QUERY = "verify_no_query"
 NO_MASK = "verify_no_mask"
 CHECKED_TASKS = ("remove", "add", "replace")
+QUERY_SLOTS = 2  # queries per image in a forward pass: the removed and the added object
 
 
 class VerifierConfig(BaseModel):
@@ -55,12 +56,6 @@ class VerifierConfig(BaseModel):
     region_margin: float = Field(default=0.15, ge=0.0)  # of the mask's bounding box, on every side
     device: str | None = operational(None)
     batch_size: int = operational(16, ge=1)  # images per forward pass
-
-    def identity(self) -> str:
-        return model_identity(self.model) or self.model
-
-    def fingerprint_settings(self) -> dict:
-        return {"query_template": self.query_template, "region_margin": self.region_margin}
 
 
 @dataclass(frozen=True)
@@ -149,20 +144,24 @@ class ObjectVerifier:
         import torch
 
         out: list[dict] = []
-        size = self.config.batch_size
-        for start in range(0, len(images), size):
-            chunk, texts = (
-                [np.require(i, requirements="W") for i in images[start : start + size]],  # writable for torch
-                [list(q) for q in queries[start : start + size]],
-            )
-            inputs = self.processor(text=texts, images=chunk, return_tensors="pt").to(self.device)
+        asked = [list(q) for q in queries]
+        width = max([QUERY_SLOTS, *(len(q) for q in asked)])
+        # One fixed shape per forward pass (see ieiw.quality.fixed_batches): ``batch_size`` images with
+        # ``width`` queries each (padded with " ", as the processor pads), so a pair's detections do not
+        # depend on which pairs were checked with it.
+        pairs = [(image, q + [" "] * (width - len(q))) for image, q in zip(images, asked, strict=True)]
+        for chunk, real in padded_chunks(pairs, self.config.batch_size):
+            pixels = [np.require(image, requirements="W") for image, _ in chunk]  # writable for torch
+            texts = [q for _, q in chunk]
+            inputs = self.processor(text=texts, images=pixels, return_tensors="pt").to(self.device)
             with self._lock, torch.inference_mode():
                 output = self.model(**inputs)
             logits = output.logits.float().sigmoid().cpu().numpy()
             boxes = output.pred_boxes.float().cpu().numpy()
-            for i, image in enumerate(chunk):
+            for i, image in enumerate(pixels[:real]):
                 side = float(max(image.shape[:2]))  # OWLv2 pads to a square: boxes are relative to it
-                out.append({"boxes": boxes[i] * side, "scores": logits[i, :, : len(texts[i])]})
+                n = len(asked[len(out)])
+                out.append({"boxes": boxes[i] * side, "scores": logits[i, :, :n]})
         return out
 
     def verify(self, items: Sequence[VerifyItem]) -> list[Verification]:

@@ -122,3 +122,28 @@ def write_candidates(
             )
         writer.finish({"batches": len(batches) + int(broken is not None), "device": "cpu"})
     return keys
+
+
+def quality_stages(candidates_url: str, config, final_url: str | None = None):
+    """The score and filter stages of a candidate stage, at their places in its build's layout (the
+    filter's final stage at ``final_url`` if given)."""
+    from ieiw.quality.filtering import FilterStage
+    from ieiw.quality.scoring import ScoreStage
+    from ieiw.storage.layout import BuildLayout, generator_name
+
+    layout = BuildLayout.of_stage(candidates_url)
+    generator = generator_name(candidates_url)
+    scores = layout.scores(generator)
+    final = final_url or layout.final(generator)
+    return (
+        ScoreStage(config, candidates_url, scores, layout),
+        FilterStage(config, candidates_url, scores, final, layout.report(generator), layout),
+    )
+
+
+def run_plain(stage, rebuild="no", workers: int = 1):
+    """A stage through the one runner on threads of this process (no Prefect)."""
+    from ieiw.storage.runner import RunOptions, ThreadExecutor, run_stage
+
+    with ThreadExecutor(workers) as executor:
+        return run_stage(stage, executor, RunOptions(rebuild=rebuild))

@@ -61,7 +61,9 @@ def test_build_scores_filters_and_the_card_tells_what_was_made(
     assert f"filter.policy.default.aesthetic_src_min: 0.0 -> {threshold}" in str(refused.value)
 
     result = ieiw_build(config(threshold), rebuild=["filter"])
-    assert result["stages"]["score removal"]["scored_now"] == 0  # only the filter was rebuilt
+    score = result["stages"]["score removal"]
+    assert score["skipped"] and score["records"] == 0  # only the filter was rebuilt
+    assert result["stages"]["filter removal"]["rebuilt"]
     final = tmp_path / "out" / "final" / "removal"
     frame = manifest.read_manifest(str(final))
     assert len(frame) == 16 and frame["key"].is_unique

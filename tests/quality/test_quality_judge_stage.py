@@ -10,31 +10,30 @@ import dataclasses
 import json
 import random
 from collections import Counter
+from pathlib import Path
 
 import pandas as pd
 import pytest
 from chat_server import ChatServer
 from judge_server import check_judge_request, judge_answer
 from judge_tiny_models import grey, square_mask, tiny_owlv2, with_square
-from quality_helpers import write_candidates
+from quality_helpers import quality_stages, run_plain, write_candidates
 
-from ieiw.flows.filter import filter_fingerprint
-from ieiw.flows.score import judge_cache_url, score_fingerprint
 from ieiw.model.config import ShardSet
 from ieiw.model.data import StreamSettings, read_shard
 from ieiw.model.sample_decode import decode_item, sample_text
 from ieiw.quality import judge_rubrics
-from ieiw.quality.config import QualityConfig, default_scores_url
+from ieiw.quality.config import QualityConfig
 from ieiw.quality.data_card import render_data_card
 from ieiw.quality.duplicates import DuplicateSettings
-from ieiw.quality.filtering import filter_input, filter_shards
 from ieiw.quality.judge import JUDGE_MALFORMED, JudgeConfig
 from ieiw.quality.policy import FilterPolicy, TaskPolicy
 from ieiw.quality.report import write_report
-from ieiw.quality.scoring import SCORES_SCHEMA, ScoringConfig, ScoringModels, read_scores, score_shards
-from ieiw.quality.stage_target import StageTarget
+from ieiw.quality.scoring import ScoringConfig, read_scores
 from ieiw.quality.verifier import NO_QUERY, VerifierConfig
 from ieiw.storage import fs, manifest
+from ieiw.storage.config import WorkerEnv
+from ieiw.storage.layout import BuildLayout
 from ieiw.storage.schema import GeneratorInfo, Provenance, Sample, SampleMeta, Task, sample_key
 from ieiw.storage.shards import iter_samples, iter_tar_groups
 from ieiw.storage.stage_folder import StageChanged, open_stage
@@ -130,19 +129,15 @@ def scoring(embedder_config, server, owl_dir) -> ScoringConfig:
     )
 
 
-def score_all(candidates_url: str, models: ScoringModels, scoring: ScoringConfig, rebuild="no") -> str:
-    scores_url = default_scores_url(candidates_url)
-    with open_stage(scores_url, score_fingerprint(scoring, candidates_url), rebuild=rebuild) as writer:
-        score_shards(
-            StageTarget.of(writer),
-            manifest.committed_shards(candidates_url),
-            models,
-            None,
-            batch_size=4,
-            judge_cache_url=judge_cache_url(scoring, scores_url),
-        )
-        writer.finish({"device": "cpu"}, schema=SCORES_SCHEMA)
-    return scores_url
+def score_all(candidates_url: str, scoring: ScoringConfig, rebuild="no") -> str:
+    stage, _ = quality_stages(candidates_url, QualityConfig(scoring=scoring))
+    run_plain(stage, rebuild, workers=2)
+    return stage.url
+
+
+def score_fingerprint(scoring: ScoringConfig, candidates_url: str):
+    stage, _ = quality_stages(candidates_url, QualityConfig(scoring=scoring))
+    return stage.fingerprint(WorkerEnv.here())
 
 
 @pytest.fixture(scope="module")
@@ -152,22 +147,17 @@ def built(tmp_path_factory, scoring, server):
     write_candidates(
         candidates, {"gen-a": [pair(n) for n in (1, 9, 8, 13, 7)], "gen-b": [pair(n) for n in (6, 5, 2, 4)]}
     )
-    models = ScoringModels.load(scoring)
-    scores_url = score_all(candidates, models, scoring)
+    scores_url = score_all(candidates, scoring)
     asked = len(server.requests)
     config = QualityConfig(scoring=scoring, policy=POLICY)
     out = str(root / "final")
-    shards = manifest.committed_shards(candidates)
-    fingerprint = filter_fingerprint(config, candidates, scores_url)
-    with open_stage(out, fingerprint, info={"input": filter_input(shards, scores_url)}) as writer:
-        filter_shards(StageTarget.of(writer), shards, scores_url, POLICY)
-        writer.finish({"device": "cpu"})
+    _, stage = quality_stages(candidates, config, out)
+    run_plain(stage)
     keys = {n: pair(n).key for n in PAIRS}
     return {
         "candidates": candidates,
         "scores": scores_url,
         "final": out,
-        "models": models,
         "asked": asked,
         "keys": keys,
         "config": config,
@@ -258,7 +248,7 @@ def test_kept_samples_carry_the_verdict_and_the_rewritten_instruction(built):
 
 def test_rescoring_asks_the_judge_nothing_it_answered(built, scoring, server):
     before = len(server.requests)
-    score_all(built["candidates"], built["models"], scoring, rebuild="yes")  # wipes the scores, not the cache
+    score_all(built["candidates"], scoring, rebuild="yes")  # wipes the scores, not the answer cache
     assert len(server.requests) - before == 2  # only the garbled pair, whose failure was not cached
     assert len(read_scores(built["scores"])) == len(PAIRS)
 
@@ -309,15 +299,16 @@ def test_report_gallery_and_data_card_show_the_judge(built, tmp_path):
 
 
 def test_score_flow_with_a_judge(tmp_path, built, scoring, server, prefect_api):
-    from ieiw.flows.score import score_flow
+    from ieiw.flows.stage_flow import run_stage_flow
 
     candidates = str(tmp_path / "candidates")
     write_candidates(candidates, {"gen-a": [pair(n) for n in (9, 7, 2)]})
     config = QualityConfig(scoring=scoring.model_copy(update={"verifier": None}))
+    stage, _ = quality_stages(candidates, config)
     before = len(server.requests)
-    result = score_flow(candidates, config=config.model_dump(mode="json"))
-    assert result["samples"] == 3 and result["mean_by_task"]["remove"]["judge_overall"] == 9.0
+    result = run_stage_flow(stage)
+    assert result.rows == 3 and result.extra["mean_by_task"]["remove"]["judge_overall"] == 9.0
     assert len(server.requests) - before == 3
-    again = score_flow(candidates, config=config.model_dump(mode="json"), rebuild="yes")
-    assert again["rebuilt"] and len(server.requests) - before == 3  # the rebuild was answered by the cache
-    assert (tmp_path / "candidates" / "quality" / "judge-cache").is_dir()
+    again = run_stage_flow(stage, rebuild="yes")
+    assert again.rebuilt and len(server.requests) - before == 3  # the rebuild was answered by the cache
+    assert again.rows == 3 and list(Path(BuildLayout.of_stage(candidates).judge_answers).rglob("*.json"))

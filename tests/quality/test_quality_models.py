@@ -184,3 +184,55 @@ def test_inception_features_from_a_torchvision_state_dict(tmp_path):
     features = InceptionFeatures.from_checkpoint(path, device="cpu")
     out = features.embed_images([picture(1, 80), picture(2, 64)])
     assert out.shape == (2, 2048) and np.isfinite(out).all()
+
+
+def test_a_result_never_depends_on_its_batch_mates(tmp_path, embedder_config, aesthetic_checkpoint):
+    """Bug 4 of issue 21: a model call's floats depend on its batch shape, and an embedding cache (or a
+    resumed run) changes which images share a call. At the fixed shape every call runs at, an image's
+    vector, its aesthetic rating and its GIQA score are the same bit for bit whatever it is computed
+    with, wherever it sits in the call, and across calls of any length."""
+    from ieiw.quality.giqa import KnnGiqa
+    from ieiw.quality.giqa_index import ReferenceIndexSettings, build_reference_index, load_reference_index
+
+    embedder = ClipEmbedder.from_config(embedder_config.model_copy(update={"batch_size": 4}))
+    images = [picture(500 + i) for i in range(11)]
+    alone = embedder.embed_images(images[3:4])[0]
+    for batch in (images, images[2:5], images[::-1], images[3:4] * 2, images[1:9]):
+        vectors = embedder.embed_images(batch)
+        for index in [i for i, image in enumerate(batch) if image is images[3]]:
+            assert np.array_equal(vectors[index], alone), (len(batch), index)
+    texts = ["remove the dog", "add a red hat", "make it snow", "a photo", "a blue house"]
+    one = embedder.embed_texts(texts[1:2])[0]
+    assert np.array_equal(embedder.embed_texts(texts)[1], one)
+    assert np.array_equal(embedder.embed_texts(texts[:2] * 3)[5], one)
+
+    head = load_aesthetic_predictor(aesthetic_checkpoint)
+    rows = embedder.embed_images(images)
+    rating = head.score(rows[3:4])[0]
+    assert head.score(rows)[3] == rating and head.score(rows[::-1])[len(rows) - 4] == rating
+    assert head.score(np.repeat(rows, 40, axis=0))[3 * 40] == rating  # more than one call
+
+    np.save(tmp_path / "refs.npy", embedder.embed_images([picture(900 + i) for i in range(30)]))
+    build_reference_index(str(tmp_path / "refs.npy"), str(tmp_path / "index"), ReferenceIndexSettings())
+    giqa = KnnGiqa(load_reference_index(str(tmp_path / "index"), use_gpu=False), k=3)
+    score = giqa.score(rows[3:4])[0]
+    assert giqa.score(rows)[3] == score and giqa.score(np.repeat(rows, 30, axis=0))[90] == score
+
+
+def test_one_cache_instance_sees_other_writers_and_a_removed_cache(tmp_path, embedder):
+    """A worker holds one cache for as long as it lives: parts other processes write are found when it is
+    asked for keys it does not know, and a cache removed by hand holds nothing (it embeds again)."""
+    import shutil
+
+    url = str(tmp_path / "cache")
+    held, other = EmbeddingCache(url, "clip"), EmbeddingCache(url, "clip")
+    held.put(["a"], np.eye(1, 8, dtype=np.float32))
+    other.put(["b"], np.eye(2, 8, dtype=np.float32)[1:])
+    assert held.missing(["a", "b", "c"]) == ["c"] and set(held.get(["a", "b"])) == {"a", "b"}
+    shutil.rmtree(url)  # its index still names the parts; reading them finds them gone
+    assert held.get(["a", "b"]) == {} and held.missing(["a", "b"]) == ["a", "b"]
+    images = {"x": picture(1), "y": picture(2)}
+    first = embed_images_cached(embedder, held, ["x", "y"], lambda keys: [images[k] for k in keys])
+    shutil.rmtree(url)  # removed between a lookup and a read: the vectors are computed again
+    again = embed_images_cached(embedder, held, ["x", "y"], lambda keys: [images[k] for k in keys])
+    assert np.array_equal(first, again)

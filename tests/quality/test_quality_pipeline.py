@@ -14,31 +14,20 @@ import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
-from quality_helpers import candidate_samples, write_candidates
+from quality_helpers import candidate_samples, quality_stages, run_plain, write_candidates
 
-from ieiw.flows.filter import filter_fingerprint
-from ieiw.flows.score import score_fingerprint
-from ieiw.quality.build_flags import eval_set_from_urls, read_flags
-from ieiw.quality.config import QualityConfig, default_scores_url, embedding_cache
+from ieiw.quality.build_flags import read_flags
+from ieiw.quality.config import QualityConfig
 from ieiw.quality.duplicates import DuplicateSettings
-from ieiw.quality.filtering import filter_input, filter_shards
 from ieiw.quality.policy import FilterPolicy, TaskPolicy, evaluate
 from ieiw.quality.report import write_report
-from ieiw.quality.scoring import (
-    FLOAT_SCORES,
-    JUDGE_SCORES,
-    SCORES_SCHEMA,
-    ScoringConfig,
-    ScoringModels,
-    read_scores,
-    score_shards,
-)
-from ieiw.quality.stage_target import StageTarget
+from ieiw.quality.scoring import FLOAT_SCORES, JUDGE_SCORES, ScoringConfig, read_scores
 from ieiw.quality.verifier import VERIFY_SCORES
 from ieiw.storage import manifest
+from ieiw.storage.layout import BuildLayout
 from ieiw.storage.schema import SampleMeta
 from ieiw.storage.shards import ShardSpec, iter_samples, iter_tar_groups
-from ieiw.storage.stage_folder import open_stage
+from ieiw.storage.stage_folder import read_listing, read_record
 
 
 @pytest.fixture(scope="module")
@@ -46,32 +35,16 @@ def scoring(embedder_config, aesthetic_checkpoint) -> ScoringConfig:
     return ScoringConfig(embedder=embedder_config, aesthetic_checkpoint=aesthetic_checkpoint, batch_size=4)
 
 
-@pytest.fixture(scope="module")
-def models(scoring):
-    return ScoringModels.load(scoring)
+def score_all(candidates_url: str, config: QualityConfig, rebuild="no"):
+    """The score stage over the committed candidate shards, through the one runner on threads."""
+    stage, _ = quality_stages(candidates_url, config)
+    return stage.url, run_plain(stage, rebuild)
 
 
-def score_all(candidates_url: str, models, config: QualityConfig, shards: list[str] | None = None):
-    """The score stage over the committed candidate shards (or ``shards``), in this process."""
-    scores_url = default_scores_url(candidates_url)
-    shards = manifest.committed_shards(candidates_url) if shards is None else shards
-    with open_stage(scores_url, score_fingerprint(config.scoring, candidates_url)) as writer:
-        summaries = score_shards(
-            StageTarget.of(writer), shards, models, embedding_cache(config, scores_url), batch_size=4
-        )
-        writer.finish({"device": "cpu"}, schema=SCORES_SCHEMA)
-    return scores_url, summaries
-
-
-def filter_all(candidates_url: str, scores_url: str, out: str, config: QualityConfig, **options):
-    """The filter stage over every committed candidate shard, in this process."""
-    shards = manifest.committed_shards(candidates_url)
-    fingerprint = filter_fingerprint(config, candidates_url, scores_url)
-    info = {"input": filter_input(shards, scores_url)}
-    with open_stage(out, fingerprint, info=info, rebuild=options.pop("rebuild", "no")) as writer:
-        reports = filter_shards(StageTarget.of(writer), shards, scores_url, config.policy, **options)
-        writer.finish({"device": "cpu"})
-    return reports
+def filter_all(candidates_url: str, out: str, config: QualityConfig, rebuild="no"):
+    """The filter stage over every committed candidate shard, through the one runner on threads."""
+    _, stage = quality_stages(candidates_url, config, out)
+    return run_plain(stage, rebuild)
 
 
 def median_policy(scores: pd.DataFrame) -> FilterPolicy:
@@ -98,12 +71,17 @@ def expected_outcomes(scores: pd.DataFrame, policy: FilterPolicy, duplicates: di
     return out
 
 
-def test_score_then_filter_accounts_for_every_candidate(tmp_path, candidates, models, scoring):
+def test_score_then_filter_accounts_for_every_candidate(tmp_path, candidates, scoring):
     config = QualityConfig(scoring=scoring)
-    scores_url, summaries = score_all(candidates["url"], models, config)
+    scores_url, summary = score_all(candidates["url"], config)
     scores = read_scores(scores_url)
     assert len(scores) == candidates["total"] == 14 and scores["key"].is_unique
-    assert set(scores["fingerprint"]) == {score_fingerprint(scoring, candidates["url"]).digest}
+    assert (
+        set(scores["fingerprint"])
+        == {read_record(scores_url)["fingerprint"]["digest"]}
+        == {summary.fingerprint}
+    )
+    assert summary.rows == 14 and summary.counts == {"corrupt_image": 1, "corrupt_json": 1}
     errors = dict(zip(scores["key"], scores["error"], strict=True))
     assert errors[candidates["broken"]["corrupt_image"]] == "corrupt_image"
     assert errors[candidates["broken"]["corrupt_json"]] == "corrupt_json"
@@ -115,20 +93,19 @@ def test_score_then_filter_accounts_for_every_candidate(tmp_path, candidates, mo
     np.testing.assert_allclose(
         ok["aesthetic_diff"], (ok["aesthetic_src"] - ok["aesthetic_tgt"]).abs(), atol=1e-5
     )
-    assert [s["batch"] for s in summaries] == [
-        "score-broken-0000",
-        "score-gen-a-0000",
-        "score-gen-b-0000",
-    ]
+    # one batch per candidate shard, its record id the shard's name
+    listing = read_listing(scores_url).to_pandas()
+    assert sorted(listing["record_id"]) == ["broken-0000.tar", "gen-a-0000.tar", "gen-b-0000.tar"]
+    assert summary.batches == 3 and listing["batch"].is_unique
 
     # a rerun scores nothing again
-    _, again = score_all(candidates["url"], models, config)
-    assert all(s["skipped"] for s in again) and not any(s["skipped"] for s in summaries)
+    _, again = score_all(candidates["url"], config)
+    assert again.records == again.batches == again.rows == 0 and again.records_committed_before == 3
 
     policy = median_policy(scores)
     config = QualityConfig(scoring=scoring, policy=policy)
     out = str(tmp_path / "final")
-    reports = filter_all(candidates["url"], scores_url, out, config)
+    filtered = filter_all(candidates["url"], out, config)
     final = manifest.read_manifest(out)
     assert len(final) == 14 and final["key"].is_unique
     samples = candidates["samples"]
@@ -143,7 +120,7 @@ def test_score_then_filter_accounts_for_every_candidate(tmp_path, candidates, mo
     assert reasons.get("aesthetic_src_below_min", 0) >= 1 and reasons.get("clip_img_sim_below_min", 0) >= 1
     kept_keys = {k for k, v in expected.items() if v is None}
     assert 0 < len(kept_keys) < 14 and final["kept"].sum() == len(kept_keys)
-    assert sum(r.kept for r in reports) == len(kept_keys)
+    assert filtered.kept == len(kept_keys) and filtered.records == 3
     assert read_flags(out)["duplicate_of"].tolist() == [f"phash:{first}"]
 
     # kept samples carry their scores in their json, equal to the scores table
@@ -162,12 +139,15 @@ def test_score_then_filter_accounts_for_every_candidate(tmp_path, candidates, mo
     assert all("aesthetic_src" in json.loads(s) for s in dropped["scores"])
 
     # a rerun writes nothing twice
-    rerun = filter_all(candidates["url"], scores_url, out, config)
-    assert all(r.skipped for r in rerun) and len(manifest.read_manifest(out)) == 14
+    rerun = filter_all(candidates["url"], out, config)
+    assert rerun.records == rerun.kept == 0 and len(manifest.read_manifest(out)) == 14
 
-    # the report a person looks at
-    report = write_report(candidates["url"], scores, out, str(tmp_path / "report"), policy)
-    files = report["files"]
+    # the report a person looks at, written by the filter where the layout puts it
+    layout = BuildLayout.of_stage(candidates["url"])
+    files = filtered.extra["report"]
+    assert files["index_html"].startswith(layout.report("candidates"))
+    again = write_report(candidates["url"], scores, out, str(tmp_path / "report"), policy)
+    assert sorted(again["files"]) == sorted(files)
     for name in ("hist_aesthetic_src", "hist_clip_img_sim", "drops_png"):
         with Image.open(io.BytesIO(Path(files[name]).read_bytes())) as image:
             assert image.format == "PNG" and image.size[0] > 100
@@ -181,17 +161,17 @@ def test_score_then_filter_accounts_for_every_candidate(tmp_path, candidates, mo
     assert counts["count"].sum() == 14
 
 
-def test_kept_samples_are_the_candidates_bytes(tmp_path, models, scoring):
+def test_kept_samples_are_the_candidates_bytes(tmp_path, scoring):
     """JPEG candidates stay the same JPEG bytes in the final shards; only the json changes (scores)."""
     stage = str(tmp_path / "candidates")
     samples = candidate_samples()[3:9]
     write_candidates(stage, {"jpeg": samples}, ShardSpec(image_format="jpg", jpeg_quality=80, max_samples=4))
-    config = QualityConfig(
-        scoring=scoring, policy=FilterPolicy(default=TaskPolicy(), tasks={}, duplicates=DuplicateSettings())
-    )
-    scores_url, _ = score_all(stage, models, config)
+    # the tiny random CLIP finds every pair alike: duplicates by their hashes only
+    policy = FilterPolicy(default=TaskPolicy(), tasks={}, duplicates=DuplicateSettings(clip_min_cosine=None))
+    config = QualityConfig(scoring=scoring, policy=policy)
+    score_all(stage, config)
     out = str(tmp_path / "final")
-    filter_all(stage, scores_url, out, config)
+    filter_all(stage, out, config)
     before = {k: m for s in manifest.committed_shards(stage) for k, m in iter_tar_groups(s)}
     after = {k: m for s in manifest.committed_shards(out) for k, m in iter_tar_groups(s)}
     assert sorted(after) == sorted(s.key for s in samples)  # nothing dropped by this policy
@@ -208,19 +188,22 @@ def test_kept_samples_are_the_candidates_bytes(tmp_path, models, scoring):
         assert (widths.loc[sample.key, "width"], widths.loc[sample.key, "height"]) == (48, 48)
 
 
-def test_missing_embeddings_and_scores_are_counted_drops(tmp_path, candidates, models, scoring):
+def test_missing_embeddings_and_scores_are_counted_drops(tmp_path, scoring):
     config = QualityConfig(
         scoring=scoring,
         policy=FilterPolicy(
             default=TaskPolicy(), tasks={}, duplicates=DuplicateSettings(clip_min_cosine=0.999)
         ),
     )
-    shards = manifest.committed_shards(candidates["url"])
-    scored = [s for s in shards if "gen-b" not in s]  # gen-b's 5 samples are never scored
-    scores_url, _ = score_all(candidates["url"], models, config, shards=scored)
-    shutil.rmtree(embedding_cache(config, scores_url).url)  # and the embeddings are lost
+    stage = str(tmp_path / "candidates")
+    samples = candidate_samples()
+    write_candidates(stage, {"gen-a": samples[:7]}, broken=samples[5])
+    scores_url, _ = score_all(stage, config)
+    write_candidates(stage, {"gen-b": samples[7:]})  # gen-b's 5 samples are never scored
+    layout = BuildLayout.of_stage(stage)
+    shutil.rmtree(layout.embeddings)  # and the embeddings are lost
     out = str(tmp_path / "final")
-    filter_all(candidates["url"], scores_url, out, config, cache=embedding_cache(config, scores_url))
+    filter_all(stage, out, config)
     final = manifest.read_manifest(out)
     reasons = final["drop_reason"].value_counts().to_dict()
     assert len(final) == 14 and final["kept"].sum() == 0
@@ -230,16 +213,16 @@ def test_missing_embeddings_and_scores_are_counted_drops(tmp_path, candidates, m
 
 def test_policy_on_an_unscored_model_fails_before_writing(tmp_path, candidates, embedder_config):
     scoring = ScoringConfig(embedder=embedder_config)  # no aesthetic head: no aesthetic scores
-    scores_url, _ = score_all(candidates["url"], ScoringModels.load(scoring), QualityConfig(scoring=scoring))
+    score_all(candidates["url"], QualityConfig(scoring=scoring))
     config = QualityConfig(
         scoring=scoring, policy=FilterPolicy(default=TaskPolicy(giqa_src_min=1.0), tasks={})
     )
     with pytest.raises(ValueError, match="giqa_src"):
-        filter_all(candidates["url"], scores_url, str(tmp_path / "f"), config)
+        filter_all(candidates["url"], str(tmp_path / "f"), config)
     assert not (tmp_path / "f" / "manifest").exists() and not (tmp_path / "f" / "shards").exists()
 
 
-def test_eval_set_images_never_reach_the_final_shards(tmp_path, candidates, models, scoring):
+def test_eval_set_images_never_reach_the_final_shards(tmp_path, candidates, scoring):
     leaked = candidates["samples"][4]
     eval_dir = tmp_path / "eval"
     eval_dir.mkdir()
@@ -247,13 +230,15 @@ def test_eval_set_images_never_reach_the_final_shards(tmp_path, candidates, mode
     config = QualityConfig(
         scoring=scoring,
         policy=FilterPolicy(
-            default=TaskPolicy(), tasks={}, duplicates=DuplicateSettings(clip_min_cosine=None)
+            default=TaskPolicy(),
+            tasks={},
+            duplicates=DuplicateSettings(clip_min_cosine=None, eval_clip_min_cosine=None),
         ),
         eval_set=[str(eval_dir)],
     )
-    scores_url, _ = score_all(candidates["url"], models, config)
+    score_all(candidates["url"], config)
     out = str(tmp_path / "final")
-    filter_all(candidates["url"], scores_url, out, config, eval_set=eval_set_from_urls([str(eval_dir)]))
+    filter_all(candidates["url"], out, config)
     final = manifest.read_manifest(out).set_index("key")
     assert final.loc[leaked.key, "drop_reason"] == "eval_leak"
     assert final.loc[leaked.key, "drop_detail"] == "phash:image-0"
@@ -261,15 +246,16 @@ def test_eval_set_images_never_reach_the_final_shards(tmp_path, candidates, mode
     assert leaked.key not in {s.key for s in iter_samples(out)}
 
 
-def test_uncommitted_candidate_shards_are_never_scored(tmp_path, candidates, models, scoring):
+def test_uncommitted_candidate_shards_are_never_scored(tmp_path, candidates, scoring):
     """A shard a killed generator left in shards/ without its manifest part does not exist for score."""
     stray = Path(candidates["url"], "shards", "gen-c-0000.tar")
     shutil.copy(Path(candidates["url"], "shards", "gen-a-0000.tar"), stray)
     with tarfile.open(stray) as tar:
         assert len(tar.getnames()) == 7 * 4  # src, tgt, mask and json of seven samples
-    scores_url, summaries = score_all(candidates["url"], models, QualityConfig(scoring=scoring))
-    assert [s["shard"] for s in summaries] == ["broken-0000", "gen-a-0000", "gen-b-0000"]
-    assert len(read_scores(scores_url)) == 14 and read_scores(scores_url)["key"].is_unique
+    scores_url, summary = score_all(candidates["url"], QualityConfig(scoring=scoring))
+    scores = read_scores(scores_url)
+    assert sorted(set(scores["shard"])) == ["broken-0000.tar", "gen-a-0000.tar", "gen-b-0000.tar"]
+    assert summary.records == 3 and len(scores) == 14 and scores["key"].is_unique
 
 
 def test_giqa_scores_with_a_reference_index(
@@ -288,10 +274,9 @@ def test_giqa_scores_with_a_reference_index(
         aesthetic_checkpoint=aesthetic_checkpoint,
         giqa=GiqaConfig(index_dir=str(tmp_path / "index"), k=2),
     )
-    models = ScoringModels.load(scoring)
-    scores_url, _ = score_all(candidates["url"], models, QualityConfig(scoring=scoring))
+    scores_url, _ = score_all(candidates["url"], QualityConfig(scoring=scoring))
     ok = read_scores(scores_url).query("error.isna()")
     assert len(ok) == 12 and ok["giqa_src"].gt(0).all() and ok["giqa_tgt"].gt(0).all()
     assert set(FLOAT_SCORES) <= set(ok.columns)
-    recorded = score_fingerprint(scoring, candidates["url"]).models["giqa.index"]
+    recorded = read_record(scores_url)["fingerprint"]["models"]["giqa.index_dir"]
     assert recorded.startswith("sha256-index:")

@@ -7,7 +7,6 @@ import math
 import pytest
 import yaml
 
-from ieiw.quality.config import QualityConfig
 from ieiw.quality.policy import RULE_ORDER, RULES, FilterPolicy, TaskPolicy, evaluate
 
 GOOD = {
@@ -86,20 +85,36 @@ tasks:
 
 
 def test_policy_rejects_unknown_fields_and_reads_from_a_build_config(tmp_path):
+    from ieiw.flows.config import load_config
+    from ieiw.storage.config import ConfigError
+
     with pytest.raises(ValueError):
         FilterPolicy.model_validate({"default": {"aesthetic_minimum": 3}})
+    (tmp_path / "eval").mkdir()
+    (tmp_path / "eval" / "held-out.png").write_bytes(b"an image held out")
     path = tmp_path / "build.yaml"
-    path.write_text(
+    path.write_text(  # a build config whose only section is quality (no output: it builds nothing)
         yaml.safe_dump(
             {
                 "name": "b1",
-                "quality": {"policy": {"default": {"giqa_src_min": 1.5}}, "eval_set": ["/data/eval"]},
+                "quality": {
+                    "policy": {"default": {"giqa_src_min": 1.5}},
+                    "eval_set": ["eval/held-out.png"],  # relative to the config file
+                },
             }
         )
     )
-    config = QualityConfig.from_yaml(path)
-    assert config.policy.default.giqa_src_min == 1.5 and config.eval_set == ["/data/eval"]
+    config = load_config(path).section("quality")
+    assert config.policy.default.giqa_src_min == 1.5
+    assert config.eval_set == [str(tmp_path / "eval" / "held-out.png")]
     # without a tasks section the built-in task overrides stay: enhancement sources are degraded by design
     assert config.policy.for_task("enhancement").giqa_src_min is None
     assert config.policy.for_task("remove").giqa_src_min == 1.5
     assert FilterPolicy(tasks={}).for_task("enhancement").aesthetic_src_min == 4.5
+    # a typo in the policy is one line naming the field and the file
+    path.write_text(yaml.safe_dump({"quality": {"policy": {"default": {"giqa_src_mn": 1.5}}}}))
+    with pytest.raises(ConfigError) as error:
+        load_config(path)
+    assert str(error.value) == (
+        f"{path}: quality.policy.default.giqa_src_mn: unknown field (did you mean giqa_src_min?)"
+    )

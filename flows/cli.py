@@ -40,7 +40,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from ieiw.storage.lease import LeaseLost, StageBusy
     from ieiw.storage.models import ModelUnavailable
     from ieiw.storage.runner import WorkerMismatch
-    from ieiw.storage.stage_folder import StageChanged
+    from ieiw.storage.stage_folder import StageChanged, StageMissing
 
     return (
         ConfigError,
@@ -51,6 +51,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
         WorkerMismatch,
         ModelUnavailable,
         DatabaseNotReady,
+        StageMissing,
     )
 
 

@@ -232,7 +232,10 @@ def make_plan(config: BuildConfig, stages: list[str] | None = None, table: list[
     for stage in build_stages(config, set(stages) if stages else None):
         generator = stage.name.split(" ", 1)[-1]
         inputs = _count(stage, made.get(generator))
-        plan = StagePlan(stage.name, inputs, stage.unit, committed_records(stage.url))
+        done = stage.plan_done() if read_record(stage.url) is not None else None
+        plan = StagePlan(
+            stage.name, inputs, stage.unit, done if done is not None else committed_records(stage.url)
+        )
         plan.state = stage_state(stage)
         if inputs is None:
             plan.unit += " (not countable here)"

@@ -107,18 +107,23 @@ def stage_flow(stage: Stage, runner: RunnerConfig | None = None, rebuild: Rebuil
     publish_summary(summary)
     if stage.writes == "samples":
         publish_sample_table(summary)
-    publisher = stage_artifacts().get(stage.name.split(" ", 1)[0])
-    if publisher is not None:
-        publisher(summary)
+    publish_stage_artifacts(stage, summary)
     logger.info("%s: %s", stage.name, summary.outcome())
     return summary.to_dict()
 
 
-def stage_artifacts() -> dict[str, Callable[[StageSummary], None]]:
-    """What a kind of stage shows in its flow run beside the counts: the crawl's requests and downloads."""
-    from ieiw.flows.commands.web import publish_crawl
+def publish_stage_artifacts(stage: Stage, summary: StageSummary) -> None:
+    """What a kind of stage shows in its flow run beside the counts: the crawl's requests and downloads,
+    the score means and histograms, the filter's outcomes, histograms and report pages."""
+    kind = stage.name.split(" ", 1)[0]
+    if kind == "web_edits":
+        from ieiw.flows.commands.web import publish_crawl
 
-    return {"web_edits": publish_crawl}
+        publish_crawl(summary)
+    elif kind in ("score", "filter"):
+        from ieiw.flows.commands.quality import publish_quality_artifacts
+
+        publish_quality_artifacts(stage, summary)
 
 
 def run_stage_flow(

@@ -13,6 +13,23 @@ import contextlib
 import threading
 from typing import Any
 
+
+def gpu_available() -> bool:
+    """FAISS has GPUs to build and search on here (the faiss-gpu build and a GPU)."""
+    from ieiw.storage.optional import import_faiss
+
+    faiss = import_faiss()
+    return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
+
+
+def faiss_device() -> str:
+    """Where FAISS builds and searches an index on this machine, in words."""
+    try:
+        return "GPU (faiss-gpu)" if gpu_available() else "cpu"
+    except (ImportError, RuntimeError):
+        return "FAISS not installed"
+
+
 # FAISS wrappers that fan a search out to indexes they hold (on every GPU, for index_cpu_to_all_gpus).
 _FAN_OUT = ("IndexReplicas", "IndexShards", "IndexProxy")
 

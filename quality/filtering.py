@@ -66,8 +66,8 @@ from ieiw.storage.fingerprint import Fingerprint
 from ieiw.storage.layout import BuildLayout, generator_name
 from ieiw.storage.runner import worker_model
 from ieiw.storage.schema import Drop, EncodedSample, Result, SampleMeta, stable_key
-from ieiw.storage.stage import ModelSpec, Stage, model_key
-from ieiw.storage.stage_folder import StageChanged, read_listing, read_record
+from ieiw.storage.stage import ModelSpec, ModelUse, Stage, model_key
+from ieiw.storage.stage_folder import StageChanged, StageMissing, read_listing, read_record
 
 if TYPE_CHECKING:
     from ieiw.quality.config import QualityConfig
@@ -293,6 +293,18 @@ class FilterStage(Stage):
 
     # ----------------------------------------------------------------------------- the contract
 
+    unit = "candidate samples"
+
+    def plan_inputs(self, upstream_samples: int | None) -> int | None:
+        return upstream_samples
+
+    def plan_done(self) -> int | None:
+        """Candidates filtered (rows of the committed final manifest)."""
+        return manifest.read_table(self.url, columns=["key"]).num_rows
+
+    def model_uses(self) -> list[ModelUse]:
+        return [ModelUse("policy", "declarative rules on the scores", "cpu")]
+
     def fingerprint(self, env: WorkerEnv) -> Fingerprint:
         """The policy and the eval set (the section's fields of their roles), and the digests of the
         stages read. Raises :class:`StageChanged` when the score stage holds scores made with another
@@ -310,9 +322,9 @@ class FilterStage(Stage):
         ``env``, or of the kind that made the scores)."""
         record = read_record(self.scores_url)
         if record is None:
-            raise FileNotFoundError(
+            raise StageMissing(
                 f"{self.scores_url} holds no scores: score the candidates first (ieiw score "
-                f"{self.candidates_url})"
+                f"{self.candidates_url}, or a build with its score stage)"
             )
         recorded = Fingerprint.from_record(record["fingerprint"])
         made_on = [WorkerEnv(**c["env"]) for c in record.get("complete", []) if c.get("env")]

@@ -89,7 +89,7 @@ from ieiw.storage.images import decode_image
 from ieiw.storage.layout import BuildLayout, generator_name
 from ieiw.storage.schema import SampleMeta, stable_key
 from ieiw.storage.shards import iter_tar_groups
-from ieiw.storage.stage import HOST, ModelSpec, Rows, Stage, gpu_tags, model_key
+from ieiw.storage.stage import HOST, ModelSpec, ModelUse, Rows, Stage, Work, gpu_tags, model_key
 
 if TYPE_CHECKING:
     from ieiw.quality.config import QualityConfig
@@ -498,6 +498,45 @@ class ScoreStage(Stage):
 
     def total(self) -> int | None:
         return len(self.candidate_shards())
+
+    unit = "candidate samples"
+
+    def plan_inputs(self, upstream_samples: int | None) -> int | None:
+        """The candidates' samples (what the plan estimates from), not the shards the batches are."""
+        return upstream_samples
+
+    def plan_done(self) -> int | None:
+        """Samples scored (rows of the committed scores table)."""
+        return manifest.read_table(self.url, columns=["key"], schema=SCORES_SCHEMA).num_rows
+    def model_uses(self) -> list[ModelUse]:
+        scoring = self.scoring
+        embedder = scoring.embedder
+        uses = [ModelUse("embedder", f"open_clip {embedder.model} ({embedder.pretrained})", embedder.device)]
+        if scoring.aesthetic_checkpoint:
+            name = posixpath.basename(scoring.aesthetic_checkpoint.split("#")[0])
+            uses.append(ModelUse("aesthetic", f"LAION aesthetic MLP {name}", embedder.device))
+        if scoring.giqa is not None:
+            from ieiw.quality.faiss_search import faiss_device
+
+            index = posixpath.basename(scoring.giqa.index_dir.rstrip("/"))
+            uses.append(ModelUse("giqa", f"KNN-GIQA index {index}", faiss_device()))
+        if scoring.judge is not None:
+            judge = scoring.judge
+            where = (
+                f"remote: {judge.base_url or 'api.openai.com'}" if judge.backend == "openai" else judge.device
+            )
+            uses.append(ModelUse("judge", f"{judge.backend} {judge.model}", where))
+        if scoring.verifier is not None:
+            uses.append(ModelUse("verifier", scoring.verifier.model, scoring.verifier.device))
+        return uses
+
+    def workload(self, inputs: int | None) -> list[Work]:
+        """CLIP on every distinct image: a removal sample and its reversed add pair share their two
+        images (the embedding cache embeds each once), other generators' samples have two of their own."""
+        if inputs is None:
+            return [Work("clip_images", None)]
+        images = inputs if generator_name(self.candidates_url) == "removal" else 2 * inputs
+        return [Work("clip_images", images)]
 
     def info(self) -> dict[str, Any]:
         return {

@@ -400,7 +400,7 @@ def missing_inputs(config: BaseModel, prefix: str = "") -> list[str]:
     """One line per input file or folder of ``config`` that is not there, and per local model path
     (written as a path) that is not there."""
     problems = []
-    for path, role, value, _ in walk_fields(config, prefix):
+    for path, role, value, (owner, name) in walk_fields(config, prefix):
         if role not in (Role.INPUT_FILE, Role.INPUT_FOLDER, Role.MODEL):
             continue
         values = value if isinstance(value, (list, tuple)) else [value]
@@ -414,6 +414,9 @@ def missing_inputs(config: BaseModel, prefix: str = "") -> list[str]:
             if role is Role.INPUT_FOLDER:
                 if "{" not in item and not os.path.exists(item):
                     problems.append(f"{path}: no folder {item}")
+            elif _extra(type(owner), name, "identity"):  # an input with an identity of its own: any path
+                if not os.path.exists(item):
+                    problems.append(f"{path}: no file or folder {item}")
             elif not os.path.isfile(item):
                 problems.append(f"{path}: no file {item}")
     return problems

@@ -157,6 +157,11 @@ class Stage:
         """How many samples ``inputs`` records make at most (what a score stage downstream will read)."""
         return None
 
+    def plan_done(self) -> int | None:
+        """How much of :meth:`plan_inputs` is committed, in its units (None: the records of committed
+        batches, the plan's default)."""
+        return None
+
     def input_key(self) -> str | None:
         """What decides the stage's input besides its fingerprint, cheaply (its limits, a folder's
         listing): recorded with a run that went through all of it, so a rerun with the same key and
@@ -211,7 +216,7 @@ def model_key(kind: str, config: BaseModel | None, *extra: Any) -> str:
 def _without_operational(config: BaseModel) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name in type(config).model_fields:
-        if role_of(type(config), name) in (Role.OPERATIONAL, Role.LIMIT):
+        if role_of(type(config), name) in (Role.OPERATIONAL, Role.LIMIT, Role.OUTPUT):
             continue
         value = getattr(config, name)
         if isinstance(value, BaseModel):

@@ -67,6 +67,10 @@ class StageChanged(RuntimeError):
         )
 
 
+class StageMissing(FileNotFoundError):
+    """A stage reads another stage that has not been made yet; the message says which and how."""
+
+
 def read_record(stage_url: str) -> dict[str, Any] | None:
     try:
         return json.loads(fs.read_bytes(fs.join(stage_url, STAGE_RECORD)))

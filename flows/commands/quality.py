@@ -52,17 +52,15 @@ def _config(path: Path | None) -> QualityConfig:
 
 
 def run_quality_stage(stage: Stage, runner: RunnerConfig, rebuild: bool) -> StageSummary:
-    """Run a score or filter stage as its own flow run on the configured (or a local) Prefect server,
-    then publish what it found."""
+    """Run a score or filter stage as its own flow run on the configured (or a local) Prefect server
+    (the flow run shows what it found)."""
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     from ieiw.flows.server import ensure_server
     from ieiw.flows.stage_flow import run_stage_flow
 
     with temporary_settings(updates={PREFECT_API_URL: ensure_server()}):
-        summary = run_stage_flow(stage, runner, "yes" if rebuild else "no")
-        publish_quality_artifacts(stage, summary)
-    return summary
+        return run_stage_flow(stage, runner, "yes" if rebuild else "no")
 
 
 def _print(stage: Stage, summary: StageSummary, as_json: bool) -> None:

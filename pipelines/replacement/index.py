@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict
 from tqdm.auto import tqdm
 
 from ieiw.pipelines.replacement.database import ObjectDatabase, image_key
-from ieiw.quality.faiss_search import search_guard
+from ieiw.quality.faiss_search import gpu_available, search_guard
 from ieiw.storage import fs
 from ieiw.storage.config import WorkerEnv, config_fingerprint, operational
 from ieiw.storage.identity import cache_root
@@ -58,19 +58,6 @@ class IndexConfig(BaseModel):
     train_size: int = 100_000
     gpu: Literal["auto", "never"] = operational("auto")
     chunk_rows: int = operational(65536)
-
-
-def gpu_available() -> bool:
-    faiss = import_faiss()
-    return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
-
-
-def faiss_device() -> str:
-    """Where FAISS builds and searches an index on this machine, in words."""
-    try:
-        return "GPU (faiss-gpu)" if gpu_available() else "cpu"
-    except (ImportError, RuntimeError):
-        return "FAISS not installed"
 
 
 def resolve_kind(config: IndexConfig, count: int) -> str:

@@ -43,7 +43,6 @@ from ieiw.pipelines.replacement.database import (
 from ieiw.pipelines.replacement.index import (
     IndexConfig,
     build_index,
-    faiss_device,
     has_index,
     index_info,
     index_key,
@@ -62,6 +61,7 @@ from ieiw.pipelines.replacement.pairs import (
 )
 from ieiw.pipelines.replacement.sources import build_proposer, count_records, count_source, iter_records
 from ieiw.quality.embeddings import ClipEmbedder
+from ieiw.quality.faiss_search import faiss_device
 from ieiw.storage import manifest
 from ieiw.storage.config import (
     Role,

@@ -94,6 +94,7 @@ def _build(tmp_path, lama: str, **removal) -> BuildConfig:
     write_sa1b(str(photos), n_images=2, size=128, broken=False)
     for path in photos.glob("*.json"):
         path.unlink()
+    (tmp_path / "sam.pth").write_bytes(b"the plan never loads it")
     return BuildConfig.model_validate(
         {
             "name": "planned",

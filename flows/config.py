@@ -14,6 +14,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
+from ieiw.pipelines.grounded.config import GroundedRemovalConfig
 from ieiw.pipelines.multitask.config import MultitaskConfig
 from ieiw.pipelines.removal import RemovalConfig
 from ieiw.pipelines.replacement.config import ReplacementConfig
@@ -63,6 +64,7 @@ class BuildConfig(BaseModel):
     runner: RunnerConfig = Field(default_factory=RunnerConfig)
     gallery: GalleryConfig = Field(default_factory=GalleryConfig)
     removal: RemovalConfig | None = None
+    grounded_removal: GroundedRemovalConfig | None = None  # removal pairs from any photos (grounded)
     replacement: ReplacementConfig | None = None
     web_edits: WebEditsConfig | None = None
     multitask: MultitaskConfig | None = None

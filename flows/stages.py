@@ -14,7 +14,7 @@ from ieiw.flows.config import BuildConfig
 from ieiw.storage.layout import OBJECT_DATABASE, BuildLayout
 from ieiw.storage.stage import Stage
 
-GENERATORS = ("removal", "replacement", "web_edits", "multitask")
+GENERATORS = ("removal", "grounded_removal", "replacement", "web_edits", "multitask")
 QUALITY = ("score", "filter")
 REBUILDABLE = (*GENERATORS, OBJECT_DATABASE, *QUALITY)
 
@@ -23,6 +23,13 @@ def removal(config: BuildConfig, layout: BuildLayout) -> list[Stage]:
     from ieiw.pipelines.removal import RemovalStage
 
     return [RemovalStage(config.section("removal"), layout.generator("removal"), config.shards)]
+
+
+def grounded_removal(config: BuildConfig, layout: BuildLayout) -> list[Stage]:
+    from ieiw.pipelines.grounded.stage import GroundedRemovalStage
+
+    section = config.section("grounded_removal")
+    return [GroundedRemovalStage(section, layout.generator("grounded_removal"), config.shards)]
 
 
 def replacement(config: BuildConfig, layout: BuildLayout) -> list[Stage]:
@@ -50,6 +57,7 @@ def multitask(config: BuildConfig, layout: BuildLayout) -> list[Stage]:
 
 MAKERS: dict[str, Callable[[BuildConfig, BuildLayout], list[Stage]]] = {
     "removal": removal,
+    "grounded_removal": grounded_removal,
     "replacement": replacement,
     "web_edits": web_edits,
     "multitask": multitask,

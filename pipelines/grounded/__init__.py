@@ -1,0 +1,16 @@
+"""Grounded removal: removal and reversed add pairs from any photo collection, found by models.
+
+PhraseCut's hand-drawn regions give about 85k removal tasks; SEED-Data-Edit and X2Edit make theirs from
+any photos by finding the objects themselves. This generator does the same, per batch of photos:
+
+1. :mod:`~ieiw.pipelines.grounded.photos`: the photos stream from a folder, or from what img2dataset
+   wrote (WebDataset shards or Parquet), each with its URL, caption and license as provenance;
+2. :mod:`~ieiw.pipelines.grounded.tagging`: CLIP zero-shot over a vocabulary names what may be removed;
+3. :mod:`~ieiw.pipelines.grounded.grounding`: OWLv2 grounds each name to boxes, batched across photos;
+4. :mod:`~ieiw.pipelines.grounded.segmenting`: SAM draws each object's mask from its box;
+5. :mod:`~ieiw.pipelines.grounded.gates`: the gates, each a counted drop reason (:mod:`.chain` runs them);
+6. LaMa inpaints the dilated mask, the object verifier checks the object is gone, and
+   :mod:`~ieiw.pipelines.grounded.pairs` makes the remove and add pairs with stable keys.
+
+:class:`~ieiw.pipelines.grounded.stage.GroundedRemovalStage` is the generator on the stage contract.
+"""

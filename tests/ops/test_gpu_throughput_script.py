@@ -10,8 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from ieiw.flows.plan import pick_figure, throughput_table
 from ieiw.flows.resources import resource_path
-from ieiw.flows.throughputs import pick_figure, throughput_table
 
 ROOT = Path(__file__).resolve().parents[2]
 OPERATIONS = {"train_images_256", "pbe_pairs", "pbe_pairs_fast", "sam_images", "clip_images", "lama_windows"}

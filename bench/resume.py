@@ -4,9 +4,10 @@
    Prefect server, then run the same build again: the rerun opens every stage, finds it complete and
    writes nothing new. Prints the rerun's time as a share of the build's (goal: under 3%), and beside
    it a flow run that does nothing on the same server (Prefect's fixed cost of any build).
-2. A stage folder with P committed manifest parts (64 rows each): the peak memory of the check a
-   resumed run does (open the stage: fingerprint, lease, cleaning; then the committed record ids and
-   shards), measured in a fresh process, with and without the consolidated manifest (goal: < 300 MB).
+2. A stage folder with P committed batches (64 records each, listed and committed): the peak memory of
+   the check a resumed run does (open the stage: fingerprint, lease, cleaning; then the listing, the
+   committed batches, the committed record ids and shards), measured in a fresh process, with and
+   without the consolidated manifest (goal: < 300 MB).
 
     python bench/resume.py             # 2,000 samples, 10,000 parts
     python bench/resume.py --quick     # small sizes, for a smoke test
@@ -27,8 +28,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the fi
 
 CHECK = r"""
 import json, sys, time
+import pyarrow as pa
 from ieiw.storage import manifest
 from ieiw.storage.fingerprint import Fingerprint
+from ieiw.storage.manifest import RecordSet
 from ieiw.storage.stage_folder import open_stage
 
 def high_water_mb():  # this process's own peak (ru_maxrss would include the parent's, across fork)
@@ -39,8 +42,11 @@ def high_water_mb():  # this process's own peak (ru_maxrss would include the par
 url = sys.argv[1]
 base = high_water_mb()
 started = time.perf_counter()
-with open_stage(url, Fingerprint("bench", settings={"n": 1})) as writer:
-    done = writer.completed_record_ids()
+with open_stage(url, Fingerprint("bench", settings={"n": 1})) as writer:  # what the runner reads first
+    listing = writer.listing()
+    committed = writer.committed_batches()
+    mask = pa.array([b in committed for b in listing.column("batch").to_pylist()], pa.bool_())
+    done = RecordSet([listing.column("record_id").combine_chunks().filter(mask)])
     shards = manifest.committed_shards(url)
 seconds = time.perf_counter() - started
 peak = high_water_mb()
@@ -75,6 +81,7 @@ def build_twice(samples: int, workdir: Path) -> tuple[float, float, dict]:
         rerun = time.perf_counter() - started
         empty = empty_flow_seconds()
     assert again["stages"]["removal"]["batches"] == 0, "the rerun did work"
+    assert again["stages"]["removal"]["skipped"], "the complete stage started a flow run"
     return build, rerun, empty, first["stages"]["removal"]
 
 
@@ -120,6 +127,7 @@ def write_parts(url: str, parts: int, rows: int) -> None:
                 }
                 for row in range(rows)
             ]
+            writer.list_batch(batch, part, [row["record_id"] for row in table])
             manifest.write_part(url, batch, table)
         writer.finish()
 
@@ -156,6 +164,7 @@ def main() -> None:
         write_parts(url, args.parts, 64)
         consolidated = check_memory(url)
         os.remove(os.path.join(url, "manifest.parquet"))
+        os.remove(os.path.join(url, "inputs.parquet"))
         parts_only = check_memory(url)
         for label, found in (("with the consolidated manifest", consolidated), ("parts only", parts_only)):
             print(

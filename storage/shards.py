@@ -196,6 +196,10 @@ class ShardReadError(tarfile.ReadError):
     def __init__(self, url: str, reason: BaseException | str) -> None:
         self.url = url
         self.reason = reason if isinstance(reason, str) else _reason(reason)
+        if isinstance(reason, BaseException):  # WebDataset appends its open stream to ``args``: an
+            reason.args = tuple(
+                a for a in reason.args if isinstance(a, (str, int, float))
+            )  # unpicklable cause
         super().__init__(f"shard {url} is unreadable: {self.reason}")
 
     def __reduce__(self):

@@ -177,6 +177,10 @@ def test_a_damaged_shard_gives_its_samples_then_a_clear_error(tmp_path, name, cu
     error = caught.value
     assert isinstance(error, tarfile.TarError) and error.url == url and url in str(error)
     assert str(pickle.loads(pickle.dumps(error))) == str(error)  # it crosses process boundaries whole
+    import tblib.pickling_support  # as Dask pickles exceptions: with their causes and tracebacks
+
+    tblib.pickling_support.install()
+    assert str(pickle.loads(pickle.dumps(error))) == str(error)
     with pytest.raises(ShardReadError, match=reason):
         list(iter_samples([url]))
     with pytest.raises(ShardReadError, match=reason):

@@ -78,7 +78,7 @@ def test_build_writes_shards_and_manifest_to_s3_and_resumes(prefect_api, phrasec
     samples = list(iter_samples("s3://ieiw/builds/one/removal/shards"))
     assert len(samples) == 16 and len({s.key for s in samples}) == 16
     again = ieiw_build(config)["stages"]["removal"]
-    assert again["kept"] == 0 and again["resumed_records"] == 8
+    assert again["kept"] == 0 and again["records_committed_before"] == 8
 
 
 def test_store_stopped_mid_write_fails_clearly_and_rerun_completes(prefect_api, object_store, tmp_path):
@@ -112,7 +112,7 @@ def test_store_stopped_mid_write_fails_clearly_and_rerun_completes(prefect_api, 
     done_before = manifest.completed_record_ids("s3://ieiw/builds/two/removal")
     assert 0 < len(done_before) < 32
     result = ieiw_build(config)["stages"]["removal"]
-    assert result["resumed_records"] == len(done_before)
+    assert result["records_committed_before"] == len(done_before)
     frame = manifest.read_manifest("s3://ieiw/builds/two/removal")
     assert len(frame) == 64 and frame["key"].is_unique and frame["kept"].all()
     assert not [k for k in _objects(endpoint, "builds/two/") if ".tmp-" in k]

@@ -221,5 +221,5 @@ def test_a_build_with_sessions_records_them_and_counts_them_in_the_data_card(pre
     assert "removal.sessions" in str(changed.value)
     plain = tmp_path / "plain"
     ieiw_build(config().model_copy(update={"output": str(plain)}))
-    assert "sessions" not in read_record(str(plain / "removal"))["fingerprint"]["settings"]
+    assert read_record(str(plain / "removal"))["fingerprint"]["settings"]["sessions"] is None
     assert manifest.read_manifest(str(plain / "removal"))["session_id"].isna().all()

@@ -5,13 +5,16 @@ Each stage of the config (one for a config without ``stages``) runs as its own s
 data mix it saw; the parent flow keeps a progress artifact (stages done) and a summary. One process
 (``num_processes`` 1) trains in the flow's own process. Several processes (GPUs) run as a
 subprocess, ``accelerate launch --num_processes N -m ieiw.model.trainer CONFIG --stage NAME``, because
-accelerate's workers must be separate processes. Either way a rerun skips complete stages and
-resumes the interrupted one from its last checkpoint, so the task's ``retries`` continue a crashed
-run instead of restarting it.
+accelerate's workers must be separate processes. ``overrides`` (``ieiw train``'s ``--max-steps``,
+``--base``..., as dotted field paths: :func:`ieiw.model.config.train_overrides`) travel with the config's
+path to every task and process, which all read the config with them. Either way a rerun skips complete
+stages and resumes the interrupted one from its last checkpoint, so the task's ``retries`` continue a
+crashed run instead of restarting it.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -35,7 +38,9 @@ from ieiw.storage.config import ConfigError
 __all__ = ["accelerate_command", "run_summary", "train", "train_stage", "train_stage_flow"]
 
 
-def accelerate_command(config_path: str, num_processes: int, stage: str | None = None) -> list[str]:
+def accelerate_command(
+    config_path: str, num_processes: int, stage: str | None = None, overrides: dict | None = None
+) -> list[str]:
     command = [
         sys.executable,
         "-m",
@@ -46,13 +51,16 @@ def accelerate_command(config_path: str, num_processes: int, stage: str | None =
         "ieiw.model.trainer",
         config_path,
     ]
-    return command + (["--stage", stage] if stage else [])
+    command += ["--stage", stage] if stage else []
+    return command + (["--overrides", json.dumps(overrides)] if overrides else [])
 
 
 @task(name="train-stage")
-def train_stage(config_path: str, stage_name: str, num_processes: int = 1) -> dict:
+def train_stage(
+    config_path: str, stage_name: str, num_processes: int = 1, overrides: dict | None = None
+) -> dict:
     """Train (resume, or skip when complete) one stage and return its summary."""
-    config = load_train_config(config_path)
+    config = load_train_config(config_path, overrides=overrides)
     plan = plan_stages(config)
     stage = select(plan, stage_name)[0]
     if num_processes <= 1:
@@ -60,7 +68,8 @@ def train_stage(config_path: str, stage_name: str, num_processes: int = 1) -> di
     if not is_complete(stage):  # a complete stage is skipped by the launched processes too
         check_ready(stage, plan)
     only = None if config.stages is None else stage_name
-    subprocess.run(accelerate_command(str(Path(config_path).resolve()), num_processes, only), check=True)
+    command = accelerate_command(str(Path(config_path).resolve()), num_processes, only, overrides)
+    subprocess.run(command, check=True)
     return {**run_summary(str(stage.output_dir)), "stage": stage.name, "skipped": False}
 
 
@@ -89,13 +98,19 @@ def stage_markdown(summary: dict) -> str:
 
 
 @flow(name="ieiw_train_stage", flow_run_name="stage-{stage_name}", log_prints=True)
-def train_stage_flow(config_path: str, stage_name: str, num_processes: int = 1, retries: int = 0) -> dict:
+def train_stage_flow(
+    config_path: str,
+    stage_name: str,
+    num_processes: int = 1,
+    retries: int = 0,
+    overrides: dict | None = None,
+) -> dict:
     """One stage of a training run, as its own flow run. Shard sets of the stage that are not there stop
     it before its task starts (a retry would not make them)."""
-    stage = select(plan_stages(load_train_config(config_path)), stage_name)[0]
+    stage = select(plan_stages(load_train_config(config_path, overrides=overrides)), stage_name)[0]
     if not is_complete(stage) and (problems := missing_stage_inputs(stage.config)):
         raise ConfigError(f"stage {stage_name}", problems)
-    summary = train_stage.with_options(retries=retries)(config_path, stage_name, num_processes)
+    summary = train_stage.with_options(retries=retries)(config_path, stage_name, num_processes, overrides)
     get_run_logger().info(
         "stage %s: %s steps, last loss %s; model in %s",
         stage_name,
@@ -112,18 +127,25 @@ def train_stage_flow(config_path: str, stage_name: str, num_processes: int = 1, 
 
 
 @flow(name="ieiw_train", log_prints=True)
-def train(config_path: str, num_processes: int = 1, retries: int = 0, stage: str | None = None) -> dict:
-    """Train the editing model from a training config YAML, every stage in order (or one ``stage``).
+def train(
+    config_path: str,
+    num_processes: int = 1,
+    retries: int = 0,
+    stage: str | None = None,
+    overrides: dict | None = None,
+) -> dict:
+    """Train the editing model from a training config YAML, every stage in order (or one ``stage``),
+    with ``overrides`` (dotted field path -> value) set on the config's fields.
 
     Returns the last stage's summary with ``stages``, the summaries of all stages run.
     """
     logger = get_run_logger()
-    stages = select(plan_stages(load_train_config(config_path)), stage)
+    stages = select(plan_stages(load_train_config(config_path, overrides=overrides)), stage)
     progress_id = create_progress_artifact(0.0, key="train-progress", description="share of stages done")
     summaries = []
     for i, s in enumerate(stages):
         logger.info("stage %d/%d: %s", i + 1, len(stages), s.name)
-        summaries.append(train_stage_flow(config_path, s.name, num_processes, retries))
+        summaries.append(train_stage_flow(config_path, s.name, num_processes, retries, overrides))
         update_progress_artifact(progress_id, 100.0 * (i + 1) / len(stages))
     last = summaries[-1]
     lines = ["# Training run", "", "| stage | steps | last loss | model |", "| --- | ---: | ---: | --- |"]

@@ -11,8 +11,11 @@
 - :mod:`ieiw.model.sample_decode`: one sample decoded, cropped and flipped (images or cached latents).
 - :mod:`ieiw.model.latent_cache`: the VAE-latent cache, a stage run on the processes of a training run.
 - :mod:`ieiw.model.inputs`: what the model layer's stages read and use, by identity (shards, trained models).
-- :mod:`ieiw.model.inference`: ``edit_image`` and batch edits with a trained model.
+- :mod:`ieiw.model.inference`: ``edit_image`` and batch edits with a trained model (with their index).
 - :mod:`ieiw.model.evaluate`: CLIP metrics on held-out shards.
 - :mod:`ieiw.model.export_hf`: shards to a Hugging Face dataset for diffusers' InstructPix2Pix example.
 - :mod:`ieiw.model.webapp`: the edit web page (FastAPI).
+- :mod:`ieiw.model.references`: the models a command names, checked and pinned before anything loads.
+- :mod:`ieiw.model.tiny`: tiny random SD-1.5-shaped pipelines and CLIPs for offline smoke runs and tests.
+- :mod:`ieiw.model.reports`: JSON reports as strict JSON (a metric that could not be computed is null).
 """

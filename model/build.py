@@ -1,9 +1,9 @@
 """The models an InstructPix2Pix-style run trains: the base checkpoint's parts, its UNet widened.
 
 :func:`build_models` loads tokenizer, text encoder, VAE, UNet and noise scheduler from
-``config.base_model`` (diffusers layout), freezes the VAE and text encoder, and widens the UNet's
-``conv_in`` from 4 to 8 input channels (noisy target latent + source-image latent) with the new
-weights at zero, so the widened model starts out as the base model. An SDXL base (its
+``config.base_model`` (diffusers layout; a hub id at exactly its pinned commit), freezes the VAE and text
+encoder, and widens the UNet's ``conv_in`` from 4 to 8 input channels (noisy target latent + source-image
+latent) with the new weights at zero, so the widened model starts out as the base model. An SDXL base (its
 ``model_index.json`` names a ``text_encoder_2``, see :mod:`ieiw.model.family`) also brings its second
 tokenizer and text encoder (``CLIPTextModelWithProjection``, whose pooled output the UNet's
 ``text_time`` embedding takes with the size and crop ids).
@@ -21,6 +21,7 @@ from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokeniz
 
 from ieiw.model.config import TrainConfig
 from ieiw.model.family import SD, SDXL, Family, family_of_index, model_index
+from ieiw.storage.models import pretrained
 
 LATENT_CHANNELS_IN = 8  # noisy target latent + source-image latent
 
@@ -80,25 +81,25 @@ def widen_conv_in(unet: UNet2DConditionModel, in_channels: int = LATENT_CHANNELS
 
 def build_models(config: TrainConfig, frozen_dtype: torch.dtype = torch.float32) -> Models:
     """Load the base checkpoint's parts; freeze VAE and text encoders; widen and prepare the UNet."""
-    base = config.base_model
-    index = model_index(base)
+    base, pinned = pretrained(config.base_model)  # a hub id pinned to a commit loads exactly it
+    index = model_index(config.base_model)
     family = family_of_index(index)
-    tokenizer = CLIPTokenizer.from_pretrained(base, subfolder="tokenizer")
-    text_encoder = CLIPTextModel.from_pretrained(base, subfolder="text_encoder", dtype=frozen_dtype)
+    tokenizer = CLIPTokenizer.from_pretrained(base, subfolder="tokenizer", **pinned)
+    text_encoder = CLIPTextModel.from_pretrained(base, subfolder="text_encoder", dtype=frozen_dtype, **pinned)
     tokenizer_2 = text_encoder_2 = None
     if family == SDXL:
-        tokenizer_2 = CLIPTokenizer.from_pretrained(base, subfolder="tokenizer_2")
+        tokenizer_2 = CLIPTokenizer.from_pretrained(base, subfolder="tokenizer_2", **pinned)
         text_encoder_2 = CLIPTextModelWithProjection.from_pretrained(
-            base, subfolder="text_encoder_2", dtype=frozen_dtype
+            base, subfolder="text_encoder_2", dtype=frozen_dtype, **pinned
         )
         text_encoder_2.requires_grad_(False)
-    vae = AutoencoderKL.from_pretrained(base, subfolder="vae", dtype=frozen_dtype)
+    vae = AutoencoderKL.from_pretrained(base, subfolder="vae", dtype=frozen_dtype, **pinned)
     if family == SDXL and frozen_dtype == torch.float16 and vae.config.force_upcast:
         vae.to(torch.float32)  # SDXL's VAE overflows in float16 (its config says so), as its pipelines know
-    unet = widen_conv_in(UNet2DConditionModel.from_pretrained(base, subfolder="unet"))
+    unet = widen_conv_in(UNet2DConditionModel.from_pretrained(base, subfolder="unet", **pinned))
     if family == SDXL and unet.config.addition_embed_type != "text_time":
         raise ValueError(f"{base}: an SDXL checkpoint's UNet needs addition_embed_type 'text_time'")
-    noise_scheduler = DDPMScheduler.from_pretrained(base, subfolder="scheduler")
+    noise_scheduler = DDPMScheduler.from_pretrained(base, subfolder="scheduler", **pinned)
     vae.requires_grad_(False)
     text_encoder.requires_grad_(False)
     unet.set_attn_processor(AttnProcessor2_0())  # PyTorch scaled-dot-product attention

@@ -23,6 +23,7 @@ from ieiw.model.build import Models
 from ieiw.model.config import TrainConfig
 from ieiw.model.data import StreamState
 from ieiw.model.family import edit_pipeline_class
+from ieiw.storage.models import pretrained
 
 log = logging.getLogger(__name__)
 
@@ -131,8 +132,9 @@ def save_pipeline(config: TrainConfig, accelerator: Accelerator, models: Models)
         parts = {"add_watermarker": False}
     else:
         parts = {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
+    base, pinned = pretrained(config.base_model)
     pipe = edit_pipeline_class(models.family).from_pretrained(
-        config.base_model, unet=unet, scheduler=scheduler, dtype=torch.float32, **parts
+        base, unet=unet, scheduler=scheduler, dtype=torch.float32, **parts, **pinned
     )  # VAE and text encoders reloaded in full precision, not the training copies cast to bf16
     pipe.save_pretrained(config.output_dir)
     if models.ema is not None:

@@ -10,8 +10,12 @@ plain single-stage config of this same shape. A config without ``stages`` is one
 
 from __future__ import annotations
 
+import copy
 import os
-from typing import Annotated, Literal
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
@@ -23,6 +27,8 @@ from ieiw.storage.config import (
     model_ref,
     operational,
     output,
+    parse_config,
+    read_yaml,
 )
 
 # rewritten_instruction: the quality judge's wording of the pair when it wrote one (sample_decode.sample_text)
@@ -195,19 +201,105 @@ class TrainConfig(BaseModel):
         return self
 
 
-def load_train_config(path: str | os.PathLike, check_inputs: bool = True) -> TrainConfig:
+# The options of ``ieiw train`` that override a config's fields: option -> the field's dotted path.
+OVERRIDES = {
+    "base": "base_model",
+    "output_dir": "output_dir",
+    "max_steps": "max_steps",
+    "batch_size": "train_batch_size",
+    "resolution": "data.resolution",
+    "mixed_precision": "mixed_precision",
+    "num_workers": "data.num_workers",
+}
+# also set in every stage of a curriculum (a stage may set its own)
+PER_STAGE = ("max_steps", "train_batch_size")
+
+
+def train_overrides(cwd: str | os.PathLike | None = None, **options: Any) -> dict[str, Any]:
+    """The fields that ``ieiw train``'s options (``base``, ``output_dir``, ``max_steps``,
+    ``batch_size``, ``resolution``, ``mixed_precision``, ``num_workers``; None: not given) set, by
+    dotted path. Paths given on the command line are relative to ``cwd`` (the working folder), not to
+    the config file: ``--output-dir`` always, ``--base`` where it is a path (it exists there, or is
+    written as one: ``./``, ``../``, ``/``, ``~``); a hub id stays as it is."""
+    unknown = set(options) - set(OVERRIDES)
+    if unknown:
+        raise TypeError(f"no override for {sorted(unknown)}; known: {sorted(OVERRIDES)}")
+    base = Path(cwd) if cwd is not None else Path.cwd()
+    fields: dict[str, Any] = {}
+    for option, value in options.items():
+        if value is None:
+            continue
+        if option == "output_dir":
+            value = str((base / os.path.expanduser(str(value))).resolve())
+        elif option == "base":
+            text = os.path.expanduser(str(value))
+            if os.path.isabs(text) or (base / text).exists() or str(value).startswith((".", "~")):
+                value = str((base / text).resolve())
+        fields[OVERRIDES[option]] = value
+    return fields
+
+
+def apply_overrides(raw: Any, overrides: Mapping[str, Any]) -> Any:
+    """A config's raw YAML tree with ``overrides`` (dotted path -> value) set, before it is validated:
+    an overridden value is checked exactly as the file's own. ``max_steps`` replaces ``epochs`` (the
+    run's and each stage's), and ``max_steps`` and ``train_batch_size`` apply to every stage too."""
+    if not overrides or not isinstance(raw, dict):
+        return raw
+    tree = copy.deepcopy(raw)
+    for path, value in overrides.items():
+        *parents, name = path.split(".")
+        node = tree
+        for part in parents:
+            if not isinstance(node.get(part), dict):
+                node[part] = {}
+            node = node[part]
+        node[name] = value
+        if path == "max_steps":
+            tree.pop("epochs", None)
+        if path in PER_STAGE and isinstance(tree.get("stages"), list):
+            for stage in tree["stages"]:
+                if isinstance(stage, dict):
+                    stage[path] = value
+                    if path == "max_steps":
+                        stage.pop("epochs", None)
+    return tree
+
+
+def _option_of(problem: str, overrides: Mapping[str, Any]) -> str:
+    """A problem line of an overridden field, naming the option it came from."""
+    options = {path: option for option, path in OVERRIDES.items()}
+    for path, value in overrides.items():
+        if re.match(rf"^(stages\[\d+\]\.)?{re.escape(path)}:", problem):
+            return f"{problem} (from --{options[path].replace('_', '-')} {value})"
+    return problem
+
+
+def load_train_config(
+    path: str | os.PathLike, check_inputs: bool = True, overrides: Mapping[str, Any] | None = None
+) -> TrainConfig:
     """Read a training config with the one config loader (:func:`ieiw.storage.config.load_config_file`):
     ``${VARS}`` from the environment, relative paths relative to the file's folder, one line per
     problem in a :class:`~ieiw.storage.config.ConfigError`.
 
+    ``overrides`` (dotted field path -> value, :func:`train_overrides`) are set on the file's fields
+    before they are validated (:func:`apply_overrides`), so a bad one is a problem line like any other.
+
     ``check_inputs`` checks the run's own inputs now (the base model, the shard sets of a config without
     stages); a curriculum stage's shard sets are checked when that stage starts
     (:func:`missing_stage_inputs`), as its instruction-tuning picks may not exist before it."""
-    config = load_config_file(path, TrainConfig, check_inputs=False)
+    if overrides:
+        path = Path(path)
+        raw = apply_overrides(read_yaml(path), overrides)
+        try:
+            config = parse_config(raw, TrainConfig, str(path), path.resolve().parent, check_inputs=False)
+        except ConfigError as error:
+            raise ConfigError(error.source, [_option_of(p, overrides) for p in error.problems]) from None
+    else:
+        config = load_config_file(path, TrainConfig, check_inputs=False)
     if check_inputs:
         problems = missing_inputs(config.model_copy(update={"stages": None}))
         if problems:
-            raise ConfigError(str(path), problems)
+            raise ConfigError(str(path), [_option_of(p, overrides or {}) for p in problems])
     return config
 
 

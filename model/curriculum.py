@@ -26,6 +26,7 @@ from accelerate import PartialState
 
 from ieiw.model.checkpoints import checkpoint_dirs
 from ieiw.model.config import StageConfig, TrainConfig, missing_stage_inputs
+from ieiw.model.reports import write_json
 from ieiw.model.trainer import train
 from ieiw.storage.config import ConfigError
 
@@ -147,7 +148,7 @@ def run_stage(stage: Stage, plan: list[Stage]) -> dict:
             "completed_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "mix": summary["mix"],
         }
         tmp = stage.output_dir / f".{DONE_MARKER}.tmp"
-        tmp.write_text(json.dumps(marker, indent=1))
+        write_json(tmp, marker)
         tmp.replace(stage.output_dir / DONE_MARKER)
     state.wait_for_everyone()
     return summary

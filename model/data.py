@@ -38,7 +38,6 @@ committed manifest parts list, never what lies in the folder.
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import math
 import random
@@ -53,6 +52,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from ieiw.model.buckets import Buckets, Shape
 from ieiw.model.conditioning import SIZE_COND
+from ieiw.model.reports import write_json
 from ieiw.model.sample_decode import bucket_of, decode_item
 from ieiw.storage.shards import ShardReadError, count_samples, expand_shard_urls, shard_samples
 
@@ -365,7 +365,7 @@ def write_mix_report(folder: str | Path, report: dict) -> None:
     """``mix.json`` and ``mix.csv`` (one row per set) in ``folder``."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "mix.json").write_text(json.dumps(report, indent=1), encoding="utf-8")
+    write_json(folder / "mix.json", report)
     with open(folder / "mix.csv", "w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=["name", "weight", "weight_share", "samples", "share"])
         writer.writeheader()

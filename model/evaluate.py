@@ -7,7 +7,8 @@ Per sample: the model edits the source with the sample's instruction, then
   ``source_caption``/``target_caption``), else the instruction's embedding (``direction_basis``
   says which);
 - ``clip_image``: source-to-output image similarity (does the edit keep the picture);
-- ``clip_text``: output-to-target-caption similarity, when the target caption is known;
+- ``clip_text``: output-to-target-caption similarity, when the target caption is known (replacement
+  pairs); the summary's ``notes`` say how many samples had none, of which tasks, and why;
 - ``clip_target``: output-to-reference-target image similarity.
 
 The CLIP embedder (:class:`ieiw.quality.embeddings.ClipEmbedder`, or anything with ``embed_images``
@@ -17,8 +18,8 @@ and ``embed_texts`` returning unit rows) is loaded once by the caller.
 from __future__ import annotations
 
 import csv
-import json
 import math
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Protocol
@@ -31,7 +32,10 @@ import numpy as np  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
 from ieiw.model.inference import EditSettings, edit_image  # noqa: E402
+from ieiw.model.references import check_clip  # noqa: E402
+from ieiw.model.reports import write_json  # noqa: E402
 from ieiw.quality import similarity  # noqa: E402
+from ieiw.storage.models import ModelUnavailable  # noqa: E402
 from ieiw.storage.schema import Sample  # noqa: E402
 from ieiw.storage.shards import iter_samples  # noqa: E402
 
@@ -41,6 +45,25 @@ METRICS = ("clip_direction", "clip_image", "clip_text", "clip_target")
 class Embedder(Protocol):
     def embed_images(self, images: list[np.ndarray]) -> np.ndarray: ...
     def embed_texts(self, texts: list[str]) -> np.ndarray: ...
+
+
+def load_clip(model: str, pretrained: str | None, config_file: str | None = None, device: str = "auto"):
+    """The CLIP of the metrics (:class:`ieiw.quality.embeddings.ClipEmbedder`), looked up first
+    (:func:`ieiw.model.references.check_clip`): a CLIP that is not there, or that open_clip cannot fetch
+    or load, is a one-line :class:`~ieiw.storage.models.ModelUnavailable`."""
+    from ieiw.quality.embeddings import ClipEmbedder, EmbedderConfig
+
+    check_clip(model, pretrained, config_file)
+    config = EmbedderConfig(model=model, pretrained=pretrained, model_config_file=config_file, device=device)
+    try:
+        return ClipEmbedder.from_config(config)
+    except (RuntimeError, FileNotFoundError) as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ModelUnavailable(
+            f"CLIP {model} {pretrained!r}: open_clip could not load it ({first[:300]}); give a local CLIP: "
+            "--clip-model NAME --clip-pretrained FILE (--clip-config-file JSON for an architecture open_clip "
+            "lacks)"
+        ) from None
 
 
 def captions(sample: Sample) -> tuple[str | None, str | None]:
@@ -95,7 +118,7 @@ def evaluate(pipe, embedder: Embedder, shard_urls: Iterable[str], out_dir: str, 
         raise ValueError("no samples in the evaluation shards")
     write_table(rows, out / "metrics.csv")
     summary = summarise(rows, settings)
-    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    write_json(out / "summary.json", summary)
     (out / "summary.md").write_text(summary_markdown(summary))
     plot_grid(grid, out / "grid.png")
     return summary
@@ -107,16 +130,37 @@ def summarise(rows: list[dict], settings: EditSettings) -> dict:
         values = [r[metric] for r in rows if not math.isnan(r[metric])]
         summary[metric] = {"mean": float(np.mean(values)) if values else None, "count": len(values)}
     summary["direction_from_captions"] = sum(r["direction_basis"] == "captions" for r in rows)
+    summary["notes"] = notes(rows)
     return summary
+
+
+def notes(rows: list[dict]) -> dict[str, str]:
+    """Why a metric covers fewer samples than were evaluated, by metric."""
+    uncaptioned = Counter(r["task"] for r in rows if math.isnan(r["clip_text"]))
+    if not uncaptioned:
+        return {}
+    tasks = ", ".join(f"{task} {count}" for task, count in sorted(uncaptioned.items()))
+    return {
+        "clip_text": (
+            f"n/a for {sum(uncaptioned.values())} of {len(rows)} samples ({tasks}): clip_text compares the "
+            "edit with a caption of the target image, and only pairs whose generator captioned both images "
+            "store one (replacement pairs: the captioner described the source and the target). Removal and "
+            "add pairs, web edits and the vision tasks have an instruction but no caption of the result; "
+            "their clip_direction is measured against the instruction instead (direction_basis: "
+            "instruction)"
+        )
+    }
 
 
 def summary_markdown(summary: dict) -> str:
     lines = [f"Evaluated {summary['samples']} samples.", "", "| metric | mean | samples |",
              "| --- | --- | --- |"]
+    explained = summary.get("notes", {})
     for metric in METRICS:
         mean = summary[metric]["mean"]
-        shown = "n/a" if mean is None else f"{mean:.4f}"
+        shown = ("n/a" + (" (see below)" if metric in explained else "")) if mean is None else f"{mean:.4f}"
         lines.append(f"| {metric} | {shown} | {summary[metric]['count']} |")
+    lines += [f"\n{metric}: {text}." for metric, text in explained.items()]
     return "\n".join(lines) + "\n"
 
 

@@ -29,6 +29,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
+from ieiw.model.reports import write_json
 from ieiw.storage.schema import SampleMeta
 from ieiw.storage.shards import expand_shard_urls, iter_tar_groups
 
@@ -126,7 +127,7 @@ def export_to_hf(
         raise ValueError(f"layout must be 'parquet' or 'imagefolder', got {layout!r}")
     result["layout"] = layout
     result["train_command"] = train_command(out_dir, layout, columns)
-    (Path(out_dir) / "export_info.json").write_text(json.dumps(result, indent=1))
+    write_json(Path(out_dir) / "export_info.json", result)
     return result
 
 

@@ -18,16 +18,20 @@ SDXL: Family = "sdxl"
 
 
 def model_index(model: str) -> dict:
-    """The ``model_index.json`` of a local diffusers folder or a hub id (only that file is fetched)."""
-    local = os.path.join(os.fspath(model), "model_index.json")
+    """The ``model_index.json`` of a local diffusers folder or a hub id (only that file is fetched; a
+    pinned ``owner/name@commit`` at that commit)."""
+    local = os.path.join(os.path.expanduser(os.fspath(model)), "model_index.json")
     if os.path.isfile(local):
         with open(local, encoding="utf-8") as handle:
             return json.load(handle)
-    if os.path.isdir(os.fspath(model)):
+    if os.path.isdir(os.path.expanduser(os.fspath(model))):
         raise FileNotFoundError(f"{model} is not a diffusers checkpoint: it has no model_index.json")
     from diffusers import DiffusionPipeline
 
-    return dict(DiffusionPipeline.load_config(model))
+    from ieiw.storage.models import pretrained
+
+    name, pinned = pretrained(os.fspath(model))
+    return dict(DiffusionPipeline.load_config(name, **pinned))
 
 
 def family_of_index(index: dict) -> Family:

@@ -6,11 +6,15 @@ pipeline, whichever the checkpoint is) and reused for every image.
 
 from __future__ import annotations
 
+import html
+import json
 import logging
+import urllib.parse
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -19,7 +23,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from tqdm.auto import tqdm
 
 from ieiw.model.family import SDXL, edit_pipeline_class, model_family, size_kwargs
-from ieiw.storage.shards import iter_samples
+from ieiw.storage.gallery import GALLERY_STYLE, thumbnail_data_uri
+from ieiw.storage.models import pretrained
+from ieiw.storage.shards import expand_shard_urls, iter_samples
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +51,10 @@ def resolve_device(device: str = "auto") -> torch.device:
 
 
 def load_edit_pipeline(model: str, device: str = "auto", half: bool | None = None):
-    """Open a trained model folder (or hub id) in diffusers layout, once per process, in the
-    InstructPix2Pix pipeline of its family (its ``model_index.json`` says SD or SDXL)."""
+    """Open a trained model folder (or hub id, ``owner/name@commit`` at that commit) in diffusers layout,
+    once per process, in the InstructPix2Pix pipeline of its family (its ``model_index.json`` says SD or
+    SDXL). Check the reference first (:func:`ieiw.model.references.pipeline_reference`) for a one-line
+    error when it is not there."""
     torch_device = resolve_device(device)
     if half is None:
         half = torch_device.type == "cuda"
@@ -56,7 +64,8 @@ def load_edit_pipeline(model: str, device: str = "auto", half: bool | None = Non
         extra = {"add_watermarker": False}
     else:
         extra = {"safety_checker": None, "requires_safety_checker": False}
-    pipe = edit_pipeline_class(family).from_pretrained(model, dtype=dtype, **extra)
+    name, pinned = pretrained(model)  # a hub id pinned to a commit loads exactly it
+    pipe = edit_pipeline_class(family).from_pretrained(name, dtype=dtype, **extra, **pinned)
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(torch_device)
 
@@ -105,16 +114,79 @@ def edit_images(pipe, images: list, instructions: list[str], settings: EditSetti
 
 @dataclass
 class BatchReport:
-    """What a batch edit wrote and what it skipped, by reason."""
+    """What a batch edit wrote and what it skipped, by reason; ``index`` and ``page`` are its
+    ``index.jsonl`` and ``index.html``."""
 
     written: list[str] = field(default_factory=list)
     skipped: Counter = field(default_factory=Counter)
+    index: str = ""
+    page: str = ""
 
 
-def edit_folder(pipe, folder: str, instruction: str, out_dir: str, settings: EditSettings) -> BatchReport:
-    """Edit every image of ``folder`` with one instruction; writes ``<out_dir>/<name>.png``."""
+INDEX = "index.jsonl"
+PAGE = "index.html"
+PAGE_STYLE = ".pair img{width:256px;height:auto} .settings{font-family:monospace;font-size:12px}"
+
+
+class EditIndex:
+    """The index of a batch edit, beside its images: ``index.jsonl``, one line per edit (its file, key,
+    instruction, where its source came from, the model and the settings), and ``index.html`` (source |
+    edit | instruction, the source as an embedded thumbnail), both written as the edits are made (the
+    page is put together when the batch ends). Both list this run's edits; the page keeps each image's
+    aspect ratio."""
+
+    def __init__(self, out_dir: str, settings: EditSettings, model: str | None) -> None:
+        self.out = Path(out_dir)
+        self.settings = {**settings.model_dump(), "model": model}
+        self.count = 0
+        self.lines = open(self.out / INDEX, "w", encoding="utf-8")  # both closed by close()
+        self.body = open(self.out / f".{PAGE}.body", "w", encoding="utf-8")
+
+    def add(self, edit: Path, image: np.ndarray, instruction: str, **where: Any) -> None:
+        """Index one edit; ``image`` is its source (a thumbnail goes on the page), ``where`` says where
+        it came from (key, task, shard or source file)."""
+        row = {"edit": edit.name, "instruction": instruction, **where, "settings": self.settings}
+        self.lines.write(json.dumps(row, ensure_ascii=False, allow_nan=False) + "\n")
+        self.lines.flush()
+        about = " · ".join(str(row[k]) for k in SHOWN if k in row)
+        self.body.write(
+            "<div class='pair'>"
+            f"<figure><img src='{thumbnail_data_uri(image)}' alt=''><figcaption>source</figcaption></figure>"
+            f"<figure><img src='{html.escape(urllib.parse.quote(edit.name))}' alt=''>"
+            "<figcaption>edit</figcaption></figure>"
+            f"<div class='text'><div class='instruction'>{html.escape(instruction)}</div>"
+            f"<div class='meta'>{html.escape(about)}</div></div></div>\n"
+        )
+        self.count += 1
+
+    def close(self, report: BatchReport) -> BatchReport:
+        self.lines.close()
+        self.body.close()
+        body = self.out / f".{PAGE}.body"
+        settings = ", ".join(f"{k} {v}" for k, v in self.settings.items() if k != "model")
+        head = (
+            "<!doctype html><html><head><meta charset='utf-8'><title>ieiw edit</title>"
+            f"<style>{GALLERY_STYLE}{PAGE_STYLE}</style></head><body>"
+            f"<h1>{self.count} edits</h1><div class='settings'>model "
+            f"{html.escape(str(self.settings['model']))}<br>{html.escape(settings)}</div>\n"
+        )
+        (self.out / PAGE).write_text(head + body.read_text(encoding="utf-8") + "</body></html>\n", "utf-8")
+        body.unlink()
+        report.index, report.page = str(self.out / INDEX), str(self.out / PAGE)
+        return report
+
+
+SHOWN = ("key", "task", "shard", "source")  # what the page shows under an instruction
+
+
+def edit_folder(
+    pipe, folder: str, instruction: str, out_dir: str, settings: EditSettings, model: str | None = None
+) -> BatchReport:
+    """Edit every image of ``folder`` with one instruction; writes ``<out_dir>/<name>.png`` and the
+    batch's index (:class:`EditIndex`; ``model`` names the model in it)."""
     report = BatchReport()
     Path(out_dir).mkdir(parents=True, exist_ok=True)
+    index = EditIndex(out_dir, settings, model)
     files = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     for path in tqdm(files, desc="editing", unit="image"):
         try:
@@ -126,21 +198,33 @@ def edit_folder(pipe, folder: str, instruction: str, out_dir: str, settings: Edi
             continue
         out = Path(out_dir) / f"{path.stem}.png"
         Image.fromarray(edit_image(pipe, image, instruction, settings)).save(out)
+        index.add(out, np.asarray(image), instruction, key=path.stem, source=str(path))
         report.written.append(str(out))
-    return report
+    return index.close(report)
 
 
 def edit_shards(
-    pipe, shard_urls: Iterable[str], out_dir: str, settings: EditSettings, limit: int | None = None
+    pipe,
+    shard_urls: Iterable[str],
+    out_dir: str,
+    settings: EditSettings,
+    limit: int | None = None,
+    model: str | None = None,
 ) -> BatchReport:
-    """Edit each sample's source with its own instruction; writes ``<out_dir>/<key>.png``."""
+    """Edit each sample's source with its own instruction; writes ``<out_dir>/<key>.png`` and the
+    batch's index (:class:`EditIndex`: each edit's key, task, instruction and source shard)."""
     report = BatchReport()
     Path(out_dir).mkdir(parents=True, exist_ok=True)
-    for sample in tqdm(_limited(iter_samples(shard_urls), limit), desc="editing", unit="sample"):
+    index = EditIndex(out_dir, settings, model)
+    samples = ((url, sample) for url in expand_shard_urls(shard_urls) for sample in iter_samples([url]))
+    for url, sample in tqdm(_limited(samples, limit), desc="editing", unit="sample"):
         out = Path(out_dir) / f"{sample.key}.png"
         Image.fromarray(edit_image(pipe, sample.source, sample.meta.instruction, settings)).save(out)
+        index.add(
+            out, sample.source, sample.meta.instruction, key=sample.key, task=str(sample.meta.task), shard=url
+        )
         report.written.append(str(out))
-    return report
+    return index.close(report)
 
 
 def _limited(items: Iterator, limit: int | None) -> Iterator:

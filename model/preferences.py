@@ -44,6 +44,7 @@ from ieiw.model.candidate_shards import (
     candidate_member,
     read_member,
 )
+from ieiw.model.reports import write_json
 from ieiw.model.review.export import held
 from ieiw.storage.config import WorkerEnv, config_fingerprint
 from ieiw.storage.fingerprint import Fingerprint
@@ -453,5 +454,5 @@ def write_dpo_dataset(stage_url: str, out_dir: str, split: str = "train", rows_p
         f"accelerate launch train_diffusion_dpo.py --dataset_name {out_dir} --dataset_split_name {split}"
     )
     result = {"rows": rows, "files": files, "train_command": command}
-    (Path(out_dir) / "export_info.json").write_text(json.dumps(result, indent=1))
+    write_json(Path(out_dir) / "export_info.json", result)
     return result

@@ -11,7 +11,7 @@ size ids, :mod:`ieiw.model.conditioning`). The samples seen
 per shard set are counted and written (``mix.json``, ``mix.csv``, TensorBoard ``mix/*``) so a run
 shows that its data mix matched the configured weights.
 
-Run ``python -m ieiw.model.trainer CONFIG.yaml [--stage NAME]`` (one process) or
+Run ``python -m ieiw.model.trainer CONFIG.yaml [--stage NAME] [--overrides JSON]`` (one process) or
 ``accelerate launch -m ieiw.model.trainer CONFIG.yaml`` (many GPUs); a config with ``stages`` runs them
 in order through :mod:`ieiw.model.curriculum`.
 """
@@ -51,6 +51,7 @@ from ieiw.model.data import (
 )
 from ieiw.model.latent_cache import build_latent_cache, cache_fingerprint
 from ieiw.model.loss_log import LossLog
+from ieiw.model.reports import write_json
 
 log = logging.getLogger(__name__)
 
@@ -335,7 +336,7 @@ def train(config: TrainConfig, keep_process_group: bool = False) -> Path:
     mix = mix_report(names, weights, gather_counts(accelerator, names, stream))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        (out / "data_drops.json").write_text(json.dumps(dict(dropped), indent=1))
+        write_json(out / "data_drops.json", dict(dropped))
         write_mix_report(out, mix)
         log.info(
             "samples seen per set: %s",
@@ -358,13 +359,21 @@ def gather_counts(accelerator: Accelerator, names: list[str], stream: StreamStat
 
 
 def main(argv: list[str] | None = None) -> None:
+    """``python -m ieiw.model.trainer CONFIG [--stage NAME] [--overrides JSON]`` (what ``ieiw train``
+    launches under ``accelerate launch``); ``--overrides`` holds the dotted fields ``ieiw train``'s options
+    set (:func:`ieiw.model.config.train_overrides`)."""
+    import argparse
+
     from ieiw.model.curriculum import run_curriculum  # the curriculum calls this module's train
 
-    args = sys.argv[1:] if argv is None else argv
-    if len(args) not in (1, 3) or (len(args) == 3 and args[1] != "--stage"):
-        raise SystemExit("usage: python -m ieiw.model.trainer CONFIG.yaml [--stage NAME]")
+    parser = argparse.ArgumentParser(prog="python -m ieiw.model.trainer")
+    parser.add_argument("config", help="training config YAML")
+    parser.add_argument("--stage", default=None, help="run only this stage")
+    parser.add_argument("--overrides", default=None, help="JSON object: dotted field path -> value")
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO)
-    run_curriculum(load_train_config(args[0]), stage=args[2] if len(args) == 3 else None)
+    overrides = json.loads(args.overrides) if args.overrides else None
+    run_curriculum(load_train_config(args.config, overrides=overrides), stage=args.stage)
 
 
 if __name__ == "__main__":

@@ -131,17 +131,29 @@ class ClipEmbedder:
 
     @classmethod
     def from_config(cls, config: EmbedderConfig) -> ClipEmbedder:
-        """Build the model through ``open_clip.create_model_and_transforms`` and load its weights."""
+        """Build the model through ``open_clip.create_model_and_transforms`` and load its weights.
+
+        open_clip logs "No pretrained weights loaded ... initialized randomly" only when it loaded no
+        checkpoint; with weights asked for (a tag or a file) that is an error here
+        (``require_pretrained``), never a random model. A model named with a schema (``hf-hub:``,
+        ``local-dir:``) brings its own weights, so ``pretrained`` is not passed with it (open_clip would
+        warn that it ignores it)."""
         import open_clip
 
         if config.model_config_file:
             register_model_config(config.model_config_file)
         pretrained = config.pretrained
+        if config.model.startswith(("hf-hub:", "local-dir:")):
+            pretrained = None
         if pretrained and _looks_like_path(pretrained) and not Path(pretrained).is_file():
             raise FileNotFoundError(f"CLIP checkpoint {pretrained} does not exist")
         device = resolve_device(config.device)
         model, _, preprocess = open_clip.create_model_and_transforms(
-            config.model, pretrained=pretrained, device=device, weights_only=True
+            config.model,
+            pretrained=pretrained,
+            device=device,
+            weights_only=True,
+            require_pretrained=bool(pretrained),
         )
         tokenizer = open_clip.get_tokenizer(config.model)
         return cls(

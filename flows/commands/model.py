@@ -1,7 +1,9 @@
-"""`ieiw train | edit | evaluate | export-hf | edit-ui`: train the editing model and use it.
+"""`ieiw train | tiny-model | edit | evaluate | export-hf | edit-ui`: train the editing model and use it.
 
 ``ieiw train CONFIG`` runs every stage of a curriculum config in order (skipping complete ones and
-resuming the interrupted one); ``--stage NAME`` runs one.
+resuming the interrupted one); ``--stage NAME`` runs one; ``--max-steps``, ``--base``... override the
+config's fields. Every model a command names is looked up before anything loads
+(:mod:`ieiw.model.references`): one that is not there is one line, exit 2.
 """
 
 from __future__ import annotations
@@ -27,14 +29,38 @@ def _settings(steps: int, text_guidance: float, image_guidance: float, seed: int
     )
 
 
-def _train_directly(config: Path, stage: str | None, num_processes: int) -> list[dict]:
+def _train_directly(config: Path, stage: str | None, num_processes: int, overrides: dict) -> list[dict]:
     """The stages in this process, or each through `accelerate launch` (the flow's task, unwrapped)."""
     from ieiw.flows.train import train_stage
     from ieiw.model.config import load_train_config
     from ieiw.model.curriculum import plan_stages, select
 
-    names = [s.name for s in select(plan_stages(load_train_config(config)), stage)]
-    return [train_stage.fn(str(config), name, num_processes) for name in names]
+    names = [s.name for s in select(plan_stages(load_train_config(config, overrides=overrides)), stage)]
+    return [train_stage.fn(str(config), name, num_processes, overrides or None) for name in names]
+
+
+def _checked(config: Path, overrides: dict, stage: str | None) -> dict:
+    """Check the config, its base model and its inputs before anything starts (each problem is one
+    line, exit 2); returns the overrides with a hub base model pinned to its commit, so every process
+    of the run loads that commit. A later stage of a curriculum starts from the stage before it, not
+    from the base: its base is not looked up then."""
+    from ieiw.model.config import load_train_config
+    from ieiw.model.references import OFFLINE_HINT, pipeline_reference
+
+    loaded = load_train_config(config, check_inputs=False, overrides=overrides)
+    if stage is None or not loaded.stages or loaded.stages[0].name == stage:
+        what = "--base" if "base_model" in overrides else f"{config}: base_model"
+        pinned = pipeline_reference(loaded.base_model, what, hint=OFFLINE_HINT)
+        if pinned != loaded.base_model:
+            overrides = {**overrides, "base_model": pinned}
+    load_train_config(config, overrides=overrides)  # the run's shard sets are there
+    return overrides
+
+
+TINY_NEXT = (
+    "train on it offline: ieiw train configs/train_sd15.yaml --base {out} --max-steps 20 --resolution 64 "
+    "--batch-size 2 --mixed-precision no --num-workers 0 --output-dir .ieiw/train/smoke"
+)
 
 
 def register(app: typer.Typer) -> None:
@@ -51,13 +77,48 @@ def register(app: typer.Typer) -> None:
         retries: int = typer.Option(
             0, help="Prefect task retries; each retry resumes from the last checkpoint"
         ),
+        max_steps: int = typer.Option(
+            None, "--max-steps", help="max_steps: optimizer steps (each stage's too; replaces epochs)"
+        ),
+        resolution: int = typer.Option(None, "--resolution", help="data.resolution: the crop's side"),
+        base: str = typer.Option(
+            None,
+            "--base",
+            help="base_model: a local diffusers folder or a hub id (`ieiw tiny-model DIR` writes a tiny "
+            "one offline)",
+        ),
+        batch_size: int = typer.Option(
+            None, "--batch-size", help="train_batch_size: per device (each stage's too)"
+        ),
+        mixed_precision: str = typer.Option(
+            None, "--mixed-precision", help="mixed_precision: no, fp16 or bf16 (no on a CPU)"
+        ),
+        output_dir: Path = typer.Option(
+            None, "--output-dir", help="output_dir, relative to this folder (not to the config's)"
+        ),
+        num_workers: int = typer.Option(
+            None, "--num-workers", help="data.num_workers: loader processes (0: in the training process)"
+        ),
     ) -> None:
-        """Train (or resume) the editing model: every stage of the config in order, or one --stage."""
-        from ieiw.model.config import load_train_config
+        """Train (or resume) the editing model: every stage of the config in order, or one --stage.
+
+        The options after --retries override the config's fields for this run (checked as the file's
+        own); paths given here are relative to the working folder.
+        """
+        from ieiw.model.config import train_overrides
         from ieiw.model.curriculum import StageNotReady, mix_table
         from ieiw.storage.config import ConfigError
 
-        load_train_config(config)  # a bad config is one line (exit 2) before anything starts
+        overrides = train_overrides(
+            base=base,
+            output_dir=output_dir,
+            max_steps=max_steps,
+            batch_size=batch_size,
+            resolution=resolution,
+            mixed_precision=mixed_precision,
+            num_workers=num_workers,
+        )
+        overrides = _checked(config, overrides, stage)
         try:
             if prefect:
                 from prefect.settings import PREFECT_API_URL, temporary_settings
@@ -68,9 +129,11 @@ def register(app: typer.Typer) -> None:
                 api_url = ensure_server()
                 console.print(f"Prefect UI: [bold]{ui_url(api_url)}[/bold]")
                 with temporary_settings(updates={PREFECT_API_URL: api_url}):
-                    summaries = train_flow(str(config), num_processes, retries, stage)["stages"]
+                    summaries = train_flow(str(config), num_processes, retries, stage, overrides or None)[
+                        "stages"
+                    ]
             else:
-                summaries = _train_directly(config, stage, num_processes)
+                summaries = _train_directly(config, stage, num_processes, overrides)
         except (StageNotReady, ValueError) as error:
             if isinstance(error, ConfigError):
                 raise  # the command line prints it in one line per problem, exit 2
@@ -83,6 +146,39 @@ def register(app: typer.Typer) -> None:
                 f"last loss {summary['last_loss']}; loss curve {summary['loss_curve']}"
             )
             console.print(mix_table(summary["mix"]))
+
+    @app.command("tiny-model")
+    def tiny_model(
+        output: Path = typer.Argument(..., help="folder to write the model into"),
+        clip: bool = typer.Option(
+            False, "--clip", help="a tiny open_clip CLIP for `ieiw evaluate` instead (JSON + weights)"
+        ),
+        seed: int = typer.Option(0, help="the same seed writes the same weights"),
+    ) -> None:
+        """Write a tiny random Stable-Diffusion-1.5-shaped pipeline, offline, for a smoke run.
+
+        The real diffusers and transformers classes at toy sizes, saved with save_pretrained in SD 1.5's
+        layout (a few MB): `ieiw train CONFIG --base OUTPUT` trains it through the same code as the real
+        one, in seconds on a CPU. Its edits mean nothing. For real training give --base (or the config's
+        base_model) a hub id such as stable-diffusion-v1-5/stable-diffusion-v1-5 or
+        stabilityai/stable-diffusion-xl-base-1.0, or a local copy (`hf download ID --local-dir DIR`).
+        """
+        from ieiw.model.tiny import save_tiny_clip, save_tiny_sd
+
+        if clip:
+            name, config_file, weights = save_tiny_clip(output, seed=seed)
+            console.print(f"wrote a tiny random CLIP to {output}; evaluate with it offline:", soft_wrap=True)
+            console.print(
+                f"--clip-model {name} --clip-config-file {config_file} --clip-pretrained {weights}",
+                soft_wrap=True,
+                markup=False,
+            )
+            return
+        if output.exists() and any(output.iterdir()) and not (output / "model_index.json").is_file():
+            raise typer.BadParameter(f"{output} holds other files; give an empty or new folder")
+        save_tiny_sd(output, seed=seed)
+        console.print(f"wrote a tiny random SD-1.5-shaped pipeline to {output}", soft_wrap=True)
+        console.print(TINY_NEXT.format(out=output), soft_wrap=True, markup=False)
 
     @app.command()
     def edit(
@@ -102,15 +198,21 @@ def register(app: typer.Typer) -> None:
         limit: int = typer.Option(None, help="at most this many shard samples"),
         device: str = "auto",
     ) -> None:
-        """Edit an image (or a folder, or shards) with a trained model."""
+        """Edit an image (or a folder, or shards) with a trained model.
+
+        A batch writes <name>.png per image (<key>.png per shard sample), index.jsonl (each edit's
+        instruction, source and settings) and index.html (source | edit | instruction) beside them.
+        """
         from PIL import Image
 
         from ieiw.model.inference import edit_folder, edit_image, edit_shards, load_edit_pipeline
+        from ieiw.model.references import pipeline_reference
 
         if sum(x is not None and x != [] for x in (image, folder, shards)) != 1:
             raise typer.BadParameter("give exactly one of --image, --folder, --shards")
         if (image or folder) and not instruction:
             raise typer.BadParameter("--instruction is required with --image and --folder")
+        model = pipeline_reference(model, "--model")
         settings = _settings(steps, text_guidance, image_guidance, seed, resolution)
         pipe = load_edit_pipeline(model, device)
         if image is not None:
@@ -121,20 +223,29 @@ def register(app: typer.Typer) -> None:
             console.print(f"wrote {output}")
             return
         if folder is not None:
-            report = edit_folder(pipe, str(folder), instruction, str(output), settings)
+            report = edit_folder(pipe, str(folder), instruction, str(output), settings, model=model)
         else:
-            report = edit_shards(pipe, shards, str(output), settings, limit)
+            report = edit_shards(pipe, shards, str(output), settings, limit, model=model)
         skipped = f", skipped {dict(report.skipped)}" if report.skipped else ""
         console.print(f"wrote {len(report.written)} images to {output}{skipped}")
+        console.print(f"index: {report.index}; page: file://{Path(report.page).resolve()}", soft_wrap=True)
 
     @app.command()
     def evaluate(
         model: str = typer.Option(..., help="trained model folder (diffusers layout) or hub id"),
         shards: list[str] = typer.Option(..., help="held-out shards (files, folders, stage folders)"),
         output: Path = typer.Option(..., "-o", "--output", help="folder for metrics.csv, summary, grid.png"),
-        clip_model: str = typer.Option("ViT-L-14", help="open_clip model name"),
-        clip_pretrained: str = typer.Option("openai", help="open_clip tag or a local checkpoint file"),
-        clip_config_file: str = typer.Option(None, help="JSON model config for a model open_clip lacks"),
+        clip_model: str = typer.Option(
+            "ViT-L-14", help="open_clip architecture (open_clip.list_models()), or --clip-config-file's name"
+        ),
+        clip_pretrained: str = typer.Option(
+            "openai",
+            help="an open_clip release tag of --clip-model (open_clip.list_pretrained()), fetched from the "
+            "hub into its cache, or a local checkpoint file (.pt, .bin, .safetensors)",
+        ),
+        clip_config_file: str = typer.Option(
+            None, help="open_clip JSON model config of an architecture open_clip lacks (NAME.json)"
+        ),
         limit: int = typer.Option(None, help="at most this many samples"),
         steps: int = 20,
         text_guidance: float = 7.5,
@@ -150,32 +261,40 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """CLIP directional, image and text similarity of the model's edits on held-out shards.
 
-        With ``--task``, the model edits the held-out samples of that task instead, and the answer is
-        read back out of each edit: keypoint AP (COCOeval), mIoU / cumulative IoU, or PSNR / SSIM.
+        The metrics need a CLIP, loaded by open_clip: by default ViT-L-14 with OpenAI's weights
+        (--clip-pretrained openai), which open_clip fetches from the hub
+        (timm/vit_large_patch14_clip_224.openai, about 1.7 GB) into the hub cache on first use; offline
+        (HF_HUB_OFFLINE=1) it must be there already (hf download timm/vit_large_patch14_clip_224.openai).
+        Another release: --clip-model ViT-B-32 --clip-pretrained laion2b_s34b_b79k. A local checkpoint:
+        --clip-pretrained /path/to/weights.safetensors with its architecture as --clip-model. An
+        architecture open_clip lacks: --clip-config-file /path/NAME.json (open_clip's JSON model config)
+        --clip-model NAME. To try it offline, `ieiw tiny-model DIR --clip` writes a tiny random CLIP and
+        prints these three options (its numbers mean nothing).
+
+        clip_text compares each edit with a caption of the target, which only replacement pairs store;
+        the summary says for how many samples it is n/a and why.
+
+        With --task, the model edits the held-out samples of that task instead, and the answer is read
+        back out of each edit: keypoint AP (COCOeval), mIoU / cumulative IoU, or PSNR / SSIM (no CLIP).
         """
         from ieiw.model.evaluate import evaluate as run_evaluation
+        from ieiw.model.evaluate import load_clip
         from ieiw.model.inference import load_edit_pipeline
-        from ieiw.quality.embeddings import ClipEmbedder, EmbedderConfig
+        from ieiw.model.references import pipeline_reference
+        from ieiw.model.reports import to_json
 
+        model = pipeline_reference(model, "--model")  # every model is looked up before anything loads
         if task:
             pipe = load_edit_pipeline(model, device)
             settings = _settings(steps, text_guidance, image_guidance, seed, resolution)
             metrics = evaluate_task_with_model(pipe, task, shards, output, settings, limit)
-            console.print_json(json.dumps(metrics, default=str))
+            console.print_json(to_json(metrics, default=str))
             return
-
-        embedder = ClipEmbedder.from_config(
-            EmbedderConfig(
-                model=clip_model,
-                pretrained=clip_pretrained,
-                model_config_file=clip_config_file,
-                device=device,
-            )
-        )
+        embedder = load_clip(clip_model, clip_pretrained, clip_config_file, device)
         pipe = load_edit_pipeline(model, device)
         settings = _settings(steps, text_guidance, image_guidance, seed, resolution)
         run_evaluation(pipe, embedder, shards, str(output), settings, limit=limit)
-        console.print((output / "summary.md").read_text())
+        console.print((output / "summary.md").read_text(), markup=False)
         console.print(f"table {output / 'metrics.csv'}, grid {output / 'grid.png'}")
 
     @app.command("export-hf")
@@ -227,9 +346,10 @@ def register(app: typer.Typer) -> None:
         import uvicorn
 
         from ieiw.model.inference import load_edit_pipeline
+        from ieiw.model.references import pipeline_reference
         from ieiw.model.webapp import create_app
 
-        app_ = create_app(load_edit_pipeline(model, device))
+        app_ = create_app(load_edit_pipeline(pipeline_reference(model, "--model"), device))
         console.print(f"open http://{host}:{port}/")
         uvicorn.run(app_, host=host, port=port)
 
@@ -243,6 +363,7 @@ def evaluate_task_with_model(
     from PIL import Image
 
     from ieiw.model.inference import edit_images
+    from ieiw.model.reports import write_json
     from ieiw.quality.task_evaluation import TASKS, OutputFolder, evaluate_task_outputs
     from ieiw.storage.shards import expand_shard_urls, iter_samples
 
@@ -261,6 +382,6 @@ def evaluate_task_with_model(
             edited_keys.add(sample.key)
     samples = (s for s in iter_samples(urls) if s.key in edited_keys)
     metrics, _, grid = evaluate_task_outputs(task, samples, OutputFolder(str(edits)), str(output))
-    (output / f"{task}_metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
+    write_json(output / f"{task}_metrics.json", metrics, indent=2, default=str)  # NaN: null
     console.print(f"grid: {grid}; per-sample table in {output}")
     return metrics

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 
 import typer
@@ -34,19 +33,31 @@ def _format(value) -> str:
 def evaluate_task(
     task: str = typer.Option(..., "--task", help="keypoints | segmentation | enhancement"),
     shards: list[str] = typer.Option(..., "--shards", help="held-out shard files or folders (repeatable)"),
-    outputs: str = typer.Option(..., "--outputs", help="folder of edited images named <key>.png"),
-    out: str = typer.Option(
-        "task_eval", "--out", help="folder for metrics.json, the per-sample CSV and the grid"
+    edits: str = typer.Option(
+        None, "--edits", help="folder of the edited images, <key>.png (what `ieiw edit --shards -o` wrote)"
+    ),
+    output: str = typer.Option(
+        None,
+        "-o",
+        "--output",
+        help="folder for metrics.json, the per-sample CSV and the grid (default: task_eval)",
     ),
     limit: int | None = typer.Option(None, help="at most this many samples of the task"),
     examples: int = typer.Option(12, help="rows in the grid of examples"),
+    outputs: str = typer.Option(None, "--outputs", hidden=True),  # the old name of --edits
+    out: str = typer.Option(None, "--out", hidden=True),  # the old name of --output
 ) -> None:
     """Decode the answers out of edited images and score them: keypoint AP, mIoU/cIoU, PSNR/SSIM."""
     import itertools
 
+    from ieiw.model.reports import write_json
     from ieiw.quality.task_evaluation import TASKS, OutputFolder, evaluate_task_outputs
     from ieiw.storage.shards import iter_samples
 
+    edits = edits or outputs
+    if not edits:
+        raise typer.BadParameter("give the folder of edited images", param_hint="--edits")
+    out = output or out or "task_eval"
     if task not in TASKS:
         raise typer.BadParameter(f"--task must be one of {', '.join(TASK_CHOICES)}", param_hint="--task")
     urls = _shard_urls(shards)
@@ -55,12 +66,10 @@ def evaluate_task(
     samples = (s for s in iter_samples(urls) if s.meta.task == TASKS[task])
     if limit is not None:
         samples = itertools.islice(samples, limit)
-    metrics, rows, grid = evaluate_task_outputs(
-        task, samples, OutputFolder(outputs), out, grid_examples=examples
-    )
+    folder = OutputFolder(edits)
+    metrics, rows, grid = evaluate_task_outputs(task, samples, folder, out, grid_examples=examples)
     metrics_path = os.path.join(out, f"{TASKS[task]}_metrics.json")
-    with open(metrics_path, "w", encoding="utf-8") as handle:
-        json.dump({k: None if v != v else v for k, v in metrics.items()}, handle, indent=2, default=float)
+    write_json(metrics_path, metrics, indent=2, default=float)  # strict JSON: a NaN metric is null
     table = Table("metric", "value", title=f"{task} on {metrics['samples']} samples")
     for row in rows:
         table.add_row(row["metric"], _format(row["value"]))

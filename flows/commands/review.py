@@ -47,6 +47,37 @@ def _bar_progress(bar):
     return update
 
 
+def _number(value: float | None, why: str = "n/a") -> str:
+    return why if value is None else f"{value:.3f}"
+
+
+def _agreement(agreement) -> Table | str:
+    """The agreement between reviewers as a table, or a line saying why there is none yet."""
+    if not agreement.samples:
+        return (
+            "Agreement: no sample has two finished reviews yet (it needs two or more reviewers per "
+            "sample: `ieiw review --per-sample 2`)"
+        )
+    title = f"Agreement over {agreement.samples} samples ({agreement.pairs} pairs of reviews)"
+    table = Table("between", "mean Jaccard", "identical picks", "samples", title=title)
+    table.add_row(
+        "all reviewers",
+        _number(agreement.mean_jaccard),
+        _number(agreement.exact_match),
+        str(agreement.samples),
+    )
+    for pair, scores in sorted(agreement.by_pair.items()):
+        table.add_row(
+            pair,
+            _number(scores.get("mean_jaccard")),
+            _number(scores.get("exact_match")),
+            str(scores.get("samples", "")),
+        )
+    kappa = _number(agreement.fleiss_kappa, "n/a: chance agreement is total (none, or all, were picked)")
+    table.caption = f"Fleiss' kappa (picked or not, over all candidates): {kappa}"
+    return table
+
+
 def _progress_table(store) -> Table:
     table = Table("reviewer", "assigned", "done", "skipped", "remaining", "picks")
     for row in store.progress():
@@ -90,9 +121,11 @@ def register(app: typer.Typer) -> None:
         from tqdm.auto import tqdm
 
         from ieiw.model.candidates import CandidatesConfig, build_candidates
+        from ieiw.model.references import pipeline_reference
         from ieiw.storage.lease import StageBusy
         from ieiw.storage.stage_folder import StageChanged
 
+        model = pipeline_reference(model, "--model")  # one line (exit 2) when it is not there
         try:
             config = CandidatesConfig(
                 model=model,
@@ -184,7 +217,9 @@ def register(app: typer.Typer) -> None:
                     judgements=judgements,
                     show_judge=show_judge,
                 )
-            console.print(json.dumps(summary["agreement"], indent=1))
+            from ieiw.model.review.agreement import Agreement
+
+            console.print(_agreement(Agreement(**summary["agreement"])))
             return
 
         from ieiw.model.candidate_shards import CandidateIndex
@@ -219,14 +254,23 @@ def register(app: typer.Typer) -> None:
             store.close()
 
     @app.command("review-status")
-    def review_status(db: str = DB_OPTION) -> None:
+    def review_status(
+        db: str = DB_OPTION,
+        as_json: bool = typer.Option(
+            False, "--json", help="print {progress, agreement} as JSON (for scripts) instead of tables"
+        ),
+    ) -> None:
         """Reviewed and remaining per reviewer, and the agreement between reviewers."""
         from ieiw.model.review.store import ReviewStore
 
         store = ReviewStore(db, create=False)
         try:
+            if as_json:
+                progress = [row.as_dict() for row in store.progress()]
+                print(json.dumps({"progress": progress, "agreement": store.agreement().as_dict()}, indent=1))
+                return
             console.print(_progress_table(store))
-            console.print(json.dumps(store.agreement().as_dict(), indent=1))
+            console.print(_agreement(store.agreement()))
         finally:
             store.close()
 

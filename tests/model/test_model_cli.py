@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import json
 
 import datasets
@@ -10,12 +11,13 @@ import pyarrow.parquet as pq
 import pytest
 import typer
 import yaml
+from cli_text import words
 from PIL import Image
 from synthetic_edits import write_synthetic_stage
 from typer.testing import CliRunner
 
 from ieiw.flows.commands.model import register
-from ieiw.storage.shards import iter_samples
+from ieiw.storage.shards import expand_shard_urls, iter_samples
 
 
 @pytest.fixture(scope="module")
@@ -52,15 +54,30 @@ def test_edit_a_folder_skips_broken_files(cli, trained_model, tmp_path):
     result = cli("edit", "--model", trained_model, "--folder", folder,
                  "--instruction", "make the square blue",
                  "-o", tmp_path / "edited", "--steps", 1, "--resolution", 32, "--device", "cpu")
-    assert sorted(p.name for p in (tmp_path / "edited").iterdir()) == ["p0.png", "p1.png"]
+    assert sorted(p.name for p in (tmp_path / "edited").glob("*.png")) == ["p0.png", "p1.png"]
     assert "undecodable" in result.output
+    index = [json.loads(line) for line in (tmp_path / "edited" / "index.jsonl").read_text().splitlines()]
+    assert [(r["edit"], r["instruction"], r["source"]) for r in index] == [
+        (f"p{i}.png", "make the square blue", str(folder / f"p{i}.png")) for i in range(2)]
 
 
-def test_edit_shards_uses_each_samples_instruction(cli, trained_model, edit_shards, tmp_path):
-    cli("edit", "--model", trained_model, "--shards", edit_shards, "-o", tmp_path / "edited", "--limit", 3,
-        "--steps", 1, "--resolution", 32, "--device", "cpu")
-    keys = [s.key for s in iter_samples([str(edit_shards)])][:3]
-    assert sorted(p.stem for p in (tmp_path / "edited").iterdir()) == sorted(keys)
+def test_edit_shards_uses_each_samples_instruction_and_indexes_them(cli, trained_model, edit_shards,
+                                                                     tmp_path):
+    out = tmp_path / "edited"
+    result = cli("edit", "--model", trained_model, "--shards", edit_shards, "-o", out, "--limit", 3,
+                 "--steps", 1, "--resolution", 32, "--seed", 5, "--device", "cpu")
+    samples = [(s, url) for url in expand_shard_urls([str(edit_shards)]) for s in iter_samples([url])][:3]
+    assert sorted(p.stem for p in out.glob("*.png")) == sorted(s.key for s, _ in samples)
+    assert "index.jsonl" in words(result.output) and "index.html" in words(result.output)
+    index = [json.loads(line) for line in (out / "index.jsonl").read_text().splitlines()]
+    assert [(r["key"], r["instruction"], r["shard"], r["edit"]) for r in index] == [
+        (s.key, s.meta.instruction, url, f"{s.key}.png") for s, url in samples]
+    assert index[0]["settings"] == {"steps": 1, "text_guidance": 7.5, "image_guidance": 1.5, "seed": 5,
+                                    "resolution": 32, "model": str(trained_model)}
+    page = (out / "index.html").read_text()
+    for sample, _ in samples:  # source | edit | instruction, each edit linked beside its file
+        assert f"src='{sample.key}.png'" in page and html.escape(sample.meta.instruction) in page
+    assert page.count("data:image/jpeg;base64,") == 3  # the sources, embedded
 
 
 def test_evaluate_writes_table_summary_and_grid(cli, trained_model, edit_shards, tiny_clip, tmp_path):
@@ -145,7 +162,7 @@ def test_export_hf_edit_and_evaluate_read_only_committed_shards(cli, trained_mod
     assert sorted(dataset["key"]) == sorted(written["committed"])
     cli("edit", "--model", trained_model, "--shards", source, "-o", tmp_path / "edited", "--steps", 1,
         "--resolution", 32, "--device", "cpu")
-    assert sorted(p.stem for p in (tmp_path / "edited").iterdir()) == sorted(written["committed"])
+    assert sorted(p.stem for p in (tmp_path / "edited").glob("*.png")) == sorted(written["committed"])
     name, config_file, weights = tiny_clip
     cli("evaluate", "--model", trained_model, "--shards", source, "-o", tmp_path / "eval",
         "--clip-model", name, "--clip-pretrained", weights, "--clip-config-file", config_file,
@@ -234,3 +251,92 @@ def test_a_second_train_beside_a_model_keeps_its_identity_and_candidates_resume(
     (model / "unet" / "config.json").write_text((model / "unet" / "config.json").read_text() + "\n")
     changed = candidates(2)  # a changed component is another model: refused, nothing made
     assert changed.exit_code == 1 and "candidates.model: sha256-tree" in " ".join(changed.output.split())
+
+
+def test_evaluate_help_says_which_clip_it_needs_and_how_to_give_another(cli):
+    shown = words(cli("evaluate", "--help").output)
+    for text in ("ViT-L-14", "OpenAI", "timm/vit_large_patch14_clip_224.openai", "HF_HUB_OFFLINE",
+                 "--clip-model", "--clip-pretrained", "--clip-config-file", "ieiw tiny-model DIR --clip",
+                 "clip_text"):
+        assert text in shown, text
+
+
+def test_the_clip_loads_its_weights_with_no_random_init_warning(tiny_clip, caplog):
+    """open_clip warns "initialized randomly" only when no checkpoint loaded: here the weights load."""
+    import logging
+
+    from safetensors.torch import load_file
+
+    from ieiw.model.evaluate import load_clip
+
+    name, config_file, weights = tiny_clip
+    with caplog.at_level(logging.INFO):
+        embedder = load_clip(name, weights, config_file, device="cpu")
+    assert not [r for r in caplog.records if "randomly" in r.getMessage()], caplog.text
+    saved = load_file(weights)
+    for key, value in embedder.model.state_dict().items():
+        assert np.array_equal(value.cpu().numpy(), saved[key].numpy()), key
+
+
+def write_uncaptioned_removals(directory, count: int, seed: int) -> None:
+    """Synthetic pairs as removal pairs store them: an instruction, no captions of source or target."""
+    from synthetic_edits import make_sample
+
+    from ieiw.storage.schema import Sample, Task
+    from ieiw.storage.shards import ShardSpec, ShardWriter
+
+    rng = np.random.default_rng(seed)
+    with ShardWriter(str(directory), prefix="removal", spec=ShardSpec(max_samples=count)) as writer:
+        for i in range(count):
+            made = make_sample(rng, i)
+            meta = made.meta.model_copy(update={"task": Task.REMOVE, "extra": {}})
+            writer.write(Sample(meta=meta, source=made.source, target=made.target, mask=made.mask))
+
+
+def test_evaluate_says_why_clip_text_is_na(cli, trained_model, tiny_clip, tmp_path):
+    seed = 11
+    write_uncaptioned_removals(tmp_path / "removals", 3, seed)
+    name, config_file, weights = tiny_clip
+    out = tmp_path / "eval"
+    result = cli("evaluate", "--model", trained_model, "--shards", tmp_path / "removals", "-o", out,
+                 "--clip-model", name, "--clip-pretrained", weights, "--clip-config-file", config_file,
+                 "--steps", 1, "--resolution", 32, "--device", "cpu")
+    summary = json.loads((out / "summary.json").read_text(), parse_constant=_no_nan)
+    assert summary["clip_text"] == {"mean": None, "count": 0}, f"seed {seed}"
+    note = summary["notes"]["clip_text"]
+    assert "n/a for 3 of 3 samples (remove 3)" in note and "caption of the target" in note
+    assert "| clip_text | n/a (see below) | 0 |" in (out / "summary.md").read_text()
+    assert "clip_text: n/a for 3 of 3 samples" in words(result.output)
+
+
+def _no_nan(constant: str):
+    raise AssertionError(f"{constant} in a JSON report: not JSON")
+
+
+def test_task_metrics_with_nothing_to_score_are_null_not_nan(cli, trained_model, edit_shards, tmp_path):
+    """No keypoint sample among the held-out shards: AP cannot be computed, and says so as null."""
+    out = tmp_path / "eval"
+    cli("evaluate", "--model", trained_model, "--shards", edit_shards, "--task", "keypoints", "-o", out,
+        "--limit", 2, "--steps", 1, "--resolution", 32, "--device", "cpu")
+    metrics = json.loads((out / "keypoints_metrics.json").read_text(), parse_constant=_no_nan)
+    assert metrics["samples"] == 0 and metrics["AP"] is None
+
+
+def test_evaluate_task_takes_the_output_folder_as_evaluate_does(edit_shards, tmp_path):
+    """`evaluate-task -o/--output` (as `evaluate`), `--edits` for the edited images; a NaN is null."""
+    from ieiw.flows.commands.multitask import register as register_multitask
+
+    app = typer.Typer()
+    register_multitask(app)
+    (tmp_path / "edits").mkdir()
+    runner = CliRunner()
+    for flag in ("-o", "--output", "--out"):  # --out: the old name, still taken
+        out = tmp_path / f"report{flag}"
+        result = runner.invoke(app, ["evaluate-task", "--task", "keypoints", "--shards", str(edit_shards),
+                                     "--edits", str(tmp_path / "edits"), flag, str(out)])
+        assert result.exit_code == 1 and "no keypoints samples" in words(result.output), result.output
+        metrics = json.loads((out / "keypoint_metrics.json").read_text(), parse_constant=_no_nan)
+        assert metrics["samples"] == 0 and metrics["AP"] is None
+    shown = words(runner.invoke(app, ["evaluate-task", "--help"], terminal_width=200).output)
+    assert "--output -o" in shown and "--edits" in shown
+    assert "--outputs" not in shown and "--out " not in shown  # the old names are hidden

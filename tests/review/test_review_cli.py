@@ -73,7 +73,8 @@ def test_tokens_review_status_and_export(cli, candidate_dir, tmp_path):
     assert "6 samples (6 new), 6 new assignments" in output, output + errors
 
     status = cli("review-status", "--db", db)
-    assert status.exit_code == 0 and "alice" in status.output and '"samples": 0' in status.output
+    assert status.exit_code == 0 and "alice" in status.output and "null" not in status.output
+    assert "no sample has two finished reviews yet" in words(status.output)
     out = tmp_path / "aligned"
     exported = cli("export-picks", "--candidates", candidate_dir, "--out", out, "--db", db)
     assert exported.exit_code == 0, exported.output
@@ -89,3 +90,42 @@ def test_tokens_review_status_and_export(cli, candidate_dir, tmp_path):
     rotated = cli("review-token", "alice", "--db", db)
     new_token = rotated.output.strip().splitlines()[-1]
     assert ReviewStore(db).reviewer_by_token(token) is None and new_token != token
+
+
+def _candidate_ids(store: ReviewStore, reviewer_id: int, key: str) -> list[int]:
+    return [c["id"] for c in store.sample_view(reviewer_id, key)["candidates"]]
+
+
+def test_review_status_is_a_readable_table_and_json_for_scripts(cli, candidate_index, tmp_path):
+    """Progress per reviewer and the agreement as tables (no raw JSON of nulls); --json for machines."""
+    import json
+
+    db = f"sqlite:///{tmp_path / 'review.sqlite'}"
+    store = ReviewStore(db)
+    store.import_candidates(candidate_index.headers.values())
+    alice = store.reviewer_by_token(store.add_reviewer("alice"))
+    bob = store.reviewer_by_token(store.add_reviewer("bob"))
+    store.assign(per_sample=2)
+    key = store.queue(alice.id)[0]["key"]
+    ids = _candidate_ids(store, alice.id, key)
+    for person, picks in ((alice, [ids[0], ids[1]]), (bob, [ids[1]])):
+        for candidate in picks:
+            store.add_pick(person.id, key, candidate)
+        store.finish(person.id, key)
+    store.close()
+
+    table = cli("review-status", "--db", db)
+    assert table.exit_code == 0, table.output
+    shown = words(table.output)
+    assert "null" not in shown and "{" not in shown
+    assert "alice 6 1 0 5 2" in shown and "bob 6 1 0 5 1" in shown  # assigned done skipped remaining picks
+    assert "Agreement over 1 samples (1 pairs of reviews)" in shown
+    assert "all reviewers 0.500 0.000 1" in shown and "alice & bob 0.500 0.000 1" in shown
+    assert "Fleiss' kappa (picked or not, over all candidates):" in shown
+
+    machine = cli("review-status", "--db", db, "--json")
+    assert machine.exit_code == 0, machine.output
+    report = json.loads(machine.output)
+    rows = [(p["reviewer"], p["done"], p["picks"]) for p in report["progress"]]
+    assert rows == [("alice", 1, 2), ("bob", 1, 1)]
+    assert report["agreement"]["samples"] == 1 and report["agreement"]["mean_jaccard"] == 0.5

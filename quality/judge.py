@@ -47,6 +47,7 @@ from ieiw.storage import fs
 from ieiw.storage.answer_cache import PromptCache
 from ieiw.storage.config import model_ref, operational, output, precision
 from ieiw.storage.identity import model_identity
+from ieiw.storage.models import served_identity
 
 log = logging.getLogger(__name__)
 # the judge as table columns (the score stage's and the candidate judgements'): scores, then words
@@ -93,11 +94,17 @@ class JudgeConfig(BaseModel):
     device: str | None = operational(None)  # transformers: None picks cuda when there is one
     batch_size: int = operational(4, ge=1)  # transformers: pairs per generate call
 
+    def pins(self, field: str) -> bool:
+        """A local judge's model is a hub id or a folder, pinned as every model is; a served one's is a
+        name on its server."""
+        return self.backend == "transformers"
+
     def identity(self, model: str | None = None) -> str:
-        """The judge model by identity: a served model by name (``api:<name>``), a local one by content."""
+        """The judge model by identity: a served model by its endpoint, name and what the server says it
+        serves (:func:`ieiw.storage.models.served_identity`), a local one by content."""
         model = model or self.model
         if self.backend == "openai":
-            return f"api:{model}"
+            return served_identity(self.base_url, model, self.api_key_env)
         return model_identity(model) or model
 
     def fingerprint_extra(self) -> dict:
@@ -363,7 +370,10 @@ class Judge:
             out[i] = self._judgement(pair, answer)
         if progress is not None and asked:
             progress(len(asked))
-        return [j for j in out if j is not None]
+        missing = [i for i, j in enumerate(out) if j is None]
+        if missing:  # a lost answer would shift every row after it
+            raise RuntimeError(f"the judge returned no judgement for requests {missing[:5]} of {len(out)}")
+        return out  # type: ignore[return-value]
 
 
 class PendingJudgements:

@@ -173,10 +173,11 @@ class TransformersJudge:
         inputs = self.inputs(pairs).to(self.device)
         options: dict[str, Any] = {"max_new_tokens": self.config.max_tokens, "do_sample": False}
         if attempt or self.config.temperature > 0:  # a retry samples: greedy would repeat the answer
-            options.update(do_sample=True, temperature=max(self.config.temperature, 0.7))
+            # Sampled by the Gumbel-max trick from a generator of its own (seeded by the attempt), with
+            # greedy decoding: the process's random state, which other threads' models use, is untouched.
+            temperature = max(self.config.temperature, 0.7)
+            options["logits_processor"] = [GumbelSampling(temperature, attempt)]
         with self._lock, torch.inference_mode():
-            if options["do_sample"]:
-                torch.manual_seed(attempt)
             output = self.model.generate(**inputs, **options)
             self.calls += len(pairs)
         new = output[:, inputs["input_ids"].shape[1] :]
@@ -210,7 +211,32 @@ class TransformersJudge:
                 f"{self.config.model}: no valid answer in {self.config.max_attempts} attempts "
                 f"({', '.join(problems[i])})",
             )
-        return [r for r in results if r is not None]
+        missing = [i for i, r in enumerate(results) if r is None]
+        if missing:  # a lost answer would shift every row after it
+            raise RuntimeError(f"the judge's backend lost the answers of pairs {missing[:5]} of {len(pairs)}")
+        return results  # type: ignore[return-value]
+
+
+class GumbelSampling:
+    """A logits processor that turns greedy decoding into sampling at ``temperature``, drawing from a
+    ``torch.Generator`` of its own seeded with ``seed``: ``argmax(logits / T + Gumbel noise)`` is a draw
+    from ``softmax(logits / T)``, and no other model's random numbers are touched."""
+
+    def __init__(self, temperature: float, seed: int) -> None:
+        self.temperature = temperature
+        self.seed = seed
+        self.generator = None
+
+    def __call__(self, input_ids, scores):
+        import torch
+
+        if self.generator is None:
+            self.generator = torch.Generator(device=scores.device).manual_seed(self.seed)
+        uniform = torch.rand(
+            scores.shape, generator=self.generator, device=scores.device, dtype=torch.float32
+        )
+        gumbel = -torch.log(-torch.log(uniform.clamp_min(1e-20)).clamp_min(1e-20))
+        return scores.float() / self.temperature + gumbel
 
 
 def load_backend(config: JudgeConfig) -> OpenAIJudge | TransformersJudge:

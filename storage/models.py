@@ -368,6 +368,56 @@ def local_model(text: str) -> str:
     raise ModelUnavailable(f"model {text}: a local file or a URL is expected here, not a hub id or a name")
 
 
+# ------------------------------------------------------------------------------------- served models
+
+OPENAI = "https://api.openai.com/v1"
+# What a server's model list says of a model that changes with the weights it serves, never with time
+# (vLLM's ``created`` is the time of the request): the weights' name, what they derive from, the context.
+SERVED_FIELDS = ("id", "root", "parent", "owned_by", "max_model_len", "version", "revision", "digest")
+_SERVED: dict[tuple[str, str], str] = {}
+
+
+def served_identity(base_url: str | None, model: str, api_key_env: str = "OPENAI_API_KEY") -> str:
+    """A model behind an OpenAI-compatible endpoint, by where it is served and what the server says it
+    is: ``api:<endpoint>/<model>#<digest of its entry in the server's model list>`` (the list's stable
+    fields: :data:`SERVED_FIELDS`). Moving the endpoint, or the server swapping the weights behind a name
+    (another quantisation, another root), gives another identity. A server that does not list its
+    models (401, 404) is identified by endpoint and name; one that cannot be reached is a
+    :class:`ModelUnavailable`. Asked once per process."""
+    import requests
+
+    endpoint = (base_url or OPENAI).rstrip("/")
+    slot = (endpoint, model)
+    if slot in _SERVED:
+        return _SERVED[slot]
+    key = os.environ.get(api_key_env or "")
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    try:
+        response = requests.get(f"{endpoint}/models", headers=headers, timeout=(5, 20))
+    except requests.RequestException as error:
+        raise ModelUnavailable(
+            f"served model {model}: {endpoint} cannot be reached ({type(error).__name__}); start the server "
+            "or fix base_url"
+        ) from None
+    identity = f"api:{endpoint}/{model}"
+    if response.ok:
+        try:
+            entries = response.json().get("data") or []
+        except ValueError:
+            entries = []
+        entry = next((e for e in entries if isinstance(e, dict) and e.get("id") == model), None)
+        if entries and entry is None:
+            listed = ", ".join(str(e.get("id")) for e in entries[:5] if isinstance(e, dict))
+            raise ModelUnavailable(f"served model {model}: {endpoint} does not serve it (it lists {listed})")
+        if entry is not None:
+            from ieiw.storage.schema import stable_key
+
+            stable = {k: entry[k] for k in SERVED_FIELDS if k in entry}
+            identity += f"#{stable_key(stable)[:16]}"
+    _SERVED[slot] = identity
+    return identity
+
+
 # -------------------------------------------------------------------------------------------- pinning
 
 
@@ -381,12 +431,19 @@ class Pin:
 
 
 def _model_fields(config: BaseModel, prefix: str = "") -> Iterator[tuple[str, BaseModel, str]]:
-    """``(dotted path, owner, field name)`` of every model field of a config, at any depth."""
-    from ieiw.storage.config import Role, walk_fields
+    """``(dotted path, owner, field name)`` of every model field of a config that names a hub model or a
+    URL to pin, at any depth. A field whose config says what its model is itself (a served model's name,
+    an index: ``model_ref(identity=...)``) is pinned only where the config's ``pins(field)`` says so."""
+    from ieiw.storage.config import Role, _extra, walk_fields
 
     for path, role, _, (owner, name) in walk_fields(config, prefix):
-        if role is Role.MODEL:
-            yield path, owner, name
+        if role is not Role.MODEL:
+            continue
+        if _extra(type(owner), name, "identity"):
+            pins = getattr(owner, "pins", None)
+            if not (callable(pins) and pins(name)):
+                continue
+        yield path, owner, name
 
 
 def pin_config(config: BaseModel, recorded: Iterable[str | None] = ()) -> list[Pin]:

@@ -2,7 +2,9 @@
 ``POST /v1/chat/completions`` answers from a script of behaviours (an answer, a 429, a stall past the
 client's timeout, a 4xx), or else from ``default``, a function of the request.
 
-``latency`` delays every answer (the judge bench's 200 ms); ``check`` (a function of the request
+``GET /v1/models`` lists ``models`` (their ids and whatever else a server says of them: vLLM's ``root``,
+``max_model_len``) where given, else answers 404. ``latency`` delays every answer (the judge bench's
+200 ms); ``check`` (a function of the request
 body that raises ``AssertionError`` on a malformed request) turns a bad request into a 400 and a
 line in ``problems``. ``in_flight``/``most_in_flight`` count requests being answered at once.
 """
@@ -31,7 +33,9 @@ class ChatServer:
         default: Callable[[dict], str] | None = None,
         latency: float = 0.0,
         check: Callable[[dict], None] | None = None,
+        models: list[dict] | None = None,
     ) -> None:
+        self.models = models  # GET /v1/models lists these (as vLLM does); None: not found, as some servers
         self.script: deque = deque()
         self.requests: list[dict] = []
         self.problems: list[str] = []
@@ -48,6 +52,14 @@ class ChatServer:
 
             def log_message(self, *args) -> None:  # keep test output quiet
                 return
+
+            def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+                if self.path.rstrip("/").endswith("/models") and server.models is not None:
+                    self._send(
+                        200, {"object": "list", "data": [{"object": "model", **m} for m in server.models]}
+                    )
+                else:
+                    self._send(404, {"error": {"message": "not found", "type": "invalid_request"}})
 
             def do_POST(self) -> None:  # noqa: N802 (http.server's name)
                 body = json.loads(self.rfile.read(int(self.headers.get("content-length", 0))))

@@ -23,7 +23,8 @@ from pydantic import BaseModel, ConfigDict
 
 from ieiw.storage.answer_cache import PromptCache, prompt_key
 from ieiw.storage.chat import ChatFailed, InvalidAnswer, RetryPolicy, ask_chat, openai_client
-from ieiw.storage.config import operational, output
+from ieiw.storage.config import model_ref, operational, output
+from ieiw.storage.models import served_identity
 
 __all__ = ["InstructionWriter", "InvalidAnswer", "LLMConfig", "LLMError", "validate_instruction"]
 
@@ -50,7 +51,7 @@ class LLMConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    model: str = "gpt-4o-mini"
+    model: str = model_ref("gpt-4o-mini", identity="identity")  # by endpoint and what it serves
     base_url: str | None = operational(None)  # vLLM: http://host:8000/v1, Ollama: http://host:11434/v1
     api_key_env: str = operational("OPENAI_API_KEY")
     temperature: float = 0.7
@@ -61,6 +62,10 @@ class LLMConfig(BaseModel):
     max_backoff_seconds: float = operational(30.0)
     max_words: int = 25
     cache_dir: str | None = output(None)  # None: no cache
+
+    def identity(self, model: str | None = None) -> str:
+        """The writer's model by where it is served and what the server says it is."""
+        return served_identity(self.base_url, model or self.model, self.api_key_env)
 
 
 class LLMError(RuntimeError):

@@ -124,7 +124,11 @@ def test_judge_scores_pairs_through_an_openai_compatible_server(server, monkeypa
         "realism": "a faint seam",
         "overall": "pair 3",
     }
-    assert out[0].rubric == "remove@1" and out[0].model == "api:judge-test" and out[0].instruction == ""
+    assert (
+        out[0].rubric == "remove@1"
+        and out[0].model == f"api:{server.base_url}/judge-test"
+        and out[0].instruction == ""
+    )
     assert judge.requests_sent == 5 and len(server.requests) == 5
     request = server.requests[0]
     assert request["authorization"] == "Bearer sk-judge-1" and request["body"]["model"] == "judge-test"
@@ -254,11 +258,20 @@ def test_local_judge_turns_noise_into_a_drop_reason_after_retries(tiny_judge_dir
         batch_size=2,
     )
     judge = Judge.from_config(config, str(tmp_path / "cache"))
+    import torch
+
+    torch.manual_seed(1234)
+    state = torch.random.get_rng_state()
     out = judge.judge(requests(3))
     assert [j.key for j in out] == ["pair-0", "pair-1", "pair-2"]
     for judgement in out:  # a random model's text is no verdict: retried with sampling, then dropped
         assert judgement.error == JUDGE_MALFORMED and judgement.detail.count("invalid:") == 2
     assert judge.requests_sent == 6
+    # the retries sampled from a generator of their own: the process's random state (which every other
+    # thread's model draws from) is exactly where it was, and the same attempt samples the same text
+    assert torch.equal(torch.random.get_rng_state(), state)
+    again = Judge.from_config(config, str(tmp_path / "cache-2")).judge(requests(3))
+    assert [j.detail for j in again] == [j.detail for j in out]
 
 
 def test_judge_bench_runs_and_its_rerun_asks_nothing():

@@ -172,7 +172,7 @@ def test_score_stage_records_the_judge_and_the_verifier(built, server):
     for n, (task, *_rest) in PAIRS.items():
         row = scores.loc[keys[n]]
         assert row["judge_rubric"] == f"{judge_rubrics.rubric_for(task).identity()}+instruction"
-        assert row["judge_model"] == "api:judge-test"
+        assert row["judge_model"] == f"api:{server.base_url}/judge-test"
         if n == 4:
             assert row["judge_error"] == JUDGE_MALFORMED and "invalid:not_json" in row["judge_detail"]
             continue
@@ -201,11 +201,11 @@ def test_filter_drops_by_the_judge_and_verifier_rules_of_each_task(built):
     assert "invalid:" in final.loc[built["keys"][4], "drop_detail"]  # the judge's problems, not missing_*
 
 
-def test_kept_samples_carry_the_verdict_and_the_rewritten_instruction(built):
+def test_kept_samples_carry_the_verdict_and_the_rewritten_instruction(built, server):
     kept = {s.key: s for s in iter_samples(manifest.committed_shards(built["final"]))}
     sample = kept[built["keys"][9]]
     assert (
-        sample.meta.judge["model"] == "api:judge-test"
+        sample.meta.judge["model"] == f"api:{server.base_url}/judge-test"
         and sample.meta.judge["rubric"] == "remove@1+instruction"
     )
     assert sample.meta.judge["scores"] == {
@@ -221,7 +221,7 @@ def test_kept_samples_carry_the_verdict_and_the_rewritten_instruction(built):
         and sample.meta.instruction_source == "template"
     )
     assert sample.meta.instruction_alternatives == [
-        {"text": "make edit 9", "source": "judge:api:judge-test#remove@1+instruction"}
+        {"text": "make edit 9", "source": f"judge:api:{server.base_url}/judge-test#remove@1+instruction"}
     ]
     records = [
         json.loads(members["json"])
@@ -253,9 +253,9 @@ def test_rescoring_asks_the_judge_nothing_it_answered(built, scoring, server):
     assert len(read_scores(built["scores"])) == len(PAIRS)
 
 
-def test_the_score_fingerprint_names_the_judge_model_and_rubric_versions(built, scoring, monkeypatch):
+def test_the_score_fingerprint_names_the_judge_model_and_rubric_versions(built, scoring, server, monkeypatch):
     fingerprint = score_fingerprint(scoring, built["candidates"])
-    assert fingerprint.models["judge.model"] == "api:judge-test"
+    assert fingerprint.models["judge.model"] == f"api:{server.base_url}/judge-test"
     assert fingerprint.models["verifier.model"].startswith("sha256-tree:")
     assert fingerprint.settings["judge"]["rubrics"]["remove"] == "remove@1+instruction"
     assert "base_url" not in json.dumps(fingerprint.settings)  # where the judge runs is not what it is
@@ -265,11 +265,25 @@ def test_the_score_fingerprint_names_the_judge_model_and_rubric_versions(built, 
         open_stage(built["scores"], score_fingerprint(other, built["candidates"])),
     ):
         pass
-    assert "judge.model: api:judge-test -> api:judge-2" in str(changed.value)
-    moved = scoring.model_copy(
-        update={"judge": scoring.judge.model_copy(update={"base_url": "http://elsewhere/v1"})}
+    assert f"judge.model: api:{server.base_url}/judge-test -> api:{server.base_url}/judge-2" in str(
+        changed.value
     )
-    assert score_fingerprint(moved, built["candidates"]).digest == fingerprint.digest
+    # Another server, or other weights behind the same name (as its model list says), is another judge:
+    # its answers are neither cached for nor mixed with these.
+    vllm = {"id": "judge-test", "root": "/models/judge-awq", "max_model_len": 8192, "created": 1}
+    identities = []
+    for listed in ([vllm], [{**vllm, "created": 2}], [{**vllm, "root": "/models/judge-fp16"}]):
+        with ChatServer(default=judge_answer, models=listed) as elsewhere:
+            moved = scoring.model_copy(
+                update={"judge": scoring.judge.model_copy(update={"base_url": elsewhere.base_url})}
+            )
+            identities.append(score_fingerprint(moved, built["candidates"]).models["judge.model"])
+    assert all(i.startswith("api:http://127.0.0.1:") and "/judge-test#" in i for i in identities)
+    assert identities[0] != fingerprint.models["judge.model"] and len(set(identities)) == 3  # three servers
+    same_weights = [i.split("#")[1] for i in identities]
+    assert (
+        same_weights[0] == same_weights[1] != same_weights[2]
+    )  # a restart is not a new model; a new root is
     bumped = dataclasses.replace(judge_rubrics.RUBRICS["remove"], version=2)
     monkeypatch.setitem(judge_rubrics.RUBRICS, "remove", bumped)
     with (

@@ -124,7 +124,7 @@ def test_a_served_judge_is_fingerprinted_alike_for_every_kind_of_worker(candidat
     stage = JudgementsStage(judge_config(server), candidates, default_judgements_url(candidates))
     cpu, gpu = WorkerEnv(), WorkerEnv("cuda NVIDIA H100 80GB HBM3", True)
     assert stage.full_fingerprint(cpu).digest == stage.full_fingerprint(gpu).digest
-    assert stage.full_fingerprint(cpu).models == {"model": "api:review-judge"}
+    assert stage.full_fingerprint(cpu).models == {"model": f"api:{server.base_url}/review-judge"}
 
 
 def test_review_app_shows_the_judge_next_to_each_candidate(candidates, judged, tmp_path):
@@ -142,7 +142,7 @@ def test_review_app_shows_the_judge_next_to_each_candidate(candidates, judged, t
         assert "judgeBlock" in page and "show-judge" in page
         for candidate in view["candidates"]:
             verdict = candidate["judge"]
-            assert verdict["model"] == "api:review-judge" and verdict["rubric"] == "remove@1"
+            assert verdict["model"].endswith("/review-judge") and verdict["rubric"] == "remove@1"
             assert verdict["scores"]["realism"] == 6.0
             assert verdict["reasons"]["overall"] == f"brightness {verdict['scores']['overall']:g}"
         best = brightness_order(index, key)[0]
@@ -179,7 +179,7 @@ def test_the_review_flow_shows_the_judge_as_the_cli_does(prefect_api, candidates
                 time.sleep(0.3)
         queue = client.get("/api/queue").json()
         view = client.get(f"/api/samples/{queue[0]['key']}").json()
-        assert all(c["judge"]["model"] == "api:review-judge" for c in view["candidates"])
+        assert all(c["judge"]["model"].endswith("/review-judge") for c in view["candidates"])
         for item in queue:
             client.post(f"/api/samples/{item['key']}/done").raise_for_status()
     runner.join(timeout=120)

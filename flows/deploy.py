@@ -111,12 +111,29 @@ def worker_environment(gpu: str | int | None, base: dict[str, str] | None = None
     return env
 
 
-def deploy(names: list[str] | None = None, prefect_file: Path | None = None) -> str:
-    """Run `prefect deploy` on the packaged prefect.yaml (all deployments, or the named ones)."""
+def deployments(prefect_file: Path | None = None) -> list[dict]:
+    """The packaged deployments: name, description, parameters."""
+    import yaml
+
+    data = yaml.safe_load(Path(prefect_file or resource_path(DEPLOYMENTS)).read_text())
+    return list(data.get("deployments") or [])
+
+
+def deploy(
+    names: list[str] | None = None, prefect_file: Path | None = None, log: Path | None = None
+) -> list[str]:
+    """Run `prefect deploy` on the packaged prefect.yaml (all deployments, or the named ones); returns the
+    deployments made (``ieiw_build/<name>``). Prefect's own output goes to ``log`` (its advice names
+    commands this project wraps: ``ieiw worker``)."""
     prefect_file = prefect_file or resource_path(DEPLOYMENTS)
     command = [prefect_executable(), "--no-prompt", "deploy", "--prefect-file", str(prefect_file)]
     command += [arg for name in names for arg in ("--name", name)] if names else ["--all"]
     result = subprocess.run(command, capture_output=True, text=True, env=os.environ.copy())
+    if log is not None:
+        log.parent.mkdir(parents=True, exist_ok=True)
+        log.write_text(f"$ {' '.join(command)}\n{result.stdout}\n{result.stderr}")
     if result.returncode != 0:
-        raise RuntimeError(f"prefect deploy failed:\n{result.stdout}\n{result.stderr}")
-    return result.stdout
+        tail = "\n".join((result.stdout + result.stderr).strip().splitlines()[-15:])
+        raise RuntimeError(f"prefect deploy failed (full output: {log}):\n{tail}")
+    wanted = names or [d["name"] for d in deployments(prefect_file)]
+    return [f"ieiw_build/{name}" for name in wanted]

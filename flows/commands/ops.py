@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+from pathlib import Path
 
 import typer
 from rich.console import Console
@@ -43,10 +44,18 @@ def register(app: typer.Typer) -> None:
             f"concurrency limit: at most {slots} batch task(s) tagged 'gpu' at once "
             f"({len(workers)} GPU worker(s) registered: {', '.join(workers) or 'none'})"
         )
-        console.print(deploy(name or None))
+        log = Path(".ieiw") / "logs" / "prefect-deploy.log"
+        made = deploy(name or None, log=log)
+        console.print(f"deployments ({len(made)}; Prefect's own output: {log}):")
+        for deployment in made:
+            console.print(f"  {deployment}")
         console.print(
-            "Start a worker per GPU with `ieiw worker --gpu N` (or `ieiw worker` for CPU work), then:\n"
-            "  prefect deployment run 'ieiw_build/build' --param config=/path/to/build.yaml"
+            "Next: start a worker on each machine that should run builds: `ieiw worker` (CPU work), or\n"
+            "one `ieiw worker --gpu N` per GPU. Then run a build with your config (a path the workers\n"
+            "can read):\n"
+            "  prefect deployment run 'ieiw_build/build' --param config=/path/to/build.yaml\n"
+            "Without --param config, a deployment builds the packaged demo, which writes to the worker's\n"
+            "$IEIW_DEMO_DIR (default: .ieiw/demo under the folder the worker was started in)."
         )
 
     @app.command("worker")

@@ -14,6 +14,7 @@ import contextlib
 import functools
 import io
 import json
+import re
 import tarfile
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -281,9 +282,12 @@ def iter_samples(urls: Iterable[str] | str) -> Iterator[Sample]:
 
 
 def iter_metas(urls: Iterable[str] | str) -> Iterator[SampleMeta]:
-    """Yield only the metadata of every sample, without decoding images."""
-    for raw in iter_shard_samples(urls):
-        yield SampleMeta.model_validate_json(raw["json"])
+    """Yield only the metadata of every sample, without reading its images (tar headers, then each
+    sample's ``json`` member: :func:`shard_index`)."""
+    for url in expand_shard_urls(urls):
+        for member in shard_index(url, read=lambda ext: ext == "json"):
+            if member.ext == "json" and member.data is not None:
+                yield SampleMeta.model_validate_json(member.data)
 
 
 @dataclass(frozen=True)
@@ -301,17 +305,17 @@ def shard_index(url: str, read: Callable[[str], bool] | None = None) -> list[Tar
     """The members of one shard from its tar headers, keyed as :func:`shard_samples` keys them; member data
     is skipped (seeked over), except that of members whose extension ``read`` accepts.
 
-    For random access (one seek and one read per member later) and for counting samples cheaply.
+    For random access (one seek and one read per member later), for counting samples cheaply and for
+    reading metadata alone (:func:`iter_metas`): tar headers need no WebDataset, whose import costs a
+    command that only lists metadata the seconds of importing torch.
     """
-    from webdataset.tariterators import base_plus_ext
-
     filesystem, path = fs.get_fs(url)
     out: list[TarMember] = []
     with filesystem.open(path, "rb") as handle:
         try:
             with tarfile.open(fileobj=handle, mode="r:") as tar:
                 for info in tar:
-                    key, ext = base_plus_ext(info.name) if info.isreg() else (None, None)
+                    key, ext = _key_and_extension(info.name) if info.isreg() else (None, None)
                     if key is None:
                         continue
                     ext = ext.lower()
@@ -323,6 +327,14 @@ def shard_index(url: str, read: Callable[[str], bool] | None = None) -> list[Tar
         except (tarfile.TarError, EOFError) as exn:
             raise ShardReadError(url, exn) from exn
     return out
+
+
+_MEMBER = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")  # WebDataset's rule: the key ends at the first dot
+
+
+def _key_and_extension(name: str) -> tuple[str | None, str | None]:
+    match = _MEMBER.match(name)
+    return (match.group(1), match.group(2)) if match else (None, None)
 
 
 def count_samples(url: str) -> int:

@@ -182,13 +182,28 @@ def database_tags(config: ReplacementConfig) -> list[str]:
     return sorted({tag for device in devices for tag in gpu_tags(True, device)})
 
 
-class ObjectDatabaseStage(Stage):
+class _ReplacementSources(Stage):
+    """A stage whose input is the replacement section's images (the database and the pairs alike)."""
+
+    config: ReplacementConfig
+    unit = "images"
+
+    def input_key(self) -> str | None:
+        return source_input_key(self.config)
+
+    def total(self) -> int | None:
+        return count_images(self.config)
+
+    def info(self) -> dict[str, Any]:
+        return {"models": model_references(self.config)}
+
+
+class ObjectDatabaseStage(_ReplacementSources):
     """The object database: each batch of images is one part (rows, vectors, images), then the index."""
 
     name = OBJECT_DATABASE
     writes = "rows"
     schema = PART_SCHEMA
-    unit = "images"
 
     def __init__(self, config: ReplacementConfig, url: str) -> None:
         super().__init__(url, config.database.batch_size, None, database_tags(config))
@@ -261,15 +276,6 @@ class ObjectDatabaseStage(Stage):
             "index_key": key,
             "index_built": built,
         }
-
-    def input_key(self) -> str | None:
-        return source_input_key(self.config)
-
-    def total(self) -> int | None:
-        return count_images(self.config)
-
-    def info(self) -> dict[str, Any]:
-        return {"models": model_references(self.config)}
 
     def model_uses(self) -> list[ModelUse]:
         config = self.config
@@ -414,12 +420,11 @@ def uses_llm(config: ReplacementConfig) -> bool:
     return instructions.llm is not None and (instructions.backend == "llm" or instructions.paraphrase)
 
 
-class ReplacementStage(Stage):
+class ReplacementStage(_ReplacementSources):
     """Replace pairs from the object database's regions: retrieval, painting, captions, instructions."""
 
     name = GENERATOR
     whole_input = True  # a region's reference is its nearest object in the whole database
-    unit = "images"
 
     def __init__(
         self, config: ReplacementConfig, url: str, database_url: str, shards: ShardSpec | None = None
@@ -496,15 +501,6 @@ class ReplacementStage(Stage):
             writer=models.get("writer"),
         )
         return make_pairs(records, pair_models, self.config)
-
-    def input_key(self) -> str | None:
-        return source_input_key(self.config)
-
-    def total(self) -> int | None:
-        return count_images(self.config)
-
-    def info(self) -> dict[str, Any]:
-        return {"models": model_references(self.config)}
 
     def model_uses(self) -> list[ModelUse]:
         config = self.config

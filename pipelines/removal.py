@@ -44,7 +44,17 @@ from ieiw.storage.config import (
     operational,
 )
 from ieiw.storage.fingerprint import Fingerprint
-from ieiw.storage.schema import Drop, GeneratorInfo, Result, Sample, SampleMeta, Task, sample_key, stable_key
+from ieiw.storage.schema import (
+    Drop,
+    GeneratorInfo,
+    Provenance,
+    Result,
+    Sample,
+    SampleMeta,
+    Task,
+    sample_key,
+    stable_key,
+)
 from ieiw.storage.shards import ShardSpec
 from ieiw.storage.stage import ModelSpec, ModelUse, Stage, Work, gpu_tags, model_key
 
@@ -84,18 +94,24 @@ class PhraseCutSource(BaseModel):
     url_template: str | None = None  # only without image_data; VG's images live under two folders
 
 
-class SessionsConfig(BaseModel):
-    """Multi-turn sessions of the removal generator: the phrases of one image removed one after another."""
+class SessionOptions(BaseModel):
+    """Multi-turn sessions of a removal generator (PhraseCut's, the grounded one): the objects of one image
+    removed one after another (:mod:`ieiw.pipelines.removal_sessions`)."""
 
     model_config = ConfigDict(extra="forbid")
 
     max_turns: int = Field(default=3, ge=2)
     max_overlap: float = Field(default=0.1, ge=0, le=1)  # more covered by earlier turns: an ordinary pair
     whole_session: bool = True  # also the first source and the last target as one sample
-    window: int = Field(default=256, ge=1)  # images whose phrases are gathered at once from the stream
 
     def settings(self) -> SessionSettings:
         return SessionSettings(self.max_turns, self.max_overlap, self.whole_session)
+
+
+class SessionsConfig(SessionOptions):
+    """PhraseCut's sessions: the phrases of one image, gathered from an annotation stream of any order."""
+
+    window: int = Field(default=256, ge=1)  # images whose phrases are gathered at once from the stream
 
 
 class RemovalConfig(BaseModel):
@@ -254,29 +270,44 @@ def plain_pairs(regions: list[LoadedRegion], inpainter: Inpainter, settings: Rem
     return results
 
 
-def inpaint_all(inpainter: Inpainter, regions: list[LoadedRegion]) -> list[np.ndarray | Drop]:
-    """Inpaint the batch at once; if the batch fails, retry one by one so one bad image costs one drop."""
-    if not regions:
+def inpaint_batch(
+    inpainter: Inpainter, images: list[np.ndarray], masks: list[np.ndarray]
+) -> list[np.ndarray | InpaintError]:
+    """Inpaint the batch at once; if the batch fails, one by one, so one bad image costs one result (its
+    :class:`InpaintError` in its place)."""
+    if not images:
         return []
     try:
-        return list(inpainter.inpaint([r.image for r in regions], [r.mask for r in regions]))
+        return list(inpainter.inpaint(images, masks))
     except InpaintError:
-        pass  # fall through to per-image calls, each failure recorded with its own reason below
-    out: list[np.ndarray | Drop] = []
-    for region in regions:
+        pass  # fall through to per-image calls, each failure kept with its own message below
+    out: list[np.ndarray | InpaintError] = []
+    for image, mask in zip(images, masks, strict=True):
         try:
-            out.append(inpainter.inpaint([region.image], [region.mask])[0])
+            out.append(inpainter.inpaint([image], [mask])[0])
         except InpaintError as error:
-            out.append(
-                Drop(
-                    key=stable_key(region.record.record_id, "inpaint_failed"),
-                    reason="inpaint_failed",
-                    detail=str(error),
-                    record_id=region.record.record_id,
-                    provenance=region.record.provenance,
-                )
-            )
+            out.append(error)
     return out
+
+
+def inpaint_failed(record_id: str, provenance: Provenance, error: InpaintError) -> Drop:
+    """The drop of a region whose inpainting failed."""
+    return Drop(
+        key=stable_key(record_id, "inpaint_failed"),
+        reason="inpaint_failed",
+        detail=str(error),
+        record_id=record_id,
+        provenance=provenance,
+    )
+
+
+def inpaint_all(inpainter: Inpainter, regions: list[LoadedRegion]) -> list[np.ndarray | Drop]:
+    """Inpaint the regions at once (:func:`inpaint_batch`); a region that fails is its drop."""
+    targets = inpaint_batch(inpainter, [r.image for r in regions], [r.mask for r in regions])
+    return [
+        inpaint_failed(r.record.record_id, r.record.provenance, t) if isinstance(t, InpaintError) else t
+        for r, t in zip(regions, targets, strict=True)
+    ]
 
 
 def mask_change(source: np.ndarray, target: np.ndarray, mask: np.ndarray) -> float:

@@ -2,7 +2,8 @@
 
 Every model call covers the whole batch at once (the tagger's and detector's over its photos, SAM over
 their boxes, LaMa over every kept mask, the verifier over every result), and every object a gate stops
-is a drop with its reason, its phrase and what was measured.
+is a drop with its reason, its phrase and what was measured. With ``sessions`` the kept objects of a
+photo are removed one after another instead (:mod:`ieiw.pipelines.grounded.sessions`).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from ieiw.pipelines.grounded.config import GroundedRemovalConfig
+from ieiw.pipelines.grounded.config import GateConfig, GroundedRemovalConfig
 from ieiw.pipelines.grounded.gates import (
     Failed,
     MaskMeasures,
@@ -28,11 +29,12 @@ from ieiw.pipelines.grounded.grounding import Grounded, ground
 from ieiw.pipelines.grounded.pairs import GENERATOR, Removal, generator_info, region_provenance, removal_pairs
 from ieiw.pipelines.grounded.photos import Photo, load_photo
 from ieiw.pipelines.grounded.tagging import Tag
+from ieiw.pipelines.grounded.wording import Wording
 from ieiw.pipelines.inpaint.base import Inpainter, InpaintError
-from ieiw.pipelines.removal import mask_change
+from ieiw.pipelines.removal import inpaint_batch, mask_change
 from ieiw.pipelines.sources.drops import keyed_drop
 from ieiw.pipelines.sources.phrasecut import dilate
-from ieiw.quality.verifier import VerifierConfig, VerifyItem
+from ieiw.quality.verifier import ObjectVerifier, VerifierConfig, VerifyItem
 from ieiw.storage.config import WorkerEnv
 from ieiw.storage.schema import Drop, Result, Task, stable_key
 
@@ -99,8 +101,13 @@ def grounded_removal(
             detail = f"no name of the vocabulary at least {config.tagger.min_probability} likely"
             results.append(keyed_drop(GENERATOR, photo.record_id, NO_TAGS, detail, photo.provenance))
     candidates = segment_candidates(kept_photos, images, tags, models, config, results)
-    kept = [c for group in candidates for c in without_overlaps(group, config, results)]
-    results += inpaint_and_verify(kept, images, models, config)
+    kept = [without_overlaps(group, config, results) for group in candidates]
+    if config.sessions is None:
+        results += inpaint_and_verify([c for group in kept for c in group], images, models, config)
+    else:
+        from ieiw.pipelines.grounded.sessions import session_removal  # it builds on this module
+
+        results += session_removal(kept, images, models, config)
     return results
 
 
@@ -167,21 +174,43 @@ def without_overlaps(
     return kept
 
 
-def inpaint_each(inpainter: Inpainter, images: list[np.ndarray], masks: list[np.ndarray]) -> list[Any]:
-    """The batch inpainted at once; if that fails, one by one, so one bad image costs one drop
-    (an :class:`InpaintError` in its place)."""
-    if not images:
-        return []
-    try:
-        return list(inpainter.inpaint(images, masks))
-    except InpaintError:
-        pass  # below, each failure is kept with its own message
-    out: list[Any] = []
-    for image, mask in zip(images, masks, strict=True):
-        try:
-            out.append(inpainter.inpaint([image], [mask])[0])
-        except InpaintError as error:
-            out.append(error)
+def removal_mask(candidate: Candidate, dilation: int) -> np.ndarray:
+    """The mask LaMa fills: the object's, grown by ``dilation`` pixels (HxW ``uint8``, 0 or 255)."""
+    return dilate(candidate.mask.astype(np.uint8) * 255, dilation)
+
+
+def wording_of(models: Mapping[str, Any], config: GroundedRemovalConfig) -> Wording:
+    """How the pairs' instructions are written: the templates, or the LLM (``models["writer"]``)."""
+    return Wording(config.instructions, models.get("writer") if config.uses_llm() else None)
+
+
+@dataclass(frozen=True)
+class Verified:
+    """The verifier's scores of a removal, and the gate it failed (None: the object is gone)."""
+
+    scores: dict[str, float]
+    failed: Failed | None
+
+
+def verify_removals(
+    verifier: ObjectVerifier,
+    removals: Sequence[tuple[str, np.ndarray, np.ndarray, np.ndarray]],
+    gates: GateConfig,
+) -> list[Verified]:
+    """Whether each removal ``(phrase, source, target, mask)`` took its object away (one verifier pass)."""
+    items = [
+        VerifyItem(str(n), str(Task.REMOVE), {"phrase": phrase}, source, target, mask)
+        for n, (phrase, source, target, mask) in enumerate(removals)
+    ]
+    out = []
+    for verdict in verifier.verify(items) if items else []:
+        scores = {k: round(verdict.scores[k], 4) for k in ("verify_removed_src", "verify_removed_tgt")}
+        failed = (
+            Failed(verdict.error, "the verifier cannot check this pair")
+            if verdict.error
+            else verify_gate(scores["verify_removed_tgt"], gates)
+        )
+        out.append(Verified(scores, failed))
     return out
 
 
@@ -194,9 +223,9 @@ def inpaint_and_verify(
     """The kept objects inpainted away (dilated masks, one batch), checked by the verifier (one pass),
     and made into pairs."""
     inpainter: Inpainter = models["inpainter"]
-    masks = [dilate(c.mask.astype(np.uint8) * 255, config.dilation) for c in candidates]
+    masks = [removal_mask(c, config.dilation) for c in candidates]
     sources = [images[c.index] for c in candidates]
-    targets = inpaint_each(inpainter, sources, masks)
+    targets = inpaint_batch(inpainter, sources, masks)
     results: list[Result] = []
     removals: list[Removal] = []
     for candidate, source, target, mask in zip(candidates, sources, targets, masks, strict=True):
@@ -214,21 +243,17 @@ def inpaint_and_verify(
         measures = {**candidate.details(), "mask_change": round(change, 3)}
         removals.append(Removal(candidate.photo, candidate.phrase, count, source, target, mask, measures))
     verifier = models["verifier"].detector(config.verifier)
-    items = [
-        VerifyItem(str(n), str(Task.REMOVE), {"phrase": r.phrase}, r.source, r.target, r.mask)
-        for n, r in enumerate(removals)
-    ]
+    verdicts = verify_removals(
+        verifier, [(r.phrase, r.source, r.target, r.mask) for r in removals], config.gates
+    )
     generator = generator_info(config, inpainter, WorkerEnv.here())
-    for removal, verdict in zip(removals, verifier.verify(items) if items else [], strict=True):
-        scores = {k: round(verdict.scores[k], 4) for k in ("verify_removed_src", "verify_removed_tgt")}
-        failed = (
-            Failed(verdict.error, "the verifier cannot check this pair")
-            if verdict.error
-            else verify_gate(scores["verify_removed_tgt"], config.gates)
-        )
-        if failed is not None:
-            results.append(object_drop(removal.photo, removal.phrase, removal.count, failed, scores))
+    words = wording_of(models, config)
+    for removal, verdict in zip(removals, verdicts, strict=True):
+        if verdict.failed is not None:
+            results.append(
+                object_drop(removal.photo, removal.phrase, removal.count, verdict.failed, verdict.scores)
+            )
             continue
-        removal.measures.update(scores)
-        results += removal_pairs(removal, generator, config.make_add_pairs)
+        removal.measures.update(verdict.scores)
+        results += removal_pairs(removal, generator, config.make_add_pairs, words)
     return results

@@ -11,10 +11,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ieiw.pipelines.inpaint.factory import InpaintConfig
 from ieiw.pipelines.inpaint.lama import BIG_LAMA_MD5, BIG_LAMA_URL
+from ieiw.pipelines.removal import SessionOptions
+from ieiw.pipelines.replacement.config import InstructionConfig
 from ieiw.pipelines.replacement.labels import COCO_NAMES
 from ieiw.pipelines.replacement.openimages import read_class_names
 from ieiw.pipelines.replacement.sam import SamArchitecture
@@ -78,11 +80,14 @@ class TaggerConfig(BaseModel):
 
 
 class DetectorConfig(BaseModel):
-    """The open-vocabulary detector that grounds each phrase to boxes (OWLv2 through transformers)."""
+    """The open-vocabulary detector that grounds each phrase to boxes, through transformers'
+    ``AutoModelForZeroShotObjectDetection``: OWLv2 (``owlv2``, shared with the verifier when both name
+    the same model) or Grounding DINO (``grounding_dino``, e.g. ``IDEA-Research/grounding-dino-base``;
+    it reads a bare phrase best: ``query_template: "{}"``)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    kind: Literal["owlv2"] = "owlv2"
+    kind: Literal["owlv2", "grounding_dino"] = "owlv2"
     model: str = model_ref(OWLV2)  # a hub id (pinned to a commit) or a local folder
     query_template: str = QUERY_TEMPLATE
     device: str | None = operational(None)
@@ -155,5 +160,22 @@ class GroundedRemovalConfig(BaseModel):
     dilation: int = Field(default=15, ge=0)  # pixels the mask grows by before inpainting
     min_change: float = 1.0  # mean absolute change inside the mask below this: inpainting did nothing
     make_add_pairs: bool = True
+    # multi-turn sessions: the objects kept from one photo removed one after another (most confident
+    # first, at most max_turns a session); None: every object is its own pair
+    sessions: SessionOptions | None = None
+    # the templates; or the LLM writes them (backend: llm), or rewords the templates (paraphrase: true)
+    instructions: InstructionConfig = Field(default_factory=InstructionConfig)
     batch_size: int = operational(32, ge=1)  # photos per batch (and per commit)
     limit: int | None = limit(None)  # at most this many photos
+
+    @field_validator("instructions")
+    @classmethod
+    def _llm_is_named(cls, wording: InstructionConfig) -> InstructionConfig:
+        if (wording.backend == "llm" or wording.paraphrase) and wording.llm is None:
+            raise ValueError("backend 'llm' and paraphrase need instructions.llm (its model and base_url)")
+        return wording
+
+    def uses_llm(self) -> bool:
+        """Whether the instructions ask the LLM (to write them, or to reword the templates)."""
+        wording = self.instructions
+        return wording.llm is not None and (wording.backend == "llm" or wording.paraphrase)

@@ -1,28 +1,57 @@
-"""Tags grounded to boxes by an open-vocabulary detector (OWLv2 through transformers), batched across images.
+"""Tags grounded to boxes by an open-vocabulary detector through transformers (OWLv2, or Grounding DINO),
+batched across images.
 
-The detector is the object verifier's (:class:`ieiw.quality.verifier.ObjectVerifier`): its ``detect``
-runs every forward pass at one fixed shape (``batch_size`` images with the same number of queries), so a
-photo's boxes never depend on which photos shared its batch. Each photo is asked for its tags, padded
-to ``top_k`` queries; per tag, the boxes at least ``min_score`` confident are reduced by non-maximum
+OWLv2 is the object verifier's (:class:`ieiw.quality.verifier.ObjectVerifier`): its ``detect`` runs every
+forward pass at one fixed shape (``batch_size`` images with the same number of queries), so a photo's
+boxes never depend on which photos shared its batch. Grounding DINO (:class:`DinoDetector`, any
+``AutoModelForZeroShotObjectDetection`` checkpoint of model type ``grounding-dino`` or
+``mm-grounding-dino``) is asked the same way: each photo's queries merged as it reads them ("red cup. dog.",
+text padded to the model's ``max_text_len``), every image padded to one square of the processor's longest
+edge, and a query's score for a box its best token's. Each photo is asked for its tags, padded to
+``top_k`` queries; per tag, the boxes at least ``min_score`` confident are reduced by non-maximum
 suppression to its instances, most confident first.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
 from ieiw.pipelines.grounded.tagging import Tag
+from ieiw.quality.fixed_batches import padded_chunks
 from ieiw.quality.verifier import ObjectVerifier, VerifierConfig
 from ieiw.storage.identity import model_identity
 from ieiw.storage.models import pretrained
 
 OWL_FAMILY = ("owlv2", "owlvit")
+DINO_FAMILY = ("grounding-dino", "mm-grounding-dino")
 PAD_QUERY = " "  # what the processor pads with: a query of no words
 MIN_QUERIES = 2  # the verifier asks two queries an image (the removed and the added object)
+
+
+class Detector(Protocol):
+    """What grounding asks of a detector (:class:`ObjectVerifier`'s ``detect``, :class:`DinoDetector`)."""
+
+    config: VerifierConfig
+
+    def detect(self, images: Sequence[np.ndarray], queries: Sequence[Sequence[str]]) -> list[dict]: ...
+
+
+def _zero_shot(reference: str, device: str | None) -> tuple[Any, Any, str, str]:
+    """A zero-shot detection checkpoint and its processor through ``from_pretrained`` (a hub id at its
+    pinned commit or a local folder, :func:`ieiw.storage.models.pretrained`), on ``device``."""
+    import torch
+    from transformers import AutoModelForZeroShotObjectDetection, AutoProcessor
+
+    name, options = pretrained(reference)
+    where = device if device not in (None, "", "auto") else ("cuda" if torch.cuda.is_available() else "cpu")
+    model = AutoModelForZeroShotObjectDetection.from_pretrained(name, **options)
+    processor = AutoProcessor.from_pretrained(name, **options)
+    return model.to(where).eval(), processor, where, model_identity(reference) or reference
 
 
 @dataclass
@@ -41,21 +70,103 @@ class OwlModel:
 
 
 def load_owl(reference: str, device: str | None = None) -> OwlModel:
-    """An OWLv2 (or OWL-ViT) checkpoint through ``from_pretrained``: a hub id at its pinned commit or a
-    local folder (:func:`ieiw.storage.models.pretrained`)."""
-    import torch
-    from transformers import AutoModelForZeroShotObjectDetection, AutoProcessor
-
-    name, options = pretrained(reference)
-    where = device if device not in (None, "", "auto") else ("cuda" if torch.cuda.is_available() else "cpu")
-    model = AutoModelForZeroShotObjectDetection.from_pretrained(name, **options)
+    """An OWLv2 (or OWL-ViT) checkpoint: the verifier's, and the detector's with ``detector.kind: owlv2``."""
+    model, processor, where, identity = _zero_shot(reference, device)
     if model.config.model_type not in OWL_FAMILY:
         raise ValueError(
-            f"detector {reference}: a {model.config.model_type} model; the grounding and the verifier read "
-            f"OWL's per-query box scores, so give an OWLv2 or OWL-ViT checkpoint"
+            f"{reference}: a {model.config.model_type} model where OWLv2 or OWL-ViT is needed (the verifier "
+            "reads OWL's per-query box scores; a Grounding DINO detector is detector.kind: grounding_dino)"
         )
-    processor = AutoProcessor.from_pretrained(name, **options)
-    return OwlModel(model.to(where).eval(), processor, where, model_identity(reference) or reference)
+    return OwlModel(model, processor, where, identity)
+
+
+class DinoDetector:
+    """Grounding DINO asked for each image's queries at one fixed shape (see the module docstring)."""
+
+    def __init__(self, config: VerifierConfig, model: Any, processor: Any, device: str) -> None:
+        self.config = config
+        self.model = model
+        self.processor = processor
+        self.device = device
+        size = processor.image_processor.size
+        side = size.get("longest_edge") or max(size.get("height") or 0, size.get("width") or 0)
+        self.pad_size = {"height": int(side), "width": int(side)}
+        self.length = int(model.config.max_text_len)
+        self._lock = threading.Lock()
+
+    def merged(self, queries: Sequence[str]) -> tuple[str, list[tuple[int, int]]]:
+        """The queries as one text ("red cup. dog."), and each one's token span in it (empty for a
+        query of no words, or one cut by ``max_text_len``)."""
+        tokenizer = self.processor.tokenizer
+        labels: list[str] = []
+        spans: list[tuple[int, int]] = []
+        at = 1  # after [CLS]
+        for query in queries:
+            label = " ".join(query.lower().replace(".", " ").split())
+            if not label:
+                spans.append((0, 0))
+                continue
+            count = len(tokenizer(label, add_special_tokens=False)["input_ids"])
+            spans.append((at, max(at, min(at + count, self.length - 1))))
+            at += count + 1  # the label's tokens and its "."
+            labels.append(label)
+        return (". ".join(labels) + ".") if labels else ".", spans
+
+    def detect(self, images: Sequence[np.ndarray], queries: Sequence[Sequence[str]]) -> list[dict]:
+        """Per image: ``boxes`` (N x 4, centre x, centre y, width, height in the image's pixels) and
+        ``scores`` (N x Q, each query's best token's confidence for each box)."""
+        import torch
+
+        out: list[dict] = []
+        for chunk, real in padded_chunks(list(zip(images, queries, strict=True)), self.config.batch_size):
+            texts, spans = zip(*(self.merged(q) for _, q in chunk), strict=True)
+            inputs = self.processor(
+                images=[np.require(image, requirements="W") for image, _ in chunk],
+                text=list(texts),
+                padding="max_length",
+                max_length=self.length,
+                truncation=True,
+                pad_size=self.pad_size,
+                return_tensors="pt",
+            ).to(self.device)
+            with self._lock, torch.inference_mode():
+                output = self.model(**inputs)
+            logits = output.logits.float().sigmoid().cpu().numpy()  # B x boxes x tokens
+            boxes = output.pred_boxes.float().cpu().numpy()  # relative to each image, before padding
+            for i, (image, _) in enumerate(chunk[:real]):
+                height, width = image.shape[:2]
+                scores = np.zeros((boxes.shape[1], len(spans[i])), np.float32)
+                for q, (start, end) in enumerate(spans[i]):
+                    if end > start:
+                        scores[:, q] = logits[i, :, start:end].max(axis=1)
+                out.append({"boxes": boxes[i] * [width, height, width, height], "scores": scores})
+        return out
+
+
+@dataclass
+class DinoModel:
+    """A Grounding DINO checkpoint and its processor on a device, loaded once per worker."""
+
+    model: Any
+    processor: Any
+    device: str
+    identity: str
+
+    def detector(self, config: VerifierConfig) -> DinoDetector:
+        return DinoDetector(config, self.model, self.processor, self.device)
+
+
+def load_detector(kind: str, reference: str, device: str | None = None) -> OwlModel | DinoModel:
+    """The grounding detector of ``detector.kind``: OWLv2 (:func:`load_owl`) or Grounding DINO."""
+    if kind == "owlv2":
+        return load_owl(reference, device)
+    model, processor, where, identity = _zero_shot(reference, device)
+    if model.config.model_type not in DINO_FAMILY:
+        raise ValueError(
+            f"detector {reference}: a {model.config.model_type} model, not Grounding DINO "
+            f"(detector.kind: grounding_dino); an OWL checkpoint is detector.kind: owlv2"
+        )
+    return DinoModel(model, processor, where, identity)
 
 
 @dataclass
@@ -89,7 +200,7 @@ def suppress(boxes: np.ndarray, scores: np.ndarray, iou: float) -> np.ndarray:
 
 
 def ground(
-    detector: ObjectVerifier,
+    detector: Detector,
     images: Sequence[np.ndarray],
     tags: Sequence[Sequence[Tag]],
     slots: int,

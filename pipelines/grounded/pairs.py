@@ -16,8 +16,8 @@ import numpy as np
 
 from ieiw.pipelines.grounded.config import GroundedRemovalConfig
 from ieiw.pipelines.grounded.photos import Photo
+from ieiw.pipelines.grounded.wording import Wording
 from ieiw.pipelines.inpaint.base import Inpainter
-from ieiw.pipelines.instructions.templates import render
 from ieiw.storage.config import WorkerEnv, config_fingerprint
 from ieiw.storage.schema import GeneratorInfo, Provenance, Sample, SampleMeta, Task, sample_key
 
@@ -28,8 +28,9 @@ IRREGULAR = {"person": "people", "man": "men", "woman": "women", "child": "child
 
 def generator_info(config: GroundedRemovalConfig, inpainter: Inpainter, env: WorkerEnv) -> GeneratorInfo:
     """What made the pairs: the tagger, detector and segmenter named, the config's settings and models
-    read by the fingerprint's rule (the photo source is provenance, not a setting)."""
-    fingerprint = config_fingerprint(GENERATOR, config, env, exclude=("source",))
+    read by the fingerprint's rule (the photo source is provenance, not a setting; the sessions settings
+    are added to a session's samples only, so an object that is no turn keeps its ordinary key)."""
+    fingerprint = config_fingerprint(GENERATOR, config, env, exclude=("source", "sessions"))
     return GeneratorInfo(
         name=GENERATOR,
         backend=inpainter.backend,
@@ -94,8 +95,11 @@ def region_provenance(photo: Photo, phrase: str, count: int) -> Provenance:
     return photo.provenance.model_copy(update={"region_id": region})
 
 
-def removal_pairs(removal: Removal, generator: GeneratorInfo, make_add_pairs: bool) -> list[Sample]:
-    """The remove pair, and with ``make_add_pairs`` the add pair that reverses it."""
+def removal_pairs(
+    removal: Removal, generator: GeneratorInfo, make_add_pairs: bool, words: Wording
+) -> list[Sample]:
+    """The remove pair, and with ``make_add_pairs`` the add pair that reverses it (instructions by
+    ``words``: the templates, or the LLM)."""
     provenance = removal.provenance
     fields = wording(removal.phrase, removal.count)
     remove_key = sample_key(Task.REMOVE, provenance, generator)
@@ -103,7 +107,7 @@ def removal_pairs(removal: Removal, generator: GeneratorInfo, make_add_pairs: bo
 
     def pair(task: Task, source: np.ndarray, target: np.ndarray, details: dict[str, Any]) -> Sample:
         key = sample_key(task, provenance, generator)
-        instruction, instruction_source = render(str(task), key, **fields)
+        instruction, instruction_source, notes = words(task, key, fields, [removal.phrase], provenance)
         meta = SampleMeta(
             key=key,
             task=task,
@@ -112,7 +116,7 @@ def removal_pairs(removal: Removal, generator: GeneratorInfo, make_add_pairs: bo
             provenance=provenance,
             generator=generator,
             record_id=removal.photo.record_id,
-            extra=details,
+            extra={**details, **notes},
         )
         return Sample(meta=meta, source=source, target=target, mask=removal.mask)
 

@@ -11,17 +11,20 @@ from typing import Any
 
 from ieiw.pipelines.grounded.chain import grounded_removal
 from ieiw.pipelines.grounded.config import GroundedRemovalConfig
-from ieiw.pipelines.grounded.grounding import load_owl
+from ieiw.pipelines.grounded.grounding import load_detector, load_owl
 from ieiw.pipelines.grounded.pairs import GENERATOR
 from ieiw.pipelines.grounded.photos import SUFFIXES, Photo, count_photos, iter_photos
 from ieiw.pipelines.grounded.segmenting import load_segmenter
 from ieiw.pipelines.grounded.tagging import load_tagger
 from ieiw.pipelines.inpaint.factory import build_inpainter
+from ieiw.pipelines.instructions.llm import InstructionWriter
 from ieiw.storage.config import WorkerEnv, config_fingerprint, input_limits, model_references
 from ieiw.storage.fingerprint import Fingerprint
 from ieiw.storage.schema import Drop, Result
 from ieiw.storage.shards import ShardSpec
 from ieiw.storage.stage import ModelSpec, ModelUse, Stage, Work, folder_listing_key, gpu_tags, model_key
+
+DETECTORS = {"owlv2": "OWLv2", "grounding_dino": "Grounding DINO"}
 
 
 class GroundedRemovalStage(Stage):
@@ -48,14 +51,14 @@ class GroundedRemovalStage(Stage):
         config = self.config
         tagger, detector, segmenter = config.tagger, config.detector, config.segmenter
         inpaint, verifier = config.inpaint, config.verifier
-        return {
+        specs = {
             "tagger": ModelSpec(
                 model_key("clip-tagger", tagger), partial(load_tagger, tagger), tagger.embedder.device
             ),
-            # the detector and the verifier share one model when they name the same one on one device
+            # the detector and the verifier share one model when they name the same OWL on one device
             "detector": ModelSpec(
-                model_key("owl", None, detector.model),
-                partial(load_owl, detector.model, detector.device),
+                model_key("owl" if detector.kind == "owlv2" else detector.kind, None, detector.model),
+                partial(load_detector, detector.kind, detector.model, detector.device),
                 detector.device,
             ),
             "segmenter": ModelSpec(
@@ -73,6 +76,12 @@ class GroundedRemovalStage(Stage):
                 verifier.device,
             ),
         }
+        llm = config.instructions.llm
+        if config.uses_llm() and llm is not None:  # the replacement generator's writer, shared in a worker
+            specs["writer"] = ModelSpec(
+                model_key("llm", None, llm.model_dump(mode="json")), partial(InstructionWriter, llm)
+            )
+        return specs
 
     def run(self, records: list[Any], models: Mapping[str, Any]) -> list[Result]:
         return grounded_removal(records, models, self.config)
@@ -113,11 +122,25 @@ class GroundedRemovalStage(Stage):
                 f"CLIP {config.tagger.embedder.model} zero-shot over {len(config.tagger.names())} names",
                 config.tagger.embedder.device,
             ),
-            ModelUse("detector", f"OWLv2 {config.detector.model}", config.detector.device),
+            ModelUse(
+                "detector",
+                f"{DETECTORS[config.detector.kind]} {config.detector.model}",
+                config.detector.device,
+            ),
             ModelUse("segmenter", f"SAM {sam.model_type} (box prompts)", sam.device),
             ModelUse("inpainter", painter, inpaint.device),
             ModelUse("verifier", f"OWLv2 {config.verifier.model}", config.verifier.device),
+            self._instructions(),
         ]
+
+    def _instructions(self) -> ModelUse:
+        llm = self.config.instructions.llm
+        if not self.config.uses_llm() or llm is None:
+            return ModelUse("instructions", "templates", "cpu")
+        how = "writes" if self.config.instructions.backend == "llm" else "rewords templates"
+        return ModelUse(
+            "instructions", f"LLM {llm.model} ({how})", f"remote: {llm.base_url or 'api.openai.com'}"
+        )
 
     def workload(self, inputs: int | None) -> list[Work]:
         """Per photo: a CLIP embedding and a detector pass; per object found (at most ``top_k`` a photo):
@@ -125,7 +148,7 @@ class GroundedRemovalStage(Stage):
         objects = None if inputs is None else inputs * self.config.tagger.top_k
         work = [
             Work("clip_images", inputs, note="tagging"),
-            Work("owlv2_images", inputs, note="grounding"),
+            Work(f"{self.config.detector.kind}_images", inputs, note="grounding"),
             Work("sam_boxes", objects, note=f"at most {self.config.tagger.top_k} objects a photo"),
         ]
         if self.config.inpaint.backend == "lama":
@@ -134,6 +157,13 @@ class GroundedRemovalStage(Stage):
         return work
 
     def samples_made(self, inputs: int | None) -> int | None:
+        """At most: a pair per object (``top_k`` a photo), with sessions one more per session (the
+        whole session), each reversed with ``make_add_pairs``."""
         if inputs is None:
             return None
-        return inputs * self.config.tagger.top_k * (2 if self.config.make_add_pairs else 1)
+        config = self.config
+        per_photo = config.tagger.top_k
+        if config.sessions is not None and config.sessions.whole_session:
+            full, rest = divmod(config.tagger.top_k, config.sessions.max_turns)
+            per_photo += full + (rest >= 2)  # a session of one object is an ordinary pair
+        return inputs * per_photo * (2 if config.make_add_pairs else 1)

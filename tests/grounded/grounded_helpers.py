@@ -37,7 +37,8 @@ class Case:
     removed: tuple[int, int, int, int] | None = None
 
 
-# 128-pixel photos; the tiny detector sees 32-pixel cells, the tiny SAM every vivid red or blue block
+# 128-pixel photos; the tiny detector sees 32-pixel cells, the tiny SAM the vivid red or blue blocks of the
+# half of the photo (left or right) that holds the box's centre
 CASES: dict[str, Case] = {
     "red": Case(((RED, 32, 32, 32, 32),), "red square", "kept", (32, 32, 32, 32)),
     "blue": Case(((BLUE, 0, 64, 32, 32),), "blue square", "kept", (0, 64, 32, 32)),
@@ -46,14 +47,43 @@ CASES: dict[str, Case] = {
     "speck": Case(((PALE, 32, 32, 32, 32), (RED, 40, 40, 12, 12)), "red square", "mask_too_small"),
     # a red square beside a wide blue field: SAM's mask takes the field too
     "field": Case(((BLUE, 0, 0, 96, 96), (RED, 32, 32, 32, 32)), "red square", "mask_too_large"),
-    # a thin red band through the red square, too thin for the detector, in SAM's mask
-    "band": Case(((RED, 40, 0, 8, 128), (RED, 32, 32, 32, 32)), "red square", "mask_outside_box"),
+    # a thin red band down through the red square, too thin for the detector, in SAM's mask
+    "band": Case(((RED, 0, 40, 128, 8), (RED, 32, 32, 32, 32)), "red square", "mask_outside_box"),
     "pair": Case(((RED, 0, 0, 32, 32), (RED, 64, 64, 32, 32)), "red square", "multiple_instances"),
     # SAM segments the vivid corner of a dull red square; the rest stays, and the verifier sees it
     "part": Case(
         (((210, 70, 70), 32, 32, 32, 32), (RED, 32, 32, 19, 19)), "red square", "object_still_present"
     ),
 }
+
+
+# photos of sessions: a red object left of the middle and a blue one right of it (``top, left, height,
+# width``), so the tiny SAM gives each its own mask
+SESSION_SEED = 20270  # their noise
+RED_AT, BLUE_AT = (0, 32, 32, 32), (64, 64, 32, 32)
+DULL_BLUE = (70, 70, 210)
+
+
+def duo_image() -> np.ndarray:
+    """A red and a blue square: both kept, a session of two turns."""
+    return paint(paint(grey(SESSION_SEED), RED, *RED_AT), BLUE, *BLUE_AT)
+
+
+def half_image() -> np.ndarray:
+    """A red square, and a dull blue square whose vivid corner alone is SAM's mask: removing it leaves the
+    rest for the verifier to see."""
+    image = paint(paint(grey(SESSION_SEED + 1), RED, *RED_AT), DULL_BLUE, *BLUE_AT)
+    return paint(image, BLUE, BLUE_AT[0], BLUE_AT[1], 19, 19)
+
+
+SESSION_PHOTOS = {"duo": duo_image, "half": half_image, "red": lambda: planted_image("red")}
+
+
+def write_session_photos(folder: Path, names: tuple[str, ...] = tuple(SESSION_PHOTOS)) -> Path:
+    folder.mkdir(parents=True)
+    for name in names:
+        Image.fromarray(SESSION_PHOTOS[name]()).save(folder / f"{name}.png")
+    return folder
 
 
 def make_tiny_models(root: Path) -> TinyModels:

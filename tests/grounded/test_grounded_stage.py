@@ -48,6 +48,9 @@ def test_the_fingerprint_holds_settings_and_model_contents_not_places_or_speeds(
         grounded_config(source, tiny_models, tagger={"vocabulary": ["red square"]}),
         grounded_config(source, tiny_models, dilation=5),
         grounded_config({**source, "dataset": "other"}, tiny_models),
+        grounded_config(source, tiny_models, sessions={"max_turns": 2}),
+        grounded_config(source, tiny_models, sessions={"max_turns": 2, "whole_session": False}),
+        grounded_config(source, tiny_models, detector={"kind": "grounding_dino"}),
     ]
     digests = [_digest(c) for c in other]
     assert base not in digests and len(set(digests)) == len(digests)
@@ -56,7 +59,8 @@ def test_the_fingerprint_holds_settings_and_model_contents_not_places_or_speeds(
 def test_the_plan_names_the_models_and_counts_the_work(planted, tiny_models):
     stage = GroundedRemovalStage(grounded_config({"path": str(planted)}, tiny_models), "unused")
     uses = {u.role: u.model for u in stage.model_uses()}
-    assert set(uses) == {"tagger", "detector", "segmenter", "inpainter", "verifier"}
+    assert set(uses) == {"tagger", "detector", "segmenter", "inpainter", "verifier", "instructions"}
+    assert uses["instructions"] == "templates"
     assert "zero-shot over 2 names" in uses["tagger"] and "box prompts" in uses["segmenter"]
     assert "crop 64px windows" in uses["inpainter"]
     work = [(w.operation, w.items) for w in stage.workload(10)]

@@ -44,9 +44,12 @@ def replacement(config: BuildConfig, layout: BuildLayout) -> list[Stage]:
 
 
 def web_edits(config: BuildConfig, layout: BuildLayout) -> list[Stage]:
+    from ieiw.flows.crawl_limits import crawl_limits
     from ieiw.pipelines.web.stage import WebEditsStage
 
-    return [WebEditsStage(config.section("web_edits"), layout.generator("web_edits"), config.shards)]
+    section = config.section("web_edits")
+    limits = crawl_limits(section.download, config.runner)  # per-host limits for the whole build
+    return [WebEditsStage(section, layout.generator("web_edits"), config.shards, limits)]
 
 
 def multitask(config: BuildConfig, layout: BuildLayout) -> list[Stage]:

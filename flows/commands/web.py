@@ -61,7 +61,8 @@ def load_web_config(
         if options.get(key) is not None:
             raw[key] = options[key]
     if options.get("cache_dir"):
-        raw.setdefault("download", {})["cache_dir"] = os.path.abspath(options["cache_dir"])
+        cache = str(options["cache_dir"])
+        raw.setdefault("download", {})["cache_dir"] = cache if "://" in cache else os.path.abspath(cache)
     where = str(path) if path is not None else COMMAND_LINE
     try:
         config = WebEditsConfig.model_validate(raw)
@@ -88,12 +89,15 @@ def run_crawl(
     task_runner: Any = None,
 ) -> StageSummary:
     """Crawl into ``<output>/web_edits`` (shards, manifest, crawl state) through the one runner (its flow
-    run shows what the crawl did); committed batches are never redone, deferred posts are retried."""
+    run shows what the crawl did); committed batches are never redone, deferred posts are retried. The
+    per-host limits hold for every process of the run (:func:`~ieiw.flows.crawl_limits.crawl_limits`)."""
+    from ieiw.flows.crawl_limits import crawl_limits
     from ieiw.flows.stage_flow import run_stage_flow
     from ieiw.pipelines.web.stage import WebEditsStage
     from ieiw.storage.layout import BuildLayout
 
-    stage = WebEditsStage(config, BuildLayout(output).generator("web_edits"), shards)
+    limits = crawl_limits(config.download, runner)
+    stage = WebEditsStage(config, BuildLayout(output).generator("web_edits"), shards, limits)
     return run_stage_flow(stage, runner, rebuild, task_runner)
 
 
@@ -172,7 +176,7 @@ def register(app: typer.Typer) -> None:
         comments: list[str] = typer.Option(None, "--comments", help="comments dump .zst (repeatable)"),
         max_posts: int = typer.Option(None, help="stop after this many posts"),
         batch_size: int = typer.Option(None, help="posts per committed batch"),
-        cache_dir: str = typer.Option(None, help="download cache folder"),
+        cache_dir: str = typer.Option(None, help="download cache folder or URL (every worker reaches it)"),
         rebuild: bool = typer.Option(False, "--rebuild", help="rebuild the stage, whatever it holds"),
         json_summary: bool = typer.Option(False, "--json", help="print the summary as JSON"),
     ) -> None:

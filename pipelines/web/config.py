@@ -37,6 +37,10 @@ class DownloadConfig(BaseModel):
     per_host_concurrency: int = operational(4)
     per_host_requests_per_second: float = operational(2.0)  # 0 means unlimited
     workers: int = operational(16)  # threads crawling posts in parallel (within the host limits)
+    # Where the per-host limits hold: "build" for every process and machine of the build (the Prefect
+    # server's global limits), "process" for this process's threads only, "auto" for "build" when the
+    # batches run on Dask and "process" when they all run in the flow's process.
+    limits: Literal["auto", "build", "process"] = operational("auto")
     respect_robots: bool = operational(True)
     # Exact origins (scheme://host:port) exempted from the public-address check: a test server or an
     # internal mirror. Only that scheme, host (as written) and port: not other names of its address.
@@ -44,7 +48,9 @@ class DownloadConfig(BaseModel):
     # Turns the address check off for every private network: a debugging switch, never the way to
     # reach one server (allow its origin instead).
     allow_private_addresses: bool = operational(False)
-    cache_dir: str = output(".ieiw/web_cache")  # content-addressed downloads (local folder)
+    # content-addressed downloads: a folder or fsspec URL every worker reaches; by default the stage's
+    # own (<stage>/crawl/images)
+    cache_dir: str | None = output(None)
     # a rerun retries timeouts and 5xx; permanent failures stay final
     retry_failed_transient: bool = operational(True)
 

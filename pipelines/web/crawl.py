@@ -1,27 +1,33 @@
-"""The crawl in two steps: a numbered listing, then the downloads of one batch of it at a time.
+"""The crawl in two steps: a numbered listing (the lead's), then the downloads of one batch at a time
+(any worker's).
 
-:meth:`Crawler.listing` is the stage's input: the posts in the order the crawl state first recorded
-them (then any new ones), so batches are cut from it before any download and a batch's name never
-depends on which download finished first. :meth:`Crawler.crawl_batch` fetches a batch's answers and
-images in the crawler's threads (per-host limits, robots.txt, ``Retry-After`` and byte bounds all
-apply in the fetcher) and gives one item per post, in the batch's order: a :class:`CrawledPost` for
-the pairing stage, a :class:`~storage.schema.Drop` for a post with nothing to pair, or nothing for a
-post deferred to the next run by a transient failure.
+:class:`Listing` is the stage's input, made in the flow's process (the lead) alone: the posts in the
+order the crawl state first recorded them (then any new ones), so batches are cut from it before any
+download and a batch's name never depends on which download finished first. :meth:`Crawler.crawl_batch`
+runs on whichever worker got the batch: it fetches the batch's answers and images in the crawler's
+threads (per-host limits, robots.txt, ``Retry-After`` and byte bounds all apply in the fetcher) and
+gives one item per post, in the batch's order: a :class:`CrawledPost` for the pairing stage, a
+:class:`~storage.schema.Drop` for a post with nothing to pair, or nothing for a post deferred to the
+next run by a transient failure. Beside them it gives each post's :class:`PostOutcome`, which the lead
+records in its crawl state: a worker never opens the state.
 
 A deferred post gives nothing, but its batch commits: the runner counts its record as done. The next
-run's listing offers it again as a :class:`RetriedPost` (``<record id>#retry<n>``), the input of a new
-batch, until it is crawled or dropped for good; its samples keep the keys they would have had.
-What each batch did (posts, downloads, requests per host) is counted in its own
-:class:`~ieiw.pipelines.web.tally.Tally`, whichever threads did the work.
+run's listing offers it again as a :class:`RetriedPost` (``<record id>#retry<n>``, with the answers
+the first attempt loaded), the input of a new batch, until it is crawled or dropped for good; its
+samples keep the keys they would have had. What each batch did (posts, downloads, requests per host)
+is counted in its own :class:`~ieiw.pipelines.web.tally.Tally`, whichever threads did the work.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 from ieiw.pipelines.web.config import WebEditsConfig
 from ieiw.pipelines.web.downloader import ImageDownloader
@@ -30,6 +36,7 @@ from ieiw.pipelines.web.hosts import link_problem, urls_in_text
 from ieiw.pipelines.web.posts import EditCandidate, PostSource, WebPost
 from ieiw.pipelines.web.state import CrawlState, DownloadRecord
 from ieiw.pipelines.web.tally import Tally, carry, count, counting
+from ieiw.storage import fs
 from ieiw.storage.schema import Drop, Provenance, Task, stable_key
 
 log = logging.getLogger(__name__)
@@ -152,38 +159,86 @@ def candidate_drops(post: WebPost, because: str) -> list[Drop]:
     return drops
 
 
-class Crawler:
-    """Lists posts once, in a recorded order, and crawls them one batch at a time in shared threads."""
+@dataclass
+class PostOutcome:
+    """What became of one post in a batch, for the lead's crawl state: ``crawled``, ``dropped`` (and
+    why) or ``deferred`` (a transient failure: offered again by the next run); the post with its answers
+    once they were loaded, and the downloads it used."""
 
-    def __init__(
-        self, source: PostSource, downloader: ImageDownloader, state: CrawlState, config: WebEditsConfig
-    ) -> None:
+    post: WebPost
+    status: str
+    reason: str | None = None
+    downloads: list[DownloadRecord] = field(default_factory=list)
+    at: float = field(default_factory=time.time)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "post": self.post.to_json(),
+            "status": self.status,
+            "reason": self.reason,
+            "downloads": [asdict(d) for d in self.downloads],
+            "at": self.at,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> PostOutcome:
+        return cls(
+            post=WebPost.from_json(data["post"]),
+            status=str(data["status"]),
+            reason=data.get("reason"),
+            downloads=[DownloadRecord.from_json(d) for d in data.get("downloads") or []],
+            at=float(data.get("at") or 0.0),
+        )
+
+
+def write_outcomes(folder: str, batch: str, outcomes: list[PostOutcome]) -> str:
+    """A batch's post outcomes as one file on the store (``<folder>/<batch>.json``), for the lead."""
+    url = fs.join(folder, f"{batch}.json")
+    fs.write_bytes_atomic(url, json.dumps([o.to_json() for o in outcomes]).encode("utf-8"))
+    return url
+
+
+def read_outcomes(folder: str) -> Iterator[tuple[str, list[PostOutcome]]]:
+    """Every batch's reported outcomes not recorded yet: (its file, its outcomes)."""
+    for url in fs.list_files(folder, ".json"):
+        try:
+            data = json.loads(fs.read_bytes(url))
+        except FileNotFoundError:
+            continue
+        yield url, [PostOutcome.from_json(item) for item in data]
+
+
+@dataclass
+class CrawledBatch:
+    """A batch's items in its order (crawled posts and drops) and each post's outcome."""
+
+    items: list[CrawledPost | Drop]
+    outcomes: list[PostOutcome]
+
+
+class Listing:
+    """The stage's input, in the lead's process: every post once, in the order first recorded."""
+
+    def __init__(self, source: PostSource, state: CrawlState, config: WebEditsConfig) -> None:
         self.source = source
-        self.downloader = downloader
         self.state = state
         self.config = config
-        self._listed = Tally()  # what the listing saw (in the process that lists: the stage's lead)
-        # one pool for every batch in flight: ``workers`` posts crawl at once, whatever the batches
-        self._pool = ThreadPoolExecutor(max(1, config.download.workers), thread_name_prefix="crawl")
-
-    def close(self) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        self._listed = Tally()  # what the listing saw, and its requests
 
     @property
     def counts(self) -> Counter:
         """What the listing saw: posts seen, listed before, already done, retried; its requests."""
         return self._listed.counts
 
-    # -- the input ----------------------------------------------------------------------------------
-
-    def listing(self, done: Iterable[str] = (), listed: Iterable[str] = ()) -> Iterator[ListedPost]:
+    def posts(self, done: Iterable[str] = (), listed: Iterable[str] = ()) -> Iterator[ListedPost]:
         """Every post once, numbered: the recorded listing first, then what the source lists anew.
 
         Each new post is recorded in the state before it is yielded, so a rerun yields the same
         posts in the same order (up to ``max_posts``) and the batches cut from it are the same.
         ``done``: record ids committed before (yielded too, only counted), ``listed``: record ids the
         stage has listed in a batch. A done post the state holds as deferred is yielded as its next
-        :class:`RetriedPost` instead (or the one listed and not committed yet).
+        :class:`RetriedPost` instead (or the one listed and not committed yet). A post whose answers an
+        earlier batch loaded comes with them, so they are not asked for again.
         """
         done, listed = set(done), set(listed)
         deferred = self.state.post_ids("deferred") if done else set()
@@ -193,6 +248,9 @@ class Crawler:
         def take(post: WebPost) -> ListedPost:
             seen.add(post.record_id)
             self._listed.add("posts_seen")
+            stored = self.state.post(post.record_id)
+            if stored is not None and stored[0].candidates is not None:
+                post = stored[0]
             if post.record_id not in done:
                 return post
             self._listed.add("posts_already_done")
@@ -225,36 +283,54 @@ class Crawler:
             if limit is not None and len(seen) >= limit:
                 return
 
-    # -- one batch ----------------------------------------------------------------------------------
 
-    def crawl_batch(self, posts: list[ListedPost]) -> list[CrawledPost | Drop]:
+class Crawler:
+    """Crawls batches of listed posts in shared threads (on any worker; it keeps no state of its own)."""
+
+    def __init__(self, source: PostSource, downloader: ImageDownloader, config: WebEditsConfig) -> None:
+        self.source = source
+        self.downloader = downloader
+        self.config = config
+        # one pool for every batch in flight: ``workers`` posts crawl at once, whatever the batches
+        self._pool = ThreadPoolExecutor(max(1, config.download.workers), thread_name_prefix="crawl")
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def crawl_batch(self, posts: list[ListedPost], run: str = "") -> CrawledBatch:
         """Crawl ``posts`` concurrently; their results in the batch's order, none for a deferred post.
 
         A post gives a :class:`CrawledPost` (to pair), or its drop with one row per answer link; every
         post that is not deferred also gives a row per other link of its request. What the batch did is
-        counted in the calling thread's current tally.
+        counted in the calling thread's current tally. ``run``: the stage run's token (a transient
+        failure met in this run is not retried again by it, on any worker).
         """
         plain = [p.post if isinstance(p, RetriedPost) else p for p in posts]
-        futures = [self._pool.submit(carry(self._crawl_one), post) for post in plain]
-        results: list[CrawledPost | Drop] = []
+        futures = [self._pool.submit(carry(self._crawl_one), post, run) for post in plain]
+        items: list[CrawledPost | Drop] = []
+        outcomes: list[PostOutcome] = []
         for future in futures:
-            results.extend(future.result())
-        return results
+            crawled, outcome = future.result()
+            items.extend(crawled)
+            outcomes.append(outcome)
+        return CrawledBatch(items, outcomes)
 
-    def _crawl_one(self, post: WebPost) -> list[CrawledPost | Drop]:
+    def _crawl_one(self, post: WebPost, run: str) -> tuple[list[CrawledPost | Drop], PostOutcome]:
         early = self._early_drop(post)
         if early is not None:
-            self.state.record_post(post, "dropped", early.reason)
             count("posts_dropped_early")
-            return [early, *post_link_drops(post)]
-        post, outcome = self._crawl_post(post)
-        if outcome is None:  # deferred: nothing of it is committed this run
-            return []
-        if isinstance(outcome, Drop):
+            return [early, *post_link_drops(post)], PostOutcome(post, "dropped", early.reason)
+        crawl = self._crawl_post(post, run)
+        outcome, result = crawl.outcome, crawl.result
+        post = outcome.post
+        if result is None:  # deferred: nothing of it is committed this run
+            count(f"posts_deferred_{outcome.reason}")
+            return [], outcome
+        if isinstance(result, Drop):
             count("posts_dropped")
-            return [outcome, *candidate_drops(post, outcome.reason), *post_link_drops(post)]
+            return [result, *candidate_drops(post, result.reason), *post_link_drops(post)], outcome
         count("posts_crawled")
-        return [outcome, *post_link_drops(post)]
+        return [result, *post_link_drops(post)], outcome
 
     def _early_drop(self, post: WebPost) -> Drop | None:
         """Posts dropped before any download: removed, over 18, NSFW flair, no image."""
@@ -268,47 +344,40 @@ class Crawler:
             return post_drop(post, "no_original_image")
         return None
 
-    def _defer(self, post: WebPost, reason: str) -> None:
-        """A transient failure (timeout, 5xx, 429): recorded in the state, not committed, retried next run."""
-        self.state.record_post(post, "deferred", reason)
-        count(f"posts_deferred_{reason}")
-
-    def _crawl_post(self, post: WebPost) -> tuple[WebPost, CrawledPost | Drop | None]:
-        """Answers, original, then edits of one post (in a worker thread); each outcome goes to the state.
-
-        Returns the post (with its answers once loaded) and its outcome: None when deferred.
-        """
-        stored = self.state.post(post.record_id)
-        if stored is not None and stored[0].candidates is not None:
-            post = stored[0]  # the answers were fetched by an earlier run: no second comment-tree request
-        else:
+    def _crawl_post(self, post: WebPost, run: str) -> _Crawl:
+        """Answers (unless the listing brought them), original, then edits of one post, in a worker
+        thread; a transient failure defers the post (when the config says so)."""
+        defer = self.config.defer_transient_posts
+        if post.candidates is None:
             try:
                 post = self.source.load_candidates(post)
             except FetchError as error:
-                if error.transient and self.config.defer_transient_posts:
-                    return post, self._defer(post, f"comments_{error.reason}")
-                self.state.record_post(post, "dropped", f"comments_{error.reason}")
-                return post, post_drop(post, f"comments_{error.reason}", error.detail)
-            except (
-                KeyError,
-                TypeError,
-                ValueError,
-                AttributeError,
-            ) as error:  # a comment tree of the wrong shape
+                reason = f"comments_{error.reason}"
+                if error.transient and defer:
+                    return _Crawl(PostOutcome(post, "deferred", reason))
+                return _Crawl(PostOutcome(post, "dropped", reason), post_drop(post, reason, error.detail))
+            except (KeyError, TypeError, ValueError, AttributeError) as error:  # a tree of the wrong shape
                 post.candidates = None
-                self.state.record_post(post, "dropped", "comments_bad_tree")
-                return post, post_drop(post, "comments_bad_tree", repr(error))
-            self.state.record_post(post, "listed")
+                outcome = PostOutcome(post, "dropped", "comments_bad_tree")
+                return _Crawl(outcome, post_drop(post, "comments_bad_tree", repr(error)))
         if not any(c.problem is None for c in post.candidates or []):
-            self.state.record_post(post, "dropped", "no_edits")
-            return post, post_drop(post, "no_edits")
-        original = self.downloader.download(str(post.original_url))
-        if not original.ok and original.transient and self.config.defer_transient_posts:
-            return post, self._defer(post, f"original_{original.reason}")
+            return _Crawl(PostOutcome(post, "dropped", "no_edits"), post_drop(post, "no_edits"))
+        original = self.downloader.download(str(post.original_url), run)
+        if not original.ok and original.transient and defer:
+            return _Crawl(PostOutcome(post, "deferred", f"original_{original.reason}", [original]))
         if not original.ok:
-            self.state.record_post(post, "dropped", f"original_{original.reason}")
-            return post, post_drop(post, f"original_{original.reason}", f"{original.url}: {original.detail}")
+            reason = f"original_{original.reason}"
+            drop = post_drop(post, reason, f"{original.url}: {original.detail}")
+            return _Crawl(PostOutcome(post, "dropped", reason, [original]), drop)
         download = self.downloader.download
-        edits = [(c, not_fetched(c) if c.problem else download(c.url)) for c in post.candidates or []]
-        self.state.record_post(post, "crawled")
-        return post, CrawledPost(post=post, original=original, edits=edits)
+        edits = [(c, not_fetched(c) if c.problem else download(c.url, run)) for c in post.candidates or []]
+        used = [original, *(record for c, record in edits if not c.problem)]
+        return _Crawl(PostOutcome(post, "crawled", None, used), CrawledPost(post, original, edits))
+
+
+@dataclass
+class _Crawl:
+    """A post's outcome, and what the batch gives for it (None: deferred)."""
+
+    outcome: PostOutcome
+    result: CrawledPost | Drop | None = None

@@ -2,7 +2,8 @@
 
 Only http(s); every host (and every redirect hop) resolved and vetted by :class:`AddressPolicy`;
 robots.txt per origin, read by ``protego`` (RFC 9309: wildcards, ``$``, the longest match wins);
-per-host concurrency and rate; bounded retries with exponential backoff that honours ``Retry-After``;
+per-host concurrency and rate (a request holds its host's slot until its body's last byte); bounded
+retries with exponential backoff that honours ``Retry-After``;
 connect/read timeouts, a total deadline and a byte cap while streaming.
 Failures raise :class:`FetchError` with a short reason slug.
 """
@@ -31,7 +32,7 @@ from ieiw.pipelines.web.addresses import (
     DNSFailure,
 )
 from ieiw.pipelines.web.config import DownloadConfig
-from ieiw.pipelines.web.limits import HostLimiter
+from ieiw.pipelines.web.limits import HostLimiter, HostLimits, limit_host
 from ieiw.pipelines.web.session import make_session
 from ieiw.pipelines.web.tally import count
 
@@ -70,6 +71,15 @@ class FetchError(Exception):
 
 
 @dataclass
+class _Answer:
+    """The final response of one request: its status and headers, and its body when it is to be used."""
+
+    status: int
+    headers: Any
+    body: bytes | None = None
+
+
+@dataclass
 class Fetched:
     url: str  # the final URL, after redirects
     status: int
@@ -100,15 +110,27 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
 class SafeFetcher:
     """Fetches URLs under the crawler's safety and politeness rules; thread-safe, one per process."""
 
-    def __init__(self, config: DownloadConfig, session: requests.Session | None = None) -> None:
+    def __init__(
+        self,
+        config: DownloadConfig,
+        session: requests.Session | None = None,
+        limits: HostLimits | None = None,
+    ) -> None:
         self.config = config
         self.policy = AddressPolicy(config.allow_private_addresses, config.allowed_origins)
         pool = max(config.per_host_concurrency, 4) * 2
         self.session = session or make_session(self.policy, config.user_agent, pool_maxsize=pool)
-        self.limiter = HostLimiter(config.per_host_concurrency, config.per_host_requests_per_second)
+        # this process's limiter unless one is given (one shared by every process of a build)
+        self.limits: HostLimits = limits or HostLimiter(
+            config.per_host_concurrency, config.per_host_requests_per_second
+        )
         self.robots = RobotsCache(self)
         self.requests_made: Counter = Counter()  # by host: what this fetcher actually sent
         self._count_lock = threading.Lock()
+
+    def close(self) -> None:
+        self.session.close()
+        self.limits.close()
 
     # -- public API ---------------------------------------------------------------------------------
 
@@ -188,13 +210,12 @@ class SafeFetcher:
             if check_robots and self.config.respect_robots:
                 self.robots.check(url)
             visited.append(url)
-            response, tries = self._with_retries(method, url, headers, extra)
+            answer, tries = self._with_retries(method, url, headers, extra, max_bytes)
             attempts += tries
-            if follow and response.status_code in REDIRECTS:
-                location = response.headers.get("Location")
-                response.close()
+            if follow and answer.status in REDIRECTS:
+                location = answer.headers.get("Location")
                 if not location:
-                    raise FetchError("bad_redirect", f"{response.status_code} without Location from {url}")
+                    raise FetchError("bad_redirect", f"{answer.status} without Location from {url}")
                 target = urljoin(url, location)
                 if target in visited:
                     raise FetchError("redirect_loop", " -> ".join([*visited, target])[:500])
@@ -205,32 +226,38 @@ class SafeFetcher:
                 if host_key(target) != host_key(url):  # credentials never follow a redirect to another host
                     headers = {k: v for k, v in (headers or {}).items() if k.lower() != "authorization"}
                     extra = {k: v for k, v in (extra or {}).items() if k != "auth"}
-                if response.status_code == 303:
+                if answer.status == 303:
                     method, extra = "GET", {k: v for k, v in (extra or {}).items() if k != "data"}
                 url = target
                 continue
-            if response.status_code >= 400 or response.status_code in REDIRECTS:
-                response.close()
-                raise FetchError(f"http_{response.status_code}", url)
-            body = self._read_body(response, url, max_bytes)
+            if answer.body is None:
+                raise FetchError(f"http_{answer.status}", url)
             return Fetched(
                 url=url,
-                status=response.status_code,
+                status=answer.status,
                 attempts=attempts,
-                body=body,
-                content_type=response.headers.get("Content-Type", ""),
+                body=answer.body,
+                content_type=answer.headers.get("Content-Type", ""),
             )
 
     def _with_retries(
-        self, method: str, url: str, headers: dict[str, str] | None, extra: dict[str, Any] | None
-    ) -> tuple[requests.Response, int]:
-        """Send one request, retrying 429/5xx and timeouts with backoff; the final response is returned."""
+        self,
+        method: str,
+        url: str,
+        headers: dict[str, str] | None,
+        extra: dict[str, Any] | None,
+        max_bytes: int,
+    ) -> tuple[_Answer, int]:
+        """One request, retrying 429/5xx and timeouts with backoff; the final answer, with its body when
+        it is one to use. Each attempt holds its host's slot from the request to the body's last byte;
+        backoffs wait outside it."""
         host = host_key(url)
+        limited = limit_host(url)
         cfg = self.config
         for attempt in range(cfg.max_retries + 1):
             last = attempt == cfg.max_retries
             try:
-                with self.limiter.slot(host):
+                with self.limits.slot(limited):
                     self._count(host)
                     response = self.session.request(
                         method,
@@ -241,6 +268,13 @@ class SafeFetcher:
                         timeout=(cfg.connect_timeout, cfg.read_timeout),
                         **(extra or {}),
                     )
+                    status = response.status_code
+                    answer = _Answer(status, response.headers)
+                    retry = (status in RETRY_AFTER_STATUSES or status >= 500) and not last
+                    if not retry and status < 400 and status not in REDIRECTS:
+                        answer.body = self._read_body(response, url, max_bytes)
+                    else:
+                        response.close()
             except BlockedAddress as error:
                 raise FetchError("blocked_address", str(error)) from error
             except DNSFailure as error:
@@ -257,21 +291,16 @@ class SafeFetcher:
                 continue
             except requests.RequestException as error:
                 raise FetchError("request_error", f"{url}: {error}") from error
-            status = response.status_code
-            if status in RETRY_AFTER_STATUSES or status >= 500:
-                if last:
-                    return response, attempt + 1
-                wait = self._backoff(attempt)
-                retry_after = parse_retry_after(response.headers.get("Retry-After"))
-                response.close()
-                if status in RETRY_AFTER_STATUSES and retry_after is not None:
-                    if retry_after > cfg.max_retry_after_seconds:
-                        raise FetchError("retry_after_too_long", f"{url}: Retry-After {retry_after:.0f}s")
-                    wait = retry_after
-                    self.limiter.defer(host, retry_after)
-                self._sleep(wait)
-                continue
-            return response, attempt + 1
+            if not retry:
+                return answer, attempt + 1
+            wait = self._backoff(attempt)
+            retry_after = parse_retry_after(answer.headers.get("Retry-After"))
+            if status in RETRY_AFTER_STATUSES and retry_after is not None:
+                if retry_after > cfg.max_retry_after_seconds:
+                    raise FetchError("retry_after_too_long", f"{url}: Retry-After {retry_after:.0f}s")
+                wait = retry_after
+                self.limits.defer(limited, retry_after)
+            self._sleep(wait)
         raise AssertionError("unreachable: the last attempt returns or raises")
 
     def _read_body(self, response: requests.Response, url: str, max_bytes: int) -> bytes:
@@ -371,5 +400,5 @@ class RobotsCache:
         parser = Protego.parse(fetched.body.decode("utf-8", errors="replace"))
         delay = parser.crawl_delay(self._fetcher.config.user_agent)
         if delay:
-            self._fetcher.limiter.slow_down(key, float(delay))
+            self._fetcher.limits.slow_down(limit_host(key), float(delay))
         return parser

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
-import tempfile
 from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from ieiw.pipelines.web.fetcher import FetchError
+from ieiw.storage import fs
 
 EXTENSIONS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif", "BMP": "bmp", "TIFF": "tif"}
 
@@ -50,8 +51,9 @@ def check_image(data: bytes, max_pixels: int, min_side: int = 1) -> CheckedImage
 
 
 def load_rgb(path: str, max_side: int | None = None) -> np.ndarray:
-    """A cached image as an HxWx3 uint8 RGB array, downscaled to ``max_side`` if given."""
-    with Image.open(path) as image:
+    """A cached image (a local path or a URL on the build's store) as an HxWx3 uint8 RGB array,
+    downscaled to ``max_side`` if given."""
+    with Image.open(io.BytesIO(fs.read_bytes(path))) as image:
         image.seek(0)
         rgb = image.convert("RGB")
     if max_side and max(rgb.size) > max_side:
@@ -68,31 +70,56 @@ def _sniff(data: bytes) -> str:
     return f"{len(data)} bytes starting {data[:8]!r}"
 
 
+def write_whole(url: str, data: bytes) -> None:
+    """Write ``url`` so that a reader sees all of it or nothing (a killed process leaves no part). On an
+    object store that is its atomic PUT; locally a temporary file renamed, not synced to disk: what the
+    crawl keeps is checked when it is used again (:meth:`ImageCache.holds`), and lost after a crash of the
+    machine it is only fetched again."""
+    filesystem, path = fs.get_fs(url)
+    if not fs.is_local(filesystem):
+        fs.write_bytes_atomic(url, data)
+        return
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    temporary = fs.temporary_name(path)
+    try:
+        with open(temporary, "wb") as handle:
+            handle.write(data)
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(temporary)
+        raise
+
+
 class ImageCache:
-    """Content-addressed files ``<root>/<aa>/<sha256>.<ext>``, written atomically."""
+    """Content-addressed files ``<root>/<aa>/<sha256>.<ext>`` on any store (a local folder, an fsspec
+    URL every worker reaches), each written whole (:func:`write_whole`)."""
 
     def __init__(self, root: str) -> None:
-        self.root = root
-        os.makedirs(root, exist_ok=True)
+        self.root = str(root)
 
     def path_for(self, sha256: str, ext: str) -> str:
-        return os.path.join(self.root, sha256[:2], f"{sha256}.{ext}")
+        return fs.join(self.root, sha256[:2], f"{sha256}.{ext}")
 
     def put(self, data: bytes, fmt: str) -> tuple[str, str]:
-        """Store ``data``; returns (sha256, path). Existing content is not rewritten."""
+        """Store ``data``; returns (sha256, its path or URL). Existing content is not rewritten."""
         sha256 = hashlib.sha256(data).hexdigest()
         path = self.path_for(sha256, EXTENSIONS.get(fmt, "img"))
-        if os.path.exists(path):
-            return sha256, path
-        folder = os.path.dirname(path)
-        os.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)  # rename after a complete write: a killed process leaves no partial file
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-            raise
+        if not fs.exists(path):
+            write_whole(path, data)
         return sha256, path
+
+    @staticmethod
+    def holds(path: str | None, sha256: str | None) -> bool:
+        """The image is there, whole: on an object store it exists (a PUT is all or nothing); a local
+        file must still hash to its name (it was not synced to disk when written)."""
+        if not path:
+            return False
+        filesystem, local = fs.get_fs(str(path))
+        if not fs.is_local(filesystem):
+            return filesystem.exists(local)
+        try:
+            with open(local, "rb") as handle:
+                return hashlib.sha256(handle.read()).hexdigest() == sha256
+        except OSError:
+            return False

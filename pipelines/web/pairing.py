@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 
 from ieiw.pipelines.web.config import PairingConfig
-from ieiw.pipelines.web.crawl import LICENSE, CrawledPost, Crawler, ListedPost, post_drop
+from ieiw.pipelines.web.crawl import LICENSE, CrawledPost, Crawler, ListedPost, PostOutcome, post_drop
 from ieiw.pipelines.web.images import load_rgb
 from ieiw.pipelines.web.instruction import InstructionRewriter, make_instruction
 from ieiw.pipelines.web.posts import EditCandidate, WebPost
@@ -78,15 +78,18 @@ def crawl_and_pair(
     crawler: Crawler,
     settings: PairingConfig,
     rewriter: InstructionRewriter | None = None,
-) -> list[Result]:
-    """One batch of the listing: its downloads (concurrently, in the crawler's threads), then pairing.
+    run: str = "",
+) -> tuple[list[Result], list[PostOutcome]]:
+    """One batch of the listing: its downloads (concurrently, in the crawler's threads), then pairing;
+    and what became of each post, for the lead's crawl state.
 
     Drops of whole posts and of links come first, then each crawled post's samples and drops; a
     deferred post gives nothing (it stays pending for the next run).
     """
-    crawled = crawler.crawl_batch(posts)
-    drops = [item for item in crawled if isinstance(item, Drop)]
-    return [*drops, *web_edits_stage([c for c in crawled if isinstance(c, CrawledPost)], settings, rewriter)]
+    crawled = crawler.crawl_batch(posts, run)
+    drops = [item for item in crawled.items if isinstance(item, Drop)]
+    posts_crawled = [c for c in crawled.items if isinstance(c, CrawledPost)]
+    return [*drops, *web_edits_stage(posts_crawled, settings, rewriter)], crawled.outcomes
 
 
 def _pair_post(

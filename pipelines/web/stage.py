@@ -1,39 +1,57 @@
 """The web-edits generator on the one stage contract: crawl photoshop-request posts, keep same-scene edits.
 
-The input is the crawl's numbered listing (:meth:`~ieiw.pipelines.web.crawl.Crawler.listing`: the posts
-in the order the crawl state first recorded them, then new ones), pulled only once the runner holds the
-stage, so the state file is opened after a rebuild has wiped the folder, never before. The runner cuts
-it into batches and records each before any download, as img2dataset numbers its input shards. A batch
+The input is the crawl's numbered listing (:class:`~ieiw.pipelines.web.crawl.Listing`: the posts in the
+order the crawl state first recorded them, then new ones), pulled only once the runner holds the stage,
+so the state file is opened after a rebuild has wiped the folder, never before. The runner cuts it into
+batches and records each before any download, as img2dataset numbers its input shards. A batch
 downloads its posts (concurrently, within the per-host limits), pairs them and commits once, so its
 name and contents never depend on which download finished first or on a killed run.
 
-The crawl of a process (fetcher, limits, state, threads) is a host model: built once per worker
-process and shared by the batches it runs. What each batch did (posts, downloads by outcome, requests
-by host) comes back with its samples and is summed into the stage's counts; :meth:`WebEditsStage.finish`
-adds what the listing saw and what the state file holds, and closes the crawl of the lead's process.
+Who holds what: the crawl state (SQLite) is the lead's alone, opened in the flow's process for the
+listing and for what became of each post. A worker's crawl (fetcher, limiter, threads) is a host model,
+built once per worker process; it shares only the download cache and its per-URL records on the build's
+store, and reports each post's outcome in a file beside them (``crawl/outcomes/<batch>.json``), which the
+lead records in its state (:meth:`WebEditsStage.finish`, or the next run's listing after a kill). So a
+worker on another machine needs nothing on the lead's disk.
+
+The per-host limits come from the stage's :class:`~ieiw.pipelines.web.limits.LimitsFactory`: this
+process's own by default; ``ieiw.flows.crawl_limits`` hands one that every process of the build shares.
+What each batch did (posts, downloads by outcome, requests by host) comes back with its samples and is
+summed into the stage's counts; :meth:`WebEditsStage.finish` adds what the listing saw and what the
+state holds.
 """
 
 from __future__ import annotations
 
 import threading
+import uuid
 from collections.abc import Iterator, Mapping
 from functools import partial
 from typing import Any
 
-from ieiw.pipelines.web.build import CrawlSetup, build_crawl
+from ieiw.pipelines.web.build import (
+    CrawlLead,
+    CrawlWorker,
+    build_lead,
+    build_worker,
+    fetcher_spec,
+    source_hosts,
+)
 from ieiw.pipelines.web.config import WebEditsConfig
-from ieiw.pipelines.web.crawl import ListedPost
+from ieiw.pipelines.web.crawl import ListedPost, write_outcomes
+from ieiw.pipelines.web.limits import LimitsFactory, ProcessLimits
 from ieiw.pipelines.web.pairing import GENERATOR, crawl_and_pair, instruction_method
 from ieiw.pipelines.web.tally import counting
 from ieiw.storage import manifest
 from ieiw.storage.config import WorkerEnv, config_fingerprint
 from ieiw.storage.fingerprint import Fingerprint
-from ieiw.storage.runner import forget_models, loaded_models, worker_model
+from ieiw.storage.runner import current_batch, forget_models, loaded_models, worker_model
 from ieiw.storage.shards import ShardSpec
 from ieiw.storage.stage import HOST, ModelSpec, Samples, Stage, model_key
 from ieiw.storage.stage_folder import read_listing
 
-CRAWL = "crawl"  # the model role of a process's crawl
+CRAWL = "crawl"  # the model role of a worker process's crawl
+LEAD = "web_crawl_lead"  # the kind of the lead's crawl (state and listing), never loaded by a worker
 _RENEW = threading.Lock()
 
 
@@ -43,9 +61,17 @@ class WebEditsStage(Stage):
     name = GENERATOR
     unit = "posts"
 
-    def __init__(self, config: WebEditsConfig, url: str, shards: ShardSpec | None = None) -> None:
+    def __init__(
+        self,
+        config: WebEditsConfig,
+        url: str,
+        shards: ShardSpec | None = None,
+        limits: LimitsFactory | None = None,
+    ) -> None:
         super().__init__(url, config.batch_size, shards)
         self.config = config
+        self.limits: LimitsFactory = limits or ProcessLimits()
+        self.run_token = ""  # set by the lead's listing for each run; travels to the workers with batches
         self._state_digest: str | None = None
 
     def fingerprint(self, env: WorkerEnv) -> Fingerprint:
@@ -62,59 +88,97 @@ class WebEditsStage(Stage):
             self._state_digest = self.fingerprint(WorkerEnv()).digest
         return self._state_digest
 
+    def _crawl_settings(self) -> dict[str, Any]:
+        return self.config.model_dump(mode="json", exclude={"batch_size"})
+
     def models(self) -> Mapping[str, ModelSpec]:
-        """This process's crawl of the stage, built on first use."""
-        crawl = self.config.model_dump(mode="json", exclude={"batch_size"})
+        """A worker process's crawl of the stage, built on first use."""
+        limits = self.limits.describe()
         return {
             CRAWL: ModelSpec(
-                model_key("web_crawl", None, self.url, self.state_digest, crawl),
-                partial(build_crawl, self.config, self.url, self.state_digest),
+                model_key("web_crawl", None, self.url, self._crawl_settings(), limits),
+                partial(build_worker, self.config, self.url, self.limits),
                 HOST,
             )
         }
 
+    def lead_spec(self) -> ModelSpec:
+        """The lead's crawl (state file and listing), built once in the flow's process."""
+        key = model_key(
+            LEAD, None, self.url, self.state_digest, self._crawl_settings(), self.limits.describe()
+        )
+        return ModelSpec(
+            key, partial(build_lead, self.config, self.url, self.state_digest, self.limits), HOST
+        )
+
+    def info(self) -> dict[str, Any]:
+        return {"crawl_limits": self.limits.describe()}
+
     def records(self) -> Iterator[ListedPost]:
         """The listing; a post deferred in a committed batch comes again as its next retry."""
-        crawl = self._crawl(None)
+        self.run_token = uuid.uuid4().hex
+        lead = self._lead()
+        lead.record_outcomes()  # what batches of a killed run reported
+        self.limits.prepare(self.config.download, source_hosts(self.config))
         listing = read_listing(self.url)
         committed = manifest.completed_batches(self.url)
         ids = listing.column("record_id").to_pylist()
         batches = listing.column("batch").to_pylist()
         done = {rid for rid, batch in zip(ids, batches, strict=True) if batch in committed}
-        yield from crawl.crawler.listing(done=done, listed=ids)
+        yield from lead.listing.posts(done=done, listed=ids)
 
     def run(self, records: list[Any], models: Mapping[str, Any]) -> Samples:
-        """One batch of the listing: download its posts, pair them (SSIM and ORB: no model to load)."""
-        crawl = self._crawl(models.get(CRAWL))
+        """One batch of the listing: download its posts, pair them (SSIM and ORB: no model to load), and
+        report each post's outcome for the lead."""
+        crawl: CrawlWorker = models.get(CRAWL) or worker_model(self.models()[CRAWL])
         with counting() as tally:
-            results = crawl_and_pair(records, crawl.crawler, self.config.pairing)
+            results, outcomes = crawl_and_pair(
+                records, crawl.crawler, self.config.pairing, run=self.run_token
+            )
+        batch = current_batch()
+        if batch:
+            write_outcomes(crawl.places.outcomes, batch, outcomes)
         return Samples(results, dict(sorted(tally.counts.items())))
 
     def total(self) -> int | None:
         return self.config.max_posts
 
     def finish(self, writer: Any, summary: Mapping[str, Any]) -> dict[str, Any]:
-        """What the listing saw and the state holds now; closes this process's crawl."""
-        spec = self.models()[CRAWL]
-        if spec.key not in {key for key, _ in loaded_models("web_crawl")}:
+        """Records what the batches reported; what the listing saw and the state holds now. Closes this
+        process's crawls."""
+        spec = self.lead_spec()
+        if spec.key not in {key for key, _ in loaded_models(LEAD)}:
             return {}
-        crawl: CrawlSetup = worker_model(spec)
+        lead: CrawlLead = worker_model(spec)
         try:
-            return {"crawl": crawl.snapshot()}
+            lead.record_outcomes()
+            return {"crawl": lead.snapshot()}
         finally:
             forget_models(spec.key)
-            crawl.close()
+            lead.close()
+            self._close_worker()
 
-    def _crawl(self, loaded: CrawlSetup | None) -> CrawlSetup:
-        """This process's crawl, built again when its state file is gone (a rebuild wiped the folder
-        after an earlier run in this process left its crawl open)."""
-        spec = self.models()[CRAWL]
-        crawl = loaded if loaded is not None else worker_model(spec)
-        if crawl.is_current():
-            return crawl
+    def _close_worker(self) -> None:
+        """This process's worker crawl (if its batches ran here) and fetcher: closed with the run, so the
+        next run in this process reads robots.txt again."""
+        loaded = {key for key, _ in loaded_models()}
+        for spec in (self.models()[CRAWL], fetcher_spec(self.config.download, self.limits)):
+            if spec.key in loaded:
+                crawl = worker_model(spec)
+                forget_models(spec.key)
+                crawl.close()
+
+    def _lead(self) -> CrawlLead:
+        """The lead's crawl, built again when its state file is gone (a rebuild wiped the folder after an
+        earlier run in this process left its crawl open)."""
+        spec = self.lead_spec()
+        lead = worker_model(spec)
+        if lead.is_current():
+            return lead
         with _RENEW:
             current = worker_model(spec)
-            if current is not crawl and current.is_current():
+            if current is not lead and current.is_current():
                 return current
-            forget_models(spec.key)  # the stale crawl closes when its last batch lets go of it
+            forget_models(spec.key)
+            lead.close()
             return worker_model(spec)

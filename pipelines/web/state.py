@@ -1,7 +1,10 @@
 """The crawl state: the listing as first seen, posts, and every download's outcome, in SQLite (WAL).
 
-Each outcome is committed as soon as it is known, so a killed crawl loses nothing it finished, and
-a rerun reads a finished download from the cache instead of fetching it again.
+The state is the lead's alone: the flow's process makes the listing and records what became of each
+post and download, from the outcomes the workers report with their batches
+(:class:`~ieiw.pipelines.web.crawl.PostOutcome`). No worker opens it: they share only the download
+cache and its per-URL records on the build's store (:mod:`ieiw.pipelines.web.downloader`), so a worker on
+another machine needs nothing on the lead's disk.
 
 The **listing** numbers the posts in the order the source first gave them: it is the stage's input,
 cut into batches before any download, so a rerun forms the same batches (with the same names) even
@@ -19,10 +22,14 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, fields
+from typing import TYPE_CHECKING, Any
 
 from ieiw.pipelines.web.posts import WebPost
+
+if TYPE_CHECKING:
+    from ieiw.pipelines.web.crawl import PostOutcome
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS posts (
@@ -78,6 +85,12 @@ class DownloadRecord:
     content_type: str | None = None
     attempts: int = 0
     transient: bool = False
+    run: str = ""  # the stage run that made this record (a transient failure is final within it)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> DownloadRecord:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
 
 
 class CrawlState:
@@ -157,6 +170,7 @@ class CrawlState:
 
     def record_download(self, record: DownloadRecord) -> None:
         values = asdict(record)
+        values.pop("run")
         values["ok"] = int(record.ok)
         values["transient"] = int(record.transient)
         values["updated_at"] = time.time()
@@ -186,13 +200,34 @@ class CrawlState:
             return None
         return WebPost.from_json(json.loads(row[0])), row[1], row[2]
 
-    def record_post(self, post: WebPost, status: str, reason: str | None = None) -> None:
+    def record_post(
+        self, post: WebPost, status: str, reason: str | None = None, at: float | None = None
+    ) -> None:
+        """What became of ``post`` at ``at`` (now by default); an older outcome never replaces a newer."""
         with self._lock:
             self._conn.execute(
-                "INSERT OR REPLACE INTO posts (record_id, post_json, status, reason, updated_at)"
-                " VALUES (?, ?, ?, ?, ?)",
-                (post.record_id, json.dumps(post.to_json()), status, reason, time.time()),
+                "INSERT INTO posts (record_id, post_json, status, reason, updated_at) VALUES (?, ?, ?, ?, ?)"
+                " ON CONFLICT(record_id) DO UPDATE SET post_json = excluded.post_json,"
+                " status = excluded.status, reason = excluded.reason, updated_at = excluded.updated_at"
+                " WHERE excluded.updated_at >= posts.updated_at",
+                (
+                    post.record_id,
+                    json.dumps(post.to_json()),
+                    status,
+                    reason,
+                    time.time() if at is None else at,
+                ),
             )
+
+    def record_outcomes(self, outcomes: Iterable[PostOutcome]) -> int:
+        """Record what the workers report of their posts and downloads; returns how many posts."""
+        n = 0
+        for outcome in outcomes:
+            self.record_post(outcome.post, outcome.status, outcome.reason, outcome.at)
+            for record in outcome.downloads:
+                self.record_download(record)
+            n += 1
+        return n
 
     def post_counts(self) -> dict[str, int]:
         with self._lock:

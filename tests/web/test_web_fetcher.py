@@ -11,10 +11,9 @@ from web_scenarios import FAULT_REASONS, fault_site
 
 from ieiw.pipelines.web.addresses import AddressPolicy, BlockedAddress, embedded_ipv4
 from ieiw.pipelines.web.config import DownloadConfig
-from ieiw.pipelines.web.downloader import ImageDownloader
+from ieiw.pipelines.web.downloader import DownloadRecords, ImageDownloader
 from ieiw.pipelines.web.fetcher import FetchError, SafeFetcher, parse_retry_after
 from ieiw.pipelines.web.images import ImageCache
-from ieiw.pipelines.web.state import CrawlState
 
 
 def _config(tmp_path, origin: str | None = None, **overrides) -> DownloadConfig:
@@ -42,14 +41,12 @@ def server():
 
 def test_every_misbehaviour_fails_with_its_reason_and_is_recorded(server, tmp_path):
     fetcher = SafeFetcher(_config(tmp_path, server.base))
-    state = CrawlState(str(tmp_path / "state.sqlite"))
-    downloader = ImageDownloader(fetcher, state, ImageCache(str(tmp_path / "cache")), fetcher.config)
+    records = DownloadRecords(str(tmp_path / "downloads"))
+    downloader = ImageDownloader(fetcher, records, ImageCache(str(tmp_path / "cache")), fetcher.config)
     for path, reason in FAULT_REASONS.items():
         record = downloader.download(server.base + path)
         assert not record.ok and f"edit_{record.reason}" == reason, (path, record)
-        assert (
-            state.download(server.base + path).reason == record.reason
-        )  # in the state file, with its reason
+        assert records.get(server.base + path).reason == record.reason  # recorded, with its reason
     # a good image with a wrong Content-Type is kept (the bytes decode); a 429 is waited out and retried
     for path in ("/fault/wrong-type.jpg", "/fault/ratelimited.jpg"):
         record = downloader.download(server.base + path)
@@ -68,24 +65,23 @@ def test_every_misbehaviour_fails_with_its_reason_and_is_recorded(server, tmp_pa
 
 def test_finished_downloads_are_never_fetched_again(server, tmp_path):
     config = _config(tmp_path, server.base)
-    state_path = str(tmp_path / "state.sqlite")
+    records_root = str(tmp_path / "downloads")
     url = server.base + "/img/astronaut.jpg"
     before = len(server.site.requests_to("/img/astronaut.jpg"))
-    for _ in range(2):  # two runs: a new fetcher, downloader and state connection each time
+    for _ in range(2):  # two runs (or two workers): a new fetcher, downloader and records each time
         fetcher = SafeFetcher(config)
-        state = CrawlState(state_path)
-        record = ImageDownloader(fetcher, state, ImageCache(config.cache_dir), config).download(url)
+        records = DownloadRecords(records_root)
+        record = ImageDownloader(fetcher, records, ImageCache(config.cache_dir), config).download(url)
         assert record.ok
-        state.close()
+        fetcher.close()
     assert len(server.site.requests_to("/img/astronaut.jpg")) == before + 1
     # a permanent failure is final too: the truncated JPEG is not asked again on a rerun
     fetcher = SafeFetcher(config)
-    state = CrawlState(state_path)
-    downloader = ImageDownloader(fetcher, state, ImageCache(config.cache_dir), config)
+    downloader = ImageDownloader(fetcher, DownloadRecords(records_root), ImageCache(config.cache_dir), config)
     asked = len(server.site.requests_to("/fault/truncated.jpg"))
     assert downloader.download(server.base + "/fault/truncated.jpg").reason == "truncated_image"
     fetcher2 = SafeFetcher(config)
-    again = ImageDownloader(fetcher2, state, ImageCache(config.cache_dir), config)
+    again = ImageDownloader(fetcher2, DownloadRecords(records_root), ImageCache(config.cache_dir), config)
     assert again.download(server.base + "/fault/truncated.jpg").reason == "truncated_image"
     assert len(server.site.requests_to("/fault/truncated.jpg")) == asked + 1
 

@@ -46,6 +46,7 @@ ROLES = {
         "per_host_concurrency": OP,
         "per_host_requests_per_second": OP,
         "workers": OP,
+        "limits": OP,  # where the per-host limits hold: the build's processes, or this one
         "respect_robots": OP,
         "allowed_origins": OP,
         "allow_private_addresses": OP,
@@ -124,6 +125,7 @@ def _config(**changes) -> WebEditsConfig:
         ("download.per_host_requests_per_second", 50.0),
         ("download.per_host_concurrency", 32),
         ("download.workers", 64),
+        ("download.limits", "build"),
         ("download.read_timeout", 2.0),
         ("download.max_retries", 0),
         ("download.user_agent", "other/1.0"),

@@ -21,6 +21,7 @@ from web_scenarios import FAULT_PATHS, FAULT_REASONS, GOOD_POSTS, LINK_REASONS, 
 
 from ieiw.flows.commands.web import crawl_counts, load_web_config, run_crawl
 from ieiw.pipelines.web.config import WebEditsConfig
+from ieiw.pipelines.web.downloader import DownloadRecords
 from ieiw.pipelines.web.pairing import generator_info, pair_key
 from ieiw.pipelines.web.posts import WebPost
 from ieiw.storage import manifest
@@ -178,14 +179,10 @@ def test_flow_keeps_every_good_pair_and_records_every_bad_one(prefect_api, tmp_p
     assert keys == {"web-edits-crawl", "web-edits-counts", "web-edits-requests"}
 
 
-def _ok_urls(state_path: str) -> set[str]:
-    if not os.path.exists(state_path):
-        return set()
-    with sqlite3.connect(f"file:{state_path}?mode=ro", uri=True, timeout=5) as db:
-        try:
-            return {u for (u,) in db.execute("SELECT url FROM downloads WHERE ok = 1")}
-        except sqlite3.OperationalError:  # the crawl has not created the table yet
-            return set()
+def _ok_urls(stage: str) -> set[str]:
+    """The URLs whose downloads finished: the records every worker reads before fetching (on the
+    build's store, beside the stage's other crawl files)."""
+    return {record.url for record in DownloadRecords(os.path.join(stage, "crawl", "downloads")) if record.ok}
 
 
 def _run_cli(config_path, prefect_api) -> subprocess.Popen:
@@ -264,19 +261,18 @@ def test_sigkill_at_random_points_then_resume(prefect_api, tmp_path, seed, unint
     site = _kill_site()
     output = tmp_path / "out"
     stage = str(output / "web_edits")
-    state_path = os.path.join(stage, "crawl_state.sqlite")
     killed_running = []
     with FixtureServer(site) as server:
         config = _kill_config(server.base, tmp_path)
         config_path = tmp_path / "crawl.yaml"
         config_path.write_text(yaml.safe_dump({"output": str(output), "web_edits": config}))
         for _ in range(2):
-            already = len(_ok_urls(state_path))  # the kill comes after some of what this run downloads
+            already = len(_ok_urls(stage))  # the kill comes after some of what this run downloads
             threshold = rng.randint(already, max(already, 2 * KILL_POSTS - 1))
             pause = rng.uniform(0.0, 0.4)
             process = _run_cli(config_path, prefect_api)
             deadline = time.monotonic() + 120
-            while len(_ok_urls(state_path)) < threshold and process.poll() is None:
+            while len(_ok_urls(stage)) < threshold and process.poll() is None:
                 assert time.monotonic() < deadline, "the crawl made no progress"
                 time.sleep(0.02)
             time.sleep(pause)
@@ -289,7 +285,7 @@ def test_sigkill_at_random_points_then_resume(prefect_api, tmp_path, seed, unint
                 f"({'running' if killed_running[-1] else 'already done'}): "
                 f"{len(batches)} batches, {len(keys)} rows committed"
             )
-        done_before = _ok_urls(state_path)
+        done_before = _ok_urls(stage)
         asked_before = len(site.log)
         committed = manifest.completed_record_ids(stage)
 
@@ -401,8 +397,9 @@ def test_crawl_reads_a_build_config_and_options_override_its_section(tmp_path):
 
 
 def test_the_crawl_on_a_two_process_dask_cluster_matches_threads(prefect_api, tmp_path):
-    """Batches on two Dask worker processes, each with its own crawl of the one state file: the same
-    batches and keys as on threads, and every request to the site counted once in the summary."""
+    """Batches on two Dask worker processes, each with its own crawl (no state file: the lead records
+    what they report) under the build's global limits: the same batches and keys as on threads, and
+    every request to the site counted once in the summary."""
     from ieiw.flows.config import RunnerConfig
     from ieiw.flows.runners import make_task_runner
 
@@ -425,19 +422,19 @@ def test_the_crawl_on_a_two_process_dask_cluster_matches_threads(prefect_api, tm
 
 
 def test_a_crawl_left_open_is_not_reused_after_a_rebuild_wiped_its_state(tmp_path):
-    """A run that died after listing leaves this process's crawl open; a rebuild deletes the stage's
-    folder and with it the state file: the next run builds a new crawl on the new state file, rather
-    than writing the listing and the downloads into the deleted one."""
+    """A run that died after listing leaves this process's lead crawl (its state file) open; a rebuild
+    deletes the stage's folder and with it the state file: the next run builds a new lead crawl on the
+    new state file, rather than writing the listing and the outcomes into the deleted one."""
     import itertools
 
-    from ieiw.pipelines.web.stage import CRAWL, WebEditsStage
+    from ieiw.pipelines.web.stage import WebEditsStage
     from ieiw.storage.runner import LOADS, RunOptions, ThreadExecutor, run_stage
 
     site = bulk_site(4)
     with FixtureServer(site) as server:
         config = WebEditsConfig.model_validate(_config(server.base, tmp_path, batch_size=2))
         stage = WebEditsStage(config, str(tmp_path / "out" / "web_edits"))
-        key = stage.models()[CRAWL].key
+        key = stage.lead_spec().key
         with ThreadExecutor(2) as executor:
             assert run_stage(stage, executor).kept == 4
             loads = LOADS[key]
@@ -450,4 +447,7 @@ def test_a_crawl_left_open_is_not_reused_after_a_rebuild_wiped_its_state(tmp_pat
     with sqlite3.connect(f"file:{state}?mode=ro", uri=True) as db:
         assert db.execute("SELECT COUNT(*) FROM listing").fetchone()[0] == 4
         assert db.execute("SELECT COUNT(*) FROM downloads WHERE ok = 1").fetchone()[0] >= 8
+        assert db.execute("SELECT COUNT(*) FROM posts WHERE status = 'crawled'").fetchone()[0] == 4
+    assert len(_ok_urls(str(tmp_path / "out" / "web_edits"))) >= 8
+    assert not os.listdir(tmp_path / "out" / "web_edits" / "crawl" / "outcomes")  # all recorded
     assert LOADS[key] == loads + 2  # the stale crawl was replaced, once

@@ -9,7 +9,7 @@ import zstandard
 from web_fixture_server import SUBREDDIT, FixtureServer
 from web_scenarios import FAULT_PATHS, bulk_site, fault_site
 
-from ieiw.pipelines.web.build import build_crawl
+from ieiw.pipelines.web.build import build_lead
 from ieiw.pipelines.web.config import DownloadConfig, DumpSourceConfig, RedditSourceConfig, WebEditsConfig
 from ieiw.pipelines.web.fetcher import FetchError, SafeFetcher
 from ieiw.pipelines.web.hosts import is_probable_image, resolve_image_url, urls_in_text
@@ -207,25 +207,25 @@ def test_the_listing_is_numbered_once_and_kept_when_the_live_listing_moves_on(tm
                 "max_posts": 6,
             }
         )
-        setup = build_crawl(config, str(tmp_path / "web_edits"), fingerprint="f1")
-        first = [p.post_id for p in setup.crawler.listing()]
-        setup.close()
+        lead = build_lead(config, str(tmp_path / "web_edits"), fingerprint="f1")
+        first = [p.post_id for p in lead.listing.posts()]
+        lead.close()
         assert first == [f"p{i:04d}" for i in range(6)]
         # two new posts arrive at the top of "new", and the old ones have moved down the pages
         newer = bulk_site(12).posts[10:]
         for post, name in zip(newer, ("n1", "n2")):
             post.post_id = name
         site.posts[:0] = newer
-        setup = build_crawl(config.model_copy(update={"max_posts": None}), str(tmp_path / "web_edits"), "f1")
-        again = [p.post_id for p in setup.crawler.listing(done={"reddit:p0001"})]
-        counts = dict(setup.crawler.counts)
-        setup.close()
+        lead = build_lead(config.model_copy(update={"max_posts": None}), str(tmp_path / "web_edits"), "f1")
+        again = [p.post_id for p in lead.listing.posts(done={"reddit:p0001"})]
+        counts = dict(lead.listing.counts)
+        lead.close()
         assert again == first + ["n1", "n2"] + [f"p{i:04d}" for i in range(6, 10)]
         assert counts["posts_listed_before"] == 6 and counts["posts_already_done"] == 1
         # a crawl state made for other settings starts afresh: the new listing order is the input
-        setup = build_crawl(config, str(tmp_path / "web_edits"), fingerprint="f2")
-        assert [p.post_id for p in setup.crawler.listing()] == ["n1", "n2", *first[:4]]
-        setup.close()
+        lead = build_lead(config, str(tmp_path / "web_edits"), fingerprint="f2")
+        assert [p.post_id for p in lead.listing.posts()] == ["n1", "n2", *first[:4]]
+        lead.close()
 
 
 def test_the_crawl_state_is_bound_to_a_fingerprint(tmp_path):

@@ -5,6 +5,10 @@ content types, truncated JPEGs, decompression bombs, 200 MB bodies, HTML pages, 
 image extension, and a robots.txt that only an RFC 9309 parser (wildcards, longest match) reads right.
 
 Every request is logged (method, path, status, time) so tests can assert what was and was not asked.
+Each server is one host to be polite to: its :class:`HostMeter` counts the requests in flight (from the
+request's arrival to its response's last byte) and when each arrived, so a test can assert that neither
+the per-host concurrency nor the request rate was ever exceeded. ``site.body_seconds`` streams image
+bodies in chunks over that many seconds, so a request in flight stays in flight long enough to be seen.
 """
 
 from __future__ import annotations
@@ -81,6 +85,7 @@ class FixtureSite:
         self.images: dict[str, bytes] = {}  # path -> bytes
         self.page_size = 5
         self.delay = 0.0  # seconds before every response (the bench's injected latency)
+        self.body_seconds = 0.0  # image bodies streamed in chunks over this long
         self.log: list[Logged] = []
         self.hits: dict[str, int] = {}
         self.lock = threading.Lock()
@@ -113,6 +118,10 @@ class FixtureSite:
 
     def url(self, path: str) -> str:
         return self.base + path
+
+    def image_url(self, path: str) -> str:
+        """An answer's image: a path on this server, or a full URL (another host serving the site)."""
+        return path if "://" in path else self.url(path)
 
     def t3(self, post: Post) -> dict:
         data = {
@@ -184,7 +193,7 @@ class FixtureSite:
                     "status": "valid",
                     "e": "Image",
                     "m": "image/jpg",
-                    "s": {"u": self.url(p), "x": 320, "y": 240},
+                    "s": {"u": self.image_url(p), "x": 320, "y": 240},
                 }
                 for i, p in enumerate(comment.image_paths)
             }
@@ -192,7 +201,7 @@ class FixtureSite:
             data["body"] = "Here you go " + " ".join(f"![img]({k})" for k in meta)
         else:
             data["body"] = "Here you go: " + " and ".join(
-                f"[edit]({self.url(p)})" for p in comment.image_paths
+                f"[edit]({self.image_url(p)})" for p in comment.image_paths
             )
         if comment.links:
             port = self.base.rsplit(":", 1)[-1]
@@ -272,6 +281,42 @@ class FixtureSite:
         return submissions, comments
 
 
+class HostMeter:
+    """What one host saw: requests in flight now and at most, and when each request arrived."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self.arrivals: list[float] = []
+
+    def start(self) -> None:
+        with self.lock:
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+            self.arrivals.append(time.monotonic())
+
+    def end(self) -> None:
+        with self.lock:
+            self.in_flight -= 1
+
+    def max_in_window(self, seconds: float) -> int:
+        """The most requests that arrived within any ``seconds`` (a half-open window)."""
+        with self.lock:
+            times = sorted(self.arrivals)
+        most, first = 0, 0
+        for last, at in enumerate(times):
+            while at - times[first] >= seconds:
+                first += 1
+            most = max(most, last - first + 1)
+        return most
+
+    def min_gap(self) -> float:
+        with self.lock:
+            times = sorted(self.arrivals)
+        return min((b - a for a, b in zip(times, times[1:])), default=float("inf"))
+
+
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     disable_nagle_algorithm = True  # headers and body go out at once, no 40 ms delayed-ACK stalls
@@ -303,6 +348,14 @@ class Handler(BaseHTTPRequestHandler):
         self.send(404, b"not found", "text/plain", path, "POST")
 
     def do_GET(self) -> None:
+        meter: HostMeter = self.server.meter
+        meter.start()
+        try:
+            self._get()
+        finally:
+            meter.end()
+
+    def _get(self) -> None:
         parts = urlsplit(self.path)
         path, query = parts.path, parse_qs(parts.query)
         site = self.site
@@ -336,6 +389,8 @@ class Handler(BaseHTTPRequestHandler):
             if tree is None:
                 return self.send(404, b"{}", "application/json", path)
             return self.send(200, json.dumps(tree).encode(), "application/json", path)
+        if path in site.images and site.body_seconds:
+            return self._send_slowly(site.images[path], path, site.body_seconds)
         if path in site.images:
             return self.send(200, site.images[path], "image/jpeg", path)
         if path.startswith(("/private/", "/img/hidden-")):
@@ -406,6 +461,15 @@ class Handler(BaseHTTPRequestHandler):
             return self.send(200, b"<!DOCTYPE html><html><body>Not an image</body></html>", "text/html", path)
         return self.send(404, b"not found", "text/plain", path)
 
+    def _send_slowly(self, body: bytes, path: str, seconds: float, chunks: int = 5) -> None:
+        """The whole body, in ``chunks`` parts with pauses between them: ``seconds`` in all."""
+        self.send_head(200, "image/jpeg", path, length=len(body))
+        size = -(-len(body) // chunks)
+        for index in range(chunks):
+            self.wfile.write(body[index * size : (index + 1) * size])
+            self.wfile.flush()
+            time.sleep(seconds / chunks)
+
     def _stream_zeros(self, total: int) -> None:
         block = b"\x00" * (1 << 20)
         sent = 0
@@ -449,15 +513,20 @@ class Handler(BaseHTTPRequestHandler):
 
 
 class FixtureServer:
-    """Start with ``with FixtureServer(site) as server:``; ``server.base`` is ``http://127.0.0.1:<port>``."""
+    """Start with ``with FixtureServer(site) as server:``; ``server.base`` is ``http://127.0.0.1:<port>``.
 
-    def __init__(self, site: FixtureSite, port: int = 0) -> None:
+    ``primary=False``: another host serving the same site (its answers' images, say); the site's own
+    links keep pointing at the primary one."""
+
+    def __init__(self, site: FixtureSite, port: int = 0, primary: bool = True) -> None:
         handler = type("BoundHandler", (Handler,), {"site": site})
         self.httpd = ThreadingHTTPServer(("127.0.0.1", port), handler)
         self.httpd.daemon_threads = True
+        self.meter = self.httpd.meter = HostMeter()
         self.site = site
         self.base = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        site.base = self.base
+        if primary:
+            site.base = self.base
         self.thread = threading.Thread(
             target=self.httpd.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True
         )

@@ -13,6 +13,12 @@ Prints images per second, the ratio, and the model FLOPs utilisation (UNet train
 forward counted with ``torch.utils.flop_counter`` times 3 for forward + backward, over the GPU's
 dense bf16 peak). Data loading is outside the timed loop for both.
 
+With ``--stage preference`` it measures the preference stage (Diffusion-DPO, :mod:`ieiw.model.dpo`) against
+the plain editing stage, both the trainer's step at the same batch size in one run: pairs per second
+against samples per second, and their ratio. A preference step runs the policy forward and backward on
+both edits of a pair and the frozen reference forward on both, about 8 UNet forward passes' worth of work
+per pair against the editing step's 3 (forward + backward), so the expected ratio is about 3/8.
+
 With ``--buckets`` it measures aspect-ratio bucketing instead, against the same loop without it: the
 data stream (shards of photos of mixed shapes decoded, cropped and batched by :mod:`ieiw.model.data`,
 one bucket per batch, against square crops) and the trainer's step on batches that cycle through the
@@ -21,6 +27,7 @@ buckets' shapes against square batches of ``resolution``.
     python bench/train_throughput.py                  # GPU: SD1.5 UNet; CPU: tiny UNet
     python bench/train_throughput.py --compile --batch-size 64
     python bench/train_throughput.py --base sdxl --resolution 512 --buckets
+    python bench/train_throughput.py --stage preference       # Diffusion-DPO against the editing step
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import math
 import tempfile
 import time
 from pathlib import Path
@@ -272,35 +280,39 @@ def baseline_loop(args, device, tokenizer):
     return timed(step, args.warmup, args.steps, device)
 
 
-def our_loop(args, device, tokenizer, shapes: list[tuple[int, int]] | None = None):
+def our_loop(args, device, tokenizer, shapes: list[tuple[int, int]] | None = None, objective: str = "edit"):
     """The trainer's step: accelerate bf16, cached latents, fused AdamW, optional compile; batches cycle
-    through ``shapes`` (pixel height, width; default the square of ``resolution``)."""
+    through ``shapes`` (pixel height, width; default the square of ``resolution``). ``objective``
+    ``preference``: the Diffusion-DPO step on pairs (a rejected latent per sample, a frozen reference)."""
     from ieiw.model.conditioning import null_conditioning
     from ieiw.model.config import TrainConfig
+    from ieiw.model.dpo import preference_step, reference_unet
     from ieiw.model.trainer import training_step
 
     precision = "bf16" if device.type == "cuda" else "no"
     accelerator = Accelerator(mixed_precision=precision, cpu=device.type == "cpu")
+    torch.manual_seed(0)  # the same UNet for every objective
     unet, vae, encoders = model_parts(args.base, args.tiny)
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     vae.to(device, dtype=dtype).requires_grad_(False)
     for encoder in encoders:
         encoder.to(device, dtype=dtype).requires_grad_(False)
     unet.train()
+    reference = reference_unet(unet, dtype, device) if objective == "preference" else None
     optimizer = torch.optim.AdamW(unet.parameters(), lr=1e-5, fused=device.type == "cuda")
     unet, optimizer = accelerator.prepare(unet, optimizer)
     model = torch.compile(unet) if args.compile else unet
     scheduler = DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
     models = as_models(unet, vae, encoders, tokenizer, scheduler)
     config = TrainConfig.model_validate(
-        {"base_model": "-", "output_dir": "-", "data": {"sets": [{"urls": []}]}}
+        {"base_model": "-", "output_dir": "-", "data": {"sets": [{"urls": []}]}, "objective": objective}
     )
     b, factor = args.batch_size, models.vae_factor
     shapes = shapes or [(args.resolution, args.resolution)]
+    names = ("src_lat", "tgt_lat", "rej_lat") if reference is not None else ("src_lat", "tgt_lat")
     batches = [
         {
-            "src_lat": torch.randn(b, 4, h // factor, w // factor, device=device),
-            "tgt_lat": torch.randn(b, 4, h // factor, w // factor, device=device),
+            **{name: torch.randn(b, 4, h // factor, w // factor, device=device) for name in names},
             "text": [PROMPTS[i % len(PROMPTS)] for i in range(b)],
         }
         for h, w in shapes
@@ -312,7 +324,11 @@ def our_loop(args, device, tokenizer, shapes: list[tuple[int, int]] | None = Non
     def step():
         n = next(counter)
         generator = torch.Generator(device=device).manual_seed(n)
-        loss = training_step(config, models, model, batches[n % len(batches)], null_text, generator, device)
+        batch = batches[n % len(batches)]
+        if reference is not None:
+            loss = preference_step(config, models, model, reference, batch, null_text, generator, device).loss
+        else:
+            loss = training_step(config, models, model, batch, null_text, generator, device)
         accelerator.backward(loss)
         accelerator.clip_grad_norm_(unet.parameters(), 1.0)
         optimizer.step()
@@ -408,6 +424,31 @@ def bench_buckets(args, device, tokenizer) -> None:
     print(f"ratio buckets / square (step): {square_seconds / bucket_seconds:.2f}x")
 
 
+def bench_preference(args, device, tokenizer) -> None:
+    """The preference stage's step against the editing stage's, at the same batch size, alternated
+    ``--repeats`` times; each one's best time counts (a shared machine's load comes and goes)."""
+    best = {"edit": math.inf, "preference": math.inf}
+    flops = None
+    for _ in range(args.repeats):
+        for objective in best:
+            seconds, models = our_loop(args, device, tokenizer, objective=objective)
+            best[objective] = min(best[objective], seconds)
+            if flops is None:
+                size = (args.resolution // models.vae_factor,) * 2
+                flops = unet_train_flops(models, args.batch_size, size, device)
+            if device.type == "cuda":
+                del models
+                torch.cuda.empty_cache()
+    print(describe(args, device, models, flops) + f"; best of {args.repeats} alternated runs")
+    samples = args.batch_size * args.steps
+    edit_rate, pair_rate = samples / best["edit"], samples / best["preference"]
+    print(f"{'editing stage (samples/s)':48s} {edit_rate:9.2f} images/s")
+    print(f"{'preference stage (pairs/s)':48s} {pair_rate:9.2f} images/s")
+    print(f"{'preference stage (edits through the UNet/s)':48s} {2 * pair_rate:9.2f} images/s")
+    ratio = pair_rate / edit_rate
+    print(f"ratio preference / edit (pairs against samples): {ratio:.2f}x (expected about 0.38x)")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="auto")
@@ -415,6 +456,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--resolution", type=int, default=256)
     parser.add_argument("--buckets", action="store_true", help="bucketed against square, at --resolution")
+    parser.add_argument(
+        "--stage",
+        choices=("edit", "preference"),
+        default="edit",
+        help="preference: the Diffusion-DPO stage's step against the editing stage's",
+    )
+    parser.add_argument("--repeats", type=int, default=None, help="--stage preference: alternated runs")
     parser.add_argument("--bucket-step", type=int, default=64)
     parser.add_argument("--stream-batches", type=int, default=8)
     parser.add_argument("--steps", type=int, default=None)
@@ -431,6 +479,7 @@ def main(argv: list[str] | None = None) -> None:
     args.tiny = args.tiny or device.type == "cpu"
     args.batch_size = args.batch_size or (32 if device.type == "cuda" else 4)
     args.steps = args.steps or (20 if device.type == "cuda" else 5)
+    args.repeats = args.repeats or (1 if device.type == "cuda" else 3)
     if device.type == "cpu":
         torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
     if device.type == "cuda":
@@ -441,6 +490,9 @@ def main(argv: list[str] | None = None) -> None:
         tokenizer = char_tokenizer(Path(folder))
     if args.buckets:
         bench_buckets(args, device, tokenizer)
+        return
+    if args.stage == "preference":
+        bench_preference(args, device, tokenizer)
         return
     images = args.batch_size * args.steps
     base_seconds = baseline_loop(args, device, tokenizer)

@@ -26,6 +26,7 @@ from prefect.artifacts import create_markdown_artifact, create_progress_artifact
 from ieiw.model.config import load_train_config, missing_stage_inputs
 from ieiw.model.curriculum import (
     check_ready,
+    figures_line,
     is_complete,
     mix_table,
     plan_stages,
@@ -87,6 +88,7 @@ def stage_markdown(summary: dict) -> str:
             f"Model (diffusers layout): `{out}`",
             f"Steps: {summary['steps']}",
             f"Last loss: {summary['last_loss']}",
+            *([f"Last figures: {figures}"] if (figures := figures_line(summary)) else []),
             f"Loss curve: `{summary['loss_curve']}`",
             f"TensorBoard: `tensorboard --logdir {out / 'logs'}`",
             "",

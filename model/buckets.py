@@ -4,8 +4,8 @@
 side a multiple of ``step``, no wider or taller than ``max_aspect``. Each sample goes to the shape whose
 aspect ratio is closest to its source's (compared on a log scale), is resized with one scale for both
 axes until it covers that shape, and cropped to it; source and target get the same resize, crop and
-flip (:func:`crop_pair`). A batch holds one shape (:meth:`ieiw.model.data.ShardStream`), so the UNet
-sees full batches of equal tensors.
+flip (:func:`crop_pair`; a preference pair's rejected edit too, :func:`crop_alike`). A batch holds one
+shape (:meth:`ieiw.model.data.ShardStream`), so the UNet sees full batches of equal tensors.
 
 The cropped aspect ratio is the bucket's: for a source whose own aspect ratio lies within the buckets'
 range it differs from the source's by at most half the largest gap between neighbouring shapes
@@ -94,17 +94,25 @@ def crop_pair(
     """Source and target resized alike to cover ``shape``, cropped to it at one place (random with
     ``rng``, centred without) and flipped alike; with SDXL's size ids ``(original height, original
     width, crop top, crop left, height, width)``, the crop's place given in the (flipped) resized image."""
+    (src, tgt), ids = crop_alike(src, [tgt], shape, flip, rng)
+    return src, tgt, ids
+
+
+def crop_alike(
+    src: np.ndarray, others: list[np.ndarray], shape: Shape, flip: bool, rng: random.Random | None
+) -> tuple[list[np.ndarray], list[int]]:
+    """:func:`crop_pair` of a source and any number of images of it (a target; a preference pair's
+    chosen and rejected edits): every one takes the source's size, crop and flip."""
     height, width = src.shape[:2]
     size = cover_size(width, height, shape)
-    src = resize(src, size)
-    tgt = resize(tgt, size)  # the target takes the source's size, whatever its own
+    images = [resize(image, size) for image in (src, *others)]  # each takes the source's size
     bh, bw = shape
     if rng is None:
         top, left = (size[1] - bh) // 2, (size[0] - bw) // 2
     else:
         top, left = rng.randint(0, size[1] - bh), rng.randint(0, size[0] - bw)
-    src, tgt = src[top : top + bh, left : left + bw], tgt[top : top + bh, left : left + bw]
+    images = [image[top : top + bh, left : left + bw] for image in images]
     if flip and rng is not None and rng.random() < 0.5:
-        src, tgt = src[:, ::-1], tgt[:, ::-1]
+        images = [image[:, ::-1] for image in images]
         left = size[0] - left - bw
-    return src, tgt, [height, width, top, left, bh, bw]
+    return images, [height, width, top, left, bh, bw]

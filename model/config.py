@@ -6,6 +6,13 @@ wording of the pair where it wrote one). A config may instead list ``stages``
 (the paper's curriculum: caption pre-training, the weighted task mix, instruction tuning), each
 with its own shard sets and a few overrides; :mod:`ieiw.model.curriculum` turns every stage into a
 plain single-stage config of this same shape. A config without ``stages`` is one stage.
+
+A stage's ``objective`` is ``edit`` (the InstructPix2Pix denoising loss on source, instruction, target) or
+``preference``: Diffusion-DPO (:mod:`ieiw.model.dpo`) on preference pairs (our ``preference`` shards or the
+Diffusion-DPO Hugging Face layout, :mod:`ieiw.model.dpo_layout`) against the frozen starting checkpoint,
+with ``beta`` the strength of the pull towards that reference. A shard set's ``choosers`` keeps only the
+pairs chosen by those (``human``, ``judge``, a reward model...), so picks and scores can be trained on apart
+or weighted against each other.
 """
 
 from __future__ import annotations
@@ -33,6 +40,9 @@ from ieiw.storage.config import (
 
 # rewritten_instruction: the quality judge's wording of the pair when it wrote one (sample_decode.sample_text)
 TextField = Literal["instruction", "pretrain_caption", "rewritten_instruction"]
+# edit: the denoising loss on (source, instruction, target); preference: Diffusion-DPO on preference pairs
+Objective = Literal["edit", "preference"]
+DEFAULT_BETA = 5000.0  # Wallace et al.'s beta for SD 1.5 (the loss's beta/2: diffusers' --beta_dpo 2500)
 
 
 class ShardSet(BaseModel):
@@ -44,6 +54,8 @@ class ShardSet(BaseModel):
     weight: float = Field(default=1.0, gt=0)
     text_field: TextField | None = None  # None: the stage's text_field, else ``instruction``
     name: str = ""  # names the set in the logged mix; ``set<i>`` when empty
+    # preference pairs: only those whose ``chooser`` is one of these (None: every pair)
+    choosers: list[str] | None = Field(default=None, min_length=1)
 
 
 def _unique_names(sets: list[ShardSet]) -> None:
@@ -129,6 +141,8 @@ class StageConfig(BaseModel):
     data: list[ShardSet] = Field(min_length=1)
     text_field: TextField | None = None
     image_conditioning: bool = True
+    objective: Objective | None = None  # None: the run's (``edit`` by default)
+    beta: float | None = Field(default=None, gt=0)  # preference: the Diffusion-DPO beta (None: the run's)
     max_steps: int | None = Field(default=None, gt=0)
     epochs: float | None = Field(default=None, gt=0)
     learning_rate: float | None = Field(default=None, gt=0)
@@ -163,6 +177,9 @@ class TrainConfig(BaseModel):
     max_steps: int = Field(default=1000, gt=0)  # optimizer steps
     epochs: float | None = Field(default=None, gt=0)  # instead of max_steps: passes over the data
     image_conditioning: bool = True  # false: text-to-image (the source latent is zeros)
+    # edit, or preference: Diffusion-DPO against the frozen base_model, on preference pairs
+    objective: Objective = "edit"
+    beta: float = Field(default=DEFAULT_BETA, gt=0)  # preference: loss -log sigmoid(-beta/2 * ...)
     # keys the latent cache; default base_model (stages share it)
     latent_cache_model: str | None = model_ref(None)
     mixed_precision: Literal["no", "fp16", "bf16"] = "bf16"

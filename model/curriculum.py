@@ -57,8 +57,10 @@ class Stage:
 
 def stage_config(config: TrainConfig, stage: StageConfig, base_model: str) -> TrainConfig:
     """The single-stage config of ``stage``: the run's settings with the stage's data and overrides."""
-    sets = [s.model_copy(update={"text_field": s.text_field or stage.text_field or "instruction"})
-            for s in stage.data]
+    sets = [
+        s.model_copy(update={"text_field": s.text_field or stage.text_field or "instruction"})
+        for s in stage.data
+    ]
     values = config.model_dump(exclude={"stages"})
     values.update(
         base_model=base_model,
@@ -70,7 +72,7 @@ def stage_config(config: TrainConfig, stage: StageConfig, base_model: str) -> Tr
     for name in ("learning_rate", "lr_warmup_steps"):
         if getattr(stage, name) is not None:
             values["optim"][name] = getattr(stage, name)
-    for name in ("train_batch_size", "checkpoint_every"):
+    for name in ("train_batch_size", "checkpoint_every", "objective", "beta"):
         if getattr(stage, name) is not None:
             values[name] = getattr(stage, name)
     if stage.cfg_dropout is not None:
@@ -102,9 +104,16 @@ def is_complete(stage: Stage) -> bool:
 
 
 def settings_fingerprint(stage: Stage) -> str:
-    """What a stage was trained with (a previous stage's folder left out: it moves with output_dir)."""
+    """What a stage was trained with (a previous stage's folder left out: it moves with output_dir; an
+    edit stage's preference settings left out: they do not shape it)."""
     left_out = {"output_dir", "resume"} | ({"base_model"} if stage.previous else set())
-    dumped = json.dumps(stage.config.model_dump(mode="json", exclude=left_out), sort_keys=True)
+    if stage.config.objective == "edit":
+        left_out |= {"objective", "beta"}
+    values = stage.config.model_dump(mode="json", exclude=left_out)
+    for shard_set in values["data"]["sets"]:
+        if shard_set.get("choosers") is None:
+            shard_set.pop("choosers", None)  # every pair: what a stage read before sets could filter
+    dumped = json.dumps(values, sort_keys=True)
     return hashlib.sha256(dumped.encode()).hexdigest()[:16]
 
 
@@ -120,7 +129,8 @@ def check_ready(stage: Stage, plan: list[Stage]) -> None:
     if not is_complete(before):
         raise StageNotReady(
             f"stage {stage.name!r} starts from stage {before.name!r}'s model, which is not saved yet "
-            f"(no {before.output_dir / DONE_MARKER}): train {before.name!r} first, or run all stages")
+            f"(no {before.output_dir / DONE_MARKER}): train {before.name!r} first, or run all stages"
+        )
 
 
 def run_stage(stage: Stage, plan: list[Stage]) -> dict:
@@ -131,8 +141,11 @@ def run_stage(stage: Stage, plan: list[Stage]) -> dict:
     if stage.staged and is_complete(stage):
         marker = json.loads((stage.output_dir / DONE_MARKER).read_text())
         if marker.get("settings") != settings_fingerprint(stage):
-            log.warning("stage %r was completed with other settings; delete %s to train it again",
-                        stage.name, stage.output_dir)
+            log.warning(
+                "stage %r was completed with other settings; delete %s to train it again",
+                stage.name,
+                stage.output_dir,
+            )
         log.info("stage %r is complete (%s): skipped", stage.name, stage.output_dir / DONE_MARKER)
         return {**run_summary(str(stage.output_dir)), "stage": stage.name, "skipped": True}
     check_ready(stage, plan)
@@ -143,9 +156,13 @@ def run_stage(stage: Stage, plan: list[Stage]) -> dict:
     summary = {**run_summary(str(out)), "stage": stage.name, "skipped": False}
     if stage.staged and state.is_main_process:
         marker = {
-            "stage": stage.name, "steps": summary["steps"], "base_model": stage.config.base_model,
-            "settings": settings_fingerprint(stage), "seconds_this_run": round(time.time() - started, 1),
-            "completed_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "mix": summary["mix"],
+            "stage": stage.name,
+            "steps": summary["steps"],
+            "base_model": stage.config.base_model,
+            "settings": settings_fingerprint(stage),
+            "seconds_this_run": round(time.time() - started, 1),
+            "completed_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "mix": summary["mix"],
         }
         tmp = stage.output_dir / f".{DONE_MARKER}.tmp"
         write_json(tmp, marker)
@@ -179,17 +196,20 @@ def end_process_group() -> None:
 
 
 def run_summary(output_dir: str) -> dict:
-    """Steps done, the last logged loss, the data mix seen, checkpoints and the loss curve of a run."""
+    """Steps done, the last logged loss (and the objective's other figures), the data mix seen, checkpoints
+    and the loss curve of a run."""
     out = Path(output_dir)
     rows = []
     if (out / "loss.csv").exists():
         with open(out / "loss.csv", newline="", encoding="utf-8") as handle:
             rows = list(csv.DictReader(handle))
     mix = json.loads((out / "mix.json").read_text()) if (out / "mix.json").exists() else None
+    last = {k: float(v) for k, v in rows[-1].items() if k not in ("step", "loss") and v} if rows else {}
     return {
         "output_dir": output_dir,
         "steps": int(rows[-1]["step"]) if rows else 0,
         "last_loss": float(rows[-1]["loss"]) if rows else None,
+        "last_figures": last,  # what else the objective logs (a preference stage: accuracy, margin...)
         "mix": mix,
         "checkpoints": [str(p) for p in checkpoint_dirs(output_dir)],
         "loss_curve": str(out / "loss.png"),
@@ -197,11 +217,19 @@ def run_summary(output_dir: str) -> dict:
     }
 
 
+def figures_line(summary: dict) -> str:
+    """The last logged figures besides the loss (a preference stage's implicit accuracy, reward margin and
+    errors), in one line; empty when the objective logs none."""
+    figures = summary.get("last_figures") or {}
+    return ", ".join(f"{name.replace('_', ' ')} {value:.4g}" for name, value in figures.items())
+
+
 def mix_table(mix: dict | None) -> str:
     """The samples seen per set against the weights, as a Markdown table."""
     if not mix:
         return "(no mix logged)"
     lines = ["| set | weight share | samples | share seen |", "| --- | ---: | ---: | ---: |"]
-    lines += [f"| {r['name']} | {r['weight_share']:.3f} | {r['samples']} | {r['share']:.3f} |"
-              for r in mix["sets"]]
+    lines += [
+        f"| {r['name']} | {r['weight_share']:.3f} | {r['samples']} | {r['share']:.3f} |" for r in mix["sets"]
+    ]
     return "\n".join(lines)

@@ -31,8 +31,14 @@ bucketed position is ``(block, batches of the block consumed)``: a resume reads 
 samples into buckets from their image headers (or cached latents) without decoding, and skips that many
 batches. Multi-turn sessions: ``StreamSettings.sessions`` keeps ``all`` samples, single ``turns`` (no
 whole-session sample) or ``whole`` sessions (no single turn of a session). A set's shards come from
-:func:`ieiw.storage.shards.expand_shard_urls`: a stage folder (or its ``shards/``) means the shards its
-committed manifest parts list, never what lies in the folder.
+:func:`expand_urls`: a stage folder (or its ``shards/``) means the shards its committed manifest parts list
+(:func:`ieiw.storage.shards.expand_shard_urls`), never what lies in the folder; a Diffusion-DPO dataset (a
+folder of Parquet files in the hub layout, or one such file) means its Parquet files, each read as one
+shard of preference pairs (:mod:`ieiw.model.dpo_layout`).
+
+Preference training (``StreamSettings.rejected``) reads preference pairs: every item also carries the
+rejected edit (``rej``, or ``rej_lat`` from the latent cache), cropped and flipped as its source and chosen
+target (:mod:`ieiw.model.sample_decode`). A set's ``choosers`` keeps only the pairs those chose.
 """
 
 from __future__ import annotations
@@ -42,7 +48,7 @@ import logging
 import math
 import random
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -52,6 +58,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from ieiw.model.buckets import Buckets, Shape
 from ieiw.model.conditioning import SIZE_COND
+from ieiw.model.dpo_layout import count_rows, is_parquet, layout_files, parquet_samples
 from ieiw.model.reports import write_json
 from ieiw.model.sample_decode import bucket_of, decode_item
 from ieiw.storage.shards import ShardReadError, count_samples, expand_shard_urls, shard_samples
@@ -59,6 +66,11 @@ from ieiw.storage.shards import ShardReadError, count_samples, expand_shard_urls
 log = logging.getLogger(__name__)
 
 MAX_EMPTY_BLOCKS = 50
+NOTHING_TO_TRAIN_ON = (
+    f"{MAX_EMPTY_BLOCKS} blocks in a row held no samples to train on: are the shards empty, or does every "
+    "sample fail a filter (a set's choosers, data.sessions, a preference stage reading shards without "
+    "preference pairs)? The counts of dropped samples are logged"
+)
 SHARDS_MEASURED = 16  # shards per set whose samples are counted to weigh the set's shard draws
 
 
@@ -75,6 +87,7 @@ class SourceSet:
     text_field: str = "instruction"
     name: str = ""
     samples_per_shard: float | None = None
+    choosers: tuple[str, ...] | None = None  # preference pairs: only those these chose
 
 
 @dataclass
@@ -88,6 +101,7 @@ class StreamSettings:
     rank: int = 0
     buckets: Buckets | None = None  # aspect-ratio buckets; None: square crops of ``resolution``
     sessions: str = "all"  # which samples of multi-turn sessions: all, turns or whole
+    rejected: bool = False  # preference pairs: each item also carries its rejected edit
 
 
 @dataclass
@@ -176,9 +190,8 @@ class ShardStream(IterableDataset):
         empty = 0
         while True:
             pending: dict[Shape, list[tuple[int, dict]]] = {}
-            made, seen = 0, 0
+            made = 0
             for offset, raw in enumerate(self._block(worker, block, drops)):
-                seen += 1
                 shape = bucket_of(raw, s, drops)
                 if shape is None:
                     continue
@@ -196,11 +209,9 @@ class ShardStream(IterableDataset):
                 position = (worker, block + 1, 0) if i == len(leftovers) - 1 else (worker, block, made)
                 if made > skip:
                     yield from self._bucket_batch(worker, block, group, shape, position, drops)
-            empty = empty + 1 if seen == 0 else 0
+            empty = empty + 1 if made == 0 else 0  # no sample of the block was kept
             if empty >= MAX_EMPTY_BLOCKS:
-                raise RuntimeError(
-                    f"{MAX_EMPTY_BLOCKS} blocks in a row held no samples: are the shards empty?"
-                )
+                raise RuntimeError(NOTHING_TO_TRAIN_ON)
             block, skip = block + 1, 0
 
     def _bucket_batch(
@@ -225,19 +236,17 @@ class ShardStream(IterableDataset):
         block, skip = self.state.positions[worker]
         empty = 0
         while True:
-            seen = 0
+            used = 0
             for offset, raw in enumerate(self._block(worker, block, drops)):
-                seen += 1
                 if offset < skip:
                     continue
                 item = decode_item(raw, self._sample_rng(worker, block, offset), self.settings, drops)
                 if item is not None:
+                    used += 1
                     yield block, offset, item
-            empty = empty + 1 if seen == 0 else 0
+            empty = empty + 1 if used == 0 and not skip else 0
             if empty >= MAX_EMPTY_BLOCKS:
-                raise RuntimeError(
-                    f"{MAX_EMPTY_BLOCKS} blocks in a row held no samples: are the shards empty?"
-                )
+                raise RuntimeError(NOTHING_TO_TRAIN_ON)
             block, skip = block + 1, 0
 
     def _block(self, worker: int, block: int, drops: Counter) -> Iterator[dict]:
@@ -247,7 +256,7 @@ class ShardStream(IterableDataset):
         for _ in range(s.shards_per_block):
             shard_set = rng.choices(self.sets, weights=self.shard_weights)[0]
             chosen.append((rng.choice(shard_set.urls), shard_set))
-        streams = [read_shard(url, x.text_field, drops, x.name) for url, x in chosen]
+        streams = [read_shard(url, x.text_field, drops, x.name, x.choosers) for url, x in chosen]
         mixed = iter(wds.RoundRobin(streams, longest=True))  # one sample of each shard in turn
         return wds.shuffle(bufsize=s.shuffle_buffer, initial=s.shuffle_buffer, rng=rng)(mixed)
 
@@ -256,20 +265,42 @@ class ShardStream(IterableDataset):
         return random.Random(f"sample-{s.seed}-{s.rank}-{worker}-{block}-{offset}")
 
 
-def read_shard(url: str, text_field: str, drops: Counter, source: str = "") -> Iterator[dict]:
+def read_shard(
+    url: str, text_field: str, drops: Counter, source: str = "", choosers: Iterable[str] | None = None
+) -> Iterator[dict]:
     """The raw samples (``{"__key__", extension: bytes}``) of one shard, read by the project's one shard
-    reader (:func:`ieiw.storage.shards.shard_samples`); unreadable data is counted in ``drops`` and
-    ends the shard instead of the training run."""
+    reader (:func:`ieiw.storage.shards.shard_samples`), or of one Diffusion-DPO Parquet file
+    (:func:`ieiw.model.dpo_layout.parquet_samples`); unreadable data is counted in ``drops`` and ends the
+    shard instead of the training run."""
 
     def count_and_continue(exn: Exception) -> bool:
         drops["unreadable-shard"] += 1
         log.warning("%s: the shard ends here", exn)
         return True
 
-    for sample in shard_samples(url, on_error=count_and_continue):
+    kept = tuple(choosers) if choosers else None
+    if is_parquet(url):
+        samples = _parquet_guarded(url, drops, count_and_continue)
+    else:
+        samples = shard_samples(url, on_error=count_and_continue)
+    for sample in samples:
         sample["__text_field__"] = text_field
         sample["__source__"] = source
+        sample["__choosers__"] = kept
         yield sample
+
+
+def _parquet_guarded(url: str, drops: Counter, on_error) -> Iterator[dict]:
+    """A Parquet file's samples; a read error is handed to ``on_error`` as a shard's and ends the file."""
+    try:
+        yield from parquet_samples(url, drops)
+    except (OSError, ValueError) as exn:  # pyarrow raises OSError or ArrowInvalid (a ValueError)
+        on_error(ShardReadError(url, exn))
+
+
+def count_shard_samples(url: str) -> int:
+    """The samples of one shard (its tar headers) or rows of one Parquet file (its footer)."""
+    return count_rows(url) if is_parquet(url) else count_samples(url)
 
 
 def measure_samples_per_shard(urls: list[str], most: int = SHARDS_MEASURED) -> float:
@@ -281,7 +312,7 @@ def measure_samples_per_shard(urls: list[str], most: int = SHARDS_MEASURED) -> f
     counts = []
     for i in picked:
         try:
-            counts.append(count_samples(urls[i]))
+            counts.append(count_shard_samples(urls[i]))
         except (OSError, ShardReadError) as exc:
             log.warning("cannot count the samples of %s: %s", urls[i], exc)
     return sum(counts) / len(counts) if counts else 0.0
@@ -309,7 +340,7 @@ def collate(items: list[dict], position: tuple[int, int, int], drops: Counter) -
         "key": [i["key"] for i in items],
         "source": [i["source"] for i in items],
     }
-    for name in ("src", "tgt", "src_lat", "tgt_lat", SIZE_COND):
+    for name in ("src", "tgt", "rej", "src_lat", "tgt_lat", "rej_lat", SIZE_COND):
         if name in items[0]:
             batch[name] = torch.stack([i[name] for i in items])
     batch["position"] = position
@@ -330,6 +361,17 @@ def make_loader(sets: list[SourceSet], settings: StreamSettings, state: StreamSt
     )
 
 
+def expand_urls(urls: Iterable[str] | str) -> list[str]:
+    """The shards to read for ``urls``, in order: a Diffusion-DPO dataset's Parquet files
+    (:func:`ieiw.model.dpo_layout.layout_files`), else what the one shard reader takes
+    (:func:`ieiw.storage.shards.expand_shard_urls`: a stage folder's committed shards)."""
+    out: list[str] = []
+    for url in [urls] if isinstance(urls, str) else urls:
+        files = layout_files(str(url))
+        out.extend(files if files is not None else expand_shard_urls(str(url)))
+    return out
+
+
 def expand_sets(sets) -> list[SourceSet]:
     """Config shard sets (``model.config.ShardSet``) to :class:`SourceSet` with their shard URLs.
 
@@ -338,10 +380,11 @@ def expand_sets(sets) -> list[SourceSet]:
     out = []
     for i, s in enumerate(sets):
         name = s.name or f"set{i}"
-        urls = expand_shard_urls(s.urls)
+        urls = expand_urls(s.urls)
         if not urls:
             raise ValueError(f"shard set {name!r} has no shards at {s.urls}")
-        out.append(SourceSet(urls, s.weight, s.text_field or "instruction", name))
+        choosers = tuple(s.choosers) if getattr(s, "choosers", None) else None
+        out.append(SourceSet(urls, s.weight, s.text_field or "instruction", name, choosers=choosers))
     return out
 
 

@@ -2,7 +2,9 @@
 
 Each input shard becomes one cache shard of the same samples with ``<key>.json`` and
 ``<key>.lat.safetensors`` (``src``, ``tgt`` and the latents of the horizontally flipped images
-``src_flip``, ``tgt_flip``, float16, plus ``factor``, the VAE's downsampling, and ``origin``: the
+``src_flip``, ``tgt_flip``, float16; a cache for preference training, :func:`cache_fingerprint` with
+``rejected``, also holds each pair's rejected edit, ``rej`` and ``rej_flip``, and leaves out samples that
+are not preference pairs; plus ``factor``, the VAE's downsampling, and ``origin``: the
 original size, the resized size and where the cached crop lies in it, for SDXL's size ids). Images are
 resized to the short side ``resolution`` and centre-cropped on the long side to at most ``max_aspect``
 times that, so the trainer still takes a random crop, in latent space. With aspect-ratio buckets
@@ -55,7 +57,8 @@ from safetensors.torch import save as save_safetensors
 from tqdm.auto import tqdm
 
 from ieiw.model.buckets import Buckets, cover_size, resize
-from ieiw.model.data import read_shard
+from ieiw.model.data import expand_urls, read_shard
+from ieiw.model.dpo_layout import REJECTED
 from ieiw.model.inputs import shard_identities
 from ieiw.model.sample_decode import LATENT_MEMBER, find_member, resize_short_side, to_tensor
 from ieiw.storage import fs, manifest
@@ -65,7 +68,6 @@ from ieiw.storage.fingerprint import Fingerprint
 from ieiw.storage.identity import model_identity
 from ieiw.storage.images import decode_image
 from ieiw.storage.runner import RunOptions, StageSummary, WorkerMismatch, forget_models, run_stage
-from ieiw.storage.shards import expand_shard_urls
 from ieiw.storage.stage import HOST, ModelSpec, Rows, Stage
 
 STAGE = "latent_cache"
@@ -104,9 +106,11 @@ def cache_fingerprint(
     max_aspect: float = 2.0,
     dtype: torch.dtype | str = torch.float32,
     buckets: Buckets | None = None,
+    rejected: bool = False,
 ) -> Fingerprint:
     """Everything that determines the latents of a given input shard (the shard itself is each batch's
-    record); with ``buckets``, their shapes."""
+    record); with ``buckets``, their shapes; with ``rejected``, preference pairs' rejected edits too (a
+    cache of its own: an edit run's cache stays as it is)."""
     settings: dict = {
         "format": FORMAT,
         "resolution": int(resolution),
@@ -121,6 +125,8 @@ def cache_fingerprint(
     if buckets is not None:
         settings["buckets"] = buckets.to_json()
         settings["bucket_step"] = buckets.step
+    if rejected:
+        settings["rejected"] = True
     return Fingerprint(stage=STAGE, settings=settings, models={"vae": vae_identity(vae_model)})
 
 
@@ -160,10 +166,17 @@ def centre_box(h: int, w: int, limit_h: int, limit_w: int, factor: int) -> tuple
 
 
 def cache_crop(
-    src: np.ndarray, tgt: np.ndarray, resolution: int, factor: int, max_aspect: float, buckets: Buckets | None
-) -> tuple[np.ndarray, np.ndarray, dict[str, torch.Tensor]]:
-    """What is cached of one pair (source and target resized and cropped alike), and the tensors that say
-    where it came from (``origin``; with buckets, ``bucket``)."""
+    src: np.ndarray,
+    targets: np.ndarray | list[np.ndarray],
+    resolution: int,
+    factor: int,
+    max_aspect: float,
+    buckets: Buckets | None,
+) -> tuple[np.ndarray, list[np.ndarray], dict[str, torch.Tensor]]:
+    """What is cached of one pair (source and its targets, the target and a preference pair's rejected
+    edit, resized and cropped alike), and the tensors that say where it came from (``origin``; with
+    buckets, ``bucket``)."""
+    targets = [targets] if isinstance(targets, np.ndarray) else list(targets)
     h, w = src.shape[:2]
     extra: dict[str, torch.Tensor] = {}
     if buckets is None:
@@ -176,34 +189,46 @@ def cache_crop(
         top, left, th, tw = centre_box(*src.shape[:2], src.shape[0], src.shape[1], factor)
         extra["bucket"] = torch.tensor(shape)
     rh, rw = src.shape[:2]
-    tgt = resize(tgt, (rw, rh))
+    targets = [resize(t, (rw, rh)) for t in targets]
     extra["origin"] = torch.tensor([h, w, rh, rw, top, left])
     box = (slice(top, top + th), slice(left, left + tw))
-    return src[box], tgt[box], extra
+    return src[box], [t[box] for t in targets], extra
 
 
 def cache_shard(
-    vae, url: str, resolution: int, max_aspect: float = 2.0, buckets: Buckets | None = None
+    vae,
+    url: str,
+    resolution: int,
+    max_aspect: float = 2.0,
+    buckets: Buckets | None = None,
+    rejected: bool = False,
 ) -> tuple[bytes | None, Counter]:
     """One input shard's pairs encoded as a cache shard: ``(its bytes, counts)`` (``cached`` and drop
-    reasons); no bytes when no sample could be cached."""
+    reasons); no bytes when no sample could be cached. With ``rejected``, only preference pairs, each with
+    its rejected edit."""
     counts: Counter = Counter()
     factor = 2 ** (len(vae.config.block_out_channels) - 1)
+    names = ("src", "tgt", REJECTED) if rejected else ("src", "tgt")
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w|") as tar:
         for raw in read_shard(url, "instruction", counts):
+            if rejected and not any(n.split(".", 1)[0] == REJECTED for n in raw if not n.startswith("__")):
+                counts["not-a-preference-pair"] += 1
+                continue
             try:
-                src, tgt = decode(raw, "src"), decode(raw, "tgt")
+                images = [decode(raw, name) for name in names]
             except KeyError:
                 counts["missing-member"] += 1
                 continue
             except (ValueError, OSError):
                 counts["undecodable"] += 1
                 continue
-            src, tgt, extra = cache_crop(src, tgt, resolution, factor, max_aspect, buckets)
-            pair = [src, tgt, src[:, ::-1], tgt[:, ::-1]]
-            latents = encode_latents(vae, [np.ascontiguousarray(p) for p in pair])
-            tensors = dict(zip(("src", "tgt", "src_flip", "tgt_flip"), latents, strict=True))
+            src, targets, extra = cache_crop(images[0], images[1:], resolution, factor, max_aspect, buckets)
+            plain = [src, *targets]
+            views = plain + [image[:, ::-1] for image in plain]
+            latents = encode_latents(vae, [np.ascontiguousarray(v) for v in views])
+            stems = ("src", "tgt", "rej")[: len(plain)]
+            tensors = dict(zip([*stems, *(f"{n}_flip" for n in stems)], latents, strict=True))
             tensors["factor"] = torch.tensor([factor])
             tensors.update(extra)
             key = raw["__key__"]
@@ -305,7 +330,12 @@ class LatentCacheStage(Stage):
         for item in records:
             batch = batch_name(self.batch_prefix, [item.record_id])  # the runner's name for this batch
             data, counts = cache_shard(
-                vae, item.url, int(settings["resolution"]), float(settings["max_aspect"]), buckets
+                vae,
+                item.url,
+                int(settings["resolution"]),
+                float(settings["max_aspect"]),
+                buckets,
+                bool(settings.get("rejected", False)),
             )
             cached = counts.pop("cached", 0)
             name = f"{batch}.tar" if data else None
@@ -487,7 +517,7 @@ class CacheResult:
 
     def urls(self, inputs: Iterable[str]) -> list[str]:
         """The cache shards of ``inputs`` (expanded as a reader does), in their order."""
-        return [s for u in expand_shard_urls(list(inputs)) if (s := self.shards.get(u))]
+        return [s for u in expand_urls(list(inputs)) if (s := self.shards.get(u))]
 
 
 def cache_result(stage: LatentCacheStage, summary: StageSummary) -> CacheResult:
@@ -526,7 +556,7 @@ def build_latent_cache(
     wanted = fingerprint.settings["encode_dtype"]
     if str(vae.dtype).removeprefix("torch.") != wanted:
         raise ValueError(f"the VAE computes in {vae.dtype}, but the cache fingerprint says {wanted}")
-    stage = LatentCacheStage(list(expand_shard_urls(list(shard_urls))), root, fingerprint, ranks.world, info)
+    stage = LatentCacheStage(list(expand_urls(list(shard_urls))), root, fingerprint, ranks.world, info)
     executor = RanksExecutor(ranks, "caching latents")
     with handing_in(stage.vae_token, vae):
         if ranks.rank != 0:

@@ -7,8 +7,11 @@ Where the pairs come from (each a :class:`PreferencePair` naming two candidates 
   (another reviewer picked the other one); it is kept when the net votes reach ``min_net_votes``. A sample
   finished with no pick, or skipped, says nothing;
 - scores of the candidates (:func:`scored_pairs`), the hook for a judge or a reward model: anything that
-  gives a candidate set's candidates a score (:class:`ScoredCandidates`, or the JSON lines
-  :func:`read_scored` reads) gives pairs whose scores differ by at least ``margin``, largest first.
+  gives a candidate set's candidates a score (:class:`ScoredCandidates`, the JSON lines :func:`read_scored`
+  reads, or the judge's verdicts of ``ieiw judge-candidates``, :func:`judged_candidates`) gives pairs whose
+  scores differ by at least ``margin``, largest first. Each pair records its scorer's own name
+  (``choosers``) and kind (``chooser``, :func:`chooser_of`), so people, a judge and a reward model stay
+  apart in the data and in training (a shard set's ``choosers``).
 
 :func:`export_preferences` writes them through :class:`PreferencesStage`, a ``samples`` stage run by the one
 runner (its records are the pairs in order, ``<key>:<chosen>><rejected>`` the record id; its fingerprint
@@ -18,23 +21,20 @@ Every pair is one WebDataset sample of task ``preference``: ``src.png`` (the sou
 chosen edit, so any reader of ours trains on it as an edit), ``rejected.png``, ``mask.png`` (where the
 chosen edit differs from the source) and the flat ``json`` (instruction, provenance of the source sample,
 both candidates' settings, and in ``extra`` who or what chose: ``chooser``, ``choosers``, votes, margin).
-:func:`write_dpo_dataset` turns the committed shards into a Hugging Face dataset in the column layout of
-diffusers' Diffusion-DPO example (:data:`DPO_COLUMNS`), plus the source image.
+:func:`ieiw.model.dpo_layout.write_dpo_dataset` turns the committed shards into a Hugging Face dataset in
+the column layout of diffusers' Diffusion-DPO example, plus the source image.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
+import math
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field
 
 from ieiw.model.candidate_shards import (
@@ -44,11 +44,13 @@ from ieiw.model.candidate_shards import (
     candidate_member,
     read_member,
 )
-from ieiw.model.reports import write_json
+from ieiw.model.dpo_layout import REJECTED_MEMBER, write_dpo_dataset
 from ieiw.model.review.export import held
+from ieiw.storage import fs
 from ieiw.storage.config import WorkerEnv, config_fingerprint
 from ieiw.storage.fingerprint import Fingerprint
 from ieiw.storage.images import decode_image, encode_image
+from ieiw.storage.layout import stage_card
 from ieiw.storage.runner import RunOptions, StageSummary, ThreadExecutor, run_stage
 from ieiw.storage.schema import (
     Drop,
@@ -62,36 +64,14 @@ from ieiw.storage.schema import (
     sample_key,
     stable_key,
 )
-from ieiw.storage.shards import ShardSpec, difference_mask, expand_shard_urls, iter_tar_groups
+from ieiw.storage.shards import ShardSpec, difference_mask
 from ieiw.storage.stage import Stage
 from ieiw.storage.stage_folder import StageChanged
 
 FORMAT = "ieiw-preferences/1"
 STAGE = "preferences"
 GENERATOR = "preference"
-REJECTED_MEMBER = "rejected.png"
 HUMAN = "human"
-
-# The columns diffusers' examples/research_projects/diffusion_dpo/train_diffusion_dpo.py (and its SDXL
-# twin) read: examples["caption"] (the text), the encoded bytes of examples["jpg_0"] and examples["jpg_1"]
-# (opened with PIL from BytesIO), and examples["label_0"] (1: jpg_0 is preferred; 0: jpg_1 is, the script
-# swaps the two), from the split named by --dataset_split_name (its default is "validation").
-DPO_COLUMNS = {"caption": "caption", "image_0": "jpg_0", "image_1": "jpg_1", "label_0": "label_0"}
-SOURCE_COLUMN = "input_image"  # ours: the source an edit preference needs (diffusers' InstructPix2Pix name)
-DPO_SCHEMA = pa.schema(
-    [
-        (DPO_COLUMNS["caption"], pa.string()),
-        (DPO_COLUMNS["image_0"], pa.binary()),
-        (DPO_COLUMNS["image_1"], pa.binary()),
-        (DPO_COLUMNS["label_0"], pa.float64()),
-        (SOURCE_COLUMN, pa.binary()),
-        ("key", pa.string()),
-        ("source_key", pa.string()),
-        ("chooser", pa.string()),
-        ("choosers", pa.list_(pa.string())),
-        ("margin", pa.float64()),
-    ]
-)
 
 
 @dataclass(frozen=True)
@@ -101,7 +81,7 @@ class PreferencePair:
     sample_key: str
     chosen: int
     rejected: int
-    chooser: str  # "human", or what scored (e.g. "judge")
+    chooser: str  # "human", or the kind of scorer (:func:`chooser_of`: "judge", "reward-model", "hand"...)
     choosers: tuple[str, ...] = ()  # the reviewers who preferred it, or the scorer's identity
     votes: int = 0  # reviewers who preferred ``chosen``
     against: int = 0  # reviewers who preferred ``rejected``
@@ -115,12 +95,27 @@ class PreferencePair:
 @dataclass(frozen=True)
 class ScoredCandidates:
     """The scores of one candidate set's candidates (higher is better) and what gave them: the input of
-    :func:`scored_pairs`, for a judge or a reward model."""
+    :func:`scored_pairs`, for a judge or a reward model. ``chooser`` (the kind of scorer every pair it
+    makes records) is by default :func:`chooser_of` the scorer's name."""
 
     sample_key: str
     scores: Mapping[int, float]  # candidate position -> score
     scorer: str  # what scored, by identity (a model and its rubric version, say)
-    chooser: str = "judge"
+    chooser: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.scorer.strip():
+            raise ValueError("a scorer needs a name (what scored: judge:<model>#<rubric>, a reward model...)")
+        if not self.chooser:
+            object.__setattr__(self, "chooser", chooser_of(self.scorer))
+
+
+def chooser_of(scorer: str) -> str:
+    """The kind of chooser a scorer is, from its own name: the part before its first ``:``
+    (``judge:qwen2.5-vl#remove@2`` is a ``judge``, ``reward-model:pickscore`` a ``reward-model``), or
+    the whole name (``hand``), so a reward model, a judge and people stay apart in the data card and in
+    training (a shard set's ``choosers``)."""
+    return scorer.strip().split(":", 1)[0].strip()
 
 
 def human_pairs(
@@ -176,9 +171,10 @@ def scored_pairs(
     return out
 
 
-def read_scored(path: str, chooser: str = "judge") -> list[ScoredCandidates]:
-    """Scored candidates from JSON lines ``{"key": ..., "scores": {"<position>": score}, "scorer": ...}``:
-    the file a judge or reward model writes for :func:`scored_pairs`."""
+def read_scored(path: str) -> list[ScoredCandidates]:
+    """Scored candidates from JSON lines ``{"key": ..., "scores": {"<position>": score}, "scorer": ...}``
+    (optionally ``"chooser"``; by default :func:`chooser_of` the scorer): the file a judge or reward model
+    writes for :func:`scored_pairs`."""
     found = []
     with open(path, encoding="utf-8") as handle:
         for number, line in enumerate(handle, 1):
@@ -187,9 +183,35 @@ def read_scored(path: str, chooser: str = "judge") -> list[ScoredCandidates]:
             try:
                 row = json.loads(line)
                 scores = {int(k): float(v) for k, v in row["scores"].items()}
+                chooser = str(row.get("chooser") or "")
                 found.append(ScoredCandidates(str(row["key"]), scores, str(row["scorer"]), chooser))
             except (ValueError, KeyError, TypeError, AttributeError) as bad:
                 raise ValueError(f"{path}:{number}: not a scored candidate set ({bad})") from bad
+    return found
+
+
+def _number(value: Any) -> bool:
+    return value is not None and not math.isnan(value)
+
+
+def judged_candidates(judgements_url: str, score: str = "overall") -> list[ScoredCandidates]:
+    """Scored candidates from the judge's verdicts on them (the judgements stage ``ieiw judge-candidates``
+    writes): each candidate's ``judge_<score>``, a candidate the judge failed on left out; the scorer is the
+    judge by identity and rubric, ``judge:<model>#<rubric>``."""
+    from ieiw.model.review.judging import read_judgements
+    from ieiw.quality.judge import JUDGE_SCORES
+
+    column = f"judge_{score}"
+    if column not in JUDGE_SCORES:
+        raise ValueError(f"the judge gives no {score!r} score; it gives {[s[6:] for s in JUDGE_SCORES]}")
+    found = []
+    for key, group in read_judgements(judgements_url).groupby("key", sort=True):
+        rows = [r for r in group.to_dict(orient="records") if _number(r[column])]
+        if len(rows) < 2:
+            continue  # one judged candidate prefers nothing
+        judges = sorted({f"{r['judge_model']}#{r['judge_rubric']}" for r in rows})
+        scores = {int(r["position"]): float(r[column]) for r in rows}
+        found.append(ScoredCandidates(str(key), scores, "judge:" + "+".join(judges), "judge"))
     return found
 
 
@@ -351,11 +373,40 @@ class PreferencesStage(Stage):
         return [preference_sample(r) for r in records]
 
     def finish(self, writer: Any, summary: Mapping[str, Any]) -> dict[str, Any]:
+        fs.write_bytes_atomic(stage_card(self.url), preference_card(self).encode("utf-8"))
         return {
             "pairs": len(self.pairs),
             "by_chooser": dict(sorted(Counter(p.chooser for p in self.pairs).items())),
             **held(self.url),
         }
+
+
+def preference_card(stage: PreferencesStage) -> str:
+    """The export's data card: its pairs by who chose them (people, a judge, a reward model, a hand
+    scorer: each kind apart, each scorer by its full name; reviewers are counted, never named), where the
+    candidates came from and how the pairs were chosen."""
+    by_kind = Counter(p.chooser for p in stage.pairs)
+    by_scorer = Counter(name for p in stage.pairs if p.chooser != "human" for name in p.choosers)
+    lines = [
+        "# Preference pairs",
+        "",
+        f"{len(stage.pairs)} pairs of (source, instruction, chosen edit, rejected edit) from the candidates "
+        f"in {', '.join(f'`{s}`' for s in stage.sources) or 'memory'}.",
+        "",
+        "| chooser | pairs |",
+        "| --- | ---: |",
+        *(f"| {kind} | {count} |" for kind, count in sorted(by_kind.items())),
+        "",
+    ]
+    if by_scorer:
+        lines += ["| scorer | pairs |", "| --- | ---: |"]
+        lines += [f"| `{name}` | {count} |" for name, count in sorted(by_scorer.items())]
+        lines.append("")
+    if any(p.chooser == "human" for p in stage.pairs):
+        reviewers = {name for p in stage.pairs if p.chooser == "human" for name in p.choosers}
+        lines += [f"People's pairs come from {len(reviewers)} reviewer(s) of the review app.", ""]
+    lines += [f"How they were chosen: `{json.dumps(stage.config.choice, sort_keys=True)}`.", ""]
+    return "\n".join(lines)
 
 
 def export_preferences(
@@ -390,69 +441,3 @@ def export_preferences(
         ) from changed
     summary.extra["hf"] = write_dpo_dataset(out_url, hf_dir) if hf_dir else None
     return summary
-
-
-# ---------------------------------------------------------------------------------------------- Hugging Face
-
-
-def iter_preference_rows(shard_urls: Iterable[str] | str) -> Iterator[dict]:
-    """The rows of the Diffusion-DPO layout, one per committed preference sample. Which of the two images is
-    ``jpg_0`` is a stable coin flip per pair (as in Pick-a-Pic, the label says which is preferred)."""
-    for url in expand_shard_urls(shard_urls):
-        for _, members in iter_tar_groups(url):
-            meta = SampleMeta.model_validate_json(members["json"])
-            if meta.task != Task.PREFERENCE:
-                continue
-            chosen, rejected = members["tgt.png"], members[REJECTED_MEMBER]
-            first_is_chosen = hashlib.sha256(meta.key.encode()).digest()[0] % 2 == 0
-            extra = meta.extra
-            yield {
-                DPO_COLUMNS["caption"]: meta.instruction,
-                DPO_COLUMNS["image_0"]: chosen if first_is_chosen else rejected,
-                DPO_COLUMNS["image_1"]: rejected if first_is_chosen else chosen,
-                DPO_COLUMNS["label_0"]: 1.0 if first_is_chosen else 0.0,
-                SOURCE_COLUMN: members["src.png"],
-                "key": meta.key,
-                "source_key": str(meta.provenance.extra.get("source_key", "")),
-                "chooser": str(extra.get("chooser", "")),
-                "choosers": [str(c) for c in extra.get("choosers", [])],
-                "margin": extra.get("margin"),
-            }
-
-
-def write_dpo_dataset(stage_url: str, out_dir: str, split: str = "train", rows_per_file: int = 1000) -> dict:
-    """The committed preferences of ``stage_url`` as Parquet parts in the hub layout
-    (``<out>/data/<split>-00000-of-0000N.parquet``, which ``datasets.load_dataset(out)`` opens); returns
-    ``{"rows", "files", "train_command"}``."""
-    data = Path(out_dir) / "data"
-    data.mkdir(parents=True, exist_ok=True)
-    for stale in data.glob(f"{split}-*-of-*.parquet"):
-        stale.unlink()
-    parts: list[Path] = []
-    buffer: list[dict] = []
-    rows = 0
-
-    def flush() -> None:
-        path = data / f".part-{len(parts):05d}.parquet"
-        pq.write_table(pa.Table.from_pylist(buffer, schema=DPO_SCHEMA), path)
-        parts.append(path)
-
-    for row in iter_preference_rows(stage_url):
-        buffer.append(row)
-        if len(buffer) == rows_per_file:
-            flush()
-            rows, buffer = rows + len(buffer), []
-    if buffer or not parts:
-        flush()
-        rows += len(buffer)
-    files = []
-    for i, part in enumerate(parts):
-        final = data / f"{split}-{i:05d}-of-{len(parts):05d}.parquet"
-        part.rename(final)
-        files.append(str(final))
-    command = (
-        f"accelerate launch train_diffusion_dpo.py --dataset_name {out_dir} --dataset_split_name {split}"
-    )
-    result = {"rows": rows, "files": files, "train_command": command}
-    write_json(Path(out_dir) / "export_info.json", result)
-    return result

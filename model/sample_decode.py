@@ -1,7 +1,13 @@
 """One training sample from its raw tar members: the text it trains on, its bucket, and its source
 and target cropped and flipped identically (images, or cached latents written by
 :mod:`ieiw.model.latent_cache`). :mod:`ieiw.model.data` streams raw samples (as the one shard reader,
-:func:`ieiw.storage.shards.shard_samples`, gives them) and batches what this module decodes."""
+:func:`ieiw.storage.shards.shard_samples`, gives them, or a Diffusion-DPO Parquet file,
+:mod:`ieiw.model.dpo_layout`) and batches what this module decodes.
+
+For preference training (``StreamSettings.rejected``) a sample is a preference pair: the target is the
+chosen edit and the rejected edit (``rejected.*``, or the cached ``rej`` latents) takes the same crop and
+flip; a sample without one is a counted drop. A set's ``choosers`` (``raw["__choosers__"]``) keeps only the
+pairs whose ``chooser`` is one of them."""
 
 from __future__ import annotations
 
@@ -15,10 +21,11 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from safetensors.torch import load as load_safetensors
 
-from ieiw.model.buckets import Shape, crop_pair, image_size
+from ieiw.model.buckets import Shape, crop_alike, image_size
 from ieiw.model.conditioning import SIZE_COND
+from ieiw.model.dpo_layout import REJECTED
 from ieiw.storage.images import decode_image
-from ieiw.storage.schema import SampleMeta
+from ieiw.storage.schema import SampleMeta, Task
 from ieiw.storage.shards import member as find_member  # the one rule for "the member <stem>.*"
 
 if TYPE_CHECKING:
@@ -39,6 +46,15 @@ def keep_session_sample(meta: SampleMeta, sessions: str) -> bool:
     return True
 
 
+def keep_sample(meta: SampleMeta, raw: dict, s: StreamSettings) -> bool:
+    """Whether the stream uses this sample at all: its session turn (:func:`keep_session_sample`) and, for
+    a set that names ``choosers``, who chose the pair. Samples left out this way are not drops."""
+    if not keep_session_sample(meta, s.sessions):
+        return False
+    choosers = raw.get("__choosers__")
+    return not choosers or str(meta.extra.get("chooser", "")) in choosers
+
+
 def _latents(raw: dict) -> dict[str, torch.Tensor]:
     if "__latents__" not in raw:
         raw["__latents__"] = load_safetensors(raw[LATENT_MEMBER])
@@ -49,7 +65,7 @@ def bucket_of(raw: dict, s: StreamSettings, drops: Counter) -> Shape | None:
     """The bucket of one raw sample, read without decoding its images; None when it is not used."""
     try:
         meta = SampleMeta.model_validate_json(raw["json"])
-        if not keep_session_sample(meta, s.sessions):
+        if not keep_sample(meta, raw, s):
             return None
         if LATENT_MEMBER in raw:
             tensors = _latents(raw)
@@ -83,28 +99,34 @@ def sample_text(meta: SampleMeta, text_field: str) -> str | None:
 def decode_item(
     raw: dict, rng: random.Random, s: StreamSettings, drops: Counter, shape: Shape | None = None
 ) -> dict | None:
-    """Decode one raw sample and apply the same random crop and flip to source and target (to
-    ``shape``, a bucket, or a square of ``s.resolution``)."""
+    """Decode one raw sample and apply the same random crop and flip to source and target (and, for
+    preference training, the rejected edit) (to ``shape``, a bucket, or a square of ``s.resolution``)."""
     try:
         meta = SampleMeta.model_validate_json(raw["json"])
-        if not keep_session_sample(meta, s.sessions):
+        if not keep_sample(meta, raw, s):
             return None
         text = sample_text(meta, raw["__text_field__"])
         if not text:
             drops["missing-text"] += 1
             return None
+        item = {"text": text, "key": meta.key, "source": raw.get("__source__", "")}
+        if s.rejected and meta.task != Task.PREFERENCE:
+            drops["not-a-preference-pair"] += 1
+            return None
         if LATENT_MEMBER in raw:
-            src, tgt, ids = crop_latents(_latents(raw), s, rng, shape)
-            return {
-                "src_lat": src,
-                "tgt_lat": tgt,
-                "text": text,
-                "key": meta.key,
-                "source": raw.get("__source__", ""),
-                SIZE_COND: torch.tensor(ids),
-            }
+            tensors = _latents(raw)
+            if s.rejected and "rej" not in tensors:
+                drops["latents-without-rejected"] += 1
+                return None
+            src, targets, ids = crop_latents(tensors, s, rng, shape)
+            item.update(src_lat=src, tgt_lat=targets[0], **{SIZE_COND: torch.tensor(ids)})
+            if s.rejected:
+                item["rej_lat"] = targets[1]
+            return item
         src_img = decode_image(find_member(raw, "src"))
-        tgt_img = decode_image(find_member(raw, "tgt"))
+        others = [decode_image(find_member(raw, "tgt"))]
+        if s.rejected:
+            others.append(decode_image(find_member(raw, REJECTED)))
     except KeyError as exc:
         drops["missing-member"] += 1
         log.warning("sample %s lacks a member: %s", raw.get("__key__"), exc)
@@ -113,15 +135,11 @@ def decode_item(
         drops["undecodable"] += 1
         log.warning("sample %s cannot be decoded: %s", raw.get("__key__"), exc)
         return None
-    src, tgt, ids = crop_pair(src_img, tgt_img, shape or (s.resolution, s.resolution), s.random_flip, rng)
-    return {
-        "src": to_tensor(src),
-        "tgt": to_tensor(tgt),
-        "text": text,
-        "key": meta.key,
-        "source": raw.get("__source__", ""),
-        SIZE_COND: torch.tensor(ids),
-    }
+    images, ids = crop_alike(src_img, others, shape or (s.resolution, s.resolution), s.random_flip, rng)
+    item.update(src=to_tensor(images[0]), tgt=to_tensor(images[1]), **{SIZE_COND: torch.tensor(ids)})
+    if s.rejected:
+        item["rej"] = to_tensor(images[2])
+    return item
 
 
 def resize_short_side(image: np.ndarray, size: int, like: tuple[int, int] | None = None) -> np.ndarray:
@@ -139,18 +157,20 @@ def crop_and_flip(
     src: np.ndarray, tgt: np.ndarray, resolution: int, flip: bool, rng: random.Random
 ) -> tuple[np.ndarray, np.ndarray]:
     """Resize both to the source's short side ``resolution``, then one random crop and flip for both."""
-    src, tgt, _ = crop_pair(src, tgt, (resolution, resolution), flip, rng)
+    (src, tgt), _ = crop_alike(src, [tgt], (resolution, resolution), flip, rng)
     return src, tgt
 
 
 def crop_latents(
     tensors: dict[str, torch.Tensor], s: StreamSettings, rng: random.Random, shape: Shape | None = None
-):
+) -> tuple[torch.Tensor, list[torch.Tensor], list[int]]:
     """The cached-latent counterpart of :func:`crop_and_flip` (flips use the cached flipped latents), to
-    ``shape`` (a bucket) or a square of ``s.resolution``; also returns the crop's SDXL size ids."""
+    ``shape`` (a bucket) or a square of ``s.resolution``: the source, the targets (the target; with
+    ``s.rejected`` also the rejected edit) and the crop's SDXL size ids."""
     flipped = s.random_flip and rng.random() < 0.5
-    src = tensors["src_flip" if flipped else "src"].float()
-    tgt = tensors["tgt_flip" if flipped else "tgt"].float()
+    suffix = "_flip" if flipped else ""
+    src = tensors["src" + suffix].float()
+    targets = [tensors[name + suffix].float() for name in ("tgt", "rej")[: 2 if s.rejected else 1]]
     factor = int(tensors["factor"].item())
     height, width = shape or (s.resolution, s.resolution)
     size_h, size_w = height // factor, width // factor
@@ -165,7 +185,7 @@ def crop_latents(
     else:
         ids = [h * factor, w * factor, top * factor, left * factor, height, width]
     crop = (slice(None), slice(top, top + size_h), slice(left, left + size_w))
-    return src[crop], tgt[crop], ids
+    return src[crop], [t[crop] for t in targets], ids
 
 
 def to_tensor(image: np.ndarray) -> torch.Tensor:

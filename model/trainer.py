@@ -11,6 +11,12 @@ size ids, :mod:`ieiw.model.conditioning`). The samples seen
 per shard set are counted and written (``mix.json``, ``mix.csv``, TensorBoard ``mix/*``) so a run
 shows that its data mix matched the configured weights.
 
+A run's ``objective`` is ``edit`` (:func:`training_step`) or ``preference``: Diffusion-DPO on preference
+pairs (:func:`ieiw.model.dpo.preference_step`) against a frozen copy of the starting UNet taken before any
+step or resume, with the same data stream (each item also carrying its rejected edit), latent cache (a
+cache of its own, holding the rejected edits), checkpoints, EMA and saved pipeline; it logs the DPO loss,
+implicit accuracy, reward margin and the chosen and rejected errors (``loss.csv``, TensorBoard ``dpo/*``).
+
 Run ``python -m ieiw.model.trainer CONFIG.yaml [--stage NAME] [--overrides JSON]`` (one process) or
 ``accelerate launch -m ieiw.model.trainer CONFIG.yaml`` (many GPUs); a config with ``stages`` runs them
 in order through :mod:`ieiw.model.curriculum`.
@@ -37,7 +43,7 @@ from tqdm.auto import tqdm
 from ieiw.model.buckets import Buckets
 from ieiw.model.build import Models, build_models
 from ieiw.model.checkpoints import find_resume_checkpoint, load_checkpoint, save_checkpoint, save_pipeline
-from ieiw.model.conditioning import TextConditioning, encode_prompts, null_conditioning, size_ids
+from ieiw.model.conditioning import TextConditioning, encode_prompts, null_conditioning
 from ieiw.model.config import TrainConfig, load_train_config
 from ieiw.model.data import (
     SourceSet,
@@ -49,9 +55,17 @@ from ieiw.model.data import (
     mix_report,
     write_mix_report,
 )
+from ieiw.model.dpo import PreferenceStats, preference_step, reference_unet
 from ieiw.model.latent_cache import build_latent_cache, cache_fingerprint
 from ieiw.model.loss_log import LossLog
 from ieiw.model.reports import write_json
+from ieiw.model.step import (
+    batch_latents,
+    diffusion_target,
+    dropped_conditioning,
+    predict,
+    time_ids_of,
+)
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +86,7 @@ def build_data(
     if config.data.latent_cache:
         sets = cache_latents(config, models, accelerator, sets, buckets)
     settings = StreamSettings(
+        rejected=config.objective == "preference",
         resolution=config.data.resolution,
         random_flip=config.data.random_flip,
         shuffle_buffer=config.data.shuffle_buffer,
@@ -113,7 +128,13 @@ def cache_latents(
 ):
     """Encode every shard once (split across processes); return the sets over the cache shards."""
     vae_from = config.latent_cache_model or config.base_model  # every curriculum stage has the same VAE
-    fingerprint = cache_fingerprint(vae_from, config.data.resolution, dtype=models.vae.dtype, buckets=buckets)
+    fingerprint = cache_fingerprint(
+        vae_from,
+        config.data.resolution,
+        dtype=models.vae.dtype,
+        buckets=buckets,
+        rejected=config.objective == "preference",  # a preference stage caches the rejected edits too
+    )
     result = build_latent_cache(
         models.vae,
         [u for s in sets for u in s.urls],
@@ -128,7 +149,8 @@ def cache_latents(
         urls = [s for u in shard_set.urls if (s := result.shards.get(u))]
         if not urls:
             raise ValueError(f"shard set {shard_set.name!r}: no sample of its shards could be cached")
-        cached.append(SourceSet(urls, shard_set.weight, shard_set.text_field, shard_set.name))
+        name, choosers = shard_set.name, shard_set.choosers
+        cached.append(SourceSet(urls, shard_set.weight, shard_set.text_field, name, choosers=choosers))
     return cached
 
 
@@ -144,30 +166,6 @@ def step_generator(seed: int, rank: int, step: int, micro: int, device: torch.de
 def encode_text(models: Models, texts: list[str], device) -> torch.Tensor:
     """The text encoder(s)' hidden states of ``texts`` (SDXL: both, side by side)."""
     return encode_prompts(models, texts, device).hidden
-
-
-def batch_latents(models: Models, batch: dict, generator: torch.Generator, device, source: bool = True):
-    """Target latents (scaled, sampled) and source-image latents (unscaled mean, as the pipeline);
-    without ``source`` the source latents are zeros and the source images are not encoded."""
-    scale = models.vae.config.scaling_factor
-    dtype = models.vae.dtype
-    if "tgt_lat" in batch:
-        tgt, src = batch["tgt_lat"].to(device) * scale, batch["src_lat"].to(device)
-        return tgt, src if source else torch.zeros_like(src)
-    with torch.no_grad():
-        tgt = models.vae.encode(batch["tgt"].to(device, dtype)).latent_dist.sample(generator) * scale
-        src = models.vae.encode(batch["src"].to(device, dtype)).latent_dist.mode() if source else None
-    return tgt.float(), src.float() if source else torch.zeros_like(tgt, dtype=torch.float32)
-
-
-def cfg_masks(config: TrainConfig, batch_size: int, generator: torch.Generator, device):
-    """Which samples lose their text and which their source image (InstructPix2Pix's dropout)."""
-    u = torch.rand(batch_size, generator=generator, device=device)
-    p = config.cfg_dropout
-    text_only = u < p.text
-    both = (u >= p.text) & (u < p.text + p.both)
-    image_only = (u >= p.text + p.both) & (u < p.text + p.both + p.image)
-    return text_only | both, image_only | both
 
 
 def training_step(
@@ -192,22 +190,12 @@ def training_step(
         0, models.noise_scheduler.config.num_train_timesteps, (bsz,), generator=generator, device=device
     )
     noisy = models.noise_scheduler.add_noise(latents, noise, timesteps)
-    with torch.no_grad():
-        text = encode_prompts(models, batch["text"], device).float()
-    null = null_text if isinstance(null_text, TextConditioning) else TextConditioning(null_text)
-    drop_text, drop_image = cfg_masks(config, bsz, generator, device)
-    text = text.where(drop_text, null.float())
-    source_latents = source_latents * (~drop_image).float()[:, None, None, None]
-    if models.noise_scheduler.config.prediction_type == "v_prediction":
-        target = models.noise_scheduler.get_velocity(latents, noise, timesteps)
-    else:
-        target = noise
+    text, source_latents = dropped_conditioning(
+        config, models, batch, source_latents, null_text, generator, device
+    )
+    target = diffusion_target(models, latents, noise, timesteps)
     model_input = torch.cat([noisy, source_latents], dim=1)
-    if models.is_sdxl:
-        added = {"text_embeds": text.pooled, "time_ids": size_ids(batch, latents, models.vae_factor, device)}
-        pred = unet(model_input, timesteps, text.hidden, added_cond_kwargs=added, return_dict=False)[0]
-    else:
-        pred = unet(model_input, timesteps, text.hidden, return_dict=False)[0]
+    pred = predict(models, unet, model_input, timesteps, text, time_ids_of(models, batch, latents, device))
     return F.mse_loss(pred.float(), target.float(), reduction="mean")
 
 
@@ -245,6 +233,9 @@ def train(config: TrainConfig, keep_process_group: bool = False) -> Path:
         encoder.to(device)
     if models.ema is not None:
         models.ema.to(device)
+    # the preference objective's frozen reference: the starting checkpoint, before any step or resume
+    preference = config.objective == "preference"
+    reference = reference_unet(models.unet, weight_dtype, device) if preference else None
 
     opt = config.optim
     optimizer = torch.optim.AdamW(
@@ -274,7 +265,10 @@ def train(config: TrainConfig, keep_process_group: bool = False) -> Path:
         log.info("resumed from %s at step %d", resume_from, step)
     if config.compile:
         unet = torch.compile(unet)
-    loss_log = LossLog(out / "loss.csv", resume_step=step) if accelerator.is_main_process else None
+    columns = PreferenceStats.names() if preference else ()
+    loss_log = None
+    if accelerator.is_main_process:
+        loss_log = LossLog(out / "loss.csv", resume_step=step, columns=columns)
     if accelerator.is_main_process:
         accelerator.init_trackers("train", config={"max_steps": config.max_steps, "seed": config.seed})
 
@@ -296,7 +290,12 @@ def train(config: TrainConfig, keep_process_group: bool = False) -> Path:
         batch = next(batches)
         with accelerator.accumulate(unet):
             generator = step_generator(config.seed, accelerator.process_index, step, micro, device)
-            loss = training_step(config, models, unet, batch, null_text, generator, device)
+            if reference is not None:
+                result = preference_step(config, models, unet, reference, batch, null_text, generator, device)
+                loss, reported = result.loss, result.stats.as_dict()
+            else:
+                loss = training_step(config, models, unet, batch, null_text, generator, device)
+                reported = {}
             accelerator.backward(loss)
             if accelerator.sync_gradients:
                 accelerator.clip_grad_norm_(unet.parameters(), opt.max_grad_norm)
@@ -305,7 +304,7 @@ def train(config: TrainConfig, keep_process_group: bool = False) -> Path:
             optimizer.zero_grad(set_to_none=True)
         stream.advance(batch)
         drops[batch["position"][0]] = batch["drops"]
-        running.append(loss.detach().float())
+        running.append({"loss": loss.detach().float(), **{k: v.float() for k, v in reported.items()}})
         micro += 1
         if not accelerator.sync_gradients:
             continue
@@ -313,16 +312,19 @@ def train(config: TrainConfig, keep_process_group: bool = False) -> Path:
         step += 1
         if models.ema is not None:
             models.ema.step(raw_unet.parameters())
-        mean_loss = accelerator.gather(torch.stack(running).mean()[None]).mean().item()
+        means = mean_over_processes(accelerator, running)
+        mean_loss = means.pop("loss")
         running = []
         progress.update(1)
         progress.set_postfix(loss=f"{mean_loss:.4f}")
         if step % config.log_every == 0 or step == config.max_steps:
             mix = mix_report(names, weights, gather_counts(accelerator, names, stream))
             shares = {f"mix/{row['name']}": row["share"] for row in mix["sets"]}
-            accelerator.log({"loss": mean_loss, "lr": lr_scheduler.get_last_lr()[0], **shares}, step=step)
+            objective = {f"dpo/{name}": value for name, value in means.items()}
+            logged = {"loss": mean_loss, "lr": lr_scheduler.get_last_lr()[0], **objective, **shares}
+            accelerator.log(logged, step=step)
         if loss_log is not None:
-            loss_log.add(step, mean_loss)
+            loss_log.add(step, mean_loss, **means)
         if step % config.checkpoint_every == 0 or step == config.max_steps:
             save_checkpoint(accelerator, config, models, optimizer, lr_scheduler, step, stream)
             mix = mix_report(names, weights, gather_counts(accelerator, names, stream))
@@ -350,6 +352,14 @@ def train(config: TrainConfig, keep_process_group: bool = False) -> Path:
     else:
         accelerator.end_training()
     return out
+
+
+def mean_over_processes(accelerator: Accelerator, running: list[dict[str, torch.Tensor]]) -> dict[str, float]:
+    """Each reported value (the loss; a preference step's statistics) averaged over the micro-batches of
+    one step and over all processes."""
+    names = list(running[0])
+    local = torch.stack([torch.stack([r[n] for r in running]).mean() for n in names])
+    return dict(zip(names, accelerator.gather(local[None]).mean(0).tolist(), strict=True))
 
 
 def gather_counts(accelerator: Accelerator, names: list[str], stream: StreamState) -> list[int]:

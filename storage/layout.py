@@ -84,6 +84,11 @@ def generator_name(stage_url: str) -> str:
     return posixpath.basename(str(stage_url).rstrip("/"))
 
 
+def stage_card(stage_url: str) -> str:
+    """The data card of a stage run on its own (an export of preference pairs, say)."""
+    return fs.join(stage_url, "DATA_CARD.md")
+
+
 def scores_of(candidates_url: str) -> str:
     """Where the scores of a generator's candidates live in their build."""
     return BuildLayout.of_stage(candidates_url).scores(generator_name(candidates_url))

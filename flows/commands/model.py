@@ -106,7 +106,7 @@ def register(app: typer.Typer) -> None:
         own); paths given here are relative to the working folder.
         """
         from ieiw.model.config import train_overrides
-        from ieiw.model.curriculum import StageNotReady, mix_table
+        from ieiw.model.curriculum import StageNotReady, figures_line, mix_table
         from ieiw.storage.config import ConfigError
 
         overrides = train_overrides(
@@ -145,6 +145,8 @@ def register(app: typer.Typer) -> None:
                 f"Stage [bold]{summary['stage']}[/bold] ({done}): model {summary['output_dir']}, "
                 f"last loss {summary['last_loss']}; loss curve {summary['loss_curve']}"
             )
+            if figures := figures_line(summary):
+                console.print(f"last {figures}", soft_wrap=True)
             console.print(mix_table(summary["mix"]))
 
     @app.command("tiny-model")
@@ -258,6 +260,24 @@ def register(app: typer.Typer) -> None:
             "--task",
             help="keypoints | segmentation | enhancement: score the task read back from the edits",
         ),
+        compare: str = typer.Option(
+            None,
+            "--compare",
+            help="the starting checkpoint (folder or hub id) of a preference stage: compare --model with it "
+            "on held-out preference pairs (same seeds and guidance)",
+        ),
+        judge_config: Path = typer.Option(
+            None,
+            "--judge-config",
+            exists=True,
+            dir_okay=False,
+            help="with --compare: a build config whose quality.scoring.judge also scores both models' edits",
+        ),
+        pair_timesteps: int = typer.Option(
+            4,
+            min=1,
+            help="with --compare: fixed timesteps at which each pair's denoising errors are measured",
+        ),
     ) -> None:
         """CLIP directional, image and text similarity of the model's edits on held-out shards.
 
@@ -276,6 +296,13 @@ def register(app: typer.Typer) -> None:
 
         With --task, the model edits the held-out samples of that task instead, and the answer is read
         back out of each edit: keypoint AP (COCOeval), mIoU / cumulative IoU, or PSNR / SSIM (no CLIP).
+
+        With --compare BASE (did a preference stage help?), --model (the tuned checkpoint) and BASE (where
+        it started) edit the same held-out preference pairs (`ieiw export-preferences` shards or its
+        Hugging Face dataset) with the same seeds and guidance: one table (comparison.md) of the tuned
+        model's preference accuracy (its implicit reward against BASE), each model's CLIP directional and
+        image similarity, similarity to the chosen over the rejected edit, and the judge's scores with
+        --judge-config; one picture (comparison.png) of both models' edits side by side.
         """
         from ieiw.model.evaluate import evaluate as run_evaluation
         from ieiw.model.evaluate import load_clip
@@ -284,6 +311,25 @@ def register(app: typer.Typer) -> None:
         from ieiw.model.reports import to_json
 
         model = pipeline_reference(model, "--model")  # every model is looked up before anything loads
+        if compare:
+            base = pipeline_reference(compare, "--compare")
+            embedder = load_clip(clip_model, clip_pretrained, clip_config_file, device)
+            judge = _judge(judge_config, output)
+            settings = _settings(steps, text_guidance, image_guidance, seed, resolution)
+            from ieiw.model.evaluate_preference import compare as compare_models
+
+            compare_models(
+                base, model, shards, str(output), settings, embedder, judge, limit, pair_timesteps, device
+            )
+            console.print((output / "comparison.md").read_text(), markup=False, soft_wrap=True)
+            console.print(
+                f"per pair {output / 'comparison.csv'}, picture {output / 'comparison.png'}", soft_wrap=True
+            )
+            return
+        if judge_config:
+            raise typer.BadParameter(
+                "--judge-config scores the edits of --compare", param_hint="--judge-config"
+            )
         if task:
             pipe = load_edit_pipeline(model, device)
             settings = _settings(steps, text_guidance, image_guidance, seed, resolution)
@@ -352,6 +398,22 @@ def register(app: typer.Typer) -> None:
         app_ = create_app(load_edit_pipeline(pipeline_reference(model, "--model"), device))
         console.print(f"open http://{host}:{port}/")
         uvicorn.run(app_, host=host, port=port)
+
+
+def _judge(config_path: Path | None, output: Path):
+    """The judge of a build config's ``quality.scoring.judge`` (None without a config), its answers cached
+    in the config's ``cache_url`` or beside the evaluation (``<output>/judge-cache``)."""
+    if config_path is None:
+        return None
+    from ieiw.flows.config import load_config
+    from ieiw.quality.judge import Judge
+
+    judge = load_config(config_path).section("quality").scoring.judge
+    if judge is None:
+        raise typer.BadParameter(
+            f"{config_path} has no quality.scoring.judge section", param_hint="--judge-config"
+        )
+    return Judge.from_config(judge, str(output / "judge-cache"))
 
 
 def evaluate_task_with_model(

@@ -1,5 +1,6 @@
 """`ieiw export-preferences`: preference pairs (source, instruction, chosen edit, rejected edit) for
-preference training, from the review app's picks and from scored candidates (a judge's JSON lines)."""
+preference training, from the review app's picks, the judge's verdicts (`ieiw judge-candidates`) and scored
+candidates (a judge's or a reward model's JSON lines)."""
 
 from __future__ import annotations
 
@@ -26,9 +27,21 @@ def register(app: typer.Typer) -> None:
         scores: str = typer.Option(
             None,
             help='JSON lines {"key", "scores": {"<position>": score}, "scorer"}: pairs from scored '
-            "candidates (a judge's or a reward model's)",
+            "candidates (a judge's or a reward model's); each pair's chooser is the scorer's kind, its name "
+            "up to the first ':' (judge:<model>#<rubric> -> judge, reward-model:<name> -> reward-model, "
+            'hand -> hand), or the line\'s own "chooser"',
         ),
-        margin: float = typer.Option(1.0, help="scores: the least score difference that makes a pair"),
+        judgements: str = typer.Option(
+            None,
+            help="pairs from the judge's verdicts: the judgements stage `ieiw judge-candidates` wrote "
+            "(<candidates>/quality/judgements by default; 'default' names it)",
+        ),
+        judge_score: str = typer.Option(
+            "overall", help="judgements: the judge's score that ranks candidates"
+        ),
+        margin: float = typer.Option(
+            1.0, help="scores, judgements: the least score difference that makes a pair"
+        ),
         overwrite: bool = typer.Option(False, help="replace a previous export in --out of other pairs"),
     ) -> None:
         """Write preference pairs with who or what chose them, as shards (task `preference`) and optionally
@@ -54,8 +67,26 @@ def register(app: typer.Typer) -> None:
             except (OSError, ValueError) as bad:
                 raise typer.BadParameter(str(bad), param_hint="--scores") from bad
             settings["scores"] = {"margin": margin, "max_pairs_per_sample": cap}
+        if judgements:
+            from ieiw.model.preferences import judged_candidates
+            from ieiw.model.review.judging import default_judgements_url
+            from ieiw.storage import manifest
+
+            url = default_judgements_url(candidates) if judgements == "default" else judgements
+            if not manifest.is_stage_folder(url):
+                raise typer.BadParameter(
+                    f"no judgements at {url}: run `ieiw judge-candidates {candidates}` first",
+                    param_hint="--judgements",
+                )
+            try:
+                judged = judged_candidates(url, judge_score)
+            except ValueError as bad:
+                raise typer.BadParameter(str(bad), param_hint="--judge-score") from bad
+            pairs += scored_pairs(judged, margin=margin, max_pairs_per_sample=cap)
+            settings["judgements"] = {"score": judge_score, "margin": margin, "max_pairs_per_sample": cap}
         if not pairs:
-            console.print("[yellow]no preference pairs: no finished review with picks, no scores[/yellow]")
+            nothing = "no finished review with picks, no judgements, no scores"
+            console.print(f"[yellow]no preference pairs: {nothing}[/yellow]")
             raise typer.Exit(1)
         try:
             index = CandidateIndex.build(candidates)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from preference_data import write_preference_stage
 from small_training import small_config
 from synthetic_edits import write_synthetic_shards
 from tiny_clip import save_tiny_clip
@@ -46,3 +47,15 @@ def trained_model(tiny_base, edit_shards, tmp_path_factory):
 def tiny_clip(tmp_path_factory):
     """(model name, config file, weights file) of a tiny open_clip model."""
     return save_tiny_clip(tmp_path_factory.mktemp("clip"))
+
+
+@pytest.fixture(scope="session")
+def preferences(tmp_path_factory):
+    """A committed preference stage (16 pairs of the recolouring task, 4 per shard; a fourth of the
+    sources scored by a reward model, the rest by a judge) and the same pairs in the Diffusion-DPO Hugging
+    Face layout."""
+    root = tmp_path_factory.mktemp("preferences")
+    write_preference_stage(
+        str(root / "candidates"), str(root / "stage"), hf_dir=str(root / "hf"), reward_model_every=4
+    )
+    return {"stage": root / "stage", "hf": root / "hf"}

@@ -1,5 +1,6 @@
 """bench/train_throughput.py in its tiny CPU mode, so the GPU measurement never rots: SD 1.5 and SDXL
-against the reference loop, and aspect-ratio buckets against the same loop without them."""
+against the reference loop, aspect-ratio buckets against the same loop without them, and the preference
+stage against the editing stage."""
 
 from __future__ import annotations
 
@@ -37,3 +38,11 @@ def test_buckets_against_square_crops(bench, capsys):
     assert "buckets (height x width): 80x48, 64x64, 48x80" in out
     assert re.search(r"ratio buckets / square \(stream\): \d+\.\d\dx", out)
     assert re.search(r"ratio buckets / square \(step\): \d+\.\d\dx", out)
+
+
+def test_the_preference_stage_against_the_editing_stage(bench, capsys):
+    bench.main([*TINY, "--resolution", "64", "--stage", "preference", "--repeats", "1"])
+    out = capsys.readouterr().out
+    assert re.search(r"editing stage \(samples/s\) +\d+\.\d\d images/s", out)
+    assert re.search(r"preference stage \(pairs/s\) +\d+\.\d\d images/s", out)
+    assert re.search(r"ratio preference / edit \(pairs against samples\): \d+\.\d\dx", out)

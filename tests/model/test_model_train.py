@@ -23,7 +23,8 @@ from ieiw.model.config import CFGDropout, load_train_config
 from ieiw.model.data import SourceSet, StreamSettings, StreamState, make_loader
 from ieiw.model.inference import EditSettings, edit_image, load_edit_pipeline
 from ieiw.model.latent_cache import build_latent_cache, cache_fingerprint
-from ieiw.model.trainer import cfg_masks, encode_text, train, training_step
+from ieiw.model.step import cfg_masks
+from ieiw.model.trainer import encode_text, train, training_step
 from ieiw.storage.stage_folder import read_record
 
 REPO = Path(__file__).resolve().parents[2]
@@ -161,4 +162,7 @@ def test_example_configs_parse(path):
     assert Path(config.output_dir).is_absolute()
     assert all(Path(u).is_absolute() for s in config.data.sets for u in s.urls)
     hub_ids = ("stable-diffusion-v1-5/stable-diffusion-v1-5", "stabilityai/stable-diffusion-xl-base-1.0")
-    assert config.base_model in hub_ids  # a hub id stays one
+    if config.objective == "preference":  # it starts from an editing model trained here
+        assert Path(config.base_model).is_absolute()
+    else:
+        assert config.base_model in hub_ids  # a hub id stays one

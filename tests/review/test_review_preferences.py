@@ -12,10 +12,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from ieiw.model.candidate_shards import CandidateIndex
+from ieiw.model.dpo_layout import DPO_COLUMNS, REJECTED_MEMBER, SOURCE_COLUMN
 from ieiw.model.preferences import (
-    DPO_COLUMNS,
-    REJECTED_MEMBER,
-    SOURCE_COLUMN,
     PreferencesExist,
     ScoredCandidates,
     export_preferences,
@@ -48,6 +46,29 @@ def test_a_pick_is_preferred_to_every_candidate_not_picked_and_votes_add_up():
     assert len(human_pairs(votes, {"s1": 8, "s2": 8}, max_pairs_per_sample=3)) == 3
 
 
+def test_a_scored_pair_records_its_scorers_own_name(tmp_path):
+    """The chooser is the kind of scorer the file names (the part of its name before ``:``), never a fixed
+    ``judge``: a reward model, a judge and people scoring by hand stay apart; ``choosers`` keeps the whole
+    name."""
+    scorers = {"s1": "hand", "s2": "judge:qwen2.5-vl#remove@2", "s3": "reward-model:pickscore", "s4": "rm"}
+    lines = tmp_path / "scores.jsonl"
+    rows = [{"key": k, "scores": {"0": 5, "1": 1}, "scorer": v} for k, v in scorers.items()]
+    rows.append({"key": "s5", "scores": {"0": 5, "1": 1}, "scorer": "judge:x", "chooser": "human"})
+    lines.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    pairs = {p.sample_key: p for p in scored_pairs(read_scored(str(lines)))}
+    assert {k: p.chooser for k, p in pairs.items()} == {
+        "s1": "hand",
+        "s2": "judge",
+        "s3": "reward-model",
+        "s4": "rm",
+        "s5": "human",
+    }
+    assert {k: p.choosers for k, p in pairs.items() if k != "s5"} == {k: (v,) for k, v in scorers.items()}
+    lines.write_text(json.dumps({"key": "s1", "scores": {"0": 1}, "scorer": " "}) + "\n")
+    with pytest.raises(ValueError, match="scores.jsonl:1"):
+        read_scored(str(lines))
+
+
 def test_scored_candidates_give_pairs_by_margin(tmp_path):
     scored = [ScoredCandidates("s1", {0: 9.0, 1: 4.0, 2: 8.5, 3: 1.0}, "judge:tiny@rubric-1")]
     pairs = scored_pairs(scored, margin=1.0, max_pairs_per_sample=3)
@@ -58,7 +79,7 @@ def test_scored_candidates_give_pairs_by_margin(tmp_path):
         scored_pairs(scored, margin=0)
     lines = tmp_path / "scores.jsonl"
     lines.write_text(json.dumps({"key": "s1", "scores": {"0": 2, "1": 0}, "scorer": "rm"}) + "\n\n")
-    assert read_scored(str(lines)) == [ScoredCandidates("s1", {0: 2.0, 1: 0.0}, "rm")]
+    assert read_scored(str(lines)) == [ScoredCandidates("s1", {0: 2.0, 1: 0.0}, "rm", "rm")]
     lines.write_text('{"key": "s1"}\n')
     with pytest.raises(ValueError, match="scores.jsonl:1"):
         read_scored(str(lines))
@@ -159,7 +180,10 @@ def test_ieiw_export_preferences(reviewed, candidate_dir, tmp_path):
 
     store, queue = reviewed
     scores = tmp_path / "scores.jsonl"
-    scores.write_text(json.dumps({"key": queue[2], "scores": {"0": 3, "5": 1}, "scorer": "judge:x"}) + "\n")
+    scored = [(queue[2], "judge:x"), (queue[3], "hand"), (queue[5], "reward-model:pickscore")]
+    scores.write_text(
+        "".join(json.dumps({"key": k, "scores": {"0": 3, "5": 1}, "scorer": s}) + "\n" for k, s in scored)
+    )
     args = [
         "export-preferences",
         "--candidates",
@@ -175,8 +199,69 @@ def test_ieiw_export_preferences(reviewed, candidate_dir, tmp_path):
     ]
     result = CliRunner().invoke(app, args, catch_exceptions=False)
     assert result.exit_code == 0, result.output
-    assert "exported 21 preference pairs" in " ".join(result.output.split())
+    shown = " ".join(result.output.split())
+    assert "exported 23 preference pairs" in shown
+    assert "'hand': 1, 'human': 20, 'judge': 1, 'reward-model': 1" in shown  # each scorer by its own name
     assert "train_diffusion_dpo.py" in result.output
-    assert len(datasets.load_dataset(str(tmp_path / "hf"), split="train")) == 21
+    loaded = datasets.load_dataset(str(tmp_path / "hf"), split="train")
+    assert len(loaded) == 23
+    by_key = dict(
+        zip(loaded["source_key"], zip(loaded["chooser"], loaded["choosers"], strict=True), strict=True)
+    )
+    assert by_key[queue[3]] == ("hand", ["hand"]) and by_key[queue[5]] == (
+        "reward-model",
+        ["reward-model:pickscore"],
+    )
+    stage = {
+        s.meta.provenance.extra["source_key"]: s.meta.extra for s in iter_samples([str(tmp_path / "out")])
+    }
+    assert stage[queue[2]]["chooser"] == "judge" and stage[queue[2]]["choosers"] == ["judge:x"]
+    card = (tmp_path / "out" / "DATA_CARD.md").read_text()  # each kind of chooser apart, scorers by name
+    for row in ("| hand | 1 |", "| human | 20 |", "| judge | 1 |", "| reward-model | 1 |"):
+        assert row in card, card
+    assert "| `reward-model:pickscore` | 1 |" in card and "| `judge:x` | 1 |" in card, card
+    assert (tmp_path / "hf" / "README.md").read_text() == card
     again = CliRunner().invoke(app, args, catch_exceptions=False)
-    assert again.exit_code == 0 and "already held 21" in " ".join(again.output.split())
+    assert again.exit_code == 0 and "already held 23" in " ".join(again.output.split())
+
+
+def test_ieiw_export_preferences_from_the_judges_verdicts(candidate_dir, tmp_path):
+    """`ieiw judge-candidates`, then `export-preferences --judgements`: the judge's brighter-is-better
+    verdicts become pairs whose chooser is the judge, named by its identity and rubric."""
+    import numpy as np
+    from chat_server import ChatServer
+    from judge_server import check_judge_request, images
+
+    from ieiw.flows.cli import app
+    from ieiw.model.review.judging import judge_candidates, read_judgements
+    from ieiw.quality.judge import JudgeConfig
+
+    def brightness(body: dict) -> str:
+        overall = round(np.asarray(images(body)[1].convert("RGB"), dtype=float).mean() / 25.5, 3)
+        verdict = {"compliance": 8, "preservation": 8, "realism": 6, "overall": overall}
+        return json.dumps({k: {"score": v, "reason": "fixture"} for k, v in verdict.items()})
+
+    judgements = str(tmp_path / "judgements")
+    with ChatServer(default=brightness, check=check_judge_request) as server:
+        config = JudgeConfig(
+            model="pref-judge",
+            base_url=server.base_url,
+            backoff_seconds=0.01,
+            cache_url=str(tmp_path / "cache"),
+        )
+        judge_candidates(config, candidate_dir, judgements)
+    verdicts = read_judgements(judgements)
+    overall = {(r["key"], r["position"]): r["judge_overall"] for r in verdicts.to_dict(orient="records")}
+    args = ["export-preferences", "--candidates", candidate_dir, "-o", str(tmp_path / "out"), "--no-picks"]
+    args += ["--judgements", judgements, "--margin", "0.5", "--max-pairs-per-sample", "2"]
+    result = CliRunner().invoke(app, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    samples = list(iter_samples([str(tmp_path / "out")]))
+    assert len(samples) == 2 * 6 and "{'judge': 12}" in " ".join(result.output.split())
+    for sample in samples:
+        extra, key = sample.meta.extra, sample.meta.provenance.extra["source_key"]
+        assert extra["chooser"] == "judge" and extra["choosers"][0].startswith("judge:")
+        assert "pref-judge" in extra["choosers"][0] and "#remove" in extra["choosers"][0]  # model#rubric
+        assert overall[(key, extra["chosen"])] - overall[(key, extra["rejected"])] >= 0.5
+    missing = CliRunner().invoke(app, [*args[:-6], "--judgements", str(tmp_path / "none")])
+    assert missing.exit_code == 2 and "judge-candidates" in missing.output

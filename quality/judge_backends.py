@@ -33,6 +33,7 @@ from ieiw.quality.judge import (
 )
 from ieiw.quality.judge_rubrics import SYSTEM, ParsedAnswer, parse_answer, user_texts
 from ieiw.storage.chat import ChatFailed, InvalidAnswer, RateGate, RetryPolicy, ask_chat, openai_client
+from ieiw.storage.models import pretrained
 
 T = TypeVar("T")
 FAILURES = {"invalid": JUDGE_MALFORMED, "unavailable": JUDGE_UNAVAILABLE, "refused": JUDGE_REFUSED}
@@ -136,8 +137,9 @@ class TransformersJudge:
 
         device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
         dtype = "auto" if config.dtype == "auto" else getattr(torch, config.dtype)
-        model = AutoModelForImageTextToText.from_pretrained(config.model, dtype=dtype).to(device).eval()
-        processor = AutoProcessor.from_pretrained(config.model)
+        name, options = pretrained(config.model)  # a hub id at its pinned commit, or a folder
+        model = AutoModelForImageTextToText.from_pretrained(name, dtype=dtype, **options).to(device).eval()
+        processor = AutoProcessor.from_pretrained(name, **options)
         processor.tokenizer.padding_side = "left"  # batched generation continues every row at its end
         return cls(config, model, processor, device)
 

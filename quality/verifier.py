@@ -33,6 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ieiw.quality.fixed_batches import padded_chunks
 from ieiw.storage.config import model_ref, operational
+from ieiw.storage.models import pretrained
 
 VERIFY_SCORES: tuple[str, ...] = (
     "verify_removed_src",
@@ -135,8 +136,9 @@ class ObjectVerifier:
         from transformers import AutoModelForZeroShotObjectDetection, AutoProcessor
 
         device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
-        model = AutoModelForZeroShotObjectDetection.from_pretrained(config.model).to(device).eval()
-        return cls(config, model, AutoProcessor.from_pretrained(config.model), device)
+        name, options = pretrained(config.model)  # a hub id at its pinned commit, or a folder
+        model = AutoModelForZeroShotObjectDetection.from_pretrained(name, **options).to(device).eval()
+        return cls(config, model, AutoProcessor.from_pretrained(name, **options), device)
 
     def detect(self, images: Sequence[np.ndarray], queries: Sequence[Sequence[str]]) -> list[dict]:
         """Per image: ``boxes`` (N x 4, centre x, centre y, width, height in the image's pixels) and

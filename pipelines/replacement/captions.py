@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict
 
 from ieiw.pipelines.instructions.templates import a_phrase
 from ieiw.storage.config import model_ref, operational, precision
+from ieiw.storage.models import pretrained
 
 
 class CaptionConfig(BaseModel):
@@ -54,8 +55,9 @@ class BlipCaptioner:
         )
         half = self.device.type == "cuda" and config.precision in ("auto", "fp16")
         self.dtype = torch.float16 if half else torch.float32
-        self.processor = BlipProcessor.from_pretrained(config.model)
-        self.model = BlipForConditionalGeneration.from_pretrained(config.model, torch_dtype=self.dtype)
+        name, options = pretrained(config.model)  # a hub id at its pinned commit, or a folder
+        self.processor = BlipProcessor.from_pretrained(name, **options)
+        self.model = BlipForConditionalGeneration.from_pretrained(name, torch_dtype=self.dtype, **options)
         self.model.to(self.device).eval()
 
     @torch.inference_mode()

@@ -26,15 +26,16 @@ from PIL import Image
 
 from ieiw.pipelines.replacement.painting import PaintConfig, Painted, PaintError, PaintJob, Refused, dilate
 from ieiw.storage.identity import model_identity
+from ieiw.storage.models import pretrained
 
 
-def _model_index(model: str) -> dict:
-    if os.path.isdir(model):
-        path = os.path.join(model, "model_index.json")
+def _model_index(name: str, options: dict) -> dict:
+    if os.path.isdir(name):
+        path = os.path.join(name, "model_index.json")
     else:
         from huggingface_hub import hf_hub_download
 
-        path = hf_hub_download(model, "model_index.json")
+        path = hf_hub_download(name, "model_index.json", **options)
     with open(path, encoding="utf-8") as handle:
         return json.load(handle)
 
@@ -58,20 +59,21 @@ def load_paint_by_example(model: str, device: torch.device, dtype: torch.dtype):
     )
     from transformers import CLIPImageProcessor
 
-    index = _model_index(model)
+    name, options = pretrained(model)  # a hub id at its pinned commit, or a folder
+    index = _model_index(name, options)
     scheduler_name = index.get("scheduler", [None, "PNDMScheduler"])[1]
     scheduler_class = getattr(diffusers, scheduler_name, None)
     if scheduler_class is None:
         raise ValueError(f"{model}: unknown scheduler class {scheduler_name}")
     pipe = PaintByExamplePipeline(
-        vae=AutoencoderKL.from_pretrained(model, subfolder="vae", torch_dtype=dtype),
+        vae=AutoencoderKL.from_pretrained(name, subfolder="vae", torch_dtype=dtype, **options),
         image_encoder=PaintByExampleImageEncoder.from_pretrained(
-            model, subfolder="image_encoder", torch_dtype=dtype
+            name, subfolder="image_encoder", torch_dtype=dtype, **options
         ),
-        unet=UNet2DConditionModel.from_pretrained(model, subfolder="unet", torch_dtype=dtype),
-        scheduler=scheduler_class.from_pretrained(model, subfolder="scheduler"),
+        unet=UNet2DConditionModel.from_pretrained(name, subfolder="unet", torch_dtype=dtype, **options),
+        scheduler=scheduler_class.from_pretrained(name, subfolder="scheduler", **options),
         safety_checker=None,
-        feature_extractor=CLIPImageProcessor.from_pretrained(model, subfolder="feature_extractor"),
+        feature_extractor=CLIPImageProcessor.from_pretrained(name, subfolder="feature_extractor", **options),
         requires_safety_checker=False,
     )
     pipe.set_progress_bar_config(disable=True)

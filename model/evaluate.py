@@ -96,15 +96,24 @@ def score_chunk(embedder: Embedder, samples: list[Sample], outputs: list[np.ndar
         row["clip_image"] = float(similarity.image_similarity(src[i], out[i])[0])
         row["clip_text"] = (
             float(similarity.text_image_similarity(out[i], embedder.embed_texts([tgt_cap])[0])[0])
-            if tgt_cap else math.nan
+            if tgt_cap
+            else math.nan
         )
         row["clip_target"] = float(similarity.image_similarity(out[i], tgt[i])[0])
         rows.append(row)
     return rows
 
 
-def evaluate(pipe, embedder: Embedder, shard_urls: Iterable[str], out_dir: str, settings: EditSettings,
-             limit: int | None = None, chunk: int = 16, grid_rows: int = 8) -> dict:
+def evaluate(
+    pipe,
+    embedder: Embedder,
+    shard_urls: Iterable[str],
+    out_dir: str,
+    settings: EditSettings,
+    limit: int | None = None,
+    chunk: int = 16,
+    grid_rows: int = 8,
+) -> dict:
     """Edit and score held-out samples; writes ``metrics.csv``, ``summary.json``/``.md``, ``grid.png``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -153,8 +162,12 @@ def notes(rows: list[dict]) -> dict[str, str]:
 
 
 def summary_markdown(summary: dict) -> str:
-    lines = [f"Evaluated {summary['samples']} samples.", "", "| metric | mean | samples |",
-             "| --- | --- | --- |"]
+    lines = [
+        f"Evaluated {summary['samples']} samples.",
+        "",
+        "| metric | mean | samples |",
+        "| --- | --- | --- |",
+    ]
     explained = summary.get("notes", {})
     for metric in METRICS:
         mean = summary[metric]["mean"]
@@ -176,8 +189,9 @@ def plot_grid(pairs: list[tuple[Sample, np.ndarray]], png: Path) -> None:
     """One row per sample: source, model output, reference target, titled with the instruction."""
     fig, axes = plt.subplots(len(pairs), 3, figsize=(7.5, 2.6 * len(pairs)), squeeze=False)
     for row, (sample, output) in enumerate(pairs):
-        for col, (image, title) in enumerate(((sample.source, "source"), (output, "model"),
-                                              (sample.target, "reference"))):
+        for col, (image, title) in enumerate(
+            ((sample.source, "source"), (output, "model"), (sample.target, "reference"))
+        ):
             ax = axes[row][col]
             ax.imshow(image)
             ax.set_xticks([])

@@ -45,7 +45,7 @@ from ieiw.model.candidate_shards import (
     read_member,
 )
 from ieiw.model.dpo_layout import REJECTED_MEMBER, write_dpo_dataset
-from ieiw.model.review.export import held
+from ieiw.model.review.export import CandidateExportBase, held
 from ieiw.storage import fs
 from ieiw.storage.config import WorkerEnv, config_fingerprint
 from ieiw.storage.fingerprint import Fingerprint
@@ -65,7 +65,6 @@ from ieiw.storage.schema import (
     stable_key,
 )
 from ieiw.storage.shards import ShardSpec, difference_mask
-from ieiw.storage.stage import Stage
 from ieiw.storage.stage_folder import StageChanged
 
 FORMAT = "ieiw-preferences/1"
@@ -334,7 +333,7 @@ class PreferencesConfig(BaseModel):
     choice: dict[str, Any] = Field(default_factory=dict)
 
 
-class PreferencesStage(Stage):
+class PreferencesStage(CandidateExportBase):
     """Preference pairs as ``preference`` samples (see the module docstring)."""
 
     name = STAGE
@@ -347,22 +346,16 @@ class PreferencesStage(Stage):
         spec: ShardSpec,
         settings: Mapping | None = None,
     ) -> None:
-        super().__init__(url, spec.max_samples, spec)
+        super().__init__(index, url, spec)
         self.config = PreferencesConfig(choice=dict(settings or {}))
         self.pairs = pairs
-        self.candidates = index.identity()
-        self.sources = list(index.sources)
-        self._index: CandidateIndex | None = index  # read where the stage is planned; never sent along
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_index": None}
 
     def fingerprint(self, env: WorkerEnv) -> Fingerprint:
         upstream = {**self.candidates, "pairs": f"pairs:{pairs_digest(self.pairs)}"}
         return config_fingerprint(STAGE, self.config, env, upstream=upstream, extra={"format": FORMAT})
 
     def records(self) -> Iterator[PairRecord]:
-        index = self._index if self._index is not None else CandidateIndex.build(self.sources)
+        index = self.index()
         for pair in self.pairs:
             yield pair_record(pair, index)
 

@@ -74,7 +74,8 @@ def create_app(pipe) -> FastAPI:
         buffer = io.BytesIO()
         Image.fromarray(result).save(buffer, format="PNG")
         encoded = base64.b64encode(buffer.getvalue()).decode("ascii")
-        return EditResponse(image=f"data:image/png;base64,{encoded}", width=result.shape[1],
-                            height=result.shape[0])
+        return EditResponse(
+            image=f"data:image/png;base64,{encoded}", width=result.shape[1], height=result.shape[0]
+        )
 
     return app

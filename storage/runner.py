@@ -23,6 +23,7 @@ import contextlib
 import contextvars
 import copy
 import logging
+import queue
 import threading
 import time
 from collections import Counter, deque
@@ -470,6 +471,41 @@ def open_for_run(stage: Stage, fingerprint, options: RunOptions, logger: Any = l
         yield writer
 
 
+class InFlight:
+    """Submitted batches, collected in the order they finish (not the order they were submitted), so a
+    slow batch never keeps a free worker waiting for the next one to be submitted. A future without
+    ``add_done_callback`` is collected when it is the oldest."""
+
+    def __init__(self) -> None:
+        self._pending: dict[int, tuple[Any, int]] = {}
+        self._finished: queue.SimpleQueue[int] = queue.SimpleQueue()
+        self._order: deque[int] = deque()
+        self._count = 0
+
+    def __len__(self) -> int:
+        return len(self._pending)
+
+    def add(self, future: Any, size: int) -> None:
+        number, self._count = self._count, self._count + 1
+        self._pending[number] = (future, size)
+        self._order.append(number)
+        if hasattr(future, "add_done_callback"):
+            future.add_done_callback(lambda _, n=number: self._finished.put(n))
+
+    def next_done(self) -> tuple[Any, int]:
+        """The next batch to finish (waiting for one), with its record count."""
+        while self._order and self._order[0] not in self._pending:
+            self._order.popleft()
+        oldest = self._order[0]
+        if not hasattr(self._pending[oldest][0], "add_done_callback"):
+            number = oldest
+        else:
+            number = self._finished.get()
+            while number not in self._pending:
+                number = self._finished.get()
+        return self._pending.pop(number)
+
+
 def run_stage(
     stage: Stage,
     executor: Executor,
@@ -497,12 +533,12 @@ def run_stage(
             logger.warning("%s: removed what interrupted runs left: %s", stage.name, writer.cleaned)
         target = BatchTarget(stage.name, stage.url, writer.digest, writer.holder, pinned)
         total = stage.total()
-        in_flight: deque[tuple[Future, int]] = deque()
+        in_flight = InFlight()
         processed = 0
 
         def collect() -> None:
             nonlocal processed
-            future, size = in_flight.popleft()
+            future, size = in_flight.next_done()
             reports.append(future.result())
             processed += size
             if progress is not None:
@@ -516,7 +552,7 @@ def run_stage(
             processed = sum(len(batch.items) for batch in batches)
         else:
             for batch in plan_batches(stage, writer, noted):
-                in_flight.append((executor.submit(run_batch, stage, batch, target), len(batch.items)))
+                in_flight.add(executor.submit(run_batch, stage, batch, target), len(batch.items))
                 while len(in_flight) >= max(1, options.max_in_flight):
                     collect()
             while in_flight:

@@ -27,8 +27,14 @@ class Agreement:
     by_pair: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def as_dict(self) -> dict:
-        return {"samples": self.samples, "pairs": self.pairs, "mean_jaccard": self.mean_jaccard,
-                "exact_match": self.exact_match, "fleiss_kappa": self.fleiss_kappa, "by_pair": self.by_pair}
+        return {
+            "samples": self.samples,
+            "pairs": self.pairs,
+            "mean_jaccard": self.mean_jaccard,
+            "exact_match": self.exact_match,
+            "fleiss_kappa": self.fleiss_kappa,
+            "by_pair": self.by_pair,
+        }
 
 
 def jaccard(a: set[int], b: set[int]) -> float:
@@ -73,8 +79,11 @@ def agreement(votes: dict[str, dict[str, set[int]]], n_candidates: dict[str, int
         observed = agreement_sum / items
         report.fleiss_kappa = None if chance >= 1.0 else (observed - chance) / (1 - chance)
     report.by_pair = {
-        f"{a} & {b}": {"samples": len(scores), "mean_jaccard": sum(s for s, _ in scores) / len(scores),
-                       "exact_match": sum(e for _, e in scores) / len(scores)}
+        f"{a} & {b}": {
+            "samples": len(scores),
+            "mean_jaccard": sum(s for s, _ in scores) / len(scores),
+            "exact_match": sum(e for _, e in scores) / len(scores),
+        }
         for (a, b), scores in sorted(pair_scores.items())
     }
     return report

@@ -68,8 +68,9 @@ def create_app(
                 raise HTTPException(403, "missing X-Requested-With header")
         person = store.reviewer_by_token(token)
         if person is None:
-            raise HTTPException(401, "sign in with your reviewer token",
-                                headers={"WWW-Authenticate": "Bearer"})
+            raise HTTPException(
+                401, "sign in with your reviewer token", headers={"WWW-Authenticate": "Bearer"}
+            )
         return person
 
     def next_pending(person: ReviewerInfo, after: str | None = None) -> str | None:
@@ -95,8 +96,15 @@ def create_app(
         person = store.reviewer_by_token(body.token)
         if person is None:
             raise HTTPException(401, "unknown token")
-        response.set_cookie(COOKIE, body.token, httponly=True, samesite="strict", path="/",
-                            secure=request.url.scheme == "https", max_age=30 * 24 * 3600)
+        response.set_cookie(
+            COOKIE,
+            body.token,
+            httponly=True,
+            samesite="strict",
+            path="/",
+            secure=request.url.scheme == "https",
+            max_age=30 * 24 * 3600,
+        )
         return {"name": person.name}
 
     @app.post("/api/signout")
@@ -111,8 +119,10 @@ def create_app(
     @app.get("/api/status")
     def status(person: ReviewerInfo = Depends(reviewer)) -> dict:
         """The whole review in numbers: progress per reviewer and agreement (no one's picks)."""
-        return {"progress": [row.as_dict() for row in store.progress()],
-                "agreement": store.agreement().as_dict()}
+        return {
+            "progress": [row.as_dict() for row in store.progress()],
+            "agreement": store.agreement().as_dict(),
+        }
 
     @app.get("/api/queue")
     def queue(person: ReviewerInfo = Depends(reviewer)) -> list[dict]:
@@ -145,8 +155,9 @@ def create_app(
         return Response(data, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})
 
     @app.post("/api/samples/{key}/picks")
-    def pick(key: str, body: PickRequest, response: Response,
-             person: ReviewerInfo = Depends(reviewer)) -> dict:
+    def pick(
+        key: str, body: PickRequest, response: Response, person: ReviewerInfo = Depends(reviewer)
+    ) -> dict:
         stored, created = store.add_pick(person.id, key, body.candidate_id)
         response.status_code = 201 if created else 200
         return stored

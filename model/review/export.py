@@ -147,17 +147,12 @@ class PickRecord:
     target: MemberLocation | None
 
 
-class ReviewExportStage(Stage):
-    """The picked candidates as ``aligned`` samples (see the module docstring)."""
+class CandidateExportBase(Stage):
+    """A stage that exports chosen candidates (the picks, preference pairs): it reads the candidates'
+    index where it is planned and keeps only their identity and sources to travel to workers."""
 
-    name = STAGE
-
-    def __init__(
-        self, index: CandidateIndex, picked: list[PickedCandidate], url: str, min_votes: int, spec: ShardSpec
-    ) -> None:
+    def __init__(self, index: CandidateIndex, url: str, spec: ShardSpec) -> None:
         super().__init__(url, spec.max_samples, spec)
-        self.config = ExportConfig(min_votes=min_votes)
-        self.picked = picked
         self.candidates = index.identity()
         self.sources = list(index.sources)
         self._index: CandidateIndex | None = index  # read where the stage is planned; never sent along
@@ -165,12 +160,29 @@ class ReviewExportStage(Stage):
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_index": None}
 
+    def index(self) -> CandidateIndex:
+        """The candidates' index: the one read where the stage was planned, or read again from its sources."""
+        return self._index if self._index is not None else CandidateIndex.build(self.sources)
+
+
+class ReviewExportStage(CandidateExportBase):
+    """The picked candidates as ``aligned`` samples (see the module docstring)."""
+
+    name = STAGE
+
+    def __init__(
+        self, index: CandidateIndex, picked: list[PickedCandidate], url: str, min_votes: int, spec: ShardSpec
+    ) -> None:
+        super().__init__(index, url, spec)
+        self.config = ExportConfig(min_votes=min_votes)
+        self.picked = picked
+
     def fingerprint(self, env: WorkerEnv) -> Fingerprint:
         upstream = {**self.candidates, "picks": f"picks:{picks_digest(self.picked)}"}
         return config_fingerprint(STAGE, self.config, env, upstream=upstream)
 
     def records(self) -> Iterator[PickRecord]:
-        index = self._index if self._index is not None else CandidateIndex.build(self.sources)
+        index = self.index()
         for p in self.picked:
             source = index.find(p.sample_key, "src.png")
             target = index.find(p.sample_key, candidate_member(p.position))

@@ -25,12 +25,14 @@ def serve(app: FastAPI, host: str = "127.0.0.1", port: int = 8765) -> None:
 
 
 @contextmanager
-def serving(app: FastAPI, host: str = "127.0.0.1", port: int | None = None,
-            startup_timeout: float = 30.0) -> Iterator[str]:
+def serving(
+    app: FastAPI, host: str = "127.0.0.1", port: int | None = None, startup_timeout: float = 30.0
+) -> Iterator[str]:
     """Serve ``app`` in a background thread; yields its base URL and stops the server on exit."""
     port = port or free_port(host)
-    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off",
-                                           timeout_keep_alive=30))
+    server = uvicorn.Server(
+        uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off", timeout_keep_alive=30)
+    )
     thread = threading.Thread(target=server.run, name=f"review-app-{port}", daemon=True)
     thread.start()
     deadline = time.monotonic() + startup_timeout

@@ -18,7 +18,7 @@ from prefect.artifacts import create_markdown_artifact
 
 from ieiw.flows.config import BuildConfig, load_config
 from ieiw.flows.plan import read_plan, record_plan
-from ieiw.flows.runners import make_task_runner
+from ieiw.flows.runners import build_task_runner
 from ieiw.flows.stage_flow import run_stage_flow
 from ieiw.flows.stages import GENERATORS, QUALITY, build_stages, configured_generators, rebuild_modes
 from ieiw.flows.storage_errors import store_errors
@@ -60,13 +60,13 @@ def ieiw_build(
     everything = build_stages(config)
     modes = rebuild_modes(everything, rebuild, on_change)
     chosen = build_stages(config, wanted)
-    task_runner = make_task_runner(config.runner)
     summaries: dict[str, dict] = {}
-    for stage in chosen:
-        summary = run_stage_flow(stage, config.runner, modes[stage.name], task_runner)
-        if summary.skipped:
-            logger.info("%s: complete for these settings and inputs: nothing to run", stage.name)
-        summaries[stage.name] = summary.to_dict()
+    with build_task_runner(config.runner) as task_runner:  # a Dask cluster starts once per build
+        for stage in chosen:
+            summary = run_stage_flow(stage, config.runner, modes[stage.name], task_runner)
+            if summary.skipped:
+                logger.info("%s: complete for these settings and inputs: nothing to run", stage.name)
+            summaries[stage.name] = summary.to_dict()
 
     with store_errors("gallery and data card", layout.output):
         published = published_state(config, layout)

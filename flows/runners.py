@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import importlib.util
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from prefect.task_runners import ThreadPoolTaskRunner
@@ -116,3 +118,21 @@ def make_task_runner(config: RunnerConfig):
             "dashboard_address": None,
         }
     )
+
+
+@contextmanager
+def build_task_runner(config: RunnerConfig) -> Iterator[Any]:
+    """The task runner every stage of one build runs on. Where it is a Dask cluster of our own, the
+    cluster starts once for the build, not once per stage's flow run: its worker processes start, import
+    and load their models once (a model two stages share stays loaded), and a stage's wall time is its
+    work. A scheduler at ``dask_address`` and the thread pool are used as they are."""
+    runner = make_task_runner(config)
+    if getattr(runner, "address", "threads") is not None:  # threads, or a running scheduler
+        yield runner
+        return
+    from distributed import LocalCluster
+    from prefect_dask import DaskTaskRunner
+
+    make = runner.resolved_cluster_class or LocalCluster
+    with make(**runner.cluster_kwargs) as cluster:
+        yield DaskTaskRunner(address=cluster.scheduler_address)

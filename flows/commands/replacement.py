@@ -50,7 +50,7 @@ def run_replacement(
     pairs, which read it)."""
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from ieiw.flows.runners import make_task_runner
+    from ieiw.flows.runners import build_task_runner
     from ieiw.flows.server import ensure_server, ui_url
     from ieiw.flows.stage_flow import run_stage_flow
     from ieiw.storage.runner import refuse_changed
@@ -66,9 +66,11 @@ def run_replacement(
             refuse_changed(stage)
     api_url = ensure_server()
     console.print(f"Prefect UI: [bold]{ui_url(api_url)}[/bold]")
-    task_runner = make_task_runner(config.runner)
     summaries = []
-    with temporary_settings(updates={PREFECT_API_URL: api_url}):
+    with (
+        temporary_settings(updates={PREFECT_API_URL: api_url}),
+        build_task_runner(config.runner) as task_runner,
+    ):
         for stage in stages:
             summary = run_stage_flow(stage, config.runner, modes[stage.name], task_runner)
             console.print(f"[bold]{escape(stage.name)}[/bold]: {escape(summary.outcome())}")

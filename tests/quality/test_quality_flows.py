@@ -278,7 +278,7 @@ def test_score_and_filter_on_a_dask_cluster_match_threads(
     """The same candidates in two builds: one scored and filtered on threads, the other on a local Dask
     cluster of two worker processes (each with its own models and a cold cache of its own): the scores
     tables are equal exactly and the final shards are the same files, byte for byte."""
-    from ieiw.flows.runners import make_task_runner
+    from ieiw.flows.runners import build_task_runner
     from ieiw.flows.stage_flow import run_stage_flow
 
     samples = candidate_samples()
@@ -290,9 +290,10 @@ def test_score_and_filter_on_a_dask_cluster_match_threads(
         stage = str(tmp_path / name / "candidates")
         write_candidates(stage, {f"gen-{i}": samples[2 * i : 2 * i + 2] for i in range(6)})
         score, filtering = quality_stages(stage, config)
-        for each in (score, filtering):
-            summary = run_stage_flow(each, runner, task_runner=make_task_runner(runner))
-            assert summary.records == 6, (name, each.name, summary)
+        with build_task_runner(runner) as task_runner:  # one cluster for both stages, as a build
+            for each in (score, filtering):
+                summary = run_stage_flow(each, runner, task_runner=task_runner)
+                assert summary.records == 6, (name, each.name, summary)
         made[name] = (score.url, filtering.url)
     assert read_record(made["dask"][0])["runs"][0]["device"] == "cpu"
     scores = {n: read_scores(u[0]).sort_values("key").reset_index(drop=True) for n, u in made.items()}

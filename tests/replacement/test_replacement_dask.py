@@ -10,7 +10,7 @@ from replacement_build import stages
 from replacement_fixtures import write_sa1b
 
 from ieiw.flows.config import RunnerConfig
-from ieiw.flows.runners import make_task_runner
+from ieiw.flows.runners import build_task_runner
 from ieiw.flows.stage_flow import run_stage_flow
 from ieiw.pipelines.replacement.config import ReplacementConfig
 from ieiw.storage import manifest
@@ -55,11 +55,11 @@ def test_the_database_and_the_pairs_on_two_dask_processes_equal_threads(tmp_path
     summaries = {}
     for name, runner in runners.items():
         forget_models()
-        task_runner = make_task_runner(runner)
-        summaries[name] = {
-            stage.name: run_stage_flow(stage, runner, "no", task_runner)
-            for stage in stages(config, str(tmp_path / name))
-        }
+        with build_task_runner(runner) as task_runner:  # one cluster for both stages, as a build
+            summaries[name] = {
+                stage.name: run_stage_flow(stage, runner, "no", task_runner)
+                for stage in stages(config, str(tmp_path / name))
+            }
         if name == "dask":  # every batch ran in the cluster's worker processes, not here
             assert loaded_models() == []
     for stage in (OBJECT_DATABASE, "replacement"):

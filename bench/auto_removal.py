@@ -10,10 +10,12 @@ first) and their ratio.
 
 ``--operations`` instead measures the chain's own operations of the throughput table that ``--plan``
 reads: ``owlv2_images`` (the detector's images per second, each with ``top_k`` queries) and
-``sam_boxes`` (SAM's boxes per second, three a photo, the image encoder included), each the fastest of
-five passes, through the generator's loaders; with the tiny models on the CPU, or with ``--real`` the
-real architectures (OWLv2 base at 960 px, SAM ViT-H) with random weights on the GPU. ``--table FILE``
-merges those figures into the table (``flows/resources/throughputs.yaml``), each with its device.
+``sam_boxes`` (SAM's boxes per second, three a photo, the image encoder included), and with the tiny
+models ``grounding_dino_images`` (Grounding DINO, the other detector, the same photos and phrases), each
+the fastest of five passes, through the generator's loaders; with the tiny models on the CPU, or with
+``--real`` the real architectures (OWLv2 base at 960 px, SAM ViT-H) with random weights on the GPU.
+``--table FILE`` merges those figures into the table (``flows/resources/throughputs.yaml``), each with its
+device.
 
     python bench/auto_removal.py [--photos 96] [--rounds 3] [--batch-size 32]
     python bench/auto_removal.py --operations [--real] [--table flows/resources/throughputs.yaml]
@@ -137,9 +139,9 @@ def operations(args) -> list[dict]:
     """``owlv2_images`` and ``sam_boxes`` per second on this machine's device."""
     import torch
     from grounded_helpers import make_tiny_models
-    from grounded_tiny_models import BLUE, RED, grey, paint
+    from grounded_tiny_models import BLUE, RED, grey, paint, tiny_grounding_dino
 
-    from ieiw.pipelines.grounded.grounding import load_owl
+    from ieiw.pipelines.grounded.grounding import load_detector, load_owl
     from ieiw.pipelines.grounded.segmenting import load_segmenter
     from ieiw.quality.verifier import VerifierConfig
 
@@ -153,6 +155,8 @@ def operations(args) -> list[dict]:
             owl_path, sam_config = tiny.owl, tiny.sam
             side, count, batch = 128, 64, 8
         owl = load_owl(owl_path, device)
+        dino_path = None if args.real else str(tiny_grounding_dino(Path(tmp) / "tiny-grounding-dino"))
+        dino = None if dino_path is None else load_detector("grounding_dino", dino_path, device)
         segmenter = load_segmenter(sam_config.model_copy(update={"device": device, "batch_size": batch // 2}))
     rng = np.random.default_rng(args.seed)
     photos = []
@@ -186,10 +190,17 @@ def operations(args) -> list[dict]:
         return best
 
     owl_rate = count / seconds(lambda images: detector.detect(images, queries[: len(images)]))
+    dino_rate = None
+    if dino is not None:  # the same photos and phrases, in the tiny model's vocabulary
+        dino_queries = [
+            ["a photo of a red square", "a photo of a blue square", "a square", "red", "blue"]
+        ] * count
+        grounder = dino.detector(VerifierConfig(model=dino_path, batch_size=batch))
+        dino_rate = count / seconds(lambda images: grounder.detect(images, dino_queries[: len(images)]))
     sam_rate = 3 * count / seconds(lambda images: segmenter.segment(images, boxes[: len(images)]))
     name = torch.cuda.get_device_name() if device == "cuda" else f"CPU ({os.cpu_count()} cores)"
     model = "OWLv2 base" if args.real else "tiny OWLv2"
-    return [
+    figures = [
         {
             "operation": "owlv2_images",
             "unit": "images/s",
@@ -210,6 +221,17 @@ def operations(args) -> list[dict]:
             },
         },
     ]
+    if dino_rate is not None:
+        figures.append(
+            {
+                "operation": "grounding_dino_images",
+                "unit": "images/s",
+                "per_second": round(dino_rate, 3),
+                "device": name,
+                "params": {"model": "tiny Grounding DINO", "image_side": side, "queries": 5, "batch": batch},
+            }
+        )
+    return figures
 
 
 def merge_table(path: Path, figures: list[dict], tiny: bool) -> None:

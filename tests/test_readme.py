@@ -85,3 +85,45 @@ def test_the_readme_snippets_run_as_written(prefect_api, tmp_path):
             f"README line {line} ({lang}) failed:\n{code}\n--- stdout\n{done.stdout[-3000:]}\n"
             f"--- stderr\n{done.stderr[-3000:]}"
         )
+        assert "initialized randomly" not in done.stderr, f"README line {line}: {done.stderr[-3000:]}"
+    _check_the_first_hour(clone)
+    _check_the_preference_loop(clone)
+
+
+def _check_the_first_hour(clone: Path) -> None:
+    """What the first hour's commands made: a 10-step model trained on the demo's removal shards with the
+    overrides given, an index of 4 edits, and CLIP metrics of 4 edits (the tiny CLIP's weights loaded)."""
+    import json
+
+    import yaml
+
+    model = clone / ".ieiw" / "train" / "smoke"
+    assert (model / "model_index.json").is_file() and (clone / ".ieiw" / "tiny-sd" / "unet").is_dir()
+    assert len((model / "loss.csv").read_text().splitlines()[1:]) == 10
+    config = yaml.safe_load((model / "train_config.yaml").read_text())  # what the run was given
+    assert config["data"]["resolution"] == 64 and config["train_batch_size"] == 2
+    assert config["base_model"] == str(clone / ".ieiw" / "tiny-sd")
+    assert config["data"]["sets"][0]["urls"] == [str(clone / ".ieiw" / "demo" / "build" / "removal")]
+    edits = clone / ".ieiw" / "edits" / "smoke"
+    index = [json.loads(line) for line in (edits / "index.jsonl").read_text().splitlines()]
+    assert len(index) == 4 and len(list(edits.glob("*.png"))) == 4 and (edits / "index.html").is_file()
+    assert all((edits / row["edit"]).is_file() and "/multitask/" in row["shard"] for row in index)
+    summary = json.loads((clone / ".ieiw" / "eval" / "smoke" / "summary.json").read_text())
+    assert summary["samples"] == 4 and summary["clip_image"]["count"] == 4
+    assert summary["clip_text"] == {"mean": None, "count": 0}
+    assert "no caption" in " ".join(summary["notes"]["clip_text"].split())
+
+
+def _check_the_preference_loop(clone: Path) -> None:
+    """What the preference loop made: pairs chosen by the stand-in reward model, a preference stage that
+    logged the DPO figures, and the comparison's table and picture."""
+    import csv
+
+    card = (clone / ".ieiw" / "review" / "preferences" / "DATA_CARD.md").read_text()
+    assert "| reward-model |" in card and "`reward-model:change`" in card, card
+    with open(clone / ".ieiw" / "train" / "smoke-preference" / "loss.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 10 and {"implicit_accuracy", "reward_margin", "chosen_error"} <= set(rows[0])
+    compared = clone / ".ieiw" / "eval" / "preference"
+    assert "preference accuracy" in (compared / "comparison.md").read_text()
+    assert (compared / "comparison.png").stat().st_size > 0

@@ -35,7 +35,7 @@ console = Console()
 def user_errors() -> tuple[type[BaseException], ...]:
     """What a user can fix from the message alone: printed as one line, exit 2."""
     from ieiw.flows.storage_errors import StorageWriteError
-    from ieiw.pipelines.replacement.stage import DatabaseNotReady
+    from ieiw.pipelines.replacement.errors import DatabaseNotReady
     from ieiw.storage.config import ConfigError
     from ieiw.storage.lease import LeaseLost, StageBusy
     from ieiw.storage.models import ModelUnavailable

@@ -106,7 +106,6 @@ def register(app: typer.Typer) -> None:
         own); paths given here are relative to the working folder.
         """
         from ieiw.model.config import train_overrides
-        from ieiw.model.curriculum import StageNotReady, figures_line, mix_table
         from ieiw.storage.config import ConfigError
 
         overrides = train_overrides(
@@ -118,7 +117,9 @@ def register(app: typer.Typer) -> None:
             mixed_precision=mixed_precision,
             num_workers=num_workers,
         )
-        overrides = _checked(config, overrides, stage)
+        overrides = _checked(config, overrides, stage)  # config and models, before the heavy libraries
+        from ieiw.model.curriculum import StageNotReady, figures_line, mix_table
+
         try:
             if prefect:
                 from prefect.settings import PREFECT_API_URL, temporary_settings
@@ -205,16 +206,17 @@ def register(app: typer.Typer) -> None:
         A batch writes <name>.png per image (<key>.png per shard sample), index.jsonl (each edit's
         instruction, source and settings) and index.html (source | edit | instruction) beside them.
         """
-        from PIL import Image
-
-        from ieiw.model.inference import edit_folder, edit_image, edit_shards, load_edit_pipeline
         from ieiw.model.references import pipeline_reference
 
         if sum(x is not None and x != [] for x in (image, folder, shards)) != 1:
             raise typer.BadParameter("give exactly one of --image, --folder, --shards")
         if (image or folder) and not instruction:
             raise typer.BadParameter("--instruction is required with --image and --folder")
-        model = pipeline_reference(model, "--model")
+        model = pipeline_reference(model, "--model")  # looked up before the heavy libraries load
+        from PIL import Image
+
+        from ieiw.model.inference import edit_folder, edit_image, edit_shards, load_edit_pipeline
+
         settings = _settings(steps, text_guidance, image_guidance, seed, resolution)
         pipe = load_edit_pipeline(model, device)
         if image is not None:
@@ -304,15 +306,16 @@ def register(app: typer.Typer) -> None:
         image similarity, similarity to the chosen over the rejected edit, and the judge's scores with
         --judge-config; one picture (comparison.png) of both models' edits side by side.
         """
+        from ieiw.model.references import pipeline_reference
+
+        model = pipeline_reference(model, "--model")  # every model is looked up before anything loads
+        base = pipeline_reference(compare, "--compare") if compare else None
         from ieiw.model.evaluate import evaluate as run_evaluation
         from ieiw.model.evaluate import load_clip
         from ieiw.model.inference import load_edit_pipeline
-        from ieiw.model.references import pipeline_reference
         from ieiw.model.reports import to_json
 
-        model = pipeline_reference(model, "--model")  # every model is looked up before anything loads
-        if compare:
-            base = pipeline_reference(compare, "--compare")
+        if base is not None:
             embedder = load_clip(clip_model, clip_pretrained, clip_config_file, device)
             judge = _judge(judge_config, output)
             settings = _settings(steps, text_guidance, image_guidance, seed, resolution)
@@ -389,13 +392,15 @@ def register(app: typer.Typer) -> None:
         device: str = "auto",
     ) -> None:
         """Serve a web page to upload an image, type an instruction and see the edit."""
+        from ieiw.model.references import pipeline_reference
+
+        model = pipeline_reference(model, "--model")  # looked up before the heavy libraries load
         import uvicorn
 
         from ieiw.model.inference import load_edit_pipeline
-        from ieiw.model.references import pipeline_reference
         from ieiw.model.webapp import create_app
 
-        app_ = create_app(load_edit_pipeline(pipeline_reference(model, "--model"), device))
+        app_ = create_app(load_edit_pipeline(model, device))
         console.print(f"open http://{host}:{port}/")
         uvicorn.run(app_, host=host, port=port)
 

@@ -117,15 +117,16 @@ def register(app: typer.Typer) -> None:
         --out is a stage folder: a rerun with the same settings resumes (or does nothing), one with
         other settings, another checkpoint or other source shards stops and names what changed.
         """
+        from ieiw.model.references import pipeline_reference
+
+        model = pipeline_reference(model, "--model")  # one line (exit 2) before heavy libraries load
         from pydantic import ValidationError
         from tqdm.auto import tqdm
 
         from ieiw.model.candidates import CandidatesConfig, build_candidates
-        from ieiw.model.references import pipeline_reference
         from ieiw.storage.lease import StageBusy
         from ieiw.storage.stage_folder import StageChanged
 
-        model = pipeline_reference(model, "--model")  # one line (exit 2) when it is not there
         try:
             config = CandidatesConfig(
                 model=model,

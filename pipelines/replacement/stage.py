@@ -40,6 +40,7 @@ from ieiw.pipelines.replacement.database import (
     part_table,
     remove_uncommitted,
 )
+from ieiw.pipelines.replacement.errors import DatabaseNotReady  # noqa: F401 (raised here)
 from ieiw.pipelines.replacement.index import (
     IndexConfig,
     build_index,
@@ -101,10 +102,6 @@ log = logging.getLogger(__name__)
 
 # The files of the sources' folders that make records: annotations, images, masks.
 SOURCE_SUFFIXES = (".json", *folder.IMAGE_SUFFIXES)
-
-
-class DatabaseNotReady(RuntimeError):
-    """The replacement pairs cannot run on the object database as it is (absent, incomplete, empty)."""
 
 
 # ------------------------------------------------------------------------------------------- inputs
@@ -534,9 +531,7 @@ class ReplacementStage(_ReplacementSources):
         work = []
         if config.paint.backend == "paint_by_example":
             steps = config.paint.steps
-            work.append(
-                Work("pbe_pairs", pairs, per={"steps": steps}, note=f"{steps} steps per pair")
-            )
+            work.append(Work("pbe_pairs", pairs, per={"steps": steps}, note=f"{steps} steps per pair"))
         if config.caption.backend == "blip":
             work.append(Work("blip_captions", None if pairs is None else 2 * pairs))
         return work

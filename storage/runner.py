@@ -26,7 +26,7 @@ import logging
 import queue
 import threading
 import time
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
@@ -64,6 +64,8 @@ class WorkerMismatch(RuntimeError):
 
 class Future(Protocol):
     def result(self) -> Any: ...
+
+    def add_done_callback(self, fn: Callable[[Any], object], /) -> None: ...
 
 
 class Executor(Protocol):
@@ -473,37 +475,24 @@ def open_for_run(stage: Stage, fingerprint, options: RunOptions, logger: Any = l
 
 class InFlight:
     """Submitted batches, collected in the order they finish (not the order they were submitted), so a
-    slow batch never keeps a free worker waiting for the next one to be submitted. A future without
-    ``add_done_callback`` is collected when it is the oldest."""
+    slow batch never keeps a free worker waiting for the next one to be submitted."""
 
     def __init__(self) -> None:
         self._pending: dict[int, tuple[Any, int]] = {}
         self._finished: queue.SimpleQueue[int] = queue.SimpleQueue()
-        self._order: deque[int] = deque()
         self._count = 0
 
     def __len__(self) -> int:
         return len(self._pending)
 
-    def add(self, future: Any, size: int) -> None:
+    def add(self, future: Future, size: int) -> None:
         number, self._count = self._count, self._count + 1
         self._pending[number] = (future, size)
-        self._order.append(number)
-        if hasattr(future, "add_done_callback"):
-            future.add_done_callback(lambda _, n=number: self._finished.put(n))
+        future.add_done_callback(lambda _, n=number: self._finished.put(n))
 
-    def next_done(self) -> tuple[Any, int]:
+    def next_done(self) -> tuple[Future, int]:
         """The next batch to finish (waiting for one), with its record count."""
-        while self._order and self._order[0] not in self._pending:
-            self._order.popleft()
-        oldest = self._order[0]
-        if not hasattr(self._pending[oldest][0], "add_done_callback"):
-            number = oldest
-        else:
-            number = self._finished.get()
-            while number not in self._pending:
-                number = self._finished.get()
-        return self._pending.pop(number)
+        return self._pending.pop(self._finished.get())
 
 
 def run_stage(
